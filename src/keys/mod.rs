@@ -1,0 +1,29 @@
+//! API keys: the file model, validation, the indexed snapshot the decision
+//! reads, and the store that swaps snapshots atomically.
+
+pub mod build;
+pub mod load;
+pub mod model;
+mod position;
+pub mod snapshot;
+pub mod store;
+
+pub use build::{build_snapshot, Problem};
+pub use load::{load_keys_file, parse_keys_str};
+pub use model::{KeySpec, KeysDocument, OrganisationSpec, RateLimitSpec, SecretSpec, WorkspaceSpec};
+pub use snapshot::{
+    Digest, Key, KeyIdx, KeyStatus, OrgIdx, Organisation, SecretEntry, Snapshot, UnixMillis,
+    Workspace, WsIdx,
+};
+pub use store::KeyStore;
+
+/// SHA-256 of a presented secret.
+pub fn digest(secret: &[u8]) -> Digest {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(secret).into()
+}
+
+/// SHA-256 as 64 lowercase hex digits (what the keys file stores).
+pub fn digest_hex(secret: &[u8]) -> String {
+    hex::encode(digest(secret))
+}
