@@ -16,20 +16,40 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     /// A problem at a known position.
-    pub fn at(file: impl Into<PathBuf>, line: usize, col: usize, message: impl Into<String>) -> Self {
-        Diagnostic { file: file.into(), position: Some((line, col)), message: message.into() }
+    pub fn at(
+        file: impl Into<PathBuf>,
+        line: usize,
+        col: usize,
+        message: impl Into<String>,
+    ) -> Self {
+        Diagnostic {
+            file: file.into(),
+            position: Some((line, col)),
+            message: message.into(),
+        }
     }
 
     /// A problem that concerns the whole file.
     pub fn file(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Diagnostic { file: file.into(), position: None, message: message.into() }
+        Diagnostic {
+            file: file.into(),
+            position: None,
+            message: message.into(),
+        }
     }
 }
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.position {
-            Some((line, col)) => write!(f, "{}:{}:{}: {}", self.file.display(), line, col, self.message),
+            Some((line, col)) => write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                line,
+                col,
+                self.message
+            ),
             None => write!(f, "{}: {}", self.file.display(), self.message),
         }
     }

@@ -113,7 +113,15 @@ const RESOURCES: &[(&str, &[&str], Holder)] = &[
     ("configs", CRUDL, Holder::Any),
     (
         "virtual_keys",
-        &["create", "read", "update", "delete", "list", "duplicate", "copy"],
+        &[
+            "create",
+            "read",
+            "update",
+            "delete",
+            "list",
+            "duplicate",
+            "copy",
+        ],
         Holder::Any,
     ),
     ("providers", CRUDL, Holder::Any),
@@ -131,8 +139,16 @@ const RESOURCES: &[(&str, &[&str], Holder)] = &[
         API_KEY_ACTIONS,
         Holder::AdminKeys,
     ),
-    ("workspace_service_api_keys", API_KEY_ACTIONS, Holder::ServiceKeys),
-    ("workspace_user_api_keys", API_KEY_ACTIONS, Holder::ServiceKeys),
+    (
+        "workspace_service_api_keys",
+        API_KEY_ACTIONS,
+        Holder::ServiceKeys,
+    ),
+    (
+        "workspace_user_api_keys",
+        API_KEY_ACTIONS,
+        Holder::ServiceKeys,
+    ),
 ];
 
 /// Every known scope with its holder rule, in a fixed order (the ids).
@@ -314,7 +330,8 @@ impl ScopeRegistry {
 
     /// Whether the name is one of SPEC 4.2's (not custom).
     pub fn is_builtin(&self, name: &str) -> bool {
-        self.id(name).is_some_and(|id| id.index() < self.builtin_count)
+        self.id(name)
+            .is_some_and(|id| id.index() < self.builtin_count)
     }
 
     /// All ids, in order.
@@ -529,7 +546,10 @@ mod tests {
         let err = reg
             .expand("workspace.*", KeyType::OrganisationService, &[])
             .expect_err("typo");
-        assert!(err.to_string().contains("did you mean `workspaces.*`"), "{err}");
+        assert!(
+            err.to_string().contains("did you mean `workspaces.*`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@ pub mod store;
 
 pub use build::{build_snapshot, Problem};
 pub use load::{load_keys_file, parse_keys_str};
-pub use model::{KeySpec, KeysDocument, OrganisationSpec, RateLimitSpec, SecretSpec, WorkspaceSpec};
+pub use model::{
+    KeySpec, KeysDocument, OrganisationSpec, RateLimitSpec, SecretSpec, WorkspaceSpec,
+};
 pub use snapshot::{
     Digest, Key, KeyIdx, KeyStatus, OrgIdx, Organisation, SecretEntry, Snapshot, UnixMillis,
     Workspace, WsIdx,

@@ -16,7 +16,9 @@ pub struct KeyStore {
 impl KeyStore {
     /// A store serving `snapshot`.
     pub fn new(snapshot: Snapshot) -> KeyStore {
-        KeyStore { current: Arc::new(ArcSwap::from_pointee(snapshot)) }
+        KeyStore {
+            current: Arc::new(ArcSwap::from_pointee(snapshot)),
+        }
     }
 
     /// The snapshot now in force. Requests hold this `Arc` until they end,

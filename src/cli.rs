@@ -1,0 +1,427 @@
+//! The command line (SPEC 1): `serve`, `check`, `hash-key`, `new-key`,
+//! `explain` and `demo`.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Config};
+use crate::diag::Diagnostic;
+use crate::keys::{self, KeyStore, Snapshot};
+use crate::routes::RouteTable;
+
+/// scopegate: a reverse proxy that enforces API-key scopes for LLM
+/// completion and admin traffic.
+#[derive(Debug, Parser)]
+#[command(name = "scopegate", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// Server config file [env: SCOPEGATE_CONFIG; default: config/scopegate.yaml]
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(config::default_config_path)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve(ConfigArg),
+    /// Validate the config and its keys file without serving.
+    Check(ConfigArg),
+    /// Read one key from stdin and print its SHA-256 (for the keys file).
+    HashKey,
+    /// Make a new random key: the secret once on stderr, a keys-file entry on stdout.
+    NewKey(NewKeyArgs),
+    /// Show the decision the proxy would make for a key and a request.
+    Explain(ExplainArgs),
+    /// Run the proxy on the example config with built-in demo upstreams.
+    Demo,
+}
+
+#[derive(Debug, Args)]
+struct NewKeyArgs {
+    /// organisation-service, workspace-service or workspace-user
+    #[arg(long = "type", value_name = "TYPE")]
+    key_type: String,
+    /// Human name of the key
+    #[arg(long)]
+    name: String,
+    /// Key id (default: derived from the name)
+    #[arg(long)]
+    id: Option<String>,
+    /// Workspace id or slug (workspace keys)
+    #[arg(long)]
+    workspace: Option<String>,
+    /// User id (workspace-user keys)
+    #[arg(long)]
+    user: Option<String>,
+    /// Organisation id
+    #[arg(long)]
+    organisation: Option<String>,
+    /// Comma-separated scopes
+    #[arg(long, value_delimiter = ',')]
+    scopes: Vec<String>,
+    /// Validate against this config's keys file (workspace exists, id unused)
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ExplainArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The key's id in the keys file
+    #[arg(long = "key-id")]
+    key_id: String,
+    /// HTTP method
+    method: String,
+    /// Path and query, e.g. /v1/chat/completions or /v1/configs?workspace_id=ws
+    path_and_query: String,
+    /// Request body (JSON) for control-plane writes
+    #[arg(long, value_name = "FILE")]
+    body: Option<PathBuf>,
+    /// Content-Type of the body
+    #[arg(long, default_value = "application/json")]
+    content_type: String,
+}
+
+/// Parses the arguments and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(c) => serve(&c.path()),
+        Command::Check(c) => check(&c.path()),
+        Command::HashKey => hash_key(),
+        Command::NewKey(args) => new_key(&args),
+        Command::Explain(args) => explain(&args),
+        Command::Demo => crate::demo_cmd::run(),
+    }
+}
+
+fn print_problems(problems: &[Diagnostic]) {
+    let mut err = std::io::stderr().lock();
+    for p in problems {
+        let _ = writeln!(err, "{p}");
+    }
+}
+
+/// Loads config, route table and keys; every problem is returned.
+///
+/// # Errors
+/// All problems found in the config or the keys file.
+pub fn load_all(path: &Path) -> Result<(Config, RouteTable, Snapshot), Vec<Diagnostic>> {
+    let config = config::load_config(path)?;
+    let table = crate::server::route_table(&config)?;
+    let snap = crate::server::load_keys(&config.keys_file, &table, None)?;
+    Ok((config, table, snap))
+}
+
+fn serve(path: &Path) -> ExitCode {
+    let (config, table, snap) = match load_all(path) {
+        Ok(x) => x,
+        Err(problems) => {
+            print_problems(&problems);
+            return ExitCode::FAILURE;
+        }
+    };
+    crate::server::init_logging(config.log_format);
+    match crate::server::serve(config, table, KeyStore::new(snap)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "scopegate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match load_all(path) {
+        Ok((config, table, snap)) => {
+            println!(
+                "{}: ok: {} keys, {} organisations, {} workspaces, {} routes; keys file {}",
+                config.path.display(),
+                snap.keys().len(),
+                snap.organisations().len(),
+                snap.workspaces().len(),
+                table.routes().len(),
+                config.keys_file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            print_problems(&problems);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hash_key() -> ExitCode {
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+        eprintln!("scopegate hash-key: cannot read stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    if input.last() == Some(&b'\n') {
+        input.pop();
+        if input.last() == Some(&b'\r') {
+            input.pop();
+        }
+    }
+    if input.is_empty() {
+        eprintln!("scopegate hash-key: no key on stdin");
+        return ExitCode::FAILURE;
+    }
+    println!("{}", keys::digest_hex(&input));
+    ExitCode::SUCCESS
+}
+
+fn slug_id(name: &str) -> String {
+    let mut id = String::from("key_");
+    let mut last_us = true;
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            id.push(c.to_ascii_lowercase());
+            last_us = false;
+        } else if !last_us {
+            id.push('_');
+            last_us = true;
+        }
+    }
+    while id.ends_with('_') && id.len() > 4 {
+        id.pop();
+    }
+    if id == "key_" {
+        id.push_str("new");
+    }
+    id
+}
+
+fn new_key(args: &NewKeyArgs) -> ExitCode {
+    let mut raw = [0u8; 32];
+    if let Err(e) = getrandom::fill(&mut raw) {
+        eprintln!("scopegate new-key: no randomness from the OS: {e}");
+        return ExitCode::FAILURE;
+    }
+    let secret = format!("sgk-{}", hex::encode(raw));
+    let spec = keys::KeySpec {
+        id: args.id.clone().unwrap_or_else(|| slug_id(&args.name)),
+        name: args.name.clone(),
+        key_type: args.key_type.clone(),
+        organisation_id: args.organisation.clone(),
+        workspace_id: args.workspace.clone(),
+        user_id: args.user.clone(),
+        sha256: Some(keys::digest_hex(secret.as_bytes())),
+        scopes: args.scopes.clone(),
+        ..keys::KeySpec::default()
+    };
+    if let Err(problems) = validate_new_key(&spec, args.config.as_deref()) {
+        for p in problems {
+            eprintln!("scopegate new-key: {p}");
+        }
+        return ExitCode::FAILURE;
+    }
+    let entry = match serde_yaml::to_string(&vec![spec]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("scopegate new-key: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = String::new();
+    for line in entry.lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    eprintln!("New API key (shown once; store it now): {secret}");
+    print!("{out}");
+    ExitCode::SUCCESS
+}
+
+/// Checks a new key by the keys-file rules: against the real keys file when
+/// a config is given, else against a minimal document around it.
+fn validate_new_key(spec: &keys::KeySpec, config: Option<&Path>) -> Result<(), Vec<String>> {
+    let (mut doc, table) = match config {
+        Some(path) => {
+            let config = config::load_config(path)
+                .map_err(|d| d.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+            let table = crate::server::route_table(&config)
+                .map_err(|d| d.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+            let text = std::fs::read_to_string(&config.keys_file)
+                .map_err(|e| vec![format!("{}: {e}", config.keys_file.display())])?;
+            let doc: keys::KeysDocument = serde_yaml::from_str(&text)
+                .map_err(|e| vec![format!("{}: {e}", config.keys_file.display())])?;
+            (doc, table)
+        }
+        None => {
+            let table =
+                RouteTable::build(&[], true).map_err(|_| vec!["route table".to_string()])?;
+            let org = spec.organisation_id.clone().unwrap_or_else(|| "org".into());
+            let mut workspaces = Vec::new();
+            if let Some(ws) = &spec.workspace_id {
+                workspaces.push(keys::WorkspaceSpec {
+                    id: ws.clone(),
+                    slug: None,
+                });
+            }
+            let doc = keys::KeysDocument {
+                organisations: vec![keys::OrganisationSpec {
+                    id: org,
+                    workspaces,
+                }],
+                ..keys::KeysDocument::default()
+            };
+            (doc, table)
+        }
+    };
+    let index = doc.keys.len();
+    doc.keys.push(spec.clone());
+    match keys::build_snapshot(&doc, table.registry(), None) {
+        Ok(_) => Ok(()),
+        Err(problems) => {
+            let prefix = format!("keys[{index}]");
+            let mine: Vec<String> = problems
+                .iter()
+                .filter(|p| p.path.starts_with(&prefix) || p.path.is_empty())
+                .map(|p| p.message.clone())
+                .collect();
+            if mine.is_empty() {
+                // The existing file has problems of its own; report them.
+                Err(problems.iter().map(ToString::to_string).collect())
+            } else {
+                Err(mine)
+            }
+        }
+    }
+}
+
+fn explain(args: &ExplainArgs) -> ExitCode {
+    let (config, table, snap) = match load_all(&args.config.path()) {
+        Ok(x) => x,
+        Err(problems) => {
+            print_problems(&problems);
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some((key_idx, key)) = snap.key_by_id(&args.key_id) else {
+        eprintln!(
+            "scopegate explain: no key with id `{}` in {}",
+            args.key_id,
+            config.keys_file.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let body = match &args.body {
+        Some(p) => match std::fs::read(p) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("scopegate explain: {}: {e}", p.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let Ok(method) = http::Method::from_bytes(args.method.to_ascii_uppercase().as_bytes()) else {
+        eprintln!("scopegate explain: `{}` is not an HTTP method", args.method);
+        return ExitCode::FAILURE;
+    };
+    let (path, query) = match args.path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (args.path_and_query.as_str(), None),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    let body_facts = match &body {
+        None => crate::policy::Body::Empty,
+        Some(b) if b.len() > config.max_inspect_body_bytes => crate::policy::Body::TooLarge,
+        Some(b) => crate::policy::Body::Read(b),
+    };
+    let facts = crate::policy::RequestFacts {
+        method: &method,
+        path,
+        query,
+        key: crate::request::Presented::Missing,
+        content_type: body.as_ref().map(|_| args.content_type.as_bytes()),
+        body: body_facts,
+        now,
+        max_body: config.max_inspect_body_bytes,
+    };
+    let verdict = crate::policy::decide_as(&table, &snap, &facts, key_idx);
+    let route = verdict.route.map(|r| table.route(r));
+    println!(
+        "key:       {} ({}, {})",
+        key.id,
+        key.key_type,
+        key.status.as_str()
+    );
+    println!(
+        "route:     {}",
+        route.map_or_else(
+            || "none".to_string(),
+            |r| format!(
+                "{} {} ({} plane, needs {})",
+                r.method,
+                r.pattern,
+                r.plane.as_str(),
+                r.needs
+            )
+        )
+    );
+    match &verdict.outcome {
+        crate::policy::Outcome::Deny(d) => {
+            println!("decision:  deny {} {}", d.code.status(), d.code.as_str());
+            println!("message:   {}", d.message);
+            if let Some(a) = &d.allow {
+                println!("allow:     {a}");
+            }
+        }
+        _ => {
+            let upstream = match verdict.plane {
+                Some(crate::routes::Plane::Control) => ("admin", &config.upstreams.admin.url),
+                _ => ("completions", &config.upstreams.completions.url),
+            };
+            println!("decision:  allow");
+            println!("upstream:  {} {}", upstream.0, upstream.1);
+            println!("x-scopegate-key-id: {}", key.id);
+            println!("x-scopegate-key-type: {}", key.key_type);
+            println!(
+                "x-scopegate-organisation-id: {}",
+                snap.organisation(key.organisation).id
+            );
+            if let Some(ws) = verdict.workspace {
+                println!("x-scopegate-workspace-id: {}", snap.workspace(ws).id);
+            }
+            if let Some(u) = &key.user_id {
+                println!("x-scopegate-user-id: {u}");
+            }
+            if !key.rate_limits.is_empty() {
+                let limits: Vec<String> = key
+                    .rate_limits
+                    .iter()
+                    .map(|l| format!("{}/{}s", l.value, l.period.as_secs()))
+                    .collect();
+                println!(
+                    "rate limits (not consumed by explain): {}",
+                    limits.join(", ")
+                );
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

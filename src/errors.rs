@@ -1,0 +1,239 @@
+//! Error codes and the JSON bodies the proxy writes (SPEC 5.1, 5.5).
+//!
+//! Every refusal is an [`ErrorCode`] plus a message; [`render`] is the one
+//! place where that becomes a status and a body in the shape the caller's
+//! client library parses (Portkey's on control-plane paths, OpenAI's
+//! elsewhere).
+
+use serde_json::json;
+
+/// Every way a request can be refused or fail, in decision order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// 400: path not canonical.
+    InvalidPath,
+    /// 401: no key.
+    MissingApiKey,
+    /// 401: key unknown or header repeated.
+    InvalidApiKey,
+    /// 401: key or secret past `expires_at`.
+    ExpiredApiKey,
+    /// 401: status `revoked`.
+    RevokedApiKey,
+    /// 404: no route for the path.
+    RouteNotFound,
+    /// 405: path known, method not.
+    MethodNotAllowed,
+    /// 403: admin key on a data-plane route.
+    AdminKeyNotAllowed,
+    /// 412: status `exhausted` on a data-plane route.
+    BudgetExhausted,
+    /// 403: scopes missing.
+    MissingScope,
+    /// 415: control-plane body that is not JSON.
+    UnsupportedMediaType,
+    /// 413: inspected body too large.
+    BodyTooLarge,
+    /// 400: inspected body not JSON, or bad/repeated `workspace_id`.
+    InvalidJson,
+    /// 400: workspace sources disagree.
+    ConflictingWorkspace,
+    /// 403: workspace key names another workspace.
+    WorkspaceMismatch,
+    /// 404: admin key names an unknown or foreign workspace.
+    WorkspaceNotFound,
+    /// 429: rate limit exceeded.
+    RateLimited,
+    /// 502: upstream refused or reset the connection.
+    UpstreamUnavailable,
+    /// 504: upstream timed out.
+    UpstreamTimeout,
+}
+
+/// Which JSON shape an error body takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorShape {
+    /// `{"error": {"message", "type", "code"}}`.
+    OpenAi,
+    /// `{"success": false, "data": {"message", "errorCode", "code"}}`.
+    Portkey,
+}
+
+impl ErrorCode {
+    /// The HTTP status.
+    pub fn status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            InvalidPath | InvalidJson | ConflictingWorkspace => 400,
+            MissingApiKey | InvalidApiKey | ExpiredApiKey | RevokedApiKey => 401,
+            AdminKeyNotAllowed | MissingScope | WorkspaceMismatch => 403,
+            RouteNotFound | WorkspaceNotFound => 404,
+            MethodNotAllowed => 405,
+            BudgetExhausted => 412,
+            BodyTooLarge => 413,
+            UnsupportedMediaType => 415,
+            RateLimited => 429,
+            UpstreamUnavailable => 502,
+            UpstreamTimeout => 504,
+        }
+    }
+
+    /// The `code` field, and the metrics `code` label.
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            InvalidPath => "invalid_path",
+            MissingApiKey => "missing_api_key",
+            InvalidApiKey => "invalid_api_key",
+            ExpiredApiKey => "expired_api_key",
+            RevokedApiKey => "revoked_api_key",
+            RouteNotFound => "route_not_found",
+            MethodNotAllowed => "method_not_allowed",
+            AdminKeyNotAllowed => "admin_key_not_allowed",
+            BudgetExhausted => "budget_exhausted",
+            MissingScope => "missing_scope",
+            UnsupportedMediaType => "unsupported_media_type",
+            BodyTooLarge => "body_too_large",
+            InvalidJson => "invalid_json",
+            ConflictingWorkspace => "conflicting_workspace",
+            WorkspaceMismatch => "workspace_mismatch",
+            WorkspaceNotFound => "workspace_not_found",
+            RateLimited => "rate_limited",
+            UpstreamUnavailable => "upstream_unavailable",
+            UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    /// Portkey's `errorCode`.
+    pub fn portkey_error_code(self) -> &'static str {
+        match self.status() {
+            401 => "AB05",
+            403 => "AB03",
+            404 => "AB08",
+            429 => "AB06",
+            502 | 504 => "AB04",
+            _ => "AB01",
+        }
+    }
+
+    /// OpenAI's `type`.
+    pub fn openai_type(self) -> &'static str {
+        match self.status() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            412 => "insufficient_quota",
+            429 => "rate_limit_error",
+            502 | 504 => "api_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// Every code, for tests and documentation.
+    pub const ALL: [ErrorCode; 19] = {
+        use ErrorCode::*;
+        [
+            InvalidPath,
+            MissingApiKey,
+            InvalidApiKey,
+            ExpiredApiKey,
+            RevokedApiKey,
+            RouteNotFound,
+            MethodNotAllowed,
+            AdminKeyNotAllowed,
+            BudgetExhausted,
+            MissingScope,
+            UnsupportedMediaType,
+            BodyTooLarge,
+            InvalidJson,
+            ConflictingWorkspace,
+            WorkspaceMismatch,
+            WorkspaceNotFound,
+            RateLimited,
+            UpstreamUnavailable,
+            UpstreamTimeout,
+        ]
+    };
+}
+
+/// A refusal: the code and a message for the caller. Messages never hold a
+/// secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    /// What went wrong.
+    pub code: ErrorCode,
+    /// Words for the caller.
+    pub message: String,
+    /// For 405: the `Allow` header value.
+    pub allow: Option<std::sync::Arc<str>>,
+}
+
+impl Denial {
+    /// A denial with a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Denial {
+        Denial {
+            code,
+            message: message.into(),
+            allow: None,
+        }
+    }
+}
+
+/// The JSON body of an error in the given shape.
+pub fn render(code: ErrorCode, message: &str, shape: ErrorShape) -> Vec<u8> {
+    let value = match shape {
+        ErrorShape::OpenAi => json!({
+            "error": {
+                "message": message,
+                "type": code.openai_type(),
+                "code": code.as_str(),
+            }
+        }),
+        ErrorShape::Portkey => json!({
+            "success": false,
+            "data": {
+                "message": message,
+                "errorCode": code.portkey_error_code(),
+                "code": code.as_str(),
+            }
+        }),
+    };
+    // Serialising a `Value` of strings cannot fail.
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_match_the_contract() {
+        let body = render(ErrorCode::InvalidApiKey, "bad key", ErrorShape::Portkey);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            v,
+            json!({"success": false, "data": {"message": "bad key", "errorCode": "AB05", "code": "invalid_api_key"}})
+        );
+        let body = render(ErrorCode::BudgetExhausted, "spent", ErrorShape::OpenAi);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            v,
+            json!({"error": {"message": "spent", "type": "insufficient_quota", "code": "budget_exhausted"}})
+        );
+    }
+
+    #[test]
+    fn error_codes_follow_the_status_mapping() {
+        for code in ErrorCode::ALL {
+            let (pk, oa) = (code.portkey_error_code(), code.openai_type());
+            match code.status() {
+                400 | 405 | 413 | 415 => {
+                    assert_eq!(pk, "AB01");
+                    assert_eq!(oa, "invalid_request_error");
+                }
+                404 => assert_eq!((pk, oa), ("AB08", "invalid_request_error")),
+                412 => assert_eq!(oa, "insufficient_quota"),
+                _ => {}
+            }
+        }
+    }
+}

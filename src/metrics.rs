@@ -1,0 +1,221 @@
+//! Prometheus metrics (SPEC 7) and the small HTTP listener that serves
+//! `/metrics`, `/healthz` and `/readyz`.
+//!
+//! Everything lives in prometheus' default registry (which also carries the
+//! standard `process_*` metrics). Label values are bounded: route patterns,
+//! error codes, and workspace ids from the keys file, never client input.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use prometheus::{
+    register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
+    Encoder, Gauge, HistogramVec, IntCounterVec, IntGaugeVec, TextEncoder,
+};
+
+use crate::keys::Snapshot;
+use crate::scopes::KeyType;
+
+/// Histogram buckets: from 100 µs (a denial) to 60 s (a long LLM stream).
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+/// The metric families.
+pub struct Metrics {
+    /// `scopegate_requests_total`.
+    pub requests: IntCounterVec,
+    /// `scopegate_workspace_requests_total`.
+    pub workspace_requests: IntCounterVec,
+    /// `scopegate_request_duration_seconds`.
+    pub duration: HistogramVec,
+    /// `scopegate_upstream_responses_total`.
+    pub upstream_responses: IntCounterVec,
+    /// `scopegate_upstream_errors_total`.
+    pub upstream_errors: IntCounterVec,
+    /// `scopegate_keys`.
+    pub keys: IntGaugeVec,
+    /// `scopegate_keys_reloads_total`.
+    pub reloads: IntCounterVec,
+    /// `scopegate_keys_last_reload_success_timestamp_seconds`.
+    pub last_reload_success: Gauge,
+    /// Set once keys are loaded: `/readyz` answers 200.
+    pub ready: AtomicBool,
+}
+
+static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
+
+/// The process-wide metrics; `None` only if registration failed (then
+/// nothing is counted, but requests still flow).
+pub fn metrics() -> Option<&'static Metrics> {
+    METRICS.get_or_init(|| Metrics::register().ok()).as_ref()
+}
+
+impl Metrics {
+    fn register() -> prometheus::Result<Metrics> {
+        let build = register_int_gauge_vec!(
+            "scopegate_build_info",
+            "Build information; the value is always 1.",
+            &["version"]
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let m = Metrics {
+            requests: register_int_counter_vec!(
+                "scopegate_requests_total",
+                "Requests decided, by plane, route pattern, decision and code.",
+                &["plane", "route", "decision", "code"]
+            )?,
+            workspace_requests: register_int_counter_vec!(
+                "scopegate_workspace_requests_total",
+                "Requests by the workspace they act in (canonical id or none) and decision.",
+                &["workspace", "decision"]
+            )?,
+            duration: register_histogram_vec!(
+                "scopegate_request_duration_seconds",
+                "Time from the request's arrival to the end of its response.",
+                &["plane"],
+                DURATION_BUCKETS.to_vec()
+            )?,
+            upstream_responses: register_int_counter_vec!(
+                "scopegate_upstream_responses_total",
+                "Responses from upstreams by status class.",
+                &["upstream", "status_class"]
+            )?,
+            upstream_errors: register_int_counter_vec!(
+                "scopegate_upstream_errors_total",
+                "Failures talking to upstreams, by kind.",
+                &["upstream", "kind"]
+            )?,
+            keys: register_int_gauge_vec!(
+                "scopegate_keys",
+                "Keys in the snapshot in force, by type (whatever their status).",
+                &["type"]
+            )?,
+            reloads: register_int_counter_vec!(
+                "scopegate_keys_reloads_total",
+                "Keys file loads (the load at start counts), by result.",
+                &["result"]
+            )?,
+            last_reload_success: register_gauge!(
+                "scopegate_keys_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful keys load."
+            )?,
+            ready: AtomicBool::new(false),
+        };
+        for t in KeyType::ALL {
+            m.keys.with_label_values(&[t.as_str()]).set(0);
+        }
+        for r in ["success", "failure"] {
+            m.reloads.with_label_values(&[r]).inc_by(0);
+        }
+        Ok(m)
+    }
+
+    /// Records a successful keys load and the new key counts.
+    pub fn keys_loaded(&self, snap: &Snapshot) {
+        for t in KeyType::ALL {
+            self.keys
+                .with_label_values(&[t.as_str()])
+                .set(snap.count_by_type(t) as i64);
+        }
+        self.reloads.with_label_values(&["success"]).inc();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        self.last_reload_success.set(now);
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Records a failed keys load.
+    pub fn keys_load_failed(&self) {
+        self.reloads.with_label_values(&["failure"]).inc();
+    }
+}
+
+/// The Prometheus text exposition of the default registry.
+pub fn render() -> String {
+    let families = prometheus::gather();
+    let mut buf = Vec::new();
+    if TextEncoder::new().encode(&families, &mut buf).is_err() {
+        return String::new();
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let text = |status: u16, body: String, ct: &'static str| {
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+        resp.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(ct),
+        );
+        resp
+    };
+    let ready = metrics().is_some_and(|m| m.ready.load(Ordering::Acquire));
+    Ok(match (req.method().as_str(), req.uri().path()) {
+        ("GET", "/metrics") => text(200, render(), "text/plain; version=0.0.4; charset=utf-8"),
+        ("GET", "/healthz") => text(200, "ok\n".into(), "text/plain"),
+        ("GET", "/readyz") if ready => text(200, "ready\n".into(), "text/plain"),
+        ("GET", "/readyz") => text(503, "keys not loaded\n".into(), "text/plain"),
+        _ => text(404, "not found\n".into(), "text/plain"),
+    })
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the
+/// process ends.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, hyper::service::service_fn(handle))
+                .await;
+        });
+    }
+}
+
+/// Binds the metrics address and serves it on a thread of its own, so a
+/// saturated proxy can still be scraped.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub fn spawn_listener(addr: SocketAddr) -> std::io::Result<()> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let ready = Arc::new(());
+    std::thread::Builder::new()
+        .name("scopegate-metrics".into())
+        .spawn(move || {
+            let _keep = ready;
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                tracing::error!("metrics listener: cannot start a runtime");
+                return;
+            };
+            rt.block_on(async move {
+                match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => {
+                        if let Err(e) = serve(l).await {
+                            tracing::error!(error = %e, "metrics listener stopped");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "metrics listener failed"),
+                }
+            });
+        })?;
+    Ok(())
+}

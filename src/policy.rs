@@ -1,0 +1,353 @@
+//! The decision (SPEC 5.1–5.3): a pure function from request facts, the
+//! route table and a keys snapshot to a verdict. No I/O, no clock, no
+//! locks: the proxy, `explain`, tests and benches all call the same code.
+
+use http::Method;
+
+use crate::errors::{Denial, ErrorCode, ErrorShape};
+use crate::keys::{KeyIdx, KeyStatus, Snapshot, UnixMillis, WsIdx};
+use crate::request::{self, BodyWorkspace, Presented};
+use crate::routes::{Plane, RouteIdx, RouteTable};
+
+/// What the decision knows about a request body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Body<'a> {
+    /// The request has no body (no `Content-Length` above 0, not chunked).
+    Empty,
+    /// A body may follow and has not been read; `Content-Length` if given.
+    Unread {
+        /// The declared length, if any.
+        declared_len: Option<u64>,
+    },
+    /// The whole body, read.
+    Read(&'a [u8]),
+    /// The body turned out larger than the inspection limit.
+    TooLarge,
+}
+
+/// Everything the decision looks at.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestFacts<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The raw path, without the query.
+    pub path: &'a str,
+    /// The raw query, without `?`.
+    pub query: Option<&'a str>,
+    /// The API key as presented.
+    pub key: Presented<'a>,
+    /// The `Content-Type` header.
+    pub content_type: Option<&'a [u8]>,
+    /// The body, as far as known.
+    pub body: Body<'a>,
+    /// Wall-clock time, for expiry.
+    pub now: UnixMillis,
+    /// `max_inspect_body_bytes`.
+    pub max_body: usize,
+}
+
+/// The result for a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forward it (subject to the key's rate limit).
+    Allow,
+    /// Read the body (at most `max_body` bytes) and decide again.
+    ReadBody,
+    /// Refuse it.
+    Deny(Denial),
+}
+
+/// The verdict with what was learnt on the way (for headers, logs, metrics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Allow, read the body, or deny.
+    pub outcome: Outcome,
+    /// The error body shape for this path.
+    pub shape: ErrorShape,
+    /// The matched route, once known.
+    pub route: Option<RouteIdx>,
+    /// The plane of the path, once known (for metrics when the method is unknown).
+    pub plane: Option<Plane>,
+    /// The matched path pattern (the metrics `route` label), even on a 405.
+    pub pattern: Option<std::sync::Arc<str>>,
+    /// The key, once identified.
+    pub key: Option<KeyIdx>,
+    /// The workspace the request acts in (canonical), once known; `None`
+    /// for organisation-wide admin requests.
+    pub workspace: Option<WsIdx>,
+}
+
+impl Verdict {
+    fn deny(mut self, code: ErrorCode, message: impl Into<String>) -> Verdict {
+        self.outcome = Outcome::Deny(Denial::new(code, message));
+        self
+    }
+}
+
+/// A workspace named by one source.
+#[derive(Clone, Copy)]
+struct Named<'a> {
+    raw: &'a str,
+    resolved: Option<WsIdx>,
+}
+
+impl Named<'_> {
+    fn same_as(&self, other: &Named<'_>) -> bool {
+        match (self.resolved, other.resolved) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.raw == other.raw,
+        }
+    }
+}
+
+/// Decides a request. See SPEC 5.1 for the order; the first failing step
+/// answers.
+pub fn decide(table: &RouteTable, snap: &Snapshot, facts: &RequestFacts<'_>) -> Verdict {
+    decide_inner(table, snap, facts, None)
+}
+
+/// Decides a request as if `key` had presented a valid secret (for
+/// `scopegate explain`, which knows key ids, never secrets). Key expiry and
+/// status still apply; per-secret rotation windows do not.
+pub fn decide_as(
+    table: &RouteTable,
+    snap: &Snapshot,
+    facts: &RequestFacts<'_>,
+    key: KeyIdx,
+) -> Verdict {
+    decide_inner(table, snap, facts, Some(key))
+}
+
+fn decide_inner(
+    table: &RouteTable,
+    snap: &Snapshot,
+    facts: &RequestFacts<'_>,
+    known: Option<KeyIdx>,
+) -> Verdict {
+    let mut v = Verdict {
+        outcome: Outcome::Allow,
+        shape: ErrorShape::OpenAi,
+        route: None,
+        plane: None,
+        pattern: None,
+        key: None,
+        workspace: None,
+    };
+
+    // 1. Canonical path.
+    if let Some(reason) = request::non_canonical_reason(facts.path) {
+        return v.deny(ErrorCode::InvalidPath, format!("Invalid path: {reason}."));
+    }
+    let path_match = table.match_path(facts.path);
+    if let Some(m) = &path_match {
+        if m.entry.control {
+            v.shape = ErrorShape::Portkey;
+        }
+        v.plane = Some(if m.entry.control {
+            Plane::Control
+        } else {
+            Plane::Data
+        });
+        v.pattern = Some(m.entry.pattern.clone());
+    }
+
+    // 2. Key.
+    let (key_idx, secret_expires) = match (known, facts.key) {
+        (Some(k), _) => (k, None),
+        (None, Presented::Missing) => return v.deny(
+            ErrorCode::MissingApiKey,
+            "Missing API key: send it in the x-portkey-api-key header or as Authorization: Bearer.",
+        ),
+        (None, Presented::Repeated) => {
+            return v.deny(
+                ErrorCode::InvalidApiKey,
+                "Invalid API key: the key header was sent more than once.",
+            )
+        }
+        (None, Presented::Secret(secret)) => {
+            let digest = crate::keys::digest(secret);
+            match snap.lookup(&digest) {
+                Some((k, entry)) => (k, entry.expires_at),
+                None => return v.deny(ErrorCode::InvalidApiKey, "Invalid API key."),
+            }
+        }
+    };
+    v.key = Some(key_idx);
+    let key = snap.key(key_idx);
+    v.workspace = key.workspace;
+    if key.expires_at.is_some_and(|t| facts.now >= t) {
+        return v.deny(ErrorCode::ExpiredApiKey, "This API key has expired.");
+    }
+    if secret_expires.is_some_and(|t| facts.now >= t) {
+        return v.deny(
+            ErrorCode::ExpiredApiKey,
+            "This API key secret has expired after rotation; use the new secret.",
+        );
+    }
+    if key.status == KeyStatus::Revoked {
+        return v.deny(ErrorCode::RevokedApiKey, "This API key has been revoked.");
+    }
+
+    // 3. Route and method.
+    let Some(m) = path_match else {
+        return v.deny(
+            ErrorCode::RouteNotFound,
+            format!("No route for {} {}.", facts.method, facts.path),
+        );
+    };
+    let Some(route_idx) = m.entry.route_for(facts.method) else {
+        let mut v = v.deny(
+            ErrorCode::MethodNotAllowed,
+            format!(
+                "Method {} is not allowed on {}; allowed: {}.",
+                facts.method, m.entry.pattern, m.entry.allow
+            ),
+        );
+        if let Outcome::Deny(d) = &mut v.outcome {
+            d.allow = Some(m.entry.allow.clone());
+        }
+        return v;
+    };
+    let route = table.route(route_idx);
+    v.route = Some(route_idx);
+    v.plane = Some(route.plane);
+    v.shape = match route.plane {
+        Plane::Control => ErrorShape::Portkey,
+        Plane::Data if m.entry.control => ErrorShape::Portkey,
+        Plane::Data => ErrorShape::OpenAi,
+    };
+
+    // 4. Key type, status and scopes.
+    if route.plane == Plane::Data && key.key_type.is_admin() {
+        return v.deny(
+            ErrorCode::AdminKeyNotAllowed,
+            "Admin (organisation) keys cannot call completion routes; use a workspace key.",
+        );
+    }
+    if route.plane == Plane::Data && key.status == KeyStatus::Exhausted {
+        return v.deny(
+            ErrorCode::BudgetExhausted,
+            "This API key has exhausted its budget.",
+        );
+    }
+    if !route.requirement.is_met_by(&key.scopes) {
+        return v.deny(
+            ErrorCode::MissingScope,
+            format!(
+                "This API key lacks the permission for {} {}: it needs {}.",
+                facts.method, route.pattern, route.needs
+            ),
+        );
+    }
+
+    // 5. Body (control-plane writes only).
+    let inspects_body = route.plane == Plane::Control
+        && matches!(*facts.method, Method::POST | Method::PUT | Method::PATCH);
+    let mut body_ws: Option<String> = None;
+    if inspects_body {
+        let non_empty = match facts.body {
+            Body::Empty => false,
+            Body::Unread { declared_len } => declared_len != Some(0),
+            Body::Read(b) => !b.is_empty(),
+            Body::TooLarge => true,
+        };
+        // A chunked body of unknown length is read first: it may be empty.
+        let known_non_empty = match facts.body {
+            Body::Unread { declared_len: None } => false,
+            _ => non_empty,
+        };
+        if known_non_empty && !request::is_json_content_type(facts.content_type) {
+            return v.deny(
+                ErrorCode::UnsupportedMediaType,
+                "Control-plane request bodies must be sent as Content-Type: application/json.",
+            );
+        }
+        match facts.body {
+            Body::Unread { declared_len } if non_empty => {
+                if declared_len.is_some_and(|n| n > facts.max_body as u64) {
+                    return too_large(v, facts.max_body);
+                }
+                v.outcome = Outcome::ReadBody;
+                return v;
+            }
+            Body::TooLarge => return too_large(v, facts.max_body),
+            Body::Read(b) if !b.is_empty() => match request::body_workspace(b) {
+                Ok(BodyWorkspace::Named(w)) => body_ws = Some(w),
+                Ok(BodyWorkspace::Absent) => {}
+                Err(e) => return v.deny(ErrorCode::InvalidJson, e.0),
+            },
+            _ => {}
+        }
+    }
+
+    // 6. Workspace.
+    let resolve = |raw: &str| snap.workspace_by_name(raw);
+    let mut named: Option<Named<'_>> = None;
+    let mut sources: Vec<Named<'_>> = Vec::new();
+    if let Some(p) = m.workspace {
+        sources.push(Named {
+            raw: p,
+            resolved: resolve(p),
+        });
+    }
+    let query_values = request::query_workspace_ids(facts.query);
+    for q in &query_values {
+        sources.push(Named {
+            raw: q,
+            resolved: resolve(q),
+        });
+    }
+    if let Some(b) = &body_ws {
+        sources.push(Named {
+            raw: b,
+            resolved: resolve(b),
+        });
+    }
+    for s in &sources {
+        match &named {
+            None => named = Some(*s),
+            Some(first) if first.same_as(s) => {}
+            Some(_) => {
+                return v.deny(
+                    ErrorCode::ConflictingWorkspace,
+                    "The request names more than one workspace (path, query and body must agree).",
+                )
+            }
+        }
+    }
+    match (key.workspace, named) {
+        (Some(own), Some(n)) => {
+            if n.resolved != Some(own) {
+                return v.deny(
+                    ErrorCode::WorkspaceMismatch,
+                    "This workspace key cannot act in the workspace the request names.",
+                );
+            }
+        }
+        (Some(_), None) => {}
+        (None, Some(n)) => {
+            match n.resolved {
+                Some(ws) if snap.workspace(ws).organisation == key.organisation => {
+                    v.workspace = Some(ws);
+                }
+                _ => return v.deny(
+                    ErrorCode::WorkspaceNotFound,
+                    "The workspace the request names does not exist in this key's organisation.",
+                ),
+            }
+        }
+        (None, None) => {}
+    }
+    v.outcome = Outcome::Allow;
+    v
+}
+
+fn too_large(v: Verdict, max: usize) -> Verdict {
+    v.deny(
+        ErrorCode::BodyTooLarge,
+        format!("The request body is larger than the {max} bytes this proxy inspects."),
+    )
+}
+
+#[cfg(test)]
+mod tests;

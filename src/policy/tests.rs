@@ -1,0 +1,1 @@
+//! Table tests of the decision (filled in below).

@@ -1,0 +1,377 @@
+//! Pure readers of request parts: the canonical-path rule (SPEC 5.2), the
+//! `workspace_id` query parameter, the API key headers, and the top-level
+//! `workspace_id` of a JSON body (SPEC 5.3). No I/O.
+
+use std::borrow::Cow;
+
+/// Why a path is not canonical (for the 400 message).
+pub fn non_canonical_reason(path: &str) -> Option<&'static str> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Some("the path must start with `/`");
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'\\' {
+            return Some("the path contains a backslash");
+        }
+        if b < 0x20 || b == 0x7f {
+            return Some("the path contains a control character");
+        }
+        if b == b'%' {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|c| hex_val(*c)),
+                bytes.get(i + 2).and_then(|c| hex_val(*c)),
+            ) else {
+                return Some("the path contains invalid percent-encoding");
+            };
+            let decoded = h * 16 + l;
+            match decoded {
+                b'/' => return Some("the path contains a percent-encoded `/`"),
+                b'\\' => return Some("the path contains a percent-encoded backslash"),
+                b'.' => return Some("the path contains a percent-encoded `.`"),
+                0x00..=0x1f | 0x7f => {
+                    return Some("the path contains a percent-encoded control character")
+                }
+                c if is_unreserved(c) => {
+                    return Some("the path percent-encodes an unreserved character")
+                }
+                _ => {}
+            }
+            i += 3;
+            continue;
+        }
+        i += 1;
+    }
+    // Segments: `//`, `.` and `..` are refused; a trailing empty segment is
+    // a different path (404), not an error.
+    let inner = &path[1..];
+    let segments: Vec<&str> = inner.split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    for (n, seg) in segments.iter().enumerate() {
+        if seg.is_empty() && n != last {
+            return Some("the path contains an empty segment (`//`)");
+        }
+        if *seg == "." || *seg == ".." {
+            return Some("the path contains a `.` or `..` segment");
+        }
+    }
+    None
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Percent-decodes a query component (`+` is a space, as in forms).
+fn decode_component(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return Cow::Borrowed(s);
+    }
+    let replaced = s.replace('+', " ");
+    let decoded: Vec<u8> = percent_decode(replaced.as_bytes());
+    Cow::Owned(String::from_utf8_lossy(&decoded).into_owned())
+}
+
+fn percent_decode(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if let (Some(h), Some(l)) = (
+                b.get(i + 1).and_then(|c| hex_val(*c)),
+                b.get(i + 2).and_then(|c| hex_val(*c)),
+            ) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Every value of the `workspace_id` query parameter, decoded.
+pub fn query_workspace_ids(query: Option<&str>) -> Vec<Cow<'_, str>> {
+    let Some(q) = query else {
+        return Vec::new();
+    };
+    q.split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode_component(k) == "workspace_id").then(|| decode_component(v))
+        })
+        .collect()
+}
+
+/// The API key as presented (SPEC 5.1): `x-portkey-api-key`, else
+/// `Authorization: Bearer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presented<'a> {
+    /// No key at all.
+    Missing,
+    /// The key header was sent more than once.
+    Repeated,
+    /// One key.
+    Secret(&'a [u8]),
+}
+
+/// Where the key came from; the `Authorization` header is removed upstream
+/// only when it carried the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// `x-portkey-api-key` (or none).
+    PortkeyHeader,
+    /// `Authorization: Bearer`.
+    Authorization,
+}
+
+/// Picks the key from the header values.
+pub fn presented_key<'a>(
+    portkey: &[&'a [u8]],
+    authorization: &[&'a [u8]],
+) -> (Presented<'a>, KeySource) {
+    match portkey {
+        [] => {}
+        [one] => return (Presented::Secret(trim(one)), KeySource::PortkeyHeader),
+        _ => return (Presented::Repeated, KeySource::PortkeyHeader),
+    }
+    let bearer: Vec<&[u8]> = authorization
+        .iter()
+        .filter_map(|v| bearer_token(v))
+        .collect();
+    match (bearer.as_slice(), authorization.len()) {
+        ([], _) => (Presented::Missing, KeySource::PortkeyHeader),
+        ([one], 1) => (Presented::Secret(one), KeySource::Authorization),
+        _ => (Presented::Repeated, KeySource::Authorization),
+    }
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// The token of an `Authorization: Bearer <token>` value (scheme is
+/// case-insensitive); `None` for other schemes or an empty token.
+pub fn bearer_token(v: &[u8]) -> Option<&[u8]> {
+    let v = trim(v);
+    if v.len() < 7 || !v[..6].eq_ignore_ascii_case(b"bearer") || !v[6].is_ascii_whitespace() {
+        return None;
+    }
+    let token = trim(&v[7..]);
+    (!token.is_empty()).then_some(token)
+}
+
+/// Whether a `Content-Type` is `application/json` (parameters allowed).
+pub fn is_json_content_type(ct: Option<&[u8]>) -> bool {
+    let Some(ct) = ct else { return false };
+    let essence = ct.split(|b| *b == b';').next().unwrap_or_default();
+    trim(essence).eq_ignore_ascii_case(b"application/json")
+}
+
+/// What the top-level `workspace_id` of a JSON body says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyWorkspace {
+    /// No `workspace_id` field (or the body is not an object).
+    Absent,
+    /// One string value.
+    Named(String),
+}
+
+/// Why a body could not be read for its workspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidBody(pub String);
+
+/// Reads the top-level `workspace_id` of a JSON body without building the
+/// whole document; refuses invalid JSON, a non-string value, and a repeated
+/// field (two parsers could disagree on which one wins).
+pub fn body_workspace(body: &[u8]) -> Result<BodyWorkspace, InvalidBody> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    use std::fmt;
+
+    struct Top;
+    impl<'de> Visitor<'de> for Top {
+        type Value = Result<BodyWorkspace, String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found: Option<String> = None;
+            let mut problem: Option<String> = None;
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                if key == "workspace_id" {
+                    let v: serde_json::Value = map.next_value()?;
+                    if problem.is_some() {
+                        continue;
+                    }
+                    match v {
+                        serde_json::Value::String(s) if found.is_none() => found = Some(s),
+                        serde_json::Value::String(_) => {
+                            problem =
+                                Some("`workspace_id` appears more than once in the body".into())
+                        }
+                        _ => problem = Some("`workspace_id` in the body must be a string".into()),
+                    }
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(match problem {
+                Some(p) => Err(p),
+                None => Ok(found.map_or(BodyWorkspace::Absent, BodyWorkspace::Named)),
+            })
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Ok(BodyWorkspace::Absent))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Ok(BodyWorkspace::Absent))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Ok(BodyWorkspace::Absent))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Ok(BodyWorkspace::Absent))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Ok(BodyWorkspace::Absent))
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Ok(BodyWorkspace::Absent))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Ok(BodyWorkspace::Absent))
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let result = (&mut de)
+        .deserialize_any(Top)
+        .and_then(|r| de.end().map(|_| r))
+        .map_err(|e| InvalidBody(format!("the body is not valid JSON: {e}")))?;
+    result.map_err(InvalidBody)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_paths_pass() {
+        for p in [
+            "/v1/chat/completions",
+            "/v1/files/a%20b",
+            "/v1/files/%C3%A9",
+            "/v1/chat/completions/",
+            "/",
+        ] {
+            assert_eq!(non_canonical_reason(p), None, "{p}");
+        }
+    }
+
+    #[test]
+    fn non_canonical_paths_are_refused() {
+        for p in [
+            "//v1/chat",
+            "/v1//chat",
+            "/v1/./chat",
+            "/v1/../chat",
+            "/v1/..",
+            "/v1\\chat",
+            "/v1/\x01",
+            "/v1/%zz",
+            "/v1/%4",
+            "/v1/a%2Fb",
+            "/v1/a%2fb",
+            "/v1/a%5Cb",
+            "/v1/%2E%2E",
+            "/v1/a%00",
+            "/v1/a%0A",
+            "/v1/%41",
+            "/v1/%7E",
+            "/v1/%2D",
+            "/v1/%5F",
+            "/v1/%30",
+            "/v1/%7f",
+            "v1/x",
+        ] {
+            assert!(non_canonical_reason(p).is_some(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn query_workspace_values_are_decoded() {
+        assert_eq!(
+            query_workspace_ids(Some("a=1&workspace_id=ws%5F1&workspace%5Fid=x")),
+            vec!["ws_1", "x"]
+        );
+        assert!(query_workspace_ids(Some("workspace=1")).is_empty());
+        assert!(query_workspace_ids(None).is_empty());
+    }
+
+    #[test]
+    fn key_comes_from_portkey_header_then_bearer() {
+        let (p, s) = presented_key(&[b"k1"], &[b"Bearer k2"]);
+        assert_eq!((p, s), (Presented::Secret(b"k1"), KeySource::PortkeyHeader));
+        let (p, s) = presented_key(&[], &[b"bearer  k2 "]);
+        assert_eq!((p, s), (Presented::Secret(b"k2"), KeySource::Authorization));
+        assert_eq!(presented_key(&[], &[b"Basic abc"]).0, Presented::Missing);
+        assert_eq!(presented_key(&[b"a", b"b"], &[]).0, Presented::Repeated);
+        assert_eq!(
+            presented_key(&[], &[b"Bearer a", b"Bearer b"]).0,
+            Presented::Repeated
+        );
+        assert_eq!(presented_key(&[], &[]).0, Presented::Missing);
+        assert_eq!(presented_key(&[], &[b"Bearer "]).0, Presented::Missing);
+    }
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json_content_type(Some(b"application/json")));
+        assert!(is_json_content_type(Some(
+            b"Application/JSON; charset=utf-8"
+        )));
+        assert!(!is_json_content_type(Some(b"text/plain")));
+        assert!(!is_json_content_type(None));
+    }
+
+    #[test]
+    fn body_workspace_rules() {
+        assert_eq!(
+            body_workspace(br#"{"a":{"workspace_id":1},"workspace_id":"ws"}"#),
+            Ok(BodyWorkspace::Named("ws".into()))
+        );
+        assert_eq!(body_workspace(br#"{"a":1}"#), Ok(BodyWorkspace::Absent));
+        assert_eq!(body_workspace(br#"[1,2]"#), Ok(BodyWorkspace::Absent));
+        assert!(body_workspace(br#"{"workspace_id":1}"#).is_err());
+        assert!(body_workspace(br#"{"workspace_id":"a","workspace_id":"a"}"#).is_err());
+        assert!(body_workspace(br#"{"workspace\u005fid":"a","workspace_id":"b"}"#).is_err());
+        assert!(body_workspace(br#"{"a":1"#).is_err());
+        assert!(body_workspace(br#"{"a":1} x"#).is_err());
+        assert!(body_workspace(b"not json").is_err());
+    }
+}

@@ -1,0 +1,179 @@
+//! Wiring: load and check everything, then run pingora with the gateway,
+//! the metrics listener, the keys reloader and graceful shutdown.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+
+use crate::config::{Config, LogFormat};
+use crate::diag::Diagnostic;
+use crate::keys::{self, KeyStore, Snapshot};
+use crate::metrics::metrics;
+use crate::proxy::{Gateway, Upstream};
+use crate::reload::Reloader;
+use crate::routes::RouteTable;
+
+/// Builds the route table from the config.
+///
+/// # Errors
+/// Every malformed extra route.
+pub fn route_table(config: &Config) -> Result<RouteTable, Vec<Diagnostic>> {
+    RouteTable::build(&config.routes, config.builtin_routes).map_err(|problems| {
+        problems
+            .into_iter()
+            .map(|p| {
+                let message = match p.index {
+                    Some(i) => format!("routes[{i}]: {}", p.message),
+                    None => p.message,
+                };
+                Diagnostic::file(&config.path, message)
+            })
+            .collect()
+    })
+}
+
+/// Loads the keys file against the route table, and checks that every
+/// custom scope an extra route needs is declared in `custom_scopes`.
+///
+/// # Errors
+/// Every problem of the keys file.
+pub fn load_keys(
+    keys_file: &Path,
+    table: &RouteTable,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, Vec<Diagnostic>> {
+    let snap = keys::load_keys_file(keys_file, table.registry(), previous)?;
+    let missing: Vec<Diagnostic> = table
+        .custom_scopes()
+        .filter(|s| !snap.custom_scopes().iter().any(|c| c == s))
+        .map(|s| {
+            Diagnostic::file(
+                keys_file,
+                format!("scope `{s}` is used by an extra route in the server config but is not listed in custom_scopes"),
+            )
+        })
+        .collect();
+    if missing.is_empty() {
+        Ok(snap)
+    } else {
+        Err(missing)
+    }
+}
+
+/// Sets up `tracing` on stderr; `RUST_LOG` filters.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Runs the proxy until SIGTERM/SIGINT. Never returns.
+///
+/// # Errors
+/// Start-up failures (bad upstream, unbindable metrics address).
+pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Result<()> {
+    let table = Arc::new(table);
+    let m = metrics();
+    if let Some(m) = m {
+        m.keys_loaded(&store.load());
+    }
+    if let Some(addr) = &config.metrics_listen {
+        let addr = addr
+            .parse()
+            .map_err(|e| anyhow::anyhow!("metrics_listen `{addr}`: {e}"))?;
+        crate::metrics::spawn_listener(addr)
+            .map_err(|e| anyhow::anyhow!("metrics_listen `{addr}`: {e}"))?;
+    }
+    let completions = Upstream::from_config("completions", &config.upstreams.completions)?;
+    let admin = Upstream::from_config("admin", &config.upstreams.admin)?;
+    let gateway = Gateway::new(
+        table.clone(),
+        store.clone(),
+        completions,
+        admin,
+        config.max_inspect_body_bytes,
+    );
+    let in_flight = gateway.in_flight();
+
+    let threads = config
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(config.shutdown_grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
+    for addr in &config.listen {
+        proxy.add_tcp(addr);
+    }
+    server.add_service(proxy);
+
+    Reloader::new(
+        config.keys_file.clone(),
+        table,
+        store,
+        config.reload_poll_interval_ms,
+    )
+    .spawn()?;
+    spawn_shutdown_watch(
+        in_flight,
+        Duration::from_secs(config.shutdown_grace_period_seconds),
+    );
+
+    tracing::info!(
+        listen = ?config.listen,
+        metrics = ?config.metrics_listen,
+        threads,
+        keys_file = %config.keys_file.display(),
+        "scopegate serving"
+    );
+    server.run_forever()
+}
+
+/// pingora's graceful shutdown always waits the whole grace period; exit as
+/// soon as the in-flight requests are done instead (or when it runs out).
+fn spawn_shutdown_watch(in_flight: Arc<std::sync::atomic::AtomicUsize>, grace: Duration) {
+    let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM]);
+    let Ok(mut signals) = signals else {
+        tracing::warn!("cannot watch SIGTERM; relying on pingora's grace period");
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("scopegate-shutdown".into())
+        .spawn(move || {
+            if signals.forever().next().is_none() {
+                return;
+            }
+            tracing::info!(
+                grace_s = grace.as_secs(),
+                "SIGTERM: draining in-flight requests"
+            );
+            let start = Instant::now();
+            // Let pingora stop its listeners first.
+            std::thread::sleep(Duration::from_millis(50));
+            while in_flight.load(Ordering::Acquire) > 0 && start.elapsed() < grace {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let left = in_flight.load(Ordering::Acquire);
+            tracing::info!(left, "shutdown complete");
+            std::process::exit(0);
+        });
+}

@@ -1,0 +1,22 @@
+//! End-to-end tests: the real `scopegate` binary between a test client and
+//! two recording upstreams (completions and admin). One integration-test
+//! binary; each area of the contract (/work/shared/SPEC.md) is a submodule.
+//!
+//! Every test starts its own proxy and upstreams on fresh ports, so tests
+//! run in parallel and share no state.
+
+mod e2e {
+    pub mod client;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod upstream;
+
+    mod cli;
+    mod connections;
+    mod decision;
+    mod forwarding;
+    mod metrics;
+    mod paths;
+    mod shutdown;
+    mod streaming;
+}

@@ -1,0 +1,581 @@
+//! Runs the real `scopegate` binary against recording upstreams.
+//!
+//! [`Proxy`] writes a config and a keys file into a temp dir, spawns
+//! `scopegate serve`, captures its stdout and stderr, and waits until
+//! `/readyz` answers 200 and the proxy port accepts connections. It kills the
+//! process on Drop and prints the captured logs when the test failed.
+//!
+//! Ports: a free port is found by binding `127.0.0.1:0` and closing it again,
+//! then handed to the proxy. Another process may grab it in between; when the
+//! proxy exits early saying the address is in use, the start is retried once
+//! with fresh ports.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use super::client::{raw_request, Req, Response};
+use super::fixtures;
+use super::upstream::Upstream;
+
+/// How often readiness and exit are polled.
+const POLL: Duration = Duration::from_millis(20);
+/// Upper bound for a proxy to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn scopegate_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_scopegate")
+}
+
+/// A free TCP port on 127.0.0.1 (see the module docs for the race).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port probe");
+    listener.local_addr().unwrap().port()
+}
+
+/// The completions and admin upstreams of one proxy.
+pub struct Upstreams {
+    pub completions: Upstream,
+    pub admin: Upstream,
+}
+
+impl Upstreams {
+    pub fn start() -> Upstreams {
+        Upstreams {
+            completions: Upstream::start(),
+            admin: Upstream::start(),
+        }
+    }
+
+    /// Asserts that neither upstream received any request.
+    #[track_caller]
+    pub fn assert_untouched(&self) {
+        assert_eq!(
+            (self.completions.count(), self.admin.count()),
+            (0, 0),
+            "a denied request reached an upstream: completions {:#?}, admin {:#?}",
+            self.completions.requests(),
+            self.admin.requests()
+        );
+    }
+}
+
+/// What to write into the proxy's config and keys file.
+#[derive(Clone)]
+pub struct ProxyBuilder {
+    completions_url: String,
+    admin_url: String,
+    completions_yaml: String,
+    admin_yaml: String,
+    config_yaml: String,
+    keys_yaml: String,
+    env: Vec<(String, String)>,
+    grace_seconds: u64,
+    metrics: bool,
+}
+
+impl ProxyBuilder {
+    /// A config pointing at the given upstream URLs, with the shared keys.
+    pub fn new(completions_url: &str, admin_url: &str) -> ProxyBuilder {
+        ProxyBuilder {
+            completions_url: completions_url.to_string(),
+            admin_url: admin_url.to_string(),
+            completions_yaml: String::new(),
+            admin_yaml: String::new(),
+            config_yaml: String::new(),
+            keys_yaml: fixtures::keys_yaml(),
+            env: Vec::new(),
+            grace_seconds: 5,
+            metrics: true,
+        }
+    }
+
+    /// Replaces the keys file.
+    pub fn keys(mut self, yaml: &str) -> Self {
+        self.keys_yaml = yaml.to_string();
+        self
+    }
+
+    /// Extra top-level config lines (e.g. `max_inspect_body_bytes: 1024`).
+    pub fn config(mut self, yaml: &str) -> Self {
+        self.config_yaml.push_str(yaml);
+        self.config_yaml.push('\n');
+        self
+    }
+
+    pub fn completions_url(mut self, url: &str) -> Self {
+        self.completions_url = url.to_string();
+        self
+    }
+
+    pub fn admin_url(mut self, url: &str) -> Self {
+        self.admin_url = url.to_string();
+        self
+    }
+
+    /// Extra lines under `upstreams.completions` (e.g. `read_timeout_ms: 200`).
+    pub fn completions_yaml(mut self, yaml: &str) -> Self {
+        self.completions_yaml.push_str(yaml);
+        self.completions_yaml.push('\n');
+        self
+    }
+
+    /// Extra lines under `upstreams.admin`.
+    pub fn admin_yaml(mut self, yaml: &str) -> Self {
+        self.admin_yaml.push_str(yaml);
+        self.admin_yaml.push('\n');
+        self
+    }
+
+    /// An environment variable for the proxy process.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn grace_seconds(mut self, seconds: u64) -> Self {
+        self.grace_seconds = seconds;
+        self
+    }
+
+    /// No `metrics_listen`: readiness is then the proxy port accepting.
+    pub fn without_metrics(mut self) -> Self {
+        self.metrics = false;
+        self
+    }
+
+    /// The config file text for these ports.
+    pub fn config_text(&self, port: u16, metrics_port: u16) -> String {
+        let mut out = format!("listen: [\"127.0.0.1:{port}\"]\n");
+        if self.metrics {
+            out.push_str(&format!("metrics_listen: \"127.0.0.1:{metrics_port}\"\n"));
+        }
+        out.push_str(&format!(
+            "threads: 1\n\
+             keys_file: keys.yaml\n\
+             log_format: json\n\
+             shutdown_grace_period_seconds: {grace}\n\
+             upstreams:\n  \
+             completions:\n    \
+             url: \"{completions}\"\n{completions_extra}  \
+             admin:\n    \
+             url: \"{admin}\"\n{admin_extra}{extra}",
+            grace = self.grace_seconds,
+            completions = self.completions_url,
+            completions_extra = indent(&self.completions_yaml, 4),
+            admin = self.admin_url,
+            admin_extra = indent(&self.admin_yaml, 4),
+            extra = self.config_yaml,
+        ));
+        out
+    }
+
+    /// Writes `scopegate.yaml` and `keys.yaml` into `dir`; returns the
+    /// config path.
+    pub fn write_files(&self, dir: &Path, port: u16, metrics_port: u16) -> PathBuf {
+        let config = dir.join("scopegate.yaml");
+        std::fs::write(&config, self.config_text(port, metrics_port)).unwrap();
+        std::fs::write(dir.join("keys.yaml"), &self.keys_yaml).unwrap();
+        config
+    }
+
+    /// Spawns the proxy and waits until it is ready.
+    pub fn start(self) -> Proxy {
+        match self.try_start() {
+            Ok(proxy) => proxy,
+            Err(failed) if failed.logs.to_ascii_lowercase().contains("in use") => {
+                // Someone took a port between our probe and the proxy's bind.
+                self.try_start()
+                    .unwrap_or_else(|failed| panic!("proxy did not start twice:\n{failed}"))
+            }
+            Err(failed) => panic!("proxy did not start:\n{failed}"),
+        }
+    }
+
+    fn try_start(&self) -> Result<Proxy, StartFailure> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (port, metrics_port) = (free_port(), free_port());
+        let config = self.write_files(dir.path(), port, metrics_port);
+        let mut command = Command::new(scopegate_bin());
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut proxy = Proxy::spawn(command, dir);
+        proxy.addr = SocketAddr::from(([127, 0, 0, 1], port));
+        proxy.metrics_addr = self
+            .metrics
+            .then(|| SocketAddr::from(([127, 0, 0, 1], metrics_port)));
+        match proxy.wait_ready() {
+            Ok(()) => Ok(proxy),
+            Err(reason) => {
+                let _ = proxy.child.kill();
+                let _ = proxy.child.wait();
+                proxy.join_log_readers();
+                let logs = proxy.logs();
+                // Disarm Drop's log dump: the caller reports (or retries).
+                proxy.quiet = true;
+                Err(StartFailure {
+                    reason,
+                    config: self.config_text(port, metrics_port),
+                    logs,
+                })
+            }
+        }
+    }
+}
+
+struct StartFailure {
+    reason: String,
+    config: String,
+    logs: String,
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}\n--- config ---\n{}\n--- output ---\n{}",
+            self.reason, self.config, self.logs
+        )
+    }
+}
+
+fn indent(text: &str, spaces: usize) -> String {
+    let pad = " ".repeat(spaces);
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{pad}{l}\n"))
+        .collect()
+}
+
+/// Captured stdout and stderr of a child, interleaved in arrival order.
+type LogBuffer = Arc<Mutex<Vec<u8>>>;
+
+fn capture(mut pipe: impl Read + Send + 'static, into: LogBuffer) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    })
+}
+
+/// A running `scopegate serve`.
+pub struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    logs: LogBuffer,
+    readers: Vec<JoinHandle<()>>,
+    quiet: bool,
+    _dir: TempDir,
+}
+
+impl Proxy {
+    /// Starts a proxy in front of `up` with the shared keys file.
+    pub fn start(up: &Upstreams) -> Proxy {
+        Proxy::builder(up).start()
+    }
+
+    /// A builder pointing at `up`, to add config before starting.
+    pub fn builder(up: &Upstreams) -> ProxyBuilder {
+        ProxyBuilder::new(&up.completions.url(), &up.admin.url())
+    }
+
+    fn spawn(mut command: Command, dir: TempDir) -> Proxy {
+        let mut child = command.spawn().expect("spawn scopegate");
+        let logs = LogBuffer::default();
+        let readers = vec![
+            capture(child.stdout.take().unwrap(), logs.clone()),
+            capture(child.stderr.take().unwrap(), logs.clone()),
+        ];
+        Proxy {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_addr: None,
+            logs,
+            readers,
+            quiet: false,
+            _dir: dir,
+        }
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Err(format!("scopegate exited before ready: {status}"));
+            }
+            let ready = match self.metrics_addr {
+                Some(metrics) => {
+                    probe_status(metrics, "/readyz") == Some(200) && accepts(self.addr)
+                }
+                None => accepts(self.addr),
+            };
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("scopegate not ready after {READY_TIMEOUT:?}"));
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// The proxy's listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr.expect("metrics are disabled")
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}", self.metrics_addr())
+    }
+
+    /// Everything the process wrote to stdout and stderr so far.
+    pub fn logs(&self) -> String {
+        String::from_utf8_lossy(&self.logs.lock().unwrap()).into_owned()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+    }
+
+    /// Waits for the process to exit; panics (with the logs) after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.join_log_readers();
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "scopegate still running {timeout:?} after it was asked to exit"
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    fn join_log_readers(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+
+    pub fn request(&self, method: &str, target: &str) -> Req {
+        Req::new(self.addr, method, target)
+    }
+
+    pub fn get(&self, target: &str) -> Req {
+        self.request("GET", target)
+    }
+
+    pub fn post(&self, target: &str) -> Req {
+        self.request("POST", target)
+    }
+
+    pub fn put(&self, target: &str) -> Req {
+        self.request("PUT", target)
+    }
+
+    pub fn delete(&self, target: &str) -> Req {
+        self.request("DELETE", target)
+    }
+
+    /// Writes exactly `bytes` on a new connection; reads one response.
+    pub fn raw(&self, bytes: &[u8]) -> Response {
+        raw_request(self.addr, bytes)
+    }
+
+    /// `GET path` on the metrics listener.
+    pub fn metrics_get(&self, path: &str) -> Response {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+            self.metrics_addr()
+        );
+        raw_request(self.metrics_addr(), request.as_bytes())
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if thread::panicking() && !self.quiet {
+            self.join_log_readers();
+            eprintln!(
+                "----- scopegate output (pid {}) -----\n{}\n----- end of scopegate output -----",
+                self.child.id(),
+                self.logs()
+            );
+        }
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds; false after `timeout`.
+pub fn poll_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// True when a TCP connection to `addr` succeeds.
+pub fn accepts(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+}
+
+/// The status of `GET path`, or None on any network error.
+fn probe_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Whether `id` is a request id the proxy may keep: 1–128 of `[A-Za-z0-9._-]`.
+pub fn is_valid_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// OpenAI's error `type` for a status (SPEC 5.5).
+fn openai_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        400 | 404 | 405 | 413 | 415 => "invalid_request_error",
+        412 => "insufficient_quota",
+        429 => "rate_limit_error",
+        502 | 504 => "api_error",
+        other => panic!("no OpenAI error type for status {other}"),
+    }
+}
+
+/// Portkey's `errorCode` for a status (SPEC 5.5).
+fn portkey_error_code(status: u16) -> &'static str {
+    match status {
+        400 | 405 | 413 | 415 => "AB01",
+        401 => "AB05",
+        403 => "AB03",
+        404 => "AB08",
+        429 => "AB06",
+        502 | 504 => "AB04",
+        other => panic!("no Portkey errorCode for status {other}"),
+    }
+}
+
+/// Checks what every error the proxy writes carries: the status, a JSON
+/// content type and a valid `x-request-id`.
+#[track_caller]
+fn expect_error_envelope(resp: &Response, status: u16) -> Value {
+    assert_eq!(
+        resp.status,
+        status,
+        "unexpected status; headers {:?}, body {}",
+        resp.headers,
+        resp.text()
+    );
+    let content_type = resp.header("content-type").unwrap_or_default();
+    assert!(
+        content_type.starts_with("application/json"),
+        "error content-type is {content_type:?}"
+    );
+    assert!(
+        is_valid_request_id(resp.request_id()),
+        "x-request-id {:?} is not valid",
+        resp.request_id()
+    );
+    resp.json()
+}
+
+/// Asserts an OpenAI-shaped error `{"error":{"message","type","code"}}`;
+/// returns the message.
+#[track_caller]
+pub fn expect_openai_error(resp: &Response, status: u16, code: &str) -> String {
+    let body = expect_error_envelope(resp, status);
+    let error = &body["error"];
+    assert!(error.is_object(), "not OpenAI shape: {body}");
+    assert_eq!(error["code"], code, "code in {body}");
+    assert_eq!(error["type"], openai_type(status), "type in {body}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "empty message in {body}");
+    message.to_string()
+}
+
+/// Asserts a Portkey-shaped error
+/// `{"success":false,"data":{"message","errorCode","code"}}`; returns the
+/// message.
+#[track_caller]
+pub fn expect_portkey_error(resp: &Response, status: u16, code: &str) -> String {
+    let body = expect_error_envelope(resp, status);
+    assert_eq!(body["success"], false, "not Portkey shape: {body}");
+    let data = &body["data"];
+    assert!(data.is_object(), "not Portkey shape: {body}");
+    assert_eq!(data["code"], code, "code in {body}");
+    assert_eq!(
+        data["errorCode"],
+        portkey_error_code(status),
+        "errorCode in {body}"
+    );
+    let message = data["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "empty message in {body}");
+    message.to_string()
+}
+
+/// Asserts a 200 that came from an upstream's default reply.
+#[track_caller]
+pub fn expect_forwarded(resp: &Response) {
+    assert_eq!(
+        resp.status,
+        200,
+        "expected the upstream's 200; headers {:?}, body {}",
+        resp.headers,
+        resp.text()
+    );
+    assert_eq!(resp.body, br#"{"ok":true}"#, "body is not the upstream's");
+}
