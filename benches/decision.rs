@@ -1,1 +1,188 @@
-fn main() {}
+//! Criterion benches of the pure core: the decision (hash + lookup + route +
+//! scopes + workspace) at 10, 10,000 and 1,000,000 keys, route matching
+//! alone, keys-file load at 100,000 keys, and the rate-limit check under
+//! contention from two threads.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use http::Method;
+
+use scopegate::keys::{build_snapshot, digest_hex, parse_keys_str, KeysDocument, Snapshot};
+use scopegate::policy::{decide, Body, Outcome, RequestFacts};
+use scopegate::ratelimit::{monotonic_ns, KeyLimiter, RateLimit};
+use scopegate::request::Presented;
+use scopegate::routes::RouteTable;
+
+const NOW: i64 = 1_800_000_000_000;
+
+/// A keys file with `n` keys: one admin key per 100, the rest workspace
+/// keys spread over 100 workspaces. Key `i`'s secret is `sgk-bench-{i}`.
+fn keys_yaml(n: usize) -> String {
+    let mut s = String::with_capacity(n * 200);
+    s.push_str("organisations:\n  - id: org_bench\n    workspaces:\n");
+    for w in 0..100 {
+        s.push_str(&format!("      - id: ws_{w}\n        slug: slug-{w}\n"));
+    }
+    s.push_str("keys:\n");
+    for i in 0..n {
+        let secret = format!("sgk-bench-{i}");
+        if i % 100 == 1 {
+            s.push_str(&format!(
+                "  - id: key_{i}\n    type: organisation-service\n    sha256: \"{}\"\n    scopes: [\"workspaces.*\", \"configs.*\"]\n",
+                digest_hex(secret.as_bytes())
+            ));
+        } else {
+            s.push_str(&format!(
+                "  - id: key_{i}\n    type: workspace-service\n    workspace_id: ws_{}\n    sha256: \"{}\"\n    scopes: [\"completions.write\", \"configs.read\", \"configs.list\"]\n",
+                i % 100,
+                digest_hex(secret.as_bytes())
+            ));
+        }
+    }
+    s
+}
+
+fn snapshot(table: &RouteTable, n: usize) -> Snapshot {
+    let doc: KeysDocument = serde_yaml::from_str(&keys_yaml(n)).expect("bench keys parse");
+    build_snapshot(&doc, table.registry(), None).expect("bench keys valid")
+}
+
+fn facts<'a>(
+    method: &'a Method,
+    path: &'a str,
+    query: Option<&'a str>,
+    key: &'a [u8],
+) -> RequestFacts<'a> {
+    RequestFacts {
+        method,
+        path,
+        query,
+        key: Presented::Secret(key),
+        content_type: None,
+        body: Body::Empty,
+        now: NOW,
+        max_body: 65536,
+    }
+}
+
+fn bench_decision(c: &mut Criterion) {
+    let table = RouteTable::build(&[], true).expect("routes");
+    let mut group = c.benchmark_group("decision");
+    group.throughput(Throughput::Elements(1));
+    for n in [10usize, 10_000, 1_000_000] {
+        let snap = snapshot(&table, n);
+        // A key in the middle of the file: workspace key 2 lives in ws_2.
+        let ws_secret = format!("sgk-bench-{}", (n / 2) / 100 * 100 + 2);
+        let ws_of = format!("ws_{}", 2);
+        let admin_secret = "sgk-bench-1".to_string();
+        let post = Method::POST;
+        let get = Method::GET;
+
+        let f = facts(&post, "/v1/chat/completions", None, ws_secret.as_bytes());
+        assert_eq!(decide(&table, &snap, &f).outcome, Outcome::Allow);
+        group.bench_with_input(BenchmarkId::new("allowed_completion", n), &f, |b, f| {
+            b.iter(|| decide(&table, &snap, black_box(f)))
+        });
+
+        let f = facts(&post, "/v1/chat/completions", None, admin_secret.as_bytes());
+        assert!(matches!(
+            decide(&table, &snap, &f).outcome,
+            Outcome::Deny(_)
+        ));
+        group.bench_with_input(BenchmarkId::new("denied_admin_key", n), &f, |b, f| {
+            b.iter(|| decide(&table, &snap, black_box(f)))
+        });
+
+        let q = format!("workspace_id={ws_of}");
+        let f = facts(&get, "/v1/configs", Some(&q), ws_secret.as_bytes());
+        assert_eq!(decide(&table, &snap, &f).outcome, Outcome::Allow);
+        group.bench_with_input(
+            BenchmarkId::new("control_with_workspace_query", n),
+            &f,
+            |b, f| b.iter(|| decide(&table, &snap, black_box(f))),
+        );
+    }
+    group.finish();
+}
+
+fn bench_routes(c: &mut Criterion) {
+    let table = RouteTable::build(&[], true).expect("routes");
+    let mut group = c.benchmark_group("route_match");
+    for path in [
+        "/v1/chat/completions",
+        "/v1/admin/workspaces/ws_1/users/u_1",
+        "/v1/logs/exports",
+    ] {
+        group.bench_with_input(BenchmarkId::from_parameter(path), path, |b, p| {
+            b.iter(|| table.match_path(black_box(p)).map(|m| m.entry.allow.len()))
+        });
+    }
+    group.finish();
+}
+
+fn bench_keys_load(c: &mut Criterion) {
+    let table = RouteTable::build(&[], true).expect("routes");
+    let text = keys_yaml(100_000);
+    let mut group = c.benchmark_group("keys_load");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    group.bench_function("parse_validate_index_100k", |b| {
+        b.iter(|| {
+            parse_keys_str(
+                black_box(&text),
+                Path::new("bench.yaml"),
+                table.registry(),
+                None,
+            )
+            .map(|s| s.keys().len())
+            .unwrap_or(0)
+        })
+    });
+    group.finish();
+}
+
+fn bench_ratelimit(c: &mut Criterion) {
+    let limits = [RateLimit {
+        value: u32::MAX,
+        period: Duration::from_secs(1),
+    }];
+    let mut group = c.benchmark_group("ratelimit");
+    group.bench_function("check_uncontended", |b| {
+        let l = KeyLimiter::new(&limits).expect("limited");
+        b.iter(|| l.check(monotonic_ns()))
+    });
+    group.bench_function("check_same_key_2_threads", |b| {
+        let l = Arc::new(KeyLimiter::new(&limits).expect("limited"));
+        b.iter_custom(|iters| {
+            let other = {
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..iters {
+                        black_box(l.check(monotonic_ns()));
+                    }
+                })
+            };
+            let start = Instant::now();
+            for _ in 0..iters {
+                black_box(l.check(monotonic_ns()));
+            }
+            let elapsed = start.elapsed();
+            let _ = other.join();
+            elapsed
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_decision,
+    bench_routes,
+    bench_keys_load,
+    bench_ratelimit
+);
+criterion_main!(benches);

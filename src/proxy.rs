@@ -189,9 +189,13 @@ impl Gateway {
                 resp.insert_header(http::header::RETRY_AFTER, s.to_string())?;
             }
         }
-        // An unread body would be taken for the next request: close instead.
+        // An unread body would be taken for the next request: read and drop
+        // a small one to keep the connection, close on anything else.
         if !session.as_mut().is_body_done() {
-            session.set_keepalive(None);
+            let small = matches!(body_hint(session.req_header()), Body::Unread { declared_len: Some(n) } if n <= self.max_body as u64);
+            if !(small && session.as_mut().drain_request_body().await.is_ok()) {
+                session.set_keepalive(None);
+            }
         }
         session.write_response_header(Box::new(resp), false).await?;
         session

@@ -17,6 +17,8 @@ mod e2e {
     mod forwarding;
     mod metrics;
     mod paths;
+    mod reload;
+    mod routes;
     mod shutdown;
     mod streaming;
 }

@@ -283,7 +283,7 @@ pub struct Proxy {
     logs: LogBuffer,
     readers: Vec<JoinHandle<()>>,
     quiet: bool,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Proxy {
@@ -311,7 +311,7 @@ impl Proxy {
             logs,
             readers,
             quiet: false,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -337,11 +337,26 @@ impl Proxy {
         }
     }
 
+    /// The keys file the proxy reads (to rewrite it in reload tests).
+    pub fn keys_path(&self) -> PathBuf {
+        self.dir.path().join("keys.yaml")
+    }
+
+    /// Sends a signal (e.g. `libc::SIGHUP`).
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({signal}) failed");
+    }
+
     /// The proxy's listening address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// A full URL, for reporting or URL-based clients.
+    #[allow(dead_code)]
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -350,6 +365,7 @@ impl Proxy {
         self.metrics_addr.expect("metrics are disabled")
     }
 
+    #[allow(dead_code)]
     pub fn metrics_url(&self) -> String {
         format!("http://{}", self.metrics_addr())
     }
@@ -365,10 +381,7 @@ impl Proxy {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
-        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+        self.signal(libc::SIGTERM);
     }
 
     /// Waits for the process to exit; panics (with the logs) after `timeout`.
@@ -425,6 +438,26 @@ impl Proxy {
             self.metrics_addr()
         );
         raw_request(self.metrics_addr(), request.as_bytes())
+    }
+}
+
+impl Proxy {
+    /// The sum of every sample of metric `name` whose labels include all of
+    /// `labels` (0 when there is none).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.metrics_get("/metrics").text();
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter(|line| {
+                let series = line.rsplit_once(' ').map_or("", |(series, _)| series);
+                let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+                metric == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
     }
 }
 

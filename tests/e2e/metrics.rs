@@ -97,3 +97,11 @@ fn no_secret_appears_in_the_logs() {
         );
     }
 }
+
+#[test]
+fn proxy_without_a_metrics_listener_serves() {
+    let up = Upstreams::start();
+    let proxy = Proxy::builder(&up).without_metrics().start();
+
+    expect_forwarded(&proxy.get("/v1/models").key(BOT).send());
+}

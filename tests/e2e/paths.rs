@@ -64,8 +64,16 @@ fn raw_control_character_is_refused() {
     // will do, as long as nothing goes upstream.
     let up = Upstreams::start();
     let proxy = Proxy::start(&up);
-    for target in ["/v1/files/a\x01b", "/v1/files/a\x7fb", "/v1/files/a\x1bb"] {
-        let resp = proxy.get(target).key(BOT).send();
+    for target in [
+        &b"/v1/files/a\x01b"[..],
+        b"/v1/files/a\x7fb",
+        b"/v1/files/a\x1bb",
+    ] {
+        let mut request = b"GET ".to_vec();
+        request.extend_from_slice(target);
+        request.extend_from_slice(b" HTTP/1.1\r\nhost: scopegate\r\n");
+        request.extend_from_slice(format!("x-portkey-api-key: {BOT}\r\n\r\n").as_bytes());
+        let resp = proxy.raw(&request);
         assert_eq!(resp.status, 400, "{target:?}: {}", resp.text());
     }
     up.assert_untouched();

@@ -1,0 +1,1 @@
+//! placeholder until the keys helper lands its tests
