@@ -45,8 +45,10 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// `scopegate_keys_last_reload_success_timestamp_seconds`.
     pub last_reload_success: Gauge,
-    /// Set once keys are loaded: `/readyz` answers 200.
+    /// Set once keys are loaded.
     pub ready: AtomicBool,
+    /// Set once the proxy listeners accept connections; `/readyz` needs both.
+    pub listening: AtomicBool,
 }
 
 static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
@@ -107,6 +109,7 @@ impl Metrics {
                 "Unix time of the last successful keys load."
             )?,
             ready: AtomicBool::new(false),
+            listening: AtomicBool::new(false),
         };
         for t in KeyType::ALL {
             m.keys.with_label_values(&[t.as_str()]).set(0);
@@ -159,7 +162,9 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
         );
         resp
     };
-    let ready = metrics().is_some_and(|m| m.ready.load(Ordering::Acquire));
+    let ready = metrics().is_some_and(|m| {
+        m.ready.load(Ordering::Acquire) && m.listening.load(Ordering::Acquire)
+    });
     Ok(match (req.method().as_str(), req.uri().path()) {
         ("GET", "/metrics") => text(200, render(), "text/plain; version=0.0.4; charset=utf-8"),
         ("GET", "/healthz") => text(200, "ok\n".into(), "text/plain"),

@@ -84,22 +84,6 @@ impl Verdict {
     }
 }
 
-/// A workspace named by one source.
-#[derive(Clone, Copy)]
-struct Named<'a> {
-    raw: &'a str,
-    resolved: Option<WsIdx>,
-}
-
-impl Named<'_> {
-    fn same_as(&self, other: &Named<'_>) -> bool {
-        match (self.resolved, other.resolved) {
-            (Some(a), Some(b)) => a == b,
-            _ => self.raw == other.raw,
-        }
-    }
-}
-
 /// Decides a request. See SPEC 5.1 for the order; the first failing step
 /// answers.
 pub fn decide(table: &RouteTable, snap: &Snapshot, facts: &RequestFacts<'_>) -> Verdict {
@@ -280,44 +264,38 @@ fn decide_inner(
         }
     }
 
-    // 6. Workspace.
+    // 6. Workspace: every source present must name the same workspace.
     let resolve = |raw: &str| snap.workspace_by_name(raw);
-    let mut named: Option<Named<'_>> = None;
-    let mut sources: Vec<Named<'_>> = Vec::new();
-    if let Some(p) = m.workspace {
-        sources.push(Named {
-            raw: p,
-            resolved: resolve(p),
-        });
-    }
     let query_values = request::query_workspace_ids(facts.query);
-    for q in &query_values {
-        sources.push(Named {
-            raw: q,
-            resolved: resolve(q),
-        });
-    }
-    if let Some(b) = &body_ws {
-        sources.push(Named {
-            raw: b,
-            resolved: resolve(b),
-        });
-    }
-    for s in &sources {
+    let mut named: Option<(std::borrow::Cow<'_, str>, Option<WsIdx>)> = None;
+    let sources = m
+        .workspace
+        .map(std::borrow::Cow::Borrowed)
+        .into_iter()
+        .chain(query_values)
+        .chain(body_ws.map(std::borrow::Cow::Owned));
+    for raw in sources {
+        let resolved = resolve(&raw);
         match &named {
-            None => named = Some(*s),
-            Some(first) if first.same_as(s) => {}
-            Some(_) => {
-                return v.deny(
-                    ErrorCode::ConflictingWorkspace,
-                    "The request names more than one workspace (path, query and body must agree).",
-                )
+            None => named = Some((raw, resolved)),
+            Some((first_raw, first)) => {
+                let same = match (first, resolved) {
+                    (Some(a), Some(b)) => *a == b,
+                    _ => *first_raw == raw,
+                };
+                if !same {
+                    return v.deny(
+                        ErrorCode::ConflictingWorkspace,
+                        "The request names more than one workspace (path, query and body must agree).",
+                    );
+                }
             }
         }
     }
+    let named = named.map(|(_, resolved)| resolved);
     match (key.workspace, named) {
         (Some(own), Some(n)) => {
-            if n.resolved != Some(own) {
+            if n != Some(own) {
                 return v.deny(
                     ErrorCode::WorkspaceMismatch,
                     "This workspace key cannot act in the workspace the request names.",
@@ -326,7 +304,7 @@ fn decide_inner(
         }
         (Some(_), None) => {}
         (None, Some(n)) => {
-            match n.resolved {
+            match n {
                 Some(ws) if snap.workspace(ws).organisation == key.organisation => {
                     v.workspace = Some(ws);
                 }

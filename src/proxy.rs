@@ -104,6 +104,7 @@ impl Gateway {
         completions: Upstream,
         admin: Upstream,
         max_body: usize,
+        in_flight: Arc<AtomicUsize>,
     ) -> Gateway {
         Gateway {
             table,
@@ -111,14 +112,9 @@ impl Gateway {
             completions,
             admin,
             max_body,
-            in_flight: Arc::new(AtomicUsize::new(0)),
+            in_flight,
             request_ids: RequestIds::new(),
         }
-    }
-
-    /// Requests being served right now (for graceful shutdown).
-    pub fn in_flight(&self) -> Arc<AtomicUsize> {
-        self.in_flight.clone()
     }
 
     fn upstream(&self, plane: Plane) -> &Upstream {

@@ -103,17 +103,17 @@ fn percent_decode(b: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Every value of the `workspace_id` query parameter, decoded.
-pub fn query_workspace_ids(query: Option<&str>) -> Vec<Cow<'_, str>> {
-    let Some(q) = query else {
-        return Vec::new();
-    };
-    q.split('&')
+/// Every value of the `workspace_id` query parameter, decoded, lazily (the
+/// decision stops at the first disagreement and allocates nothing for
+/// plain values).
+pub fn query_workspace_ids(query: Option<&str>) -> impl Iterator<Item = Cow<'_, str>> {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
         .filter_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             (decode_component(k) == "workspace_id").then(|| decode_component(v))
         })
-        .collect()
 }
 
 /// The API key as presented (SPEC 5.1): `x-portkey-api-key`, else
@@ -325,12 +325,13 @@ mod tests {
 
     #[test]
     fn query_workspace_values_are_decoded() {
+        let ids = |q| query_workspace_ids(q).collect::<Vec<_>>();
         assert_eq!(
-            query_workspace_ids(Some("a=1&workspace_id=ws%5F1&workspace%5Fid=x")),
+            ids(Some("a=1&workspace_id=ws%5F1&workspace%5Fid=x")),
             vec!["ws_1", "x"]
         );
-        assert!(query_workspace_ids(Some("workspace=1")).is_empty());
-        assert!(query_workspace_ids(None).is_empty());
+        assert!(ids(Some("workspace=1")).is_empty());
+        assert!(ids(None).is_empty());
     }
 
     #[test]

@@ -86,6 +86,12 @@ pub fn init_logging(format: LogFormat) {
 /// # Errors
 /// Start-up failures (bad upstream, unbindable metrics address).
 pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Result<()> {
+    // First, so that a SIGTERM at any moment from here on drains and exits 0.
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    spawn_shutdown_watch(
+        in_flight.clone(),
+        Duration::from_secs(config.shutdown_grace_period_seconds),
+    );
     let table = Arc::new(table);
     let m = metrics();
     if let Some(m) = m {
@@ -106,8 +112,8 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
         completions,
         admin,
         config.max_inspect_body_bytes,
+        in_flight,
     );
-    let in_flight = gateway.in_flight();
 
     let threads = config
         .threads
@@ -133,10 +139,7 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
         config.reload_poll_interval_ms,
     )
     .spawn()?;
-    spawn_shutdown_watch(
-        in_flight,
-        Duration::from_secs(config.shutdown_grace_period_seconds),
-    );
+    spawn_readiness_probe(config.listen.clone());
 
     tracing::info!(
         listen = ?config.listen,
@@ -146,6 +149,43 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
         "scopegate serving"
     );
     server.run_forever()
+}
+
+/// `/readyz` turns 200 only once every proxy listener accepts connections
+/// (pingora binds them inside `run_forever`).
+fn spawn_readiness_probe(listen: Vec<String>) {
+    let _ = std::thread::Builder::new()
+        .name("scopegate-ready".into())
+        .spawn(move || {
+            let targets: Vec<std::net::SocketAddr> = listen
+                .iter()
+                .filter_map(|a| a.parse::<std::net::SocketAddr>().ok())
+                .map(|mut a| {
+                    if a.ip().is_unspecified() {
+                        a.set_ip(if a.is_ipv4() {
+                            std::net::Ipv4Addr::LOCALHOST.into()
+                        } else {
+                            std::net::Ipv6Addr::LOCALHOST.into()
+                        });
+                    }
+                    a
+                })
+                .collect();
+            let start = Instant::now();
+            loop {
+                let up = targets.iter().all(|a| {
+                    std::net::TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok()
+                });
+                if up {
+                    if let Some(m) = metrics() {
+                        m.listening.store(true, Ordering::Release);
+                    }
+                    tracing::info!(after_ms = start.elapsed().as_millis() as u64, "proxy listeners accept connections: ready");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
 }
 
 /// pingora's graceful shutdown always waits the whole grace period; exit as

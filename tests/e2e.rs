@@ -21,4 +21,5 @@ mod e2e {
     mod routes;
     mod shutdown;
     mod streaming;
+    mod workspaces;
 }

@@ -114,7 +114,10 @@ pub(crate) fn shown(s: &str) -> String {
 }
 
 /// The closest of `candidates` to `name`, when close enough to be a typo.
-pub(crate) fn nearest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn nearest<'a>(
+    name: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
     let mut best: Option<(f64, &str)> = None;
     for c in candidates {
         let score = strsim::jaro_winkler(name, c);
@@ -148,7 +151,10 @@ fn parse_digest(s: &str) -> Result<Digest, String> {
     const HOW: &str = "sha256 must be 64 hex digits: the SHA-256 of the secret, as \
                        `scopegate hash-key` prints it";
     if s.len() != 64 {
-        return Err(format!("{HOW}; this value has {} characters", s.chars().count()));
+        return Err(format!(
+            "{HOW}; this value has {} characters",
+            s.chars().count()
+        ));
     }
     let mut out = [0u8; 32];
     hex::decode_to_slice(s, &mut out)
@@ -167,7 +173,9 @@ fn is_scope_shaped(s: &str) -> bool {
         && resource
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && action.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && action
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Collects problems; paths are formatted by the caller only when needed.
@@ -258,7 +266,10 @@ fn check_custom_scopes<'d>(
         if let Some(first) = seen.insert(s, j) {
             problems.push(
                 path(),
-                format!("duplicate custom scope `{}` (also custom_scopes[{first}])", shown(s)),
+                format!(
+                    "duplicate custom scope `{}` (also custom_scopes[{first}])",
+                    shown(s)
+                ),
             );
             continue;
         }
@@ -434,7 +445,11 @@ impl<'a> KeysBuilder<'a> {
             if !spec.id.is_empty() {
                 self.problems.push(
                     at("id"),
-                    format!("duplicate key id `{}` (also keys[{}])", shown(&spec.id), first.0),
+                    format!(
+                        "duplicate key id `{}` (also keys[{}])",
+                        shown(&spec.id),
+                        first.0
+                    ),
                 );
             }
         } else {
@@ -540,9 +555,7 @@ impl<'a> KeysBuilder<'a> {
         let Some(name) = spec.workspace_id.as_deref() else {
             self.problems.push(
                 format!("keys[{i}]"),
-                format!(
-                    "a {key_type} key needs workspace_id: the id or slug of its workspace"
-                ),
+                format!("a {key_type} key needs workspace_id: the id or slug of its workspace"),
             );
             return (given_org.unwrap_or(OrgIdx(0)), None);
         };
@@ -550,11 +563,17 @@ impl<'a> KeysBuilder<'a> {
             let hint = self
                 .workspace_suggestions
                 .entry(name)
-                .or_insert_with(|| nearest(name, orgs.names.keys().map(|n| &**n)).map(str::to_string))
+                .or_insert_with(|| {
+                    nearest(name, orgs.names.keys().map(|n| &**n)).map(str::to_string)
+                })
                 .clone();
             self.problems.push(
                 format!("keys[{i}].workspace_id"),
-                format!("unknown workspace `{}`{}", shown(name), did_you_mean(hint.as_deref())),
+                format!(
+                    "unknown workspace `{}`{}",
+                    shown(name),
+                    did_you_mean(hint.as_deref())
+                ),
             );
             return (given_org.unwrap_or(OrgIdx(0)), None);
         };
@@ -730,7 +749,8 @@ impl<'a> KeysBuilder<'a> {
                 }
                 Err(e) => {
                     let message = e.to_string();
-                    self.problems.push(format!("keys[{i}].scopes[{j}]"), message);
+                    self.problems
+                        .push(format!("keys[{i}].scopes[{j}]"), message);
                 }
             }
         }

@@ -8,6 +8,60 @@ use arc_swap::ArcSwap;
 use super::Snapshot;
 
 /// Holds the current snapshot; cheap to clone and share.
+///
+/// The YAML loader is only one producer of snapshots: a program (or a test)
+/// can describe keys in code, build a snapshot, serve it, and swap in the
+/// next one at any time. Requests in flight keep the snapshot they started
+/// with.
+///
+/// ```
+/// use scopegate::keys::{build_snapshot, digest_hex, KeySpec, KeyStore, KeysDocument,
+///     OrganisationSpec, WorkspaceSpec};
+/// use scopegate::policy::{decide, Body, Outcome, RequestFacts};
+/// use scopegate::request::Presented;
+/// use scopegate::routes::RouteTable;
+///
+/// let table = RouteTable::build(&[], true).unwrap();
+/// let mut doc = KeysDocument {
+///     organisations: vec![OrganisationSpec {
+///         id: "org_acme".into(),
+///         workspaces: vec![WorkspaceSpec { id: "ws_research".into(), slug: Some("research".into()) }],
+///     }],
+///     ..KeysDocument::default()
+/// };
+/// doc.keys.push(KeySpec {
+///     id: "key_bot".into(),
+///     key_type: "workspace-service".into(),
+///     workspace_id: Some("research".into()),
+///     sha256: Some(digest_hex(b"sgk-secret")),
+///     scopes: vec!["completions.write".into()],
+///     ..KeySpec::default()
+/// });
+/// let store = KeyStore::new(build_snapshot(&doc, table.registry(), None).unwrap());
+///
+/// // What the proxy does for each request: load once, decide against it.
+/// let snap = store.load();
+/// let facts = RequestFacts {
+///     method: &http::Method::POST,
+///     path: "/v1/chat/completions",
+///     query: None,
+///     key: Presented::Secret(b"sgk-secret"),
+///     content_type: None,
+///     body: Body::Empty,
+///     now: 0,
+///     max_body: 65536,
+/// };
+/// assert_eq!(decide(&table, &snap, &facts).outcome, Outcome::Allow);
+///
+/// // Revoke the key in code and swap: new requests see it at once, while
+/// // `snap` (a request in flight) keeps the keys it started with.
+/// doc.keys[0].status = Some("revoked".into());
+/// store.swap(build_snapshot(&doc, table.registry(), Some(&store.load())).unwrap());
+/// assert!(matches!(decide(&table, &store.load(), &facts).outcome, Outcome::Deny(_)));
+/// assert_eq!(decide(&table, &snap, &facts).outcome, Outcome::Allow);
+///
+/// // To serve it: `scopegate::server::serve(config, table, store)`.
+/// ```
 #[derive(Clone, Debug)]
 pub struct KeyStore {
     current: Arc<ArcSwap<Snapshot>>,

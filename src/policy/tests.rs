@@ -377,10 +377,7 @@ fn admin_keys_act_org_wide_or_in_a_named_workspace_of_their_org() {
 #[test]
 fn scopes_any_of_all_of_and_custom() {
     let w = world();
-    assert_eq!(
-        code(&run(&w, &req("GET", "/v1/models", "models"))),
-        "allow"
-    );
+    assert_eq!(code(&run(&w, &req("GET", "/v1/models", "models"))), "allow");
     // POST /v1/logs needs completions.write AND logs.write.
     assert_eq!(code(&run(&w, &req("POST", "/v1/logs", "alice"))), "allow");
     let v = run(&w, &req("POST", "/v1/logs", "bot"));

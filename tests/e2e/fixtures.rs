@@ -32,6 +32,9 @@ pub const ROTATING_OLD: &str = "sk-test-rotating-old";
 pub const REVOKED: &str = "sk-test-revoked";
 /// workspace-service, status exhausted: `completions.write`, `configs.list`.
 pub const EXHAUSTED: &str = "sk-test-exhausted";
+/// key_limited (see [`limited_key_entry`]): `completions.write`, 2 requests
+/// an hour (so no window boundary falls inside a test).
+pub const LIMITED: &str = "sk-test-limited";
 /// A secret no key holds.
 pub const UNKNOWN: &str = "sk-test-nobody";
 
@@ -159,4 +162,20 @@ keys:
 /// The shared keys file as is.
 pub fn keys_yaml() -> String {
     keys_yaml_with("")
+}
+
+/// A `keys:` list item for key_limited, to pass to [`keys_yaml_with`].
+pub fn limited_key_entry() -> String {
+    format!(
+        r#"  - id: key_limited
+    name: Limited
+    type: workspace-service
+    workspace_id: ws_research
+    sha256: "{}"
+    scopes: ["completions.write"]
+    rate_limits:
+      - {{ type: requests, unit: rph, value: 2 }}
+"#,
+        digest_hex(LIMITED.as_bytes())
+    )
 }

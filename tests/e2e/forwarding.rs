@@ -529,3 +529,27 @@ fn upstream_response_comes_back_as_it_was() {
         br#"{"success":false,"data":{"message":"upstream broke"}}"#
     );
 }
+
+#[test]
+fn response_carries_one_request_id_even_when_the_upstream_sends_its_own() {
+    let up = Upstreams::start();
+    up.completions.reply(
+        200,
+        &[
+            ("content-type", "application/json"),
+            ("x-request-id", "from-upstream"),
+        ],
+        br#"{"ok":true}"#,
+    );
+    let proxy = Proxy::start(&up);
+
+    let resp = proxy
+        .post("/v1/chat/completions")
+        .key(BOT)
+        .header("x-request-id", "from-client")
+        .json(CHAT)
+        .send();
+
+    expect_forwarded(&resp);
+    assert_eq!(resp.header_all("x-request-id"), ["from-client"]);
+}

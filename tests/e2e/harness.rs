@@ -79,6 +79,7 @@ pub struct ProxyBuilder {
     env: Vec<(String, String)>,
     grace_seconds: u64,
     metrics: bool,
+    readyz_only: bool,
 }
 
 impl ProxyBuilder {
@@ -94,6 +95,7 @@ impl ProxyBuilder {
             env: Vec::new(),
             grace_seconds: 5,
             metrics: true,
+            readyz_only: false,
         }
     }
 
@@ -148,6 +150,13 @@ impl ProxyBuilder {
     /// No `metrics_listen`: readiness is then the proxy port accepting.
     pub fn without_metrics(mut self) -> Self {
         self.metrics = false;
+        self
+    }
+
+    /// Treat the proxy as started as soon as `/readyz` says 200, without
+    /// also waiting for the proxy port (to test what readiness promises).
+    pub fn ready_on_readyz_alone(mut self) -> Self {
+        self.readyz_only = true;
         self
     }
 
@@ -217,7 +226,7 @@ impl ProxyBuilder {
         proxy.metrics_addr = self
             .metrics
             .then(|| SocketAddr::from(([127, 0, 0, 1], metrics_port)));
-        match proxy.wait_ready() {
+        match proxy.wait_ready(self.readyz_only) {
             Ok(()) => Ok(proxy),
             Err(reason) => {
                 let _ = proxy.child.kill();
@@ -315,7 +324,7 @@ impl Proxy {
         }
     }
 
-    fn wait_ready(&mut self) -> Result<(), String> {
+    fn wait_ready(&mut self, readyz_only: bool) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -323,7 +332,8 @@ impl Proxy {
             }
             let ready = match self.metrics_addr {
                 Some(metrics) => {
-                    probe_status(metrics, "/readyz") == Some(200) && accepts(self.addr)
+                    probe_status(metrics, "/readyz") == Some(200)
+                        && (readyz_only || accepts(self.addr))
                 }
                 None => accepts(self.addr),
             };

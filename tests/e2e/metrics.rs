@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use super::fixtures::*;
-use super::harness::{expect_forwarded, expect_openai_error, poll_until, Proxy, Upstreams};
+use super::harness::{
+    accepts, expect_forwarded, expect_openai_error, poll_until, Proxy, Upstreams,
+};
 
 /// A `scopegate_requests_total` sample with this decision and code, at 1.
 fn has_sample(text: &str, decision: &str, code: &str) -> bool {
@@ -22,6 +24,19 @@ fn healthz_and_readyz_answer_200() {
 
     assert_eq!(proxy.metrics_get("/healthz").status, 200);
     assert_eq!(proxy.metrics_get("/readyz").status, 200);
+}
+
+#[test]
+fn readyz_is_200_only_once_the_proxy_port_accepts() {
+    let up = Upstreams::start();
+    let proxy = Proxy::builder(&up).ready_on_readyz_alone().start();
+
+    // A load balancer sends traffic as soon as /readyz says 200.
+    assert!(
+        accepts(proxy.addr()),
+        "/readyz said 200 but the proxy port refuses connections"
+    );
+    expect_forwarded(&proxy.get("/v1/models").key(BOT).send());
 }
 
 #[test]

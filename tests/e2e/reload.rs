@@ -20,8 +20,8 @@ fn replace_atomically(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn keys_with_a_new_key() -> String {
-    keys_yaml_with(&format!(
+fn new_key_entry() -> String {
+    format!(
         r#"  - id: key_added
     name: Added later
     type: workspace-service
@@ -30,7 +30,7 @@ fn keys_with_a_new_key() -> String {
     scopes: ["completions.write"]
 "#,
         scopegate::keys::digest_hex(NEW_SECRET.as_bytes())
-    ))
+    )
 }
 
 #[test]
@@ -46,7 +46,7 @@ fn a_key_added_to_the_file_starts_working() {
     };
     expect_openai_error(&call(), 401, "invalid_api_key");
 
-    replace_atomically(&proxy.keys_path(), &keys_with_a_new_key());
+    replace_atomically(&proxy.keys_path(), &keys_yaml_with(&new_key_entry()));
 
     assert!(
         poll_until(RELOAD_BOUND, || call().status == 200),
@@ -133,4 +133,38 @@ fn sighup_reloads_the_keys_file() {
             .json(CHAT)
             .send(),
     );
+}
+
+#[test]
+fn rate_limit_state_survives_a_reload() {
+    let up = Upstreams::start();
+    let proxy = Proxy::builder(&up)
+        .keys(&keys_yaml_with(&limited_key_entry()))
+        .start();
+    let limited = || {
+        proxy
+            .post("/v1/chat/completions")
+            .key(LIMITED)
+            .json(CHAT)
+            .send()
+    };
+    expect_forwarded(&limited());
+    expect_forwarded(&limited());
+
+    // key_limited keeps its id and limits; another key is added.
+    let both = keys_yaml_with(&format!("{}{}", limited_key_entry(), new_key_entry()));
+    replace_atomically(&proxy.keys_path(), &both);
+    let added = || {
+        proxy
+            .post("/v1/chat/completions")
+            .key(NEW_SECRET)
+            .json(CHAT)
+            .send()
+    };
+    assert!(
+        poll_until(RELOAD_BOUND, || added().status == 200),
+        "the reload did not happen"
+    );
+
+    expect_openai_error(&limited(), 429, "rate_limited");
 }

@@ -75,3 +75,18 @@ fn sigterm_when_idle_exits_zero_within_the_grace_period() {
     let exit = proxy.wait_exit(Duration::from_secs(1 + 8));
     assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
 }
+
+#[test]
+fn sigterm_right_after_readyz_still_exits_zero() {
+    let up = Upstreams::start();
+    let mut proxy = Proxy::builder(&up)
+        .grace_seconds(1)
+        .ready_on_readyz_alone()
+        .start();
+
+    // An orchestrator may stop a pod the moment it reports ready.
+    proxy.terminate();
+
+    let exit = proxy.wait_exit(Duration::from_secs(1 + 8));
+    assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
+}

@@ -1,0 +1,378 @@
+#!/usr/bin/env bash
+# benches/load/run.sh — scopegate load benchmark (issue 6).
+#
+# Measures, side by side and in one run, on this machine and over loopback only:
+#   direct        the load generator straight to the upstream (an nginx `return 200`)
+#   nginx         nginx as a plain reverse proxy (1 worker, upstream keepalive, no auth)
+#   scopegate     scopegate serve, threads: 1, 10,000 keys, log_format json, RUST_LOG=warn
+#   scopegate+log the same with the access log on (RUST_LOG=info, output to /dev/null)
+# and prints a Markdown table (also written to benches/load/results-<date>.md).
+# See benches/load/README.md for what each column means and the caveats.
+#
+# usage: benches/load/run.sh            (as root: it may apt-get/cargo install tools)
+# env:   ROUNDS=3      rounds; the order of targets rotates each round
+#        DURATION=10   seconds of each measurement (max-throughput run and fixed-rate run)
+#        RATE=2000     requests/s of the fixed-rate latency run
+#        CONNS=32      connections (wrk -c and oha -c)
+#        WARMUP=2      seconds of warm-up load before each target's measurements
+#        KEYS=10000 WORKSPACES=100   size of the generated keys file
+#        LOG_RUN=1     0: skip the scopegate+log target
+#        SKIP_BUILD=1  do not run `cargo build --release` first
+#        BASE_PORT=18080  first port tried; free ports are picked upward from it
+#        KEEP_TMP=1    keep the raw-output dir (default: kept; set 0 to delete)
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+RATE=${RATE:-2000}
+CONNS=${CONNS:-32}
+WARMUP=${WARMUP:-2}
+KEYS=${KEYS:-10000}
+WORKSPACES=${WORKSPACES:-100}
+LOG_RUN=${LOG_RUN:-1}
+SKIP_BUILD=${SKIP_BUILD:-0}
+BASE_PORT=${BASE_PORT:-18080}
+KEEP_TMP=${KEEP_TMP:-1}
+PROXY_CPU=1   # the proxy under test
+LOAD_CPU=0    # the load generator and the upstream
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+BIN="$REPO/target/release/scopegate"
+HOST=127.0.0.1   # the only address this script ever sends traffic to
+
+log() { printf '[run.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { printf '\nrun.sh: FAILED: %s\n' "$*" >&2; exit 1; }
+
+for v in ROUNDS DURATION RATE CONNS WARMUP KEYS WORKSPACES BASE_PORT; do
+  [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
+done
+[[ $(nproc) -ge 2 ]] || die "needs at least 2 CPUs (proxy on CPU $PROXY_CPU, load on CPU $LOAD_CPU)"
+
+# ---------------------------------------------------------------- tools
+ensure_tools() {
+  local missing=()
+  command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+  command -v wrk >/dev/null || missing+=(wrk)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v taskset >/dev/null || missing+=(util-linux)
+  command -v pgrep >/dev/null || missing+=(procps)
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]} (apt-get)"
+    [[ $EUID -eq 0 ]] || die "missing ${missing[*]}; run as root or install them"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  export PATH="$PATH:/usr/sbin:$HOME/.cargo/bin"
+  command -v python3 >/dev/null || die "python3 is needed (keys file generation, summaries)"
+  # Fixed-rate latency: Debian has no wrk2, and wrk 4 cannot hold a rate, so oha -q.
+  if ! command -v oha >/dev/null; then
+    log "installing oha (cargo install oha --locked; a few minutes the first time)"
+    cargo install oha --locked >&2 || die "cargo install oha failed"
+  fi
+}
+
+# ---------------------------------------------------------------- ports
+declare -A TAKEN=()
+port_free() { [[ -z $(ss -Htln "sport = :$1" 2>/dev/null) ]]; }
+pick_port() {
+  local p=$NEXT_PORT
+  while [[ -n ${TAKEN[$p]:-} ]] || ! port_free "$p"; do
+    p=$((p + 1)); ((p < BASE_PORT + 200)) || die "no free port in $BASE_PORT..$((BASE_PORT + 199))"
+  done
+  TAKEN[$p]=1; NEXT_PORT=$((p + 1)); echo "$p"
+}
+
+# ---------------------------------------------------------------- processes
+PIDS=()
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ -n ${TMP:-} && $KEEP_TMP == 0 ]]; then rm -rf "$TMP"; fi
+  [[ -n ${TMP:-} && -d ${TMP:-/nonexistent} ]] && log "raw outputs: $TMP"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+stop_pid() {  # stop_pid PID: TERM, wait up to 10 s, then KILL
+  local pid=$1
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  local keep=(); for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+
+# all pids of a process tree root (nginx master + workers; scopegate is one process)
+tree_pids() { echo "$1"; pgrep -P "$1" 2>/dev/null || true; }
+# CPU time in clock ticks (utime+stime, every thread) summed over the given pids.
+cpu_ticks() {
+  local t=0 pid v
+  for pid in "$@"; do
+    v=$(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}') || die "pid $pid vanished"
+    t=$((t + v))
+  done
+  echo "$t"
+}
+rss_kib() {
+  local t=0 pid v
+  for pid in "$@"; do
+    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status") || die "pid $pid vanished"
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+
+wait_http() {  # wait_http URL PID WHAT [curl args...]: poll until 200, at most 30 s
+  local url=$1 pid=$2 what=$3; shift 3
+  for _ in $(seq 300); do
+    kill -0 "$pid" 2>/dev/null || die "$what exited during start-up (see $TMP)"
+    [[ $(curl -s -o /dev/null -w '%{http_code}' "$@" "$url" 2>/dev/null) == 200 ]] && return 0
+    sleep 0.1
+  done
+  die "$what not ready after 30 s ($url)"
+}
+
+# ---------------------------------------------------------------- set-up
+ensure_tools
+if [[ $SKIP_BUILD != 1 ]]; then
+  log "cargo build --release (SKIP_BUILD=1 skips)"
+  ok=0
+  for attempt in 1 2 3; do
+    if (cd "$REPO" && cargo build --release --bin scopegate >&2); then ok=1; break; fi
+    log "build failed (attempt $attempt); retrying in 20 s"; sleep 20
+  done
+  ((ok)) || die "cargo build --release failed"
+fi
+[[ -x $BIN ]] || die "$BIN not found (build it or drop SKIP_BUILD=1)"
+
+TMP=$(mktemp -d /tmp/scopegate-load.XXXXXX)
+mkdir -p "$TMP/raw" "$TMP/upstream" "$TMP/proxy" "$TMP/sg"
+log "raw outputs go to $TMP"
+NEXT_PORT=$BASE_PORT
+UP_PORT=$(pick_port); NGX_PORT=$(pick_port); SG_PORT=$(pick_port); SG_MPORT=$(pick_port)
+log "ports: upstream $UP_PORT, nginx proxy $NGX_PORT, scopegate $SG_PORT (metrics $SG_MPORT)"
+
+NGINX=$(command -v nginx)
+USER_LINE=""; [[ $EUID -eq 0 ]] && USER_LINE="user root;"
+REQ_BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in five short words, please."}]}'
+RESP_BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, nice to meet you!"},"finish_reason":"stop"}]}'
+
+# keepalive_requests is raised everywhere so that no side closes a kept-alive
+# connection after nginx's default 1000 requests (that would add reconnects to every
+# target differently).
+cat >"$TMP/upstream/nginx.conf" <<EOF
+$USER_LINE
+worker_processes 1;
+daemon off;
+pid $TMP/upstream/nginx.pid;
+error_log $TMP/upstream/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  client_body_temp_path $TMP/upstream/client_body;
+  server {
+    listen $HOST:$UP_PORT;
+    location = /v1/chat/completions {
+      default_type application/json;
+      return 200 '$RESP_BODY';
+    }
+    location / { return 404; }
+  }
+}
+EOF
+cat >"$TMP/proxy/nginx.conf" <<EOF
+$USER_LINE
+worker_processes 1;
+daemon off;
+pid $TMP/proxy/nginx.pid;
+error_log $TMP/proxy/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  client_body_temp_path $TMP/proxy/client_body;
+  proxy_temp_path $TMP/proxy/proxy_temp;
+  upstream up {
+    server $HOST:$UP_PORT;
+    keepalive 64;
+    keepalive_requests 10000000;
+  }
+  server {
+    listen $HOST:$NGX_PORT;
+    location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+"$NGINX" -t -q -p "$TMP/upstream" -c "$TMP/upstream/nginx.conf" 2>"$TMP/upstream/t.log" || die "upstream nginx.conf invalid: $(cat "$TMP/upstream/t.log")"
+"$NGINX" -t -q -p "$TMP/proxy" -c "$TMP/proxy/nginx.conf" 2>"$TMP/proxy/t.log" || die "proxy nginx.conf invalid: $(cat "$TMP/proxy/t.log")"
+
+log "generating $KEYS keys in $WORKSPACES workspaces"
+USED=$(python3 "$HERE/gen_keys.py" "$TMP/sg/keys.yaml" "$TMP/sg/secret" --keys "$KEYS" --workspaces "$WORKSPACES")
+SG_KEY=$(cat "$TMP/sg/secret"); export SG_KEY
+log "the benchmark presents ${USED% *} (workspace ${USED#* })"
+cat >"$TMP/sg/scopegate.yaml" <<EOF
+listen: ["$HOST:$SG_PORT"]
+metrics_listen: "$HOST:$SG_MPORT"
+threads: 1
+keys_file: keys.yaml
+reload_poll_interval_ms: 1000
+max_inspect_body_bytes: 65536
+log_format: json
+shutdown_grace_period_seconds: 1
+upstreams:
+  completions: { url: "http://$HOST:$UP_PORT", connect_timeout_ms: 2000, read_timeout_ms: 60000 }
+  admin: { url: "http://$HOST:$UP_PORT" }
+EOF
+"$BIN" check --config "$TMP/sg/scopegate.yaml" >"$TMP/sg/check.out" 2>&1 || die "scopegate check failed: $(head -20 "$TMP/sg/check.out")"
+log "scopegate check: $(head -1 "$TMP/sg/check.out")"
+
+# ---------------------------------------------------------------- facts
+WRK_VER=$(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//' || true)
+OHA_VER=$(oha --version 2>&1 | head -1)
+GIT_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -n $(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] && GIT_REV="$GIT_REV (+ uncommitted changes in src/Cargo)"
+FACTS="$TMP/facts.md"
+{
+  echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  echo "- cpus: $(nproc) × $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+  echo "- memory: $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+  echo "- kernel: $(uname -sr)"
+  echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "- $("$NGINX" -v 2>&1)"
+  echo "- wrk: $WRK_VER"
+  echo "- oha: $OHA_VER"
+  echo "- rustc: $(rustc --version 2>/dev/null || echo unknown)"
+  echo "- scopegate: $GIT_REV, target/release/scopegate"
+  echo "- settings: ROUNDS=$ROUNDS DURATION=${DURATION}s RATE=$RATE CONNS=$CONNS WARMUP=${WARMUP}s KEYS=$KEYS WORKSPACES=$WORKSPACES"
+  echo "- pinning: proxy under test on CPU $PROXY_CPU; wrk/oha and the upstream nginx on CPU $LOAD_CPU"
+} >"$FACTS"
+cat "$FACTS" >&2
+
+# ---------------------------------------------------------------- upstream
+taskset -c "$LOAD_CPU" "$NGINX" -p "$TMP/upstream" -c "$TMP/upstream/nginx.conf" 2>>"$TMP/upstream/stderr.log" &
+UP_PID=$!; PIDS+=("$UP_PID")
+wait_http "http://$HOST:$UP_PORT/v1/chat/completions" "$UP_PID" "upstream nginx" -X POST -d "$REQ_BODY"
+
+# ---------------------------------------------------------------- targets
+TARGETS=(direct nginx scopegate)
+[[ $LOG_RUN == 1 ]] && TARGETS+=(scopegate+log)
+PROXY_PID=""
+
+start_target() {  # start_target NAME ROUND -> sets URL, PROXY_PID
+  local t=$1 r=$2
+  PROXY_PID=""
+  case $t in
+    direct) URL="http://$HOST:$UP_PORT" ;;
+    nginx)
+      taskset -c "$PROXY_CPU" "$NGINX" -p "$TMP/proxy" -c "$TMP/proxy/nginx.conf" 2>>"$TMP/proxy/stderr.log" &
+      PROXY_PID=$!; PIDS+=("$PROXY_PID"); URL="http://$HOST:$NGX_PORT"
+      wait_http "$URL/v1/chat/completions" "$PROXY_PID" "nginx proxy" -X POST -d "$REQ_BODY" ;;
+    scopegate | scopegate+log)
+      local level=warn out="$TMP/sg/stderr-r$r.log"
+      [[ $t == scopegate+log ]] && { level=info; out=/dev/null; }
+      RUST_LOG=$level taskset -c "$PROXY_CPU" "$BIN" serve --config "$TMP/sg/scopegate.yaml" >"$out" 2>&1 &
+      PROXY_PID=$!; PIDS+=("$PROXY_PID"); URL="http://$HOST:$SG_PORT"
+      wait_http "http://$HOST:$SG_MPORT/readyz" "$PROXY_PID" "scopegate" ;;
+  esac
+}
+
+smoke() {  # smoke NAME: one correct request through the target; scopegate also denies
+  local t=$1 body code
+  body=$(curl -s -X POST -H 'Content-Type: application/json' -H "Authorization: Bearer $SG_KEY" -d "$REQ_BODY" "$URL/v1/chat/completions" -w '\n%{http_code}')
+  code=${body##*$'\n'}; body=${body%$'\n'*}
+  [[ $code == 200 && $body == "$RESP_BODY" ]] || die "$t: smoke request got $code: $body"
+  if [[ $t == scopegate* ]]; then
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer sgk-bench-wrong" -d "$REQ_BODY" "$URL/v1/chat/completions")
+    [[ $code == 401 ]] || die "$t: a wrong key got $code, expected 401"
+    local nkeys
+    nkeys=$(curl -s "http://$HOST:$SG_MPORT/metrics" | awk '/^scopegate_keys[{ ]/ {s += $NF} END {print s + 0}')
+    if [[ $nkeys != 0 && $nkeys != "$KEYS" ]]; then die "$t: scopegate_keys sums to $nkeys, expected $KEYS"; fi
+    [[ $nkeys == 0 ]] && log "warning: no scopegate_keys gauge on /metrics; key count not checked"
+  fi
+  return 0
+}
+
+run_wrk() {  # run_wrk OUTFILE SECONDS -> prints "requests duration_us p50_us p99_us"
+  local out=$1 secs=$2 line
+  timeout $((secs + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${secs}s" --latency -s "$HERE/post.lua" "$URL/v1/chat/completions" >"$out" 2>&1 \
+    || die "wrk failed (see $out)"
+  line=$(grep '^WRKRESULT ' "$out") || die "no WRKRESULT in $out"
+  local requests duration_us err_connect err_read err_write err_timeout err_status p50_us p99_us bytes
+  eval "$(sed 's/^WRKRESULT //; s/ /; /g' <<<"$line")"
+  ((err_status == 0)) || die "$out: $err_status responses were not 2xx/3xx"
+  ((err_connect + err_read + err_write + err_timeout == 0)) \
+    || die "$out: socket errors: connect $err_connect, read $err_read, write $err_write, timeout $err_timeout"
+  ((requests > 0)) || die "$out: no requests completed"
+  echo "$requests $duration_us $p50_us $p99_us"
+}
+
+run_oha() {  # run_oha OUTFILE -> prints "p50_us p99_us"
+  local out=$1 n=$((RATE * DURATION))
+  timeout $((DURATION + 60)) taskset -c "$LOAD_CPU" oha --no-tui --output-format json \
+    -n "$n" -q "$RATE" -c "$CONNS" --latency-correction \
+    -m POST -T application/json -H "Authorization: Bearer $SG_KEY" -d "$REQ_BODY" \
+    "$URL/v1/chat/completions" >"$out" 2>"$out.stderr" || die "oha failed (see $out.stderr)"
+  python3 "$HERE/oha_summary.py" "$out" "$n" || die "oha run not clean (see $out)"
+}
+
+RESULTS="$TMP/results.tsv"
+printf 'round\ttarget\trps\tcpu_s_per_100k\tbusy_pct\tp50_us\tp99_us\trss_mib\twrk_p50_us\twrk_p99_us\n' >"$RESULTS"
+TCK=$(getconf CLK_TCK)
+
+measure() {  # measure NAME ROUND
+  local t=$1 r=$2 tag="r$2-${1/+/-}"
+  start_target "$t" "$r"
+  smoke "$t"
+  log "round $r: $t: warm-up ${WARMUP}s"
+  run_wrk "$TMP/raw/$tag-warmup.txt" "$WARMUP" >/dev/null
+  local pids=() c0=0 c1=0 w
+  if [[ -n $PROXY_PID ]]; then mapfile -t pids < <(tree_pids "$PROXY_PID"); c0=$(cpu_ticks "${pids[@]}"); fi
+  log "round $r: $t: max throughput, wrk -t1 -c$CONNS -d${DURATION}s"
+  w=$(run_wrk "$TMP/raw/$tag-wrk.txt" "$DURATION")
+  [[ -n $PROXY_PID ]] && c1=$(cpu_ticks "${pids[@]}")
+  local requests duration_us wp50 wp99; read -r requests duration_us wp50 wp99 <<<"$w"
+  log "round $r: $t: fixed rate, oha -q $RATE for ${DURATION}s"
+  local o p50 p99; o=$(run_oha "$TMP/raw/$tag-oha.json"); read -r p50 p99 <<<"$o"
+  local cpu=NA busy=NA rss=NA
+  if [[ -n $PROXY_PID ]]; then
+    mapfile -t pids < <(tree_pids "$PROXY_PID")
+    rss=$(awk -v k="$(rss_kib "${pids[@]}")" 'BEGIN {printf "%.1f", k / 1024}')
+    cpu=$(awk -v d=$((c1 - c0)) -v t="$TCK" -v n="$requests" 'BEGIN {printf "%.3f", d / t / n * 100000}')
+    busy=$(awk -v d=$((c1 - c0)) -v t="$TCK" -v us="$duration_us" 'BEGIN {printf "%.0f", d / t / (us / 1e6) * 100}')
+    stop_pid "$PROXY_PID"; PROXY_PID=""
+  fi
+  local rps; rps=$(awk -v n="$requests" -v us="$duration_us" 'BEGIN {printf "%.0f", n / (us / 1e6)}')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$t" "$rps" "$cpu" "$busy" "$p50" "$p99" "$rss" "$wp50" "$wp99" >>"$RESULTS"
+  log "round $r: $t: $rps req/s, cpu ${cpu} s/100k, busy ${busy}%, p50 ${p50}µs p99 ${p99}µs @${RATE}rps, rss ${rss} MiB"
+}
+
+START=$SECONDS
+for ((r = 1; r <= ROUNDS; r++)); do
+  n=${#TARGETS[@]}; k=$(((r - 1) % n))
+  order=("${TARGETS[@]:k}" "${TARGETS[@]:0:k}")
+  log "round $r/$ROUNDS: order ${order[*]}"
+  for t in "${order[@]}"; do measure "$t" "$r"; done
+done
+log "measurements took $((SECONDS - START)) s"
+
+# ---------------------------------------------------------------- report
+OUT="$HERE/results-$(date +%Y-%m-%d-%H%M).md"
+python3 "$HERE/summarize.py" "$RESULTS" "$FACTS" "$TMP" >"$TMP/results.md" || die "summarize failed"
+cp "$TMP/results.md" "$OUT"
+cat "$TMP/results.md"
+log "written to $OUT"

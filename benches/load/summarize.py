@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Turn benches/load/run.sh's results.tsv into the Markdown report.
+
+usage: summarize.py RESULTS_TSV FACTS_MD RAW_DIR
+Each cell is the median over the rounds, with the min–max spread in brackets when
+there was more than one round. "Added" latency is computed per round (proxy minus
+direct in the same round), then summarised the same way.
+"""
+import csv
+import statistics
+import sys
+
+ORDER = ["direct", "nginx", "scopegate", "scopegate+log"]
+LABEL = {
+    "direct": "direct (no proxy)",
+    "nginx": "nginx proxy",
+    "scopegate": "scopegate (RUST_LOG=warn)",
+    "scopegate+log": "scopegate, access log on (info → /dev/null)",
+}
+
+
+def num(v):
+    return None if v in ("", "NA", None) else float(v)
+
+
+def cell(vals, fmt):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "—"
+    med = statistics.median(vals)
+    if len(vals) == 1:
+        return fmt(med)
+    return f"{fmt(med)} ({fmt(min(vals))}–{fmt(max(vals))})"
+
+
+def f0(v):
+    return f"{v:,.0f}"
+
+
+def f3(v):
+    return f"{v:.3f}"
+
+
+def f1(v):
+    return f"{v:.1f}"
+
+
+def signed(v):
+    return f"{v:+,.0f}"
+
+
+def main() -> None:
+    tsv, facts, raw = sys.argv[1:4]
+    rows = list(csv.DictReader(open(tsv), delimiter="\t"))
+    rounds = sorted({int(r["round"]) for r in rows})
+    by = {}
+    for r in rows:
+        by.setdefault(r["target"], {})[int(r["round"])] = r
+    targets = [t for t in ORDER if t in by] + [t for t in by if t not in ORDER]
+    st = {}
+    for line in open(facts):
+        if line.startswith("- settings:"):
+            st = dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
+    rate = st.get("RATE", "?")
+
+    def series(t, col):
+        return [num(by[t][k][col]) for k in rounds if k in by[t]]
+
+    def added(t, col):
+        if t == "direct" or "direct" not in by:
+            return []
+        out = []
+        for k in rounds:
+            if k in by[t] and k in by["direct"]:
+                out.append(num(by[t][k][col]) - num(by["direct"][k][col]))
+        return out
+
+    n = len(rounds)
+    print(f"# scopegate load benchmark ({n} round{'s' if n != 1 else ''})\n")
+    print(open(facts).read().rstrip() + "\n")
+    spread = "median (min–max) over the rounds" if n > 1 else "one round: no spread"
+    print(f"Each cell: {spread}. Latency at a fixed {rate} req/s; µs = microseconds.\n")
+    print("| target | max req/s | proxy CPU-s per 100k req | proxy core busy % | "
+          f"p50 µs @{rate}/s | p99 µs @{rate}/s | added p50 µs | added p99 µs | proxy RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t in targets:
+        print("| " + " | ".join([
+            LABEL.get(t, t),
+            cell(series(t, "rps"), f0),
+            cell(series(t, "cpu_s_per_100k"), f3),
+            cell(series(t, "busy_pct"), f0),
+            cell(series(t, "p50_us"), f0),
+            cell(series(t, "p99_us"), f0),
+            cell(added(t, "p50_us"), signed) if t != "direct" else "—",
+            cell(added(t, "p99_us"), signed) if t != "direct" else "—",
+            cell(series(t, "rss_mib"), f1),
+        ]) + " |")
+    print()
+    print(f"""Columns:
+- **max req/s**: `wrk -t1 -c{st.get('CONNS', '?')} -d{st.get('DURATION', '?')}`, POST /v1/chat/completions (~100-byte JSON body,
+  `Authorization: Bearer <valid workspace key>`), completed requests / elapsed time. Every response
+  was checked to be 2xx and there were no socket errors.
+- **proxy CPU-s per 100k req**: utime+stime of the proxy process(es) (all threads; nginx: master +
+  worker) read from /proc/PID/stat just before and after that max-load run, ÷ requests × 100,000.
+- **proxy core busy %**: the same CPU time ÷ the run's wall time. Near 100 %: the proxy (alone on
+  CPU 1) was the bottleneck; well below: the load generator + upstream (sharing CPU 0) were.
+- **p50 / p99 µs**: `oha -q {rate} -c {st.get('CONNS', '?')} --latency-correction` for {st.get('DURATION', '?')}, exact
+  percentiles over every request (latency counted from each request's scheduled send time, so a
+  stall is not hidden — wrk2-like). Every response checked 2xx, no errors.
+- **added p50 / p99 µs**: proxy minus direct, computed within each round, then summarised.
+- **proxy RSS MiB**: VmRSS of the proxy process(es) after both runs (nginx: master + worker).
+""")
+    print(f"Per round (round, target, rps, CPU-s/100k, busy %, p50 µs, p99 µs, RSS MiB, "
+          f"wrk p50/p99 µs at max load):\n")
+    print("| round | target | req/s | CPU-s/100k | busy % | p50 µs | p99 µs | RSS MiB | wrk p50 µs | wrk p99 µs |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print("| " + " | ".join(r[c] for c in ["round", "target", "rps", "cpu_s_per_100k", "busy_pct",
+                                              "p50_us", "p99_us", "rss_mib", "wrk_p50_us", "wrk_p99_us"]) + " |")
+    print(f"\nRaw tool outputs: `{raw}` (wrk text, oha JSON, configs, scopegate stderr).")
+
+
+if __name__ == "__main__":
+    main()
