@@ -21,5 +21,9 @@ mod e2e {
     mod routes;
     mod shutdown;
     mod streaming;
+    mod keytools;
+    mod observability;
+    mod ratelimits;
+    mod reload_triggers;
     mod workspaces;
 }
