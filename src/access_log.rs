@@ -6,8 +6,7 @@
 use pingora::prelude::Session;
 use pingora::Error;
 
-use crate::metrics::metrics;
-use crate::policy::Outcome;
+use crate::metrics::{is_allowed, metrics, RequestOutcome};
 use crate::proxy::Finished;
 
 /// Logs and counts one finished request.
@@ -18,32 +17,32 @@ pub fn record(session: &Session, e: Option<&Error>, f: Finished<'_>) {
         .map(|r| r.status.as_u16())
         .unwrap_or(0);
     let verdict = f.verdict;
-    let allowed = verdict.is_some_and(|v| v.outcome == Outcome::Allow)
-        && !matches!(f.code, Some(c) if c.status() == 429);
-    let decision = if allowed { "allow" } else { "deny" };
+    let decision = if is_allowed(f.code) && verdict.is_some() {
+        "allow"
+    } else {
+        "deny"
+    };
     let code = f.code.map_or("ok", |c| c.as_str());
     let plane = verdict.and_then(|v| v.plane).map_or("none", |p| p.as_str());
-    let route = verdict
-        .and_then(|v| v.pattern.as_deref())
-        .unwrap_or("unmatched");
+    let pattern = verdict.and_then(|v| v.pattern.as_ref());
+    let route = pattern.map_or("unmatched", |p| &**p);
     let key_id = match (verdict.and_then(|v| v.key), f.snapshot) {
         (Some(k), Some(s)) => &*s.key(k).id,
         _ => "-",
     };
-    let workspace = match (verdict.and_then(|v| v.workspace), f.snapshot) {
-        (Some(w), Some(s)) => &*s.workspace(w).id,
-        _ => "none",
+    let workspace_id = match (verdict.and_then(|v| v.workspace), f.snapshot) {
+        (Some(w), Some(s)) => Some(&s.workspace(w).id),
+        _ => None,
     };
+    let workspace = workspace_id.map_or("none", |w| &**w);
     if let Some(m) = metrics() {
-        m.requests
-            .with_label_values(&[plane, route, decision, code])
-            .inc();
-        m.workspace_requests
-            .with_label_values(&[workspace, decision])
-            .inc();
-        m.duration
-            .with_label_values(&[plane])
-            .observe(f.elapsed.as_secs_f64());
+        m.record_request(&RequestOutcome {
+            plane,
+            route: pattern,
+            code: f.code,
+            workspace: workspace_id,
+            elapsed_seconds: f.elapsed.as_secs_f64(),
+        });
     }
     let error = e.map(|e| e.etype().as_str()).unwrap_or("");
     tracing::info!(

@@ -5,6 +5,8 @@
 //! standard `process_*` metrics). Label values are bounded: route patterns,
 //! error codes, and workspace ids from the keys file, never client input.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,9 +17,10 @@ use http_body_util::Full;
 use hyper::{Request, Response};
 use prometheus::{
     register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
-    Encoder, Gauge, HistogramVec, IntCounterVec, IntGaugeVec, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, TextEncoder,
 };
 
+use crate::errors::ErrorCode;
 use crate::keys::Snapshot;
 use crate::scopes::KeyType;
 
@@ -162,9 +165,8 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
         );
         resp
     };
-    let ready = metrics().is_some_and(|m| {
-        m.ready.load(Ordering::Acquire) && m.listening.load(Ordering::Acquire)
-    });
+    let ready = metrics()
+        .is_some_and(|m| m.ready.load(Ordering::Acquire) && m.listening.load(Ordering::Acquire));
     Ok(match (req.method().as_str(), req.uri().path()) {
         ("GET", "/metrics") => text(200, render(), "text/plain; version=0.0.4; charset=utf-8"),
         ("GET", "/healthz") => text(200, "ok\n".into(), "text/plain"),
@@ -223,4 +225,155 @@ pub fn spawn_listener(addr: SocketAddr) -> std::io::Result<()> {
             });
         })?;
     Ok(())
+}
+
+/// One finished request, as the metrics see it.
+pub struct RequestOutcome<'a> {
+    /// `data`, `control` or `none`.
+    pub plane: &'a str,
+    /// The matched pattern, or `None` for `unmatched`. Patterns live in the
+    /// route table for the life of the process.
+    pub route: Option<&'a Arc<str>>,
+    /// The code the proxy answered with; `None` is `ok`.
+    pub code: Option<ErrorCode>,
+    /// Canonical workspace id, or `None`.
+    pub workspace: Option<&'a Arc<str>>,
+    /// Time from arrival to the end of the response.
+    pub elapsed_seconds: f64,
+}
+
+/// Whether a code still counts as an allowed request (the policy allowed
+/// it; the upstream failed it).
+pub fn is_allowed(code: Option<ErrorCode>) -> bool {
+    matches!(
+        code,
+        None | Some(ErrorCode::UpstreamUnavailable | ErrorCode::UpstreamTimeout)
+    )
+}
+
+type RequestKey = (usize, u8, u8);
+
+thread_local! {
+    // Label lookups in prometheus take a read lock on a shared map; each
+    // worker thread keeps its own handles instead, so counting a request
+    // touches only atomics. Keys are bounded: route patterns of the table
+    // (by address; the table lives as long as the process) × codes, and
+    // workspace ids from the keys file.
+    static REQUESTS: RefCell<HashMap<RequestKey, IntCounter>> = RefCell::new(HashMap::new());
+    static WORKSPACES: RefCell<HashMap<Arc<str>, [IntCounter; 2]>> = RefCell::new(HashMap::new());
+    static NO_WORKSPACE: RefCell<Option<[IntCounter; 2]>> = const { RefCell::new(None) };
+    static UPSTREAM: RefCell<HashMap<(bool, &'static str, &'static str), IntCounter>> = RefCell::new(HashMap::new());
+    static DURATIONS: RefCell<HashMap<&'static str, Histogram>> = RefCell::new(HashMap::new());
+}
+
+fn code_index(code: Option<ErrorCode>) -> u8 {
+    code.and_then(|c| ErrorCode::ALL.iter().position(|x| *x == c))
+        .map_or(u8::MAX, |i| i as u8)
+}
+
+fn plane_label(plane: &str) -> &'static str {
+    match plane {
+        "data" => "data",
+        "control" => "control",
+        _ => "none",
+    }
+}
+
+impl Metrics {
+    /// Counts one finished request in `requests_total`,
+    /// `workspace_requests_total` and the duration histogram.
+    pub fn record_request(&self, r: &RequestOutcome<'_>) {
+        let plane = plane_label(r.plane);
+        let allowed = is_allowed(r.code);
+        let decision = if allowed { "allow" } else { "deny" };
+        let key = (
+            r.route.map_or(0, |p| Arc::as_ptr(p) as *const u8 as usize),
+            plane.as_bytes()[0],
+            code_index(r.code),
+        );
+        REQUESTS.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            cache
+                .entry(key)
+                .or_insert_with(|| {
+                    self.requests.with_label_values(&[
+                        plane,
+                        r.route.map_or("unmatched", |p| &**p),
+                        decision,
+                        r.code.map_or("ok", |c| c.as_str()),
+                    ])
+                })
+                .inc();
+        });
+        let ws_index = usize::from(!allowed);
+        match r.workspace {
+            Some(ws) => WORKSPACES.with(|cache| {
+                let mut cache = cache.borrow_mut();
+                if let Some(c) = cache.get(&**ws) {
+                    c[ws_index].inc();
+                } else {
+                    let pair = [
+                        self.workspace_requests.with_label_values(&[ws, "allow"]),
+                        self.workspace_requests.with_label_values(&[ws, "deny"]),
+                    ];
+                    pair[ws_index].inc();
+                    cache.insert(ws.clone(), pair);
+                }
+            }),
+            None => NO_WORKSPACE.with(|cache| {
+                cache.borrow_mut().get_or_insert_with(|| {
+                    [
+                        self.workspace_requests
+                            .with_label_values(&["none", "allow"]),
+                        self.workspace_requests.with_label_values(&["none", "deny"]),
+                    ]
+                })[ws_index]
+                    .inc();
+            }),
+        }
+        DURATIONS.with(|cache| {
+            cache
+                .borrow_mut()
+                .entry(plane)
+                .or_insert_with(|| self.duration.with_label_values(&[plane]))
+                .observe(r.elapsed_seconds);
+        });
+    }
+}
+
+impl Metrics {
+    /// Counts an upstream response by status class.
+    pub fn upstream_response(&self, upstream: &'static str, status: u16) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.upstream_counter(true, upstream, class);
+    }
+
+    /// Counts a failure talking to an upstream (`connect`, `timeout`,
+    /// `reset`, `other`).
+    pub fn upstream_error(&self, upstream: &'static str, kind: &'static str) {
+        self.upstream_counter(false, upstream, kind);
+    }
+
+    fn upstream_counter(&self, response: bool, upstream: &'static str, label: &'static str) {
+        UPSTREAM.with(|cache| {
+            cache
+                .borrow_mut()
+                .entry((response, upstream, label))
+                .or_insert_with(|| {
+                    let vec = if response {
+                        &self.upstream_responses
+                    } else {
+                        &self.upstream_errors
+                    };
+                    vec.with_label_values(&[upstream, label])
+                })
+                .inc();
+        });
+    }
 }

@@ -495,16 +495,7 @@ impl ProxyHttp for Gateway {
             add_quota_headers(resp, q)?;
         }
         if let (Some(m), Some(plane)) = (metrics(), ctx.verdict.as_ref().and_then(|v| v.plane)) {
-            let class = match resp.status.as_u16() {
-                100..=199 => "1xx",
-                200..=299 => "2xx",
-                300..=399 => "3xx",
-                400..=499 => "4xx",
-                _ => "5xx",
-            };
-            m.upstream_responses
-                .with_label_values(&[self.upstream(plane).name, class])
-                .inc();
+            m.upstream_response(self.upstream(plane).name, resp.status.as_u16());
         }
         Ok(())
     }
@@ -534,9 +525,7 @@ impl ProxyHttp for Gateway {
         }
         let (code, kind) = classify(e);
         if let (Some(m), Some(plane)) = (metrics(), ctx.verdict.as_ref().and_then(|v| v.plane)) {
-            m.upstream_errors
-                .with_label_values(&[self.upstream(plane).name, kind])
-                .inc();
+            m.upstream_error(self.upstream(plane).name, kind);
         }
         if session.response_written().is_some() {
             // Mid-stream failure: the status is already on the wire.

@@ -180,7 +180,10 @@ fn spawn_readiness_probe(listen: Vec<String>) {
                     if let Some(m) = metrics() {
                         m.listening.store(true, Ordering::Release);
                     }
-                    tracing::info!(after_ms = start.elapsed().as_millis() as u64, "proxy listeners accept connections: ready");
+                    tracing::info!(
+                        after_ms = start.elapsed().as_millis() as u64,
+                        "proxy listeners accept connections: ready"
+                    );
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(10));

@@ -15,15 +15,15 @@ mod e2e {
     mod connections;
     mod decision;
     mod forwarding;
+    mod keytools;
     mod metrics;
+    mod observability;
     mod paths;
+    mod ratelimits;
     mod reload;
+    mod reload_triggers;
     mod routes;
     mod shutdown;
     mod streaming;
-    mod keytools;
-    mod observability;
-    mod ratelimits;
-    mod reload_triggers;
     mod workspaces;
 }
