@@ -25,5 +25,6 @@ mod e2e {
     mod routes;
     mod shutdown;
     mod streaming;
+    mod tls;
     mod workspaces;
 }
