@@ -28,10 +28,13 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The headers of each request a TLS upstream received.
+type Seen = Arc<Mutex<Vec<Vec<(String, String)>>>>;
+
 /// A TLS upstream answering 200 and recording the headers it saw.
 struct TlsUpstream {
     addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    seen: Seen,
 }
 
 impl TlsUpstream {
@@ -54,7 +57,7 @@ impl TlsUpstream {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
-        let seen: Arc<Mutex<Vec<Vec<(String, String)>>>> = Arc::default();
+        let seen: Seen = Arc::default();
         let record = seen.clone();
         thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
