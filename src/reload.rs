@@ -143,11 +143,13 @@ impl Reloader {
         };
         match result {
             Ok(snap) => {
-                if let Some(m) = metrics() {
-                    m.keys_loaded(&snap);
-                }
                 let keys = snap.keys().len();
                 self.store.swap(snap);
+                // Count only once the new keys are in force, so a reader
+                // of the counter never sees the old keys afterwards.
+                if let Some(m) = metrics() {
+                    m.keys_loaded(&self.store.load());
+                }
                 tracing::info!(
                     trigger = how,
                     keys,

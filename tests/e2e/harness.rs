@@ -622,3 +622,62 @@ pub fn expect_forwarded(resp: &Response) {
     );
     assert_eq!(resp.body, br#"{"ok":true}"#, "body is not the upstream's");
 }
+
+/// What a finished one-shot `scopegate` command printed; Debug shows all of
+/// it, so an assertion message carrying it explains a failure.
+pub struct CommandRun {
+    pub command: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Debug for CommandRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "\n$ {}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.command, self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `scopegate args…` in `dir` with an empty stdin and without
+/// `SCOPEGATE_CONFIG`; kills it after 20 s (and then fails).
+pub fn run_scopegate(dir: &Path, args: &[&str]) -> CommandRun {
+    let mut child = Command::new(scopegate_bin())
+        .args(args)
+        .current_dir(dir)
+        .env_remove("SCOPEGATE_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn scopegate");
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let out = read_all(Box::new(child.stdout.take().unwrap()));
+    let err = read_all(Box::new(child.stderr.take().unwrap()));
+    let mut status = None;
+    let exited = poll_until(Duration::from_secs(20), || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        status = Some(child.wait().unwrap());
+    }
+    let run = CommandRun {
+        command: format!("scopegate {}", args.join(" ")),
+        status: status.unwrap(),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    assert!(exited, "scopegate did not exit within 20 s: {run:?}");
+    run
+}
