@@ -546,6 +546,18 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// pingora's error lines print this; the default holds the whole URI,
+    /// and a query string may carry something secret.
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {} request_id={}",
+            req.method,
+            req.uri.path(),
+            ctx.request_id.to_str().unwrap_or_default()
+        )
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         access_log::record(session, e, ctx_view(ctx, self));
     }

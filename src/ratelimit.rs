@@ -155,7 +155,10 @@ impl KeyLimiter {
             let free_ns = l.period_ns().saturating_sub(used_ns);
             let remaining = (free_ns / l.emission_ns().max(1)) as u32;
             let remaining = remaining.min(l.value);
-            if best.is_none_or(|(r, _, _)| remaining < r) {
+            // Fewest remaining wins; on a tie, the longest wait, so a client
+            // that honours the reset header is not refused again.
+            if best.is_none_or(|(r, _, reset)| remaining < r || (remaining == r && used_ns > reset))
+            {
                 best = Some((remaining, l.value, used_ns));
             }
         }
@@ -232,6 +235,10 @@ mod tests {
         let q = l.check(t0);
         assert!(!q.allowed());
         assert_eq!(q.retry_after_secs(), Some(30));
+        assert_eq!(
+            q.limit, 2,
+            "the refusing (longest) limit is reported on a tie"
+        );
     }
 
     #[test]

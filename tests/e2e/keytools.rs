@@ -152,7 +152,10 @@ fn new_key_refuses_a_scope_its_type_may_not_hold() {
     );
 
     assert_eq!(run.status.code(), Some(1), "{run:?}");
-    assert!(run.stdout.trim().is_empty(), "an entry was printed: {run:?}");
+    assert!(
+        run.stdout.trim().is_empty(),
+        "an entry was printed: {run:?}"
+    );
     assert!(run.stderr.contains("completions.write"), "{run:?}");
     assert!(run.stderr.contains("organisation-service"), "{run:?}");
 }
@@ -177,7 +180,10 @@ fn new_key_refuses_an_unknown_workspace_and_names_it() {
     );
 
     assert_eq!(run.status.code(), Some(1), "{run:?}");
-    assert!(run.stdout.trim().is_empty(), "an entry was printed: {run:?}");
+    assert!(
+        run.stdout.trim().is_empty(),
+        "an entry was printed: {run:?}"
+    );
     assert!(run.stderr.contains("nowhere"), "{run:?}");
 }
 

@@ -236,7 +236,10 @@ fn request_counters_rise_by_exactly_the_requests_made() {
     );
     assert_eq!(
         after
-            .matching("scopegate_workspace_requests_total", &[("workspace", "research")])
+            .matching(
+                "scopegate_workspace_requests_total",
+                &[("workspace", "research")]
+            )
             .count(),
         0,
         "the slug became a label:\n{}",
@@ -344,11 +347,7 @@ fn unmatched_paths_are_labelled_unmatched_never_raw() {
             ("scopegate_requests_total", &[("decision", "deny")], 3.0),
         ],
     );
-    let leaked: Vec<&str> = after
-        .text
-        .lines()
-        .filter(|l| l.contains("zzraw"))
-        .collect();
+    let leaked: Vec<&str> = after.text.lines().filter(|l| l.contains("zzraw")).collect();
     assert!(leaked.is_empty(), "raw paths in labels: {leaked:#?}");
 }
 
@@ -509,7 +508,10 @@ fn duration_histogram_buckets_span_100us_to_60s() {
     assert_eq!(finite.first(), Some(&0.0001), "bounds {bounds:?}");
     assert_eq!(finite.last(), Some(&60.0), "bounds {bounds:?}");
     assert!(finite.windows(2).all(|w| w[0] < w[1]), "bounds {bounds:?}");
-    assert!(bounds.contains(&f64::INFINITY), "no +Inf bucket: {bounds:?}");
+    assert!(
+        bounds.contains(&f64::INFINITY),
+        "no +Inf bucket: {bounds:?}"
+    );
     assert!(
         scrape.text.contains("le=\"0.0001\"") && scrape.text.contains("le=\"60\""),
         "bounds not written as le=\"0.0001\" … le=\"60\""
@@ -623,44 +625,85 @@ struct Expect {
     resp: Response,
     method: &'static str,
     path: &'static str,
+    code: &'static str,
     route: Option<&'static str>,
     key_id: Option<&'static str>,
     workspace: Option<&'static str>,
-    code: &'static str,
     upstream: Option<&'static str>,
 }
 
-const QUERY_SECRET: &str = "sk-query-secret-e2e-5d1c";
-
-#[test]
-fn one_access_line_per_request_without_query_or_secrets() {
-    let up = Upstreams::start();
-    let proxy = Proxy::start(&up);
-    let q = |path: &str| format!("{path}?api_key={QUERY_SECRET}&x=1");
-    let mut cases = Vec::new();
-    let mut case = |resp: Response, method, path, route, key_id, workspace, code, upstream| {
-        cases.push(Expect {
+impl Expect {
+    fn new(resp: Response, method: &'static str, path: &'static str, code: &'static str) -> Self {
+        Expect {
             resp,
             method,
             path,
-            route,
-            key_id,
-            workspace,
             code,
-            upstream,
-        });
-    };
+            route: None,
+            key_id: None,
+            workspace: None,
+            upstream: None,
+        }
+    }
 
-    let chat_path = "/v1/chat/completions";
-    let resp = proxy.post(&q(chat_path)).key(BOT).json(CHAT).send();
-    expect_forwarded(&resp);
-    let (route, key) = (Some(chat_path), Some("key_bot"));
-    case(resp, "POST", chat_path, route, key, Some("ws_research"), "ok", Some("completions"));
+    fn route(mut self, route: &'static str) -> Self {
+        self.route = Some(route);
+        self
+    }
 
-    let resp = proxy.get(&q("/v1/admin/workspaces")).key(ADMIN).send();
+    fn key_id(mut self, key_id: &'static str) -> Self {
+        self.key_id = Some(key_id);
+        self
+    }
+
+    fn workspace(mut self, workspace: &'static str) -> Self {
+        self.workspace = Some(workspace);
+        self
+    }
+
+    fn upstream(mut self, upstream: &'static str) -> Self {
+        self.upstream = Some(upstream);
+        self
+    }
+}
+
+const QUERY_SECRET: &str = "sk-query-secret-e2e-5d1c";
+const CHAT_PATH: &str = "/v1/chat/completions";
+
+/// `path` with a query carrying a secret-looking value.
+fn with_query(path: &str) -> String {
+    format!("{path}?api_key={QUERY_SECRET}&x=1")
+}
+
+/// Sends one request of each kind; returns what each access line must say.
+fn requests_of_every_kind(proxy: &Proxy) -> Vec<Expect> {
+    let mut cases = Vec::new();
+
+    let resp = proxy
+        .post(&with_query(CHAT_PATH))
+        .key(BOT)
+        .json(CHAT)
+        .send();
     expect_forwarded(&resp);
-    let route = Some("/v1/admin/workspaces");
-    case(resp, "GET", "/v1/admin/workspaces", route, Some("key_admin"), None, "ok", Some("admin"));
+    cases.push(
+        Expect::new(resp, "POST", CHAT_PATH, "ok")
+            .route(CHAT_PATH)
+            .key_id("key_bot")
+            .workspace("ws_research")
+            .upstream("completions"),
+    );
+
+    let resp = proxy
+        .get(&with_query("/v1/admin/workspaces"))
+        .key(ADMIN)
+        .send();
+    expect_forwarded(&resp);
+    cases.push(
+        Expect::new(resp, "GET", "/v1/admin/workspaces", "ok")
+            .route("/v1/admin/workspaces")
+            .key_id("key_admin")
+            .upstream("admin"),
+    );
 
     let resp = proxy
         .get("/v1/models")
@@ -669,42 +712,67 @@ fn one_access_line_per_request_without_query_or_secrets() {
         .send();
     expect_forwarded(&resp);
     assert_eq!(resp.request_id(), "e2e-access-log.3");
-    let route = Some("/v1/models");
-    case(resp, "GET", "/v1/models", route, Some("key_alice"), Some("ws_research"), "ok", Some("completions"));
+    cases.push(
+        Expect::new(resp, "GET", "/v1/models", "ok")
+            .route("/v1/models")
+            .key_id("key_alice")
+            .workspace("ws_research")
+            .upstream("completions"),
+    );
 
-    let resp = proxy.post(&q(chat_path)).json(CHAT).send();
+    let resp = proxy.post(&with_query(CHAT_PATH)).json(CHAT).send();
     expect_openai_error(&resp, 401, "missing_api_key");
-    case(resp, "POST", chat_path, None, None, None, "missing_api_key", None);
+    cases.push(Expect::new(resp, "POST", CHAT_PATH, "missing_api_key"));
 
     let resp = proxy.get("/v1/configs").key(UNKNOWN).send();
     expect_portkey_error(&resp, 401, "invalid_api_key");
-    case(resp, "GET", "/v1/configs", None, None, None, "invalid_api_key", None);
+    cases.push(Expect::new(resp, "GET", "/v1/configs", "invalid_api_key"));
 
-    let resp = proxy.post(chat_path).key(ADMIN).json(CHAT).send();
+    let resp = proxy.post(CHAT_PATH).key(ADMIN).json(CHAT).send();
     expect_openai_error(&resp, 403, "admin_key_not_allowed");
-    let route = Some(chat_path);
-    case(resp, "POST", chat_path, route, Some("key_admin"), None, "admin_key_not_allowed", None);
+    cases.push(
+        Expect::new(resp, "POST", CHAT_PATH, "admin_key_not_allowed")
+            .route(CHAT_PATH)
+            .key_id("key_admin"),
+    );
 
-    let resp = proxy.get(&q("/v1/nowhere")).key(BOT).send();
+    let resp = proxy.get(&with_query("/v1/nowhere")).key(BOT).send();
     expect_openai_error(&resp, 404, "route_not_found");
-    let route = Some("unmatched");
-    case(resp, "GET", "/v1/nowhere", route, Some("key_bot"), None, "route_not_found", None);
+    cases.push(
+        Expect::new(resp, "GET", "/v1/nowhere", "route_not_found")
+            .route("unmatched")
+            .key_id("key_bot"),
+    );
 
-    let resp = proxy.get(chat_path).key(BOT).send();
+    let resp = proxy.get(CHAT_PATH).key(BOT).send();
     expect_openai_error(&resp, 405, "method_not_allowed");
-    case(resp, "GET", chat_path, Some(chat_path), Some("key_bot"), None, "method_not_allowed", None);
+    cases.push(
+        Expect::new(resp, "GET", CHAT_PATH, "method_not_allowed")
+            .route(CHAT_PATH)
+            .key_id("key_bot"),
+    );
 
     let resp = proxy.get("/v1/configs?workspace_id=prod").key(BOT).send();
     expect_portkey_error(&resp, 403, "workspace_mismatch");
-    let route = Some("/v1/configs");
-    case(resp, "GET", "/v1/configs", route, Some("key_bot"), None, "workspace_mismatch", None);
+    cases.push(
+        Expect::new(resp, "GET", "/v1/configs", "workspace_mismatch")
+            .route("/v1/configs")
+            .key_id("key_bot"),
+    );
 
-    let resp = proxy
-        .get(&q("/v1/files/a%2Fb"))
-        .key(BOT)
-        .send();
+    let resp = proxy.get(&with_query("/v1/files/a%2Fb")).key(BOT).send();
     expect_openai_error(&resp, 400, "invalid_path");
-    case(resp, "GET", "/v1/files/a%2Fb", None, None, None, "invalid_path", None);
+    cases.push(Expect::new(resp, "GET", "/v1/files/a%2Fb", "invalid_path"));
+
+    cases
+}
+
+#[test]
+fn one_access_line_per_request_without_query_or_secrets() {
+    let up = Upstreams::start();
+    let proxy = Proxy::start(&up);
+
+    let cases = requests_of_every_kind(&proxy);
 
     let n = cases.len();
     let lines = wait_for_access_lines(&proxy, n);
@@ -734,7 +802,11 @@ fn one_access_line_per_request_without_query_or_secrets() {
         let s = |name: &str| field(line, name).as_str().map(str::to_string);
         assert_eq!(s("method").as_deref(), Some(c.method), "{line}");
         assert_eq!(s("path").as_deref(), Some(c.path), "{line}");
-        assert_eq!(field(line, "status").as_u64(), Some(u64::from(c.resp.status)), "{line}");
+        assert_eq!(
+            field(line, "status").as_u64(),
+            Some(u64::from(c.resp.status)),
+            "{line}"
+        );
         assert_eq!(s("code").as_deref(), Some(c.code), "{line}");
         let decision = if c.code == "ok" { "allow" } else { "deny" };
         assert_eq!(s("decision").as_deref(), Some(decision), "{line}");
@@ -759,7 +831,7 @@ fn one_access_line_per_request_without_query_or_secrets() {
         }
         let duration = field(line, "duration_ms").as_f64();
         assert!(
-            duration.is_some_and(|d| d >= 0.0 && d < 60_000.0),
+            duration.is_some_and(|d| (0.0..60_000.0).contains(&d)),
             "duration_ms in {line}"
         );
     }
@@ -770,6 +842,8 @@ fn one_access_line_per_request_without_query_or_secrets() {
     }
 }
 
+/// Not only the access line: pingora's own "Fail to proxy" error line
+/// prints `ProxyHttp::request_summary`, which by default holds the full URI.
 #[test]
 fn query_string_stays_out_of_the_logs_when_the_upstream_fails() {
     let up = Upstreams::start();
@@ -780,14 +854,11 @@ fn query_string_stays_out_of_the_logs_when_the_upstream_fails() {
         .start();
 
     let refused = proxy
-        .post(&format!("/v1/chat/completions?api_key={QUERY_SECRET}"))
+        .post(&with_query(CHAT_PATH))
         .key(BOT)
         .json(CHAT)
         .send();
-    let timed_out = proxy
-        .get(&format!("/v1/configs?token={QUERY_SECRET}"))
-        .key(BOT)
-        .send();
+    let timed_out = proxy.get(&with_query("/v1/configs")).key(BOT).send();
 
     expect_openai_error(&refused, 502, "upstream_unavailable");
     expect_portkey_error(&timed_out, 504, "upstream_timeout");

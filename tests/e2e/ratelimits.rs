@@ -234,15 +234,20 @@ fn a_refusal_consumes_nothing_from_any_limit() {
     ));
     let proxy = Proxy::builder(&up).keys(&keys).start();
 
+    let started = Instant::now();
     let first: Vec<u16> = (0..2).map(|_| chat(&proxy, SECRET).status).collect();
     assert_eq!(first, [200, 200]);
-    // Refused by the rps limit; had they been taken from the rpm limit
-    // (1 left), the key would be stuck for 20 s.
-    for _ in 0..5 {
+    // Refused by the rps limit (its next slot frees 500 ms after the first
+    // request); had they been taken from the rpm limit (1 left), the key
+    // would be stuck for 20 s.
+    let mut refused = 0;
+    while refused < 5 && started.elapsed() < Duration::from_millis(400) {
         let resp = chat(&proxy, SECRET);
         expect_openai_error(&resp, 429, "rate_limited");
         assert_eq!(retry_after(&resp), 1);
+        refused += 1;
     }
+    assert!(refused >= 1, "too slow to send a refused request");
 
     let mut third = None;
     let passed = poll_until(Duration::from_millis(1500), || {
