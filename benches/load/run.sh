@@ -57,6 +57,7 @@ ensure_tools() {
   command -v curl >/dev/null || missing+=(curl)
   command -v taskset >/dev/null || missing+=(util-linux)
   command -v pgrep >/dev/null || missing+=(procps)
+  command -v ss >/dev/null || missing+=(iproute2)
   if ((${#missing[@]})); then
     log "installing ${missing[*]} (apt-get)"
     [[ $EUID -eq 0 ]] || die "missing ${missing[*]}; run as root or install them"
@@ -74,13 +75,14 @@ ensure_tools() {
 # ---------------------------------------------------------------- ports
 declare -A TAKEN=()
 port_free() { [[ -z $(ss -Htln "sport = :$1" 2>/dev/null) ]]; }
-pick_port() {
+pick_port() {  # pick_port VAR: the next free port >= NEXT_PORT into VAR (no subshell: state)
   local p=$NEXT_PORT
   while [[ -n ${TAKEN[$p]:-} ]] || ! port_free "$p"; do
     p=$((p + 1)); ((p < BASE_PORT + 200)) || die "no free port in $BASE_PORT..$((BASE_PORT + 199))"
   done
-  TAKEN[$p]=1; NEXT_PORT=$((p + 1)); echo "$p"
+  TAKEN[$p]=1; NEXT_PORT=$((p + 1)); printf -v "$1" '%s' "$p"
 }
+need_free() { port_free "$1" || die "port $1 ($2) is in use by another process"; }
 
 # ---------------------------------------------------------------- processes
 PIDS=()
@@ -98,7 +100,8 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 stop_pid() {  # stop_pid PID: TERM, wait up to 10 s, then KILL
   local pid=$1
@@ -157,7 +160,7 @@ TMP=$(mktemp -d /tmp/scopegate-load.XXXXXX)
 mkdir -p "$TMP/raw" "$TMP/upstream" "$TMP/proxy" "$TMP/sg"
 log "raw outputs go to $TMP"
 NEXT_PORT=$BASE_PORT
-UP_PORT=$(pick_port); NGX_PORT=$(pick_port); SG_PORT=$(pick_port); SG_MPORT=$(pick_port)
+pick_port UP_PORT; pick_port NGX_PORT; pick_port SG_PORT; pick_port SG_MPORT
 log "ports: upstream $UP_PORT, nginx proxy $NGX_PORT, scopegate $SG_PORT (metrics $SG_MPORT)"
 
 NGINX=$(command -v nginx)
@@ -264,6 +267,7 @@ FACTS="$TMP/facts.md"
 cat "$FACTS" >&2
 
 # ---------------------------------------------------------------- upstream
+need_free "$UP_PORT" upstream
 taskset -c "$LOAD_CPU" "$NGINX" -p "$TMP/upstream" -c "$TMP/upstream/nginx.conf" 2>>"$TMP/upstream/stderr.log" &
 UP_PID=$!; PIDS+=("$UP_PID")
 wait_http "http://$HOST:$UP_PORT/v1/chat/completions" "$UP_PID" "upstream nginx" -X POST -d "$REQ_BODY"
@@ -279,12 +283,14 @@ start_target() {  # start_target NAME ROUND -> sets URL, PROXY_PID
   case $t in
     direct) URL="http://$HOST:$UP_PORT" ;;
     nginx)
+      need_free "$NGX_PORT" "nginx proxy"
       taskset -c "$PROXY_CPU" "$NGINX" -p "$TMP/proxy" -c "$TMP/proxy/nginx.conf" 2>>"$TMP/proxy/stderr.log" &
       PROXY_PID=$!; PIDS+=("$PROXY_PID"); URL="http://$HOST:$NGX_PORT"
       wait_http "$URL/v1/chat/completions" "$PROXY_PID" "nginx proxy" -X POST -d "$REQ_BODY" ;;
     scopegate | scopegate+log)
       local level=warn out="$TMP/sg/stderr-r$r.log"
       [[ $t == scopegate+log ]] && { level=info; out=/dev/null; }
+      need_free "$SG_PORT" scopegate; need_free "$SG_MPORT" "scopegate metrics"
       RUST_LOG=$level taskset -c "$PROXY_CPU" "$BIN" serve --config "$TMP/sg/scopegate.yaml" >"$out" 2>&1 &
       PROXY_PID=$!; PIDS+=("$PROXY_PID"); URL="http://$HOST:$SG_PORT"
       wait_http "http://$HOST:$SG_MPORT/readyz" "$PROXY_PID" "scopegate" ;;
