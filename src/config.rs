@@ -1,188 +1,922 @@
-//! TEMPORARY STUB of the server config (replaced by the keys/config helper).
-use crate::diag::Diagnostic;
-use crate::routes::RouteSpec;
+//! The server config (SPEC 2): read once at start, validated whole.
+//!
+//! This module owns the file's format and every check that needs only the
+//! file itself: addresses, upstream URLs, headers added upstream (with
+//! `${VAR}` expanded from the environment), limits, and the shape of extra
+//! routes. It reports every problem at once, each as `FILE:LINE:COL:`.
+//! Whether an extra route's scopes exist needs the keys file's
+//! `custom_scopes`, so that check belongs to whoever has both
+//! ([`Config::extra_route_scopes`] lists them).
+//!
+//! Parsing is two stages: serde reads raw settings (unknown fields are
+//! errors, so a typo cannot pass silently), then validation turns them into
+//! the [`Config`] the server uses, with defaults filled in and paths resolved.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-/// Log format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Pretty.
-    Pretty,
-    /// Json.
-    Json,
-}
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 
-/// Config.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// x
-    pub path: PathBuf,
-    /// x
-    pub listen: Vec<String>,
-    /// x
-    pub metrics_listen: Option<String>,
-    /// x
-    pub threads: Option<usize>,
-    /// x
-    pub keys_file: PathBuf,
-    /// x
-    pub reload_poll_interval_ms: u64,
-    /// x
-    pub max_inspect_body_bytes: usize,
-    /// x
-    pub log_format: LogFormat,
-    /// x
-    pub shutdown_grace_period_seconds: u64,
-    /// x
-    pub upstreams: Upstreams,
-    /// x
-    pub routes: Vec<RouteSpec>,
-    /// x
-    pub builtin_routes: bool,
-}
-/// x
-#[derive(Clone, Debug)]
-pub struct Upstreams {
-    /// x
-    pub completions: UpstreamConfig,
-    /// x
-    pub admin: UpstreamConfig,
-}
-/// x
-#[derive(Clone, Debug)]
-pub struct UpstreamConfig {
-    /// x
-    pub url: String,
-    /// x
-    pub tls: bool,
-    /// x
-    pub host: String,
-    /// x
-    pub port: u16,
-    /// x
-    pub authority: String,
-    /// x
-    pub connect_timeout_ms: u64,
-    /// x
-    pub read_timeout_ms: u64,
-    /// x
-    pub set_headers: Vec<(String, String)>,
-    /// x
-    pub ca_file: Option<PathBuf>,
-    /// x
-    pub sni: String,
-}
+use crate::diag::Diagnostic;
+use crate::keys::build::is_scope_shaped;
+use crate::keys::load::{document_error, read_text_file};
+use crate::keys::position::PositionIndex;
+use crate::routes::RouteSpec;
 
-#[derive(serde::Deserialize)]
-struct RawUp {
-    url: String,
-    #[serde(default)]
-    set_headers: std::collections::BTreeMap<String, String>,
-    connect_timeout_ms: Option<u64>,
-    read_timeout_ms: Option<u64>,
-}
-#[derive(serde::Deserialize)]
-struct RawUps {
-    completions: RawUp,
-    admin: RawUp,
-}
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-#[derive(serde::Deserialize)]
-struct Raw {
-    listen: OneOrMany,
-    metrics_listen: Option<String>,
-    threads: Option<usize>,
-    keys_file: String,
-    reload_poll_interval_ms: Option<u64>,
-    max_inspect_body_bytes: Option<usize>,
-    log_format: Option<String>,
-    shutdown_grace_period_seconds: Option<u64>,
-    upstreams: RawUps,
-    #[serde(default)]
-    routes: Vec<RouteSpec>,
-    builtin_routes: Option<bool>,
-}
+/// Largest config file read.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
 
-fn up(r: RawUp) -> UpstreamConfig {
-    let tls = r.url.starts_with("https://");
-    let rest = r
-        .url
-        .trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (h.to_string(), p.parse().unwrap_or(80)),
-        None => (rest.to_string(), if tls { 443 } else { 80 }),
-    };
-    let set_headers = r
-        .set_headers
-        .into_iter()
-        .map(|(k, v)| {
-            let mut out = v.clone();
-            while let Some(s) = out.find("${") {
-                let e = out[s..].find('}').map(|e| e + s).unwrap_or(out.len() - 1);
-                let var = &out[s + 2..e];
-                let val = std::env::var(var).unwrap_or_default();
-                out = format!("{}{}{}", &out[..s], val, &out[e + 1..]);
-            }
-            (k.to_lowercase(), out)
-        })
-        .collect();
-    UpstreamConfig {
-        url: r.url.clone(),
-        tls,
-        authority: rest.to_string(),
-        sni: host.clone(),
-        host,
-        port,
-        connect_timeout_ms: r.connect_timeout_ms.unwrap_or(2000),
-        read_timeout_ms: r.read_timeout_ms.unwrap_or(600000),
-        set_headers,
-        ca_file: None,
+/// Default `reload_poll_interval_ms`.
+pub const DEFAULT_RELOAD_POLL_INTERVAL_MS: u64 = 1000;
+/// Smallest `reload_poll_interval_ms`: polling faster only burns CPU.
+pub const MIN_RELOAD_POLL_INTERVAL_MS: u64 = 50;
+/// Default `max_inspect_body_bytes`.
+pub const DEFAULT_MAX_INSPECT_BODY_BYTES: usize = 64 * 1024;
+/// Largest `max_inspect_body_bytes`: inspected bodies are held in memory.
+pub const MAX_INSPECT_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+/// Default `shutdown_grace_period_seconds`.
+pub const DEFAULT_SHUTDOWN_GRACE_PERIOD_SECONDS: u64 = 30;
+/// Default upstream `connect_timeout_ms`.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2000;
+/// Default upstream `read_timeout_ms`: LLM streams are long.
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 600_000;
+
+/// Where the config is read from when no `--config` is given:
+/// `$SCOPEGATE_CONFIG` when set and non-empty, else `config/scopegate.yaml`.
+pub fn default_config_path() -> PathBuf {
+    match std::env::var_os("SCOPEGATE_CONFIG") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from("config/scopegate.yaml"),
     }
 }
 
-/// Stub loader.
+/// The validated server config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Proxy listen addresses, each a valid `IP:PORT` (a [`SocketAddr`]).
+    pub listen: Vec<String>,
+    /// `/metrics`, `/healthz`, `/readyz`; `None` disables them.
+    pub metrics_listen: Option<String>,
+    /// Proxy worker threads; `None`: the CPU count.
+    pub threads: Option<usize>,
+    /// The keys file, resolved against the config file's folder.
+    pub keys_file: PathBuf,
+    /// Fallback poll of the keys file, at least
+    /// [`MIN_RELOAD_POLL_INTERVAL_MS`].
+    pub reload_poll_interval_ms: u64,
+    /// Largest control-plane body inspected for `workspace_id` (SPEC 5.4).
+    pub max_inspect_body_bytes: usize,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// How long in-flight requests may finish after SIGTERM.
+    pub shutdown_grace_period_seconds: u64,
+    /// Where requests go.
+    pub upstreams: Upstreams,
+    /// Extra routes (SPEC 4.1), shape-checked.
+    pub routes: Vec<RouteSpec>,
+    /// Whether the built-in route table is served too.
+    pub builtin_routes: bool,
+}
+
+impl Config {
+    /// Every scope the extra routes name (any-of and all-of), for the check
+    /// against the vocabulary and the keys file's `custom_scopes`.
+    pub fn extra_route_scopes(&self) -> impl Iterator<Item = &str> {
+        self.routes
+            .iter()
+            .flat_map(|r| r.scopes.iter().chain(&r.scopes_all))
+            .map(String::as_str)
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// The two upstreams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstreams {
+    /// Data plane: the LLM completions service.
+    pub completions: UpstreamConfig,
+    /// Control plane: the admin service.
+    pub admin: UpstreamConfig,
+}
+
+/// One validated upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// `http[s]://host[:port]` as written, less a trailing `/`.
+    pub url: String,
+    /// `https`.
+    pub tls: bool,
+    /// Host as in the URL, lower-cased; an IPv6 address keeps its brackets
+    /// (`[::1]`).
+    pub host: String,
+    /// Port; the scheme's default when the URL has none.
+    pub port: u16,
+    /// The `Host` header sent upstream: `host`, plus `:port` when the port
+    /// is not the scheme's default.
+    pub authority: String,
+    /// Connect timeout.
+    pub connect_timeout_ms: u64,
+    /// Longest wait between two reads (and writes).
+    pub read_timeout_ms: u64,
+    /// Headers added to or overwritten on every upstream request: names
+    /// lower-case and valid, values valid with `${VAR}` already expanded.
+    /// Values may hold secrets (a provider key): never log them.
+    pub set_headers: Vec<(String, String)>,
+    /// A PEM CA bundle trusted for this upstream (private CAs), resolved
+    /// against the config file's folder; it exists. Only for `https`.
+    pub ca_file: Option<PathBuf>,
+    /// TLS server name: the host, without brackets.
+    pub sni: String,
+}
+
+/// Reads and validates the server config.
+///
+/// # Errors
+/// The file cannot be read (missing, not a regular file, over
+/// [`MAX_CONFIG_FILE_BYTES`], not UTF-8), is not valid YAML, has an unknown
+/// field, or breaks a rule; every rule broken is listed, with its position.
 pub fn load_config(path: &Path) -> Result<Config, Vec<Diagnostic>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| vec![Diagnostic::file(path, e.to_string())])?;
-    let raw: Raw =
-        serde_yaml::from_str(&text).map_err(|e| vec![Diagnostic::file(path, e.to_string())])?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    Ok(Config {
-        path: path.to_path_buf(),
-        listen: match raw.listen {
-            OneOrMany::One(s) => vec![s],
-            OneOrMany::Many(v) => v,
-        },
-        metrics_listen: raw.metrics_listen,
-        threads: raw.threads,
-        keys_file: dir.join(raw.keys_file),
-        reload_poll_interval_ms: raw.reload_poll_interval_ms.unwrap_or(1000),
-        max_inspect_body_bytes: raw.max_inspect_body_bytes.unwrap_or(65536),
-        log_format: if raw.log_format.as_deref() == Some("json") {
-            LogFormat::Json
-        } else {
-            LogFormat::Pretty
-        },
-        shutdown_grace_period_seconds: raw.shutdown_grace_period_seconds.unwrap_or(30),
-        upstreams: Upstreams {
-            completions: up(raw.upstreams.completions),
-            admin: up(raw.upstreams.admin),
-        },
-        routes: raw.routes,
-        builtin_routes: raw.builtin_routes.unwrap_or(true),
+    let text = read_text_file(path, MAX_CONFIG_FILE_BYTES, "config file").map_err(|d| vec![d])?;
+    parse_config_str(&text, path)
+}
+
+/// Validates config text; `path` names the file in diagnostics and is the
+/// base for relative paths in it.
+///
+/// `${NAME}` in a `set_headers` value is replaced by the environment
+/// variable `NAME` (letters, digits, `_`; not starting with a digit). `$${`
+/// stands for a literal `${`; any other `$` is kept as is. A variable that is
+/// not set, or is set but empty, is an error: a provider key that silently
+/// expands to nothing would only show up as upstream 401s.
+///
+/// # Errors
+/// As [`load_config`], less the file-system checks.
+pub fn parse_config_str(text: &str, path: &Path) -> Result<Config, Vec<Diagnostic>> {
+    parse_with_env(text, path, &|name| {
+        std::env::var(name).map_err(|e| e.into())
     })
 }
 
-/// Default path.
-pub fn default_config_path() -> PathBuf {
-    std::env::var_os("SCOPEGATE_CONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("config/scopegate.yaml"))
+/// Looks a variable up: `Ok(value)`, or why not.
+type Env<'a> = &'a dyn Fn(&str) -> Result<String, EnvError>;
+
+/// Why an environment variable has no usable value.
+#[derive(Debug)]
+enum EnvError {
+    NotSet,
+    NotUnicode,
 }
+
+impl From<std::env::VarError> for EnvError {
+    fn from(e: std::env::VarError) -> EnvError {
+        match e {
+            std::env::VarError::NotPresent => EnvError::NotSet,
+            std::env::VarError::NotUnicode(_) => EnvError::NotUnicode,
+        }
+    }
+}
+
+fn parse_with_env(text: &str, path: &Path, env: Env<'_>) -> Result<Config, Vec<Diagnostic>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.trim().is_empty() {
+        return Err(vec![Diagnostic::file(path, "config file is empty")]);
+    }
+    let raw: RawConfig = match serde_yaml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => return Err(vec![raw_error(path, text, &e)]),
+    };
+    let base = path.parent().unwrap_or(Path::new(""));
+    let mut v = Validator {
+        problems: Vec::new(),
+        env,
+        base,
+    };
+    let config = v.config(raw, path);
+    if v.problems.is_empty() {
+        return Ok(config);
+    }
+    let index = PositionIndex::new(text);
+    let mut out: Vec<Diagnostic> = v
+        .problems
+        .into_iter()
+        .map(|(at, message)| Diagnostic {
+            file: path.to_path_buf(),
+            position: index.as_ref().and_then(|ix| ix.locate(&at)),
+            message,
+        })
+        .collect();
+    out.sort_by_key(|d| d.position.unwrap_or((usize::MAX, usize::MAX)));
+    Err(out)
+}
+
+/// A serde error reading the raw config; a document that is not a mapping
+/// gets words instead of "expected struct RawConfig".
+fn raw_error(path: &Path, text: &str, e: &serde_yaml::Error) -> Diagnostic {
+    let kind = match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Ok(serde_yaml::Value::Mapping(_)) | Err(_) => return document_error(path, text, e),
+        Ok(serde_yaml::Value::Null) => {
+            return Diagnostic::file(
+                path,
+                "config file is empty: it has comments but no settings",
+            )
+        }
+        Ok(serde_yaml::Value::Sequence(_)) => "a list",
+        Ok(_) => "a single value",
+    };
+    let message = format!("config file must be a mapping of settings (SPEC 2), but it is {kind}");
+    let (line, col) = PositionIndex::new(text)
+        .and_then(|ix| ix.locate(""))
+        .unwrap_or((1, 1));
+    Diagnostic::at(path, line, col, message)
+}
+
+// ---------------------------------------------------------------------------
+// Raw settings, as serde reads them.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Listen,
+    #[serde(default)]
+    metrics_listen: Option<String>,
+    #[serde(default)]
+    threads: Option<usize>,
+    keys_file: String,
+    #[serde(default = "default_poll")]
+    reload_poll_interval_ms: u64,
+    #[serde(default = "default_inspect")]
+    max_inspect_body_bytes: u64,
+    #[serde(default)]
+    log_format: LogFormat,
+    #[serde(default = "default_grace")]
+    shutdown_grace_period_seconds: u64,
+    upstreams: RawUpstreams,
+    #[serde(default)]
+    routes: Vec<RouteSpec>,
+    #[serde(default = "yes")]
+    builtin_routes: bool,
+}
+
+fn default_poll() -> u64 {
+    DEFAULT_RELOAD_POLL_INTERVAL_MS
+}
+fn default_inspect() -> u64 {
+    DEFAULT_MAX_INSPECT_BODY_BYTES as u64
+}
+fn default_grace() -> u64 {
+    DEFAULT_SHUTDOWN_GRACE_PERIOD_SECONDS
+}
+fn default_connect() -> u64 {
+    DEFAULT_CONNECT_TIMEOUT_MS
+}
+fn default_read() -> u64 {
+    DEFAULT_READ_TIMEOUT_MS
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreams {
+    completions: RawUpstream,
+    admin: RawUpstream,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: String,
+    #[serde(default = "default_connect")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_read")]
+    read_timeout_ms: u64,
+    #[serde(default)]
+    set_headers: HeaderList,
+    #[serde(default)]
+    ca_file: Option<String>,
+}
+
+/// `listen`: one address or a list.
+struct Listen(Vec<String>);
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Listen, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Listen;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address such as \"127.0.0.1:8080\", or a list of them")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Listen, E> {
+                Ok(Listen(vec![s.to_string()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Listen, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(Listen(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `set_headers`: a mapping of name to value, order kept.
+#[derive(Default)]
+struct HeaderList(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for HeaderList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<HeaderList, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = HeaderList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of header name to value")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<HeaderList, E> {
+                Ok(HeaderList::default())
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderList, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, String>()? {
+                    out.push(entry);
+                }
+                Ok(HeaderList(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validation: raw settings to a Config, collecting every problem.
+
+struct Validator<'a> {
+    /// (path to locate, message).
+    problems: Vec<(String, String)>,
+    env: Env<'a>,
+    /// The config file's folder.
+    base: &'a Path,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push((path.into(), message.into()));
+    }
+
+    fn config(&mut self, raw: RawConfig, path: &Path) -> Config {
+        let listen = self.listen(raw.listen.0);
+        let metrics_listen = raw.metrics_listen.inspect(|m| {
+            if m.parse::<SocketAddr>().is_err() {
+                self.problem(
+                    "metrics_listen",
+                    format!("metrics_listen: `{}` {ADDR_RULE}", m.escape_debug()),
+                );
+            } else if listen.contains(m) {
+                self.problem(
+                    "metrics_listen",
+                    format!("metrics_listen: `{m}` is also a proxy listen address"),
+                );
+            }
+        });
+        if raw.threads == Some(0) {
+            self.problem(
+                "threads",
+                "threads: must be at least 1 (omit it for one per CPU)",
+            );
+        }
+        let keys_file = if raw.keys_file.trim().is_empty() {
+            self.problem("keys_file", "keys_file: must name the keys file");
+            PathBuf::new()
+        } else {
+            self.base.join(&raw.keys_file)
+        };
+        if raw.reload_poll_interval_ms < MIN_RELOAD_POLL_INTERVAL_MS {
+            self.problem(
+                "reload_poll_interval_ms",
+                format!(
+                    "reload_poll_interval_ms: must be at least {MIN_RELOAD_POLL_INTERVAL_MS} \
+                     (filesystem events and SIGHUP reload at once; the poll is a fallback)"
+                ),
+            );
+        }
+        let max_inspect_body_bytes = match usize::try_from(raw.max_inspect_body_bytes) {
+            Ok(0) => {
+                self.problem(
+                    "max_inspect_body_bytes",
+                    "max_inspect_body_bytes: must be at least 1",
+                );
+                0
+            }
+            Ok(n) if n <= MAX_INSPECT_BODY_BYTES_LIMIT => n,
+            _ => {
+                self.problem(
+                    "max_inspect_body_bytes",
+                    format!(
+                        "max_inspect_body_bytes: must be at most {MAX_INSPECT_BODY_BYTES_LIMIT} \
+                         (64 MiB): inspected bodies are held in memory"
+                    ),
+                );
+                0
+            }
+        };
+        let upstreams = Upstreams {
+            completions: self.upstream(raw.upstreams.completions, "upstreams.completions"),
+            admin: self.upstream(raw.upstreams.admin, "upstreams.admin"),
+        };
+        self.routes(&raw.routes);
+        if !raw.builtin_routes && raw.routes.is_empty() {
+            self.problem(
+                "builtin_routes",
+                "builtin_routes: is false and `routes` is empty, so every request would be \
+                 answered 404",
+            );
+        }
+        Config {
+            path: path.to_path_buf(),
+            listen,
+            metrics_listen,
+            threads: raw.threads,
+            keys_file,
+            reload_poll_interval_ms: raw.reload_poll_interval_ms,
+            max_inspect_body_bytes,
+            log_format: raw.log_format,
+            shutdown_grace_period_seconds: raw.shutdown_grace_period_seconds,
+            upstreams,
+            routes: raw.routes,
+            builtin_routes: raw.builtin_routes,
+        }
+    }
+
+    fn listen(&mut self, addrs: Vec<String>) -> Vec<String> {
+        if addrs.is_empty() {
+            self.problem(
+                "listen",
+                "listen: needs at least one address, such as 127.0.0.1:8080",
+            );
+        }
+        for (i, a) in addrs.iter().enumerate() {
+            let at = format!("listen[{i}]");
+            if a.parse::<SocketAddr>().is_err() {
+                self.problem(at, format!("listen: `{}` {ADDR_RULE}", a.escape_debug()));
+            } else if addrs[..i].contains(a) {
+                self.problem(at, format!("listen: `{a}` is listed twice"));
+            }
+        }
+        addrs
+    }
+
+    fn upstream(&mut self, raw: RawUpstream, at: &str) -> UpstreamConfig {
+        let url = raw.url.strip_suffix('/').unwrap_or(&raw.url).to_string();
+        let parsed = parse_url(&raw.url).unwrap_or_else(|m| {
+            self.problem(format!("{at}.url"), format!("{at}.url: {m}"));
+            ParsedUrl::default()
+        });
+        for (field, value) in [
+            ("connect_timeout_ms", raw.connect_timeout_ms),
+            ("read_timeout_ms", raw.read_timeout_ms),
+        ] {
+            if value == 0 {
+                self.problem(
+                    format!("{at}.{field}"),
+                    format!("{at}.{field}: must be at least 1"),
+                );
+            }
+        }
+        let set_headers = self.set_headers(raw.set_headers.0, at);
+        let ca_file = raw.ca_file.map(|ca| {
+            let resolved = self.base.join(&ca);
+            let here = format!("{at}.ca_file");
+            if !raw
+                .url
+                .get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+            {
+                self.problem(&here, format!("{here}: is only used with an https:// url"));
+            }
+            match std::fs::metadata(&resolved) {
+                Ok(m) if m.is_file() => {}
+                Ok(_) => self.problem(
+                    &here,
+                    format!("{here}: `{}` is not a regular file", resolved.display()),
+                ),
+                Err(e) => self.problem(
+                    &here,
+                    format!("{here}: cannot read `{}`: {e}", resolved.display()),
+                ),
+            }
+            resolved
+        });
+        let authority = match (parsed.tls, parsed.port) {
+            (true, 443) | (false, 80) => parsed.host.clone(),
+            (_, port) => format!("{}:{port}", parsed.host),
+        };
+        UpstreamConfig {
+            url,
+            tls: parsed.tls,
+            sni: parsed
+                .host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            host: parsed.host,
+            port: parsed.port,
+            authority,
+            connect_timeout_ms: raw.connect_timeout_ms,
+            read_timeout_ms: raw.read_timeout_ms,
+            set_headers,
+            ca_file,
+        }
+    }
+
+    fn set_headers(&mut self, raw: Vec<(String, String)>, at: &str) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::with_capacity(raw.len());
+        let mut seen: HashSet<String> = HashSet::new();
+        for (name, value) in raw {
+            let lower = name.to_ascii_lowercase();
+            let here = format!("{at}.set_headers.{name}");
+            if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+                self.problem(
+                    &here,
+                    format!(
+                        "{here}: `{}` is not a valid HTTP header name",
+                        name.escape_debug()
+                    ),
+                );
+                continue;
+            }
+            if let Some(why) = forbidden_header(&lower) {
+                self.problem(
+                    &here,
+                    format!("{here}: `{lower}` cannot be set here: {why}"),
+                );
+                continue;
+            }
+            if !seen.insert(lower.clone()) {
+                self.problem(&here, format!("{here}: `{lower}` is set twice"));
+                continue;
+            }
+            let expanded = match expand_vars(&value, self.env) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.problem(&here, e.message(&here));
+                    continue;
+                }
+            };
+            // The message never quotes the value: it may be a secret.
+            if http::HeaderValue::from_str(&expanded).is_err() {
+                self.problem(
+                    &here,
+                    format!(
+                        "{here}: the value (after expanding variables) is not a valid header \
+                         value: it has a line break, control character or non-ASCII character"
+                    ),
+                );
+                continue;
+            }
+            out.push((lower, expanded));
+        }
+        out
+    }
+
+    fn routes(&mut self, routes: &[RouteSpec]) {
+        let mut seen: HashMap<(String, String), usize> = HashMap::new();
+        for (i, r) in routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            let normalized = match check_pattern(&r.path) {
+                Ok(n) => Some(n),
+                Err(m) => {
+                    self.problem(format!("{at}.path"), format!("{at}.path: {m}"));
+                    None
+                }
+            };
+            if r.methods.is_empty() {
+                self.problem(
+                    format!("{at}.methods"),
+                    format!("{at}.methods: a route needs at least one method"),
+                );
+            }
+            for (j, m) in r.methods.iter().enumerate() {
+                let here = format!("{at}.methods[{j}]");
+                let valid =
+                    !m.is_empty() && m.len() <= 20 && m.bytes().all(|b| b.is_ascii_uppercase());
+                if !valid {
+                    self.problem(
+                        &here,
+                        format!(
+                            "{here}: `{}` is not an upper-case HTTP method such as GET, POST, \
+                             PUT, PATCH or DELETE",
+                            m.escape_debug()
+                        ),
+                    );
+                } else if r.methods[..j].contains(m) {
+                    self.problem(&here, format!("{here}: `{m}` is listed twice"));
+                } else if let Some(n) = &normalized {
+                    if let Some(first) = seen.insert((m.clone(), n.clone()), i) {
+                        self.problem(
+                            &here,
+                            format!(
+                                "{here}: {m} {} is already routed by routes[{first}]",
+                                r.path
+                            ),
+                        );
+                    }
+                }
+            }
+            match (r.scopes.is_empty(), r.scopes_all.is_empty()) {
+                (true, true) => self.problem(
+                    &at,
+                    format!("{at}: needs `scopes` (any of) or `scopes_all` (all of)"),
+                ),
+                (false, false) => self.problem(
+                    format!("{at}.scopes_all"),
+                    format!(
+                        "{at}: give either `scopes` (any of) or `scopes_all` (all of), not both"
+                    ),
+                ),
+                _ => {}
+            }
+            for (field, list) in [("scopes", &r.scopes), ("scopes_all", &r.scopes_all)] {
+                for (j, s) in list.iter().enumerate() {
+                    if !is_scope_shaped(s) {
+                        let here = format!("{at}.{field}[{j}]");
+                        self.problem(
+                            &here,
+                            format!(
+                                "{here}: `{}` is not a scope name: routes name plain scopes like \
+                                 `reports.read` (no wildcards)",
+                                s.escape_debug()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What an address must look like, for messages.
+const ADDR_RULE: &str = "is not an IP:PORT address such as 127.0.0.1:8080 or [::]:8080 \
+                         (host names are not resolved here)";
+
+/// Why a header may not be set by config, if it may not.
+fn forbidden_header(name: &str) -> Option<&'static str> {
+    match name {
+        "connection" | "transfer-encoding" | "upgrade" | "te" | "keep-alive"
+        | "proxy-connection" | "trailer" => {
+            Some("it is a hop-by-hop header, managed per connection")
+        }
+        "host" => Some("the Host header is the upstream url's authority"),
+        "content-length" => Some("the body's length is the proxy's to set"),
+        "x-request-id" => Some("the proxy sets a request id per request"),
+        n if n.starts_with("x-scopegate-") => Some(
+            "x-scopegate-* headers carry the proxy's verdict about the caller's key, which the \
+             upstream trusts",
+        ),
+        _ => None,
+    }
+}
+
+/// Why `${...}` could not be expanded.
+#[derive(Debug, PartialEq, Eq)]
+enum ExpandError {
+    NotSet(String),
+    Empty(String),
+    NotUnicode(String),
+    BadName(String),
+    Unterminated,
+}
+
+impl ExpandError {
+    fn message(&self, here: &str) -> String {
+        match self {
+            ExpandError::NotSet(n) => {
+                format!("environment variable {n} is not set (used in {here})")
+            }
+            ExpandError::Empty(n) => format!("environment variable {n} is empty (used in {here})"),
+            ExpandError::NotUnicode(n) => {
+                format!("environment variable {n} is not valid UTF-8 (used in {here})")
+            }
+            ExpandError::BadName(n) => format!(
+                "{here}: `${{{}}}` is not a variable name (letters, digits and `_`); write `$${{` \
+                 for a literal `${{`",
+                n.escape_debug()
+            ),
+            ExpandError::Unterminated => {
+                format!("{here}: `${{` without a closing `}}`; write `$${{` for a literal `${{`")
+            }
+        }
+    }
+}
+
+/// Expands `${NAME}`; `$${` is a literal `${`.
+fn expand_vars(value: &str, env: Env<'_>) -> Result<String, ExpandError> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        if let Some(after) = rest.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix("${") {
+            let end = after.find('}').ok_or(ExpandError::Unterminated)?;
+            let name = &after[..end];
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(ExpandError::BadName(name.to_string()));
+            }
+            match env(name) {
+                Ok(v) if v.is_empty() => return Err(ExpandError::Empty(name.to_string())),
+                Ok(v) => out.push_str(&v),
+                Err(EnvError::NotSet) => return Err(ExpandError::NotSet(name.to_string())),
+                Err(EnvError::NotUnicode) => return Err(ExpandError::NotUnicode(name.to_string())),
+            }
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The parts of an upstream URL.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ParsedUrl {
+    tls: bool,
+    host: String,
+    port: u16,
+}
+
+/// Parses `http[s]://host[:port]` with an optional trailing `/`.
+fn parse_url(url: &str) -> Result<ParsedUrl, String> {
+    let shown = url.escape_debug();
+    let scheme_end = url
+        .find("://")
+        .ok_or_else(|| format!("`{shown}` must start with http:// or https://"))?;
+    let tls = match url[..scheme_end].to_ascii_lowercase().as_str() {
+        "http" => false,
+        "https" => true,
+        _ => return Err(format!("`{shown}` must start with http:// or https://")),
+    };
+    let rest = &url[scheme_end + 3..];
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '?', '#']) {
+        return Err(format!(
+            "`{shown}` must be scheme, host and port only, with no path, query or fragment: \
+             request paths go upstream unchanged"
+        ));
+    }
+    if rest.contains('@') {
+        return Err(format!(
+            "`{shown}` must not carry credentials (`user@`); use set_headers for upstream \
+             authentication"
+        ));
+    }
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let end = v6
+            .find(']')
+            .ok_or_else(|| format!("`{shown}`: `[` without `]`"))?;
+        if v6[..end].parse::<Ipv6Addr>().is_err() {
+            return Err(format!(
+                "`{shown}`: `{}` is not an IPv6 address",
+                &v6[..end]
+            ));
+        }
+        let after = &v6[end + 1..];
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| format!("`{shown}`: only `:port` may follow an IPv6 address"))?,
+            ),
+        };
+        (rest[..end + 2].to_ascii_lowercase(), port)
+    } else {
+        let (host, port) = match rest.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        };
+        if host.parse::<Ipv4Addr>().is_err() && !is_host_name(host) {
+            return Err(format!(
+                "`{shown}`: `{}` is not a host name, IPv4 address or [IPv6] address",
+                host.escape_debug()
+            ));
+        }
+        (host.to_ascii_lowercase(), port)
+    };
+    let port = match port {
+        None => {
+            if tls {
+                443
+            } else {
+                80
+            }
+        }
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && !p.starts_with('+') => n,
+            _ => {
+                return Err(format!(
+                    "`{shown}`: `{}` is not a port (1 to 65535)",
+                    p.escape_debug()
+                ))
+            }
+        },
+    };
+    Ok(ParsedUrl { tls, host, port })
+}
+
+/// A DNS name: dot-separated labels of letters, digits, `-` and `_`, not
+/// starting or ending with `-`.
+fn is_host_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Checks a route pattern the way the route table reads it: absolute, no
+/// empty or dot segments, `{name}` parameters as whole segments with unique
+/// names. Returns the pattern with parameters renamed by position, so that
+/// `/x/{a}` and `/x/{b}` compare equal.
+fn check_pattern(path: &str) -> Result<String, String> {
+    let shown = path.escape_debug();
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(format!("`{shown}` must start with `/`"));
+    };
+    let mut normalized = String::with_capacity(path.len());
+    let mut names: Vec<&str> = Vec::new();
+    for (i, seg) in rest.split('/').enumerate() {
+        normalized.push('/');
+        if seg.is_empty() {
+            return Err(format!(
+                "`{shown}` has an empty segment (`//` or a trailing `/`)"
+            ));
+        }
+        if seg == "." || seg == ".." {
+            return Err(format!("`{shown}` has a `{seg}` segment"));
+        }
+        if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!(
+                    "`{shown}`: parameter `{{{}}}` must be a name of letters, digits and `_`",
+                    name.escape_debug()
+                ));
+            }
+            if names.contains(&name) {
+                return Err(format!("`{shown}`: parameter `{{{name}}}` appears twice"));
+            }
+            names.push(name);
+            normalized.push_str(&format!("{{{i}}}"));
+        } else if seg.contains(['{', '}', '*', '\\', '?', '#', '%'])
+            || seg.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(format!(
+                "`{shown}`: segment `{}` may not contain `{{`, `}}`, `*`, `%`, `?`, `#`, `\\`, \
+                 spaces or control characters; a parameter is a whole segment like `{{id}}`",
+                seg.escape_debug()
+            ));
+        } else {
+            normalized.push_str(seg);
+        }
+    }
+    Ok(normalized)
+}
+
+#[cfg(test)]
+mod tests;

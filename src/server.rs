@@ -122,6 +122,9 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
         threads,
         grace_period_seconds: Some(config.shutdown_grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(1),
+        // One single-threaded runtime per worker thread: a request stays on
+        // the thread that accepted it, with no cross-thread wake-ups.
+        work_stealing: false,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

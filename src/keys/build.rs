@@ -104,7 +104,7 @@ pub(crate) fn shown(s: &str) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() || c == '`' {
+        if c.is_control() {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -156,15 +156,31 @@ fn parse_digest(s: &str) -> Result<Digest, String> {
             s.chars().count()
         ));
     }
+    fn nibble(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
     let mut out = [0u8; 32];
-    hex::decode_to_slice(s, &mut out)
-        .map_err(|_| format!("{HOW}; this value has characters that are not hex digits"))?;
+    for (byte, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        match (nibble(pair[0]), nibble(pair[1])) {
+            (Some(hi), Some(lo)) => *byte = hi << 4 | lo,
+            _ => {
+                return Err(format!(
+                    "{HOW}; this value has characters that are not hex digits"
+                ))
+            }
+        }
+    }
     Ok(out)
 }
 
 /// Whether a custom scope looks like a built-in one: `resource.action` with
 /// `[a-z0-9_]+` before the dot and `[A-Za-z0-9_]+` after it.
-fn is_scope_shaped(s: &str) -> bool {
+pub(crate) fn is_scope_shaped(s: &str) -> bool {
     let Some((resource, action)) = s.split_once('.') else {
         return false;
     };
@@ -220,6 +236,7 @@ pub fn build_snapshot(
         orgs: &orgs,
         problems: &mut problems,
         scope_cache: HashMap::new(),
+        list_cache: HashMap::new(),
         workspace_suggestions: HashMap::new(),
         keys: Vec::with_capacity(doc.keys.len()),
         key_ids: HashMap::with_capacity(doc.keys.len()),
@@ -421,9 +438,11 @@ struct KeysBuilder<'a> {
     custom: &'a [&'a str],
     orgs: &'a Orgs,
     problems: &'a mut Problems,
-    /// Keys share few distinct scope lists; expanding each (scope, type) once
-    /// keeps a 100k-key file cheap.
+    /// Keys share few distinct scope lists: each (scope, type) is expanded
+    /// once, and each valid (list, type) is united once, so a 100k-key file
+    /// costs a hash lookup per key.
     scope_cache: HashMap<(&'a str, KeyType), Result<ScopeSet, ScopeError>>,
+    list_cache: HashMap<(&'a [String], KeyType), ScopeSet>,
     /// "did you mean" for unknown workspaces, once per name (a typo is often
     /// copied into many keys, and the search is linear in workspaces).
     workspace_suggestions: HashMap<&'a str, Option<String>>,
@@ -564,7 +583,12 @@ impl<'a> KeysBuilder<'a> {
                 .workspace_suggestions
                 .entry(name)
                 .or_insert_with(|| {
-                    nearest(name, orgs.names.keys().map(|n| &**n)).map(str::to_string)
+                    // File order, so that ties always suggest the same name.
+                    let names = orgs
+                        .workspaces
+                        .iter()
+                        .flat_map(|w| std::iter::once(&*w.id).chain(w.slug.as_deref()));
+                    nearest(name, names).map(str::to_string)
                 })
                 .clone();
             self.problems.push(
@@ -733,7 +757,11 @@ impl<'a> KeysBuilder<'a> {
             );
             return ScopeSet::EMPTY;
         }
+        if let Some(set) = self.list_cache.get(&(spec.scopes.as_slice(), t)) {
+            return *set;
+        }
         let mut all = ScopeSet::EMPTY;
+        let mut valid = true;
         for (j, written) in spec.scopes.iter().enumerate() {
             let registry = self.registry;
             let custom = self.custom;
@@ -748,18 +776,23 @@ impl<'a> KeysBuilder<'a> {
                     }
                 }
                 Err(e) => {
+                    valid = false;
                     let message = e.to_string();
                     self.problems
                         .push(format!("keys[{i}].scopes[{j}]"), message);
                 }
             }
         }
+        if valid {
+            self.list_cache.insert((spec.scopes.as_slice(), t), all);
+        }
         all
     }
 
     fn rate_limits(&mut self, i: usize, specs: &[RateLimitSpec]) -> Vec<RateLimit> {
         let mut out = Vec::with_capacity(specs.len());
-        let mut units: Vec<(&str, usize)> = Vec::new();
+        // Index of the first limit of each unit (rps, rpm, rph, rpd).
+        let mut first_of_unit: [Option<usize>; 4] = [None; 4];
         for (j, spec) in specs.iter().enumerate() {
             let at = |field: &str| format!("keys[{i}].rate_limits[{j}].{field}");
             let mut ok = true;
@@ -784,6 +817,12 @@ impl<'a> KeysBuilder<'a> {
                 }
             }
             let period = RateLimit::period_of_unit(&spec.unit);
+            let unit = match spec.unit.as_str() {
+                "rps" => 0,
+                "rpm" => 1,
+                "rph" => 2,
+                _ => 3,
+            };
             if period.is_none() {
                 self.problems.push(
                     at("unit"),
@@ -792,7 +831,7 @@ impl<'a> KeysBuilder<'a> {
                         shown(&spec.unit)
                     ),
                 );
-            } else if let Some((_, first)) = units.iter().find(|(u, _)| *u == spec.unit) {
+            } else if let Some(first) = first_of_unit[unit] {
                 ok = false;
                 self.problems.push(
                     at("unit"),
@@ -803,7 +842,7 @@ impl<'a> KeysBuilder<'a> {
                     ),
                 );
             } else {
-                units.push((&spec.unit, j));
+                first_of_unit[unit] = Some(j);
             }
             let value = match u32::try_from(spec.value) {
                 Ok(0) => {

@@ -4,7 +4,7 @@
 pub mod build;
 pub mod load;
 pub mod model;
-mod position;
+pub(crate) mod position;
 pub mod snapshot;
 pub mod store;
 

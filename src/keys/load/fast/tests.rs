@@ -1,0 +1,300 @@
+use super::*;
+
+/// What serde_yaml makes of a text.
+fn serde(text: &str) -> Result<KeysDocument, serde_yaml::Error> {
+    serde_yaml::from_str(text)
+}
+
+/// The guarantee: whatever the fast reader accepts, serde_yaml reads the
+/// same way. Returns whether the fast reader accepted it.
+fn agrees(text: &str) -> bool {
+    let Some(fast) = read(text) else {
+        return false;
+    };
+    match serde(text) {
+        Ok(slow) => assert_eq!(fast, slow, "readers disagree on:\n{text}"),
+        Err(e) => panic!("fast reader accepted what serde_yaml refuses ({e}):\n{text}"),
+    }
+    true
+}
+
+const SAMPLE: &str = "\
+# A keys file in the style of SPEC 3.
+organisations:
+  - id: org_acme
+    workspaces:
+      - id: ws_research            # canonical id
+        slug: research
+      - id: ws_prod
+custom_scopes: [reports.read, 'x.y']
+keys:
+  - id: key_ops
+    name: Ops automation
+    type: organisation-service
+    organisation_id: org_acme
+    sha256: \"84ffe7eb22d1a5621ef8147e145f9207f622655fe664f1b5a93ec3698fc8983d\"
+    scopes: [\"workspaces.*\", \"audit_logs.list\"]
+
+  - id: key_bot
+    name: 'Research bot: it''s fine'
+    type: workspace-service
+    workspace_id: ws_research
+    secrets:
+      - sha256: \"9e886b0afd74dcba4a3d4ed2127c9d573f3f5863823f3e16605c62b01ffda4e9\"
+      - sha256: 27a45114bb7ea49db3bfe9d44be345a863e06fdc0dfe79c66c85c8fa56060ef8
+        expires_at: \"2026-12-01T00:00:00Z\"
+    scopes:
+      - completions.write
+      - logs.view   # and a comment
+    expires_at: 2027-06-01T00:00:00Z
+    status: active
+    rate_limits:
+      - { type: requests, unit: rpm, value: 600 }
+      - {type: requests, unit: rps, value: 5}
+  - id: key_alice
+    name: Alice #1 of the team
+    type: workspace-user
+    workspace_id: ws_research
+    user_id: usr_alice
+    sha256: ~
+    scopes:
+    - completions.write
+    status: null
+";
+
+#[test]
+fn reads_the_shapes_keys_files_use() {
+    assert!(agrees(SAMPLE));
+    let doc = read(SAMPLE).expect("plain");
+    assert_eq!(doc.keys[1].name, "Research bot: it's fine");
+    assert_eq!(doc.keys[2].name, "Alice", "` #` starts a comment");
+    assert_eq!(doc.keys[2].sha256, None);
+    assert_eq!(doc.keys[1].rate_limits[1].value, 5);
+}
+
+#[test]
+fn reads_the_shipped_example() {
+    let text = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config/keys.yaml"));
+    assert!(agrees(text), "config/keys.yaml should take the fast path");
+}
+
+#[test]
+fn reads_compact_and_flow_styles() {
+    for text in [
+        "keys:\n- id: a\n  type: b\n  scopes: [x.y]\n",
+        "keys:\n  -   id: a\n      type: b\n",
+        "  keys: []\n  custom_scopes: []\n",
+        "keys:\r\n  - id: a\r\n    type: b\r\n",
+        "keys: []\norganisations:\n  - id: o\n    workspaces: []\n",
+    ] {
+        assert!(agrees(text), "{text:?}");
+    }
+}
+
+#[test]
+fn gives_up_on_what_it_does_not_read() {
+    for text in [
+        "",
+        "# nothing\n",
+        "---\nkeys: []\n",
+        "keys: []\n...\n",
+        "%YAML 1.2\n---\nkeys: []\n",
+        "keys:\n\t- id: a\n",
+        "keys: &k []\n",
+        "keys: !!seq []\n",
+        "keys:\n  - id: *a\n    type: b\n",
+        "keys:\n  - id: a\n    type: b\n    name: |\n      text\n",
+        "keys:\n  - id: a\n    type: b\n    name: first\n      second\n",
+        "keys:\n  - id: \"a\\u0041\"\n    type: b\n",
+        "keys:\n  - id: \"a\n    b\"\n    type: b\n",
+        "keys: [[a]]\n",
+        "keys:\n  - id: a\n    type: b\n    scopes: [a, [b]]\n",
+        "keys:\n  - id: a\n    type: b\n    scopes: [a, ]\n",
+        "keys:\n  - id: a\n    type: b\n    bogus: 1\n",
+        "keys:\n  - id: a\n    id: b\n    type: b\n",
+        "keys:\n  - id: a\n",
+        "keys:\n  - id: a\n    type: b\n    name:\n",
+        "keys:\n  - id: a\n    type: b\n    name: # nothing\n",
+        "keys:\n  - id: a\n    type: b\n    rate_limits: [{type: r, unit: u, value: 0x10}]\n",
+        "keys:\n  - id: a\n    type: b\n    rate_limits: [{type: r, unit: u, value: '5'}]\n",
+        "keys:\n  - id: a\n    type: b\n    rate_limits: [{type: r, unit: u, value: 010}]\n",
+        "keys:\n  - id: a\n    type: b\n    name: a: b\n",
+        "keys:\n  - id: a\n    type: b\n    name: - x\n",
+        "keys:\n  - id: a\n    type: b\n    secrets: ~\n",
+        "keys:\n  - - id: a\n",
+        "keys:\n  -\n    id: a\n    type: b\n",
+        "? keys\n: []\n",
+        "\"keys\": []\n",
+        "keys: []\nkeys: []\n",
+        "keys:\n  - id: a\n    type: b\n   scopes: []\n",
+        "keys:\n  - id: a\u{2028}\n    type: b\n",
+        "keys:\n  - id: a\u{85}\n    type: b\n",
+        "keys:\n  - id: a\u{7}\n    type: b\n",
+    ] {
+        assert!(read(text).is_none(), "{text:?}");
+    }
+}
+
+/// xorshift64*: a small deterministic generator, so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Mutates a valid file thousands of ways with characters that matter to
+/// YAML; every mutant the fast reader accepts must read the same in
+/// serde_yaml.
+#[test]
+fn agrees_with_serde_yaml_on_mutated_files() {
+    const ALPHABET: &[&str] = &[
+        " ", " ", "  ", "\n", "\n  ", "\n    ", "-", "- ", ":", ": ", "#", " #", "\"", "'", "''",
+        "[", "]", "{", "}", ",", ", ", "~", "&", "*", "!", "|", ">", "?", "\t", "\r", "\\", "a",
+        "0", "null", "é", "%", "@", "`", "---", "...", "0x1", "+",
+    ];
+    let bases = [
+        SAMPLE,
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config/keys.yaml")),
+    ];
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let (mut accepted, mut total) = (0, 0);
+    for _ in 0..6000 {
+        let mut text = bases[rng.below(bases.len())].to_string();
+        for _ in 0..1 + rng.below(3) {
+            let mut at = rng.below(text.len() + 1);
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            let piece = ALPHABET[rng.below(ALPHABET.len())];
+            match rng.below(3) {
+                0 => text.insert_str(at, piece),
+                1 => {
+                    let mut end = (at + 1 + rng.below(3)).min(text.len());
+                    while !text.is_char_boundary(end) {
+                        end += 1;
+                    }
+                    text.replace_range(at..end, "");
+                }
+                _ => {
+                    let mut end = (at + 1).min(text.len());
+                    while !text.is_char_boundary(end) {
+                        end += 1;
+                    }
+                    text.replace_range(at..end, piece);
+                }
+            }
+        }
+        total += 1;
+        if agrees(&text) {
+            accepted += 1;
+        }
+    }
+    // The test means something only if many mutants are still plain.
+    assert!(
+        accepted * 5 > total,
+        "only {accepted} of {total} mutants were read"
+    );
+}
+
+/// Puts awkward scalars in every kind of position.
+#[test]
+fn agrees_with_serde_yaml_on_awkward_scalars() {
+    const SCALARS: &[&str] = &[
+        "a",
+        "~",
+        "null",
+        "Null",
+        "NULL",
+        "nULL",
+        "true",
+        "no",
+        "123",
+        "-1",
+        "1.5",
+        "0x10",
+        "1e3",
+        ".inf",
+        "''",
+        "\"\"",
+        "'a''b'",
+        "\"a'b\"",
+        "'a\"b'",
+        "a b",
+        "a  b",
+        "a,b",
+        "a]",
+        "a}",
+        "a#b",
+        "a #b",
+        "a: b",
+        "a:b",
+        "a:",
+        "http://x",
+        "[a]",
+        "{a: b}",
+        "[]",
+        "{}",
+        "- a",
+        "-a",
+        "?a",
+        "? a",
+        ":a",
+        "&a a",
+        "*a",
+        "!a a",
+        "|",
+        ">",
+        "%a",
+        "@a",
+        "`a`",
+        "é",
+        "a'",
+        "a\"",
+        "\"a",
+        "'a",
+        "2027-06-01T00:00:00Z",
+        "\"2027-06-01T00:00:00Z\"",
+        "'#'",
+        "\"#\"",
+        "a ",
+        "\"a\" #c",
+        "'a' b",
+        "\"a\"b",
+        "[a, b]",
+        "[a,b]",
+        "[ a ]",
+        "['a', \"b\"]",
+        "{type: a}",
+    ];
+    let templates = [
+        "keys:\n  - id: k\n    type: t\n    name: {S}\n",
+        "keys:\n  - id: {S}\n    type: t\n",
+        "keys:\n  - id: k\n    type: t\n    status: {S}\n",
+        "keys:\n  - id: k\n    type: t\n    scopes: [x, {S}]\n",
+        "keys:\n  - id: k\n    type: t\n    scopes:\n      - {S}\n",
+        "keys:\n  - id: k\n    type: t\n    scopes: {S}\n",
+        "keys:\n  - {id: k, type: {S}}\n",
+        "keys:\n  - id: k\n    type: t\n    rate_limits: [{type: r, unit: u, value: {S}}]\n",
+        "organisations:\n  - id: o\n    workspaces:\n      - id: w\n        slug: {S}\n",
+        "custom_scopes: {S}\n",
+        "custom_scopes:\n- {S}\n",
+    ];
+    let mut accepted = 0;
+    for template in templates {
+        for s in SCALARS {
+            if agrees(&template.replace("{S}", s)) {
+                accepted += 1;
+            }
+        }
+    }
+    assert!(accepted > 200, "only {accepted} cases were read");
+}
