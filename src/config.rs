@@ -600,7 +600,7 @@ impl Validator<'_> {
         let mut seen: HashMap<(String, String), usize> = HashMap::new();
         for (i, r) in routes.iter().enumerate() {
             let at = format!("routes[{i}]");
-            let normalized = match check_pattern(&r.path) {
+            let normalized = match crate::routes::normalize_pattern(&r.path) {
                 Ok(n) => Some(n),
                 Err(m) => {
                     self.problem(format!("{at}.path"), format!("{at}.path: {m}"));
@@ -863,59 +863,6 @@ fn is_host_name(host: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
-}
-
-/// Checks a route pattern the way the route table reads it: absolute, no
-/// empty or dot segments, `{name}` parameters as whole segments with unique
-/// names. Returns the pattern with parameters renamed by position, so that
-/// `/x/{a}` and `/x/{b}` compare equal.
-fn check_pattern(path: &str) -> Result<String, String> {
-    let shown = path.escape_debug();
-    let Some(rest) = path.strip_prefix('/') else {
-        return Err(format!("`{shown}` must start with `/`"));
-    };
-    let mut normalized = String::with_capacity(path.len());
-    let mut names: Vec<&str> = Vec::new();
-    for (i, seg) in rest.split('/').enumerate() {
-        normalized.push('/');
-        if seg.is_empty() {
-            return Err(format!(
-                "`{shown}` has an empty segment (`//` or a trailing `/`)"
-            ));
-        }
-        if seg == "." || seg == ".." {
-            return Err(format!("`{shown}` has a `{seg}` segment"));
-        }
-        if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-            let valid = name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                return Err(format!(
-                    "`{shown}`: parameter `{{{}}}` must be a name of letters, digits and `_`",
-                    name.escape_debug()
-                ));
-            }
-            if names.contains(&name) {
-                return Err(format!("`{shown}`: parameter `{{{name}}}` appears twice"));
-            }
-            names.push(name);
-            normalized.push_str(&format!("{{{i}}}"));
-        } else if seg.contains(['{', '}', '*', '\\', '?', '#', '%'])
-            || seg.chars().any(|c| c.is_control() || c.is_whitespace())
-        {
-            return Err(format!(
-                "`{shown}`: segment `{}` may not contain `{{`, `}}`, `*`, `%`, `?`, `#`, `\\`, \
-                 spaces or control characters; a parameter is a whole segment like `{{id}}`",
-                seg.escape_debug()
-            ));
-        } else {
-            normalized.push_str(seg);
-        }
-    }
-    Ok(normalized)
 }
 
 #[cfg(test)]

@@ -390,6 +390,16 @@ fn parse_pattern(path: &str) -> Result<Parsed, String> {
     })
 }
 
+/// Checks a pattern and returns it with parameters renamed by position, so
+/// that `/x/{a}` and `/x/{b}` compare equal (the config uses it to find
+/// duplicate extra routes).
+///
+/// # Errors
+/// What is wrong with the pattern.
+pub(crate) fn normalize_pattern(path: &str) -> Result<String, String> {
+    parse_pattern(path).map(|p| p.normalized)
+}
+
 fn parse_method(m: &str) -> Result<Method, String> {
     let valid = !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase());
     if !valid {
