@@ -139,7 +139,9 @@ fn serve(path: &Path) -> ExitCode {
         }
     };
     crate::server::init_logging(config.log_format);
-    match crate::server::serve(config, table, KeyStore::new(snap)) {
+    let store = KeyStore::new(snap);
+    keys::release_freed_memory();
+    match crate::server::serve(config, table, store) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "scopegate: {e:#}");

@@ -144,7 +144,9 @@ impl Reloader {
         match result {
             Ok(snap) => {
                 let keys = snap.keys().len();
-                self.store.swap(snap);
+                // The old snapshot goes when the last request holding it ends.
+                drop(self.store.swap(snap));
+                crate::keys::release_freed_memory();
                 // Count only once the new keys are in force, so a reader
                 // of the counter never sees the old keys afterwards.
                 if let Some(m) = metrics() {

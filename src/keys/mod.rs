@@ -17,7 +17,7 @@ pub use snapshot::{
     Digest, Key, KeyIdx, KeyStatus, OrgIdx, Organisation, SecretEntry, Snapshot, UnixMillis,
     Workspace, WsIdx,
 };
-pub use store::KeyStore;
+pub use store::{release_freed_memory, KeyStore};
 
 /// SHA-256 of a presented secret.
 pub fn digest(secret: &[u8]) -> Digest {
