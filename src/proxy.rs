@@ -539,10 +539,12 @@ impl ProxyHttp for Gateway {
             ErrorCode::UpstreamTimeout => "The upstream service timed out.",
             _ => "The upstream service is unavailable.",
         };
-        let _ = self.refuse(session, ctx, code, message, None).await;
+        let written = self.refuse(session, ctx, code, message, None).await.is_ok();
         FailToProxy {
             error_code: code.status(),
-            can_reuse_downstream: false,
+            // The client's request was read whole and answered in full: its
+            // connection can carry the next request.
+            can_reuse_downstream: written && session.as_mut().is_body_done(),
         }
     }
 
