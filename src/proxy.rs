@@ -548,6 +548,17 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// A client that goes away mid-request is routine (load balancers,
+    /// cancelled streams); the access log records it, so pingora need not
+    /// log an ERROR line for each one.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+        matches!(error.esource(), ErrorSource::Downstream)
+            && matches!(
+                error.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+    }
+
     /// pingora's error lines print this; the default holds the whole URI,
     /// and a query string may carry something secret.
     fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
