@@ -104,6 +104,14 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
         crate::metrics::spawn_listener(addr)
             .map_err(|e| anyhow::anyhow!("metrics_listen `{addr}`: {e}"))?;
     }
+    // pingora binds its listeners later, on a service thread that panics on
+    // failure and leaves the process running without them. Fail here first,
+    // with the address in the message, while exiting non-zero still means
+    // something.
+    for addr in &config.listen {
+        std::net::TcpListener::bind(addr.as_str())
+            .map_err(|e| anyhow::anyhow!("listen `{addr}`: {e}"))?;
+    }
     let completions = Upstream::from_config("completions", &config.upstreams.completions)?;
     let admin = Upstream::from_config("admin", &config.upstreams.admin)?;
     let gateway = Gateway::new(
