@@ -213,6 +213,7 @@ pub struct Ctx {
     body: Option<Bytes>,
     code: Option<ErrorCode>,
     upstream_status: Option<u16>,
+    probe: bool,
     _in_flight: InFlight,
 }
 
@@ -247,6 +248,21 @@ impl RequestIds {
         HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("0"))
     }
 }
+
+/// A per-process secret the readiness probe sends, so that it knows the
+/// listener that answered is this process's (a port taken by another
+/// process would otherwise look ready).
+pub fn probe_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let mut raw = [0u8; 16];
+        let _ = getrandom::fill(&mut raw);
+        hex::encode(raw)
+    })
+}
+
+/// The header carrying [`probe_token`].
+pub const PROBE_HEADER: &str = "x-scopegate-probe";
 
 /// A client's `x-request-id` is kept when it is 1–128 of `[A-Za-z0-9._-]`.
 pub fn valid_request_id(v: &[u8]) -> bool {
@@ -341,11 +357,25 @@ impl ProxyHttp for Gateway {
             body: None,
             code: None,
             upstream_status: None,
+            probe: false,
             _in_flight: InFlight(self.in_flight.clone()),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if session
+            .req_header()
+            .headers
+            .get(PROBE_HEADER)
+            .is_some_and(|v| v.as_bytes() == probe_token().as_bytes())
+        {
+            ctx.probe = true;
+            let mut resp = ResponseHeader::build(204, Some(1))?;
+            resp.insert_header(http::header::CONNECTION, "close")?;
+            session.set_keepalive(None);
+            session.write_response_header(Box::new(resp), true).await?;
+            return Ok(true);
+        }
         ctx.request_id = match session.req_header().headers.get("x-request-id") {
             Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
             _ => self.request_ids.generate(),
@@ -510,9 +540,13 @@ impl ProxyHttp for Gateway {
                     | ErrorType::ConnectError
             );
         if !upstream_side {
-            // The client went away or sent garbage: nothing useful to write.
-            let code = match e.esource() {
-                ErrorSource::Downstream => 0,
+            // The client went away: nothing to write. It sent garbage: 400.
+            let code = match (e.esource(), e.etype()) {
+                (
+                    ErrorSource::Downstream,
+                    ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError,
+                ) => 0,
+                (ErrorSource::Downstream, _) => 400,
                 _ => 500,
             };
             if code > 0 && session.response_written().is_none() {
@@ -539,12 +573,13 @@ impl ProxyHttp for Gateway {
             ErrorCode::UpstreamTimeout => "The upstream service timed out.",
             _ => "The upstream service is unavailable.",
         };
-        let written = self.refuse(session, ctx, code, message, None).await.is_ok();
+        // pingora closes the client connection after a failed proxy attempt;
+        // say so in the response rather than advertise keep-alive.
+        session.set_keepalive(None);
+        let _ = self.refuse(session, ctx, code, message, None).await;
         FailToProxy {
             error_code: code.status(),
-            // The client's request was read whole and answered in full: its
-            // connection can carry the next request.
-            can_reuse_downstream: written && session.as_mut().is_body_done(),
+            can_reuse_downstream: false,
         }
     }
 
@@ -572,6 +607,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.probe {
+            return;
+        }
         access_log::record(session, e, ctx_view(ctx, self));
     }
 }

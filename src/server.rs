@@ -162,15 +162,20 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
     server.run_forever()
 }
 
-/// `/readyz` turns 200 only once every proxy listener accepts connections
-/// (pingora binds them inside `run_forever`).
+/// `/readyz` turns 200 only once every proxy listener answers, and answers
+/// as this process: the probe carries a per-process token the proxy
+/// recognises (pingora binds its listeners inside `run_forever`, and a port
+/// someone else holds would otherwise look ready).
 fn spawn_readiness_probe(listen: Vec<String>) {
     let _ = std::thread::Builder::new()
         .name("scopegate-ready".into())
         .spawn(move || {
             let targets: Vec<std::net::SocketAddr> = listen
                 .iter()
-                .filter_map(|a| a.parse::<std::net::SocketAddr>().ok())
+                .filter_map(|a| {
+                    use std::net::ToSocketAddrs as _;
+                    a.to_socket_addrs().ok().and_then(|mut it| it.next())
+                })
                 .map(|mut a| {
                     if a.ip().is_unspecified() {
                         a.set_ip(if a.is_ipv4() {
@@ -184,22 +189,38 @@ fn spawn_readiness_probe(listen: Vec<String>) {
                 .collect();
             let start = Instant::now();
             loop {
-                let up = targets.iter().all(|a| {
-                    std::net::TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok()
-                });
-                if up {
+                if targets.iter().all(answers_as_this_process) {
                     if let Some(m) = metrics() {
                         m.listening.store(true, Ordering::Release);
                     }
                     tracing::info!(
                         after_ms = start.elapsed().as_millis() as u64,
-                        "proxy listeners accept connections: ready"
+                        "proxy listeners answer: ready"
                     );
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
         });
+}
+
+fn answers_as_this_process(addr: &std::net::SocketAddr) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(addr, Duration::from_millis(200))
+    else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: probe\r\n{}: {}\r\nConnection: close\r\n\r\n",
+        crate::proxy::PROBE_HEADER,
+        crate::proxy::probe_token()
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && &head == b"HTTP/1.1 204"
 }
 
 /// pingora's graceful shutdown always waits the whole grace period; exit as

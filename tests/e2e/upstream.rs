@@ -235,10 +235,35 @@ impl Drop for Upstream {
 
 /// A URL nothing listens on: bound once, then closed, so connecting is refused.
 pub fn closed_port_url() -> String {
-    let listener = StdTcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}")
+    // A TCP socket bound but never listening: connections to its port are
+    // refused, and no other test can bind the port while it is held. (A
+    // port freed after a probe could be taken by another test's listener.)
+    // The descriptor is kept open for the rest of the test process.
+    // SAFETY: plain socket calls on a descriptor this function owns.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket()");
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        addr.sin_port = 0;
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::bind(
+            fd,
+            &addr as *const libc::sockaddr_in as *const libc::sockaddr,
+            len,
+        );
+        assert_eq!(rc, 0, "bind()");
+        let mut bound: libc::sockaddr_in = std::mem::zeroed();
+        let mut bound_len = len;
+        let rc = libc::getsockname(
+            fd,
+            &mut bound as *mut libc::sockaddr_in as *mut libc::sockaddr,
+            &mut bound_len,
+        );
+        assert_eq!(rc, 0, "getsockname()");
+        format!("http://127.0.0.1:{}", u16::from_be(bound.sin_port))
+    }
 }
 
 fn serve(listener: StdTcpListener, shared: Arc<Shared>, stopped: oneshot::Receiver<()>) {
