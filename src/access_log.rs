@@ -62,5 +62,4 @@ pub fn record(session: &Session, e: Option<&Error>, f: Finished<'_>) {
         error,
         "request"
     );
-    let _ = f.table;
 }

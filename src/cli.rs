@@ -139,9 +139,7 @@ fn serve(path: &Path) -> ExitCode {
         }
     };
     crate::server::init_logging(config.log_format);
-    let store = KeyStore::new(snap);
-    keys::release_freed_memory();
-    match crate::server::serve(config, table, store) {
+    match crate::server::serve(config, table, KeyStore::new(snap)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "scopegate: {e:#}");
@@ -345,10 +343,7 @@ fn explain(args: &ExplainArgs) -> ExitCode {
         Some((p, q)) => (p, Some(q)),
         None => (args.path_and_query.as_str(), None),
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default();
+    let now = keys::now_millis();
     let body_facts = match &body {
         None => crate::policy::Body::Empty,
         Some(b) if b.len() > config.max_inspect_body_bytes => crate::policy::Body::TooLarge,

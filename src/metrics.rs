@@ -201,11 +201,9 @@ pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
 pub fn spawn_listener(addr: SocketAddr) -> std::io::Result<()> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
-    let ready = Arc::new(());
     std::thread::Builder::new()
         .name("scopegate-metrics".into())
         .spawn(move || {
-            let _keep = ready;
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -156,7 +156,7 @@ impl Gateway {
                 .get(http::header::CONTENT_TYPE)
                 .map(HeaderValue::as_bytes),
             body,
-            now: unix_millis(),
+            now: crate::keys::now_millis(),
             max_body: self.max_body,
         };
         (policy::decide(&self.table, snap, &facts), source)
@@ -285,13 +285,6 @@ fn body_hint(req: &RequestHeader) -> Body<'static> {
         return Body::Unread { declared_len: None };
     }
     Body::Empty
-}
-
-fn unix_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 fn add_quota_headers(resp: &mut ResponseHeader, q: &Quota) -> Result<()> {
@@ -622,8 +615,6 @@ pub struct Finished<'a> {
     pub verdict: Option<&'a Verdict>,
     /// The snapshot the request was decided with.
     pub snapshot: Option<&'a Snapshot>,
-    /// The route table.
-    pub table: &'a RouteTable,
     /// The code the proxy answered with (None: forwarded fine).
     pub code: Option<ErrorCode>,
     /// Status from the upstream, when forwarded.
@@ -650,7 +641,6 @@ fn ctx_view<'a>(ctx: &'a Ctx, gw: &'a Gateway) -> Finished<'a> {
         request_id: ctx.request_id.to_str().unwrap_or_default(),
         verdict: ctx.verdict.as_ref(),
         snapshot: ctx.snapshot.as_deref(),
-        table: &gw.table,
         code: ctx.code,
         upstream_status: ctx.upstream_status,
         upstream,

@@ -92,6 +92,8 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
         in_flight.clone(),
         Duration::from_secs(config.shutdown_grace_period_seconds),
     );
+    // The start-up load's text and document are garbage now.
+    keys::release_freed_memory();
     let table = Arc::new(table);
     let m = metrics();
     if let Some(m) = m {

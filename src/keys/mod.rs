@@ -14,8 +14,8 @@ pub use model::{
     KeySpec, KeysDocument, OrganisationSpec, RateLimitSpec, SecretSpec, WorkspaceSpec,
 };
 pub use snapshot::{
-    Digest, Key, KeyIdx, KeyStatus, OrgIdx, Organisation, SecretEntry, Snapshot, UnixMillis,
-    Workspace, WsIdx,
+    now_millis, Digest, Key, KeyIdx, KeyStatus, OrgIdx, Organisation, SecretEntry, Snapshot,
+    UnixMillis, Workspace, WsIdx,
 };
 pub use store::{release_freed_memory, KeyStore};
 

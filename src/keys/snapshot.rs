@@ -15,6 +15,14 @@ use crate::scopes::{KeyType, ScopeSet};
 /// Unix time in milliseconds; the decision takes "now" as input.
 pub type UnixMillis = i64;
 
+/// Wall-clock now, for the decision's `now` (expiry is wall-clock time).
+pub fn now_millis() -> UnixMillis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
 
