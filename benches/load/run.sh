@@ -4,9 +4,12 @@
 # Measures, side by side and in one run, on this machine and over loopback only:
 #   direct        the load generator straight to the upstream (an nginx `return 200`)
 #   nginx         nginx as a plain reverse proxy (1 worker, upstream keepalive, no auth)
+#   pingora       pingora as a plain reverse proxy (examples/plain_pingora.rs: 1 thread, no filters)
 #   scopegate     scopegate serve, threads: 1, 10,000 keys, log_format json, RUST_LOG=warn
 #   scopegate+log the same with the access log on (RUST_LOG=info, output to /dev/null)
-# and prints a Markdown table (also written to benches/load/results-<date>.md).
+# then counts user-space instructions per request of nginx, pingora and scopegate under
+# callgrind (repeatable whatever else the machine does), and prints a Markdown table (also
+# written to benches/load/results-<date>.md).
 # See benches/load/README.md for what each column means and the caveats.
 #
 # usage: benches/load/run.sh            (as root: it may apt-get/cargo install tools)
@@ -17,6 +20,9 @@
 #        WARMUP=2      seconds of warm-up load before each target's measurements
 #        KEYS=10000 WORKSPACES=100   size of the generated keys file
 #        LOG_RUN=1     0: skip the scopegate+log target
+#        PINGORA_RUN=1 0: skip the plain pingora target
+#        INSTR=1       0: skip the callgrind instruction counts
+#        INSTR_REQUESTS=5000  requests counted per target under callgrind
 #        SKIP_BUILD=1  do not run `cargo build --release` first
 #        BASE_PORT=18080  first port tried; free ports are picked upward from it
 #        KEEP_TMP=1    keep the raw-output dir (default: kept; set 0 to delete)
@@ -30,6 +36,9 @@ WARMUP=${WARMUP:-2}
 KEYS=${KEYS:-10000}
 WORKSPACES=${WORKSPACES:-100}
 LOG_RUN=${LOG_RUN:-1}
+PINGORA_RUN=${PINGORA_RUN:-1}
+INSTR=${INSTR:-1}
+INSTR_REQUESTS=${INSTR_REQUESTS:-5000}
 SKIP_BUILD=${SKIP_BUILD:-0}
 BASE_PORT=${BASE_PORT:-18080}
 KEEP_TMP=${KEEP_TMP:-1}
@@ -39,12 +48,13 @@ LOAD_CPU=0    # the load generator and the upstream
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 BIN="$REPO/target/release/scopegate"
+PLAIN="$REPO/target/release/examples/plain_pingora"
 HOST=127.0.0.1   # the only address this script ever sends traffic to
 
 log() { printf '[run.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { printf '\nrun.sh: FAILED: %s\n' "$*" >&2; exit 1; }
 
-for v in ROUNDS DURATION RATE CONNS WARMUP KEYS WORKSPACES BASE_PORT; do
+for v in ROUNDS DURATION RATE CONNS WARMUP KEYS WORKSPACES BASE_PORT INSTR_REQUESTS; do
   [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
 done
 [[ $(nproc) -ge 2 ]] || die "needs at least 2 CPUs (proxy on CPU $PROXY_CPU, load on CPU $LOAD_CPU)"
@@ -58,6 +68,9 @@ ensure_tools() {
   command -v taskset >/dev/null || missing+=(util-linux)
   command -v pgrep >/dev/null || missing+=(procps)
   command -v ss >/dev/null || missing+=(iproute2)
+  if [[ $INSTR == 1 ]]; then
+    command -v valgrind >/dev/null || missing+=(valgrind)
+  fi
   if ((${#missing[@]})); then
     log "installing ${missing[*]} (apt-get)"
     [[ $EUID -eq 0 ]] || die "missing ${missing[*]}; run as root or install them"
@@ -149,19 +162,22 @@ if [[ $SKIP_BUILD != 1 ]]; then
   log "cargo build --release (SKIP_BUILD=1 skips)"
   ok=0
   for attempt in 1 2 3; do
-    if (cd "$REPO" && cargo build --release --bin scopegate >&2); then ok=1; break; fi
+    if (cd "$REPO" && cargo build --release --bin scopegate --example plain_pingora >&2); then ok=1; break; fi
     log "build failed (attempt $attempt); retrying in 20 s"; sleep 20
   done
   ((ok)) || die "cargo build --release failed"
 fi
 [[ -x $BIN ]] || die "$BIN not found (build it or drop SKIP_BUILD=1)"
+if [[ $PINGORA_RUN == 1 || $INSTR == 1 ]]; then
+  [[ -x $PLAIN ]] || die "$PLAIN not found (cargo build --release --example plain_pingora, or drop SKIP_BUILD=1)"
+fi
 
 TMP=$(mktemp -d /tmp/scopegate-load.XXXXXX)
 mkdir -p "$TMP/raw" "$TMP/upstream" "$TMP/proxy" "$TMP/sg"
 log "raw outputs go to $TMP"
 NEXT_PORT=$BASE_PORT
-pick_port UP_PORT; pick_port NGX_PORT; pick_port SG_PORT; pick_port SG_MPORT
-log "ports: upstream $UP_PORT, nginx proxy $NGX_PORT, scopegate $SG_PORT (metrics $SG_MPORT)"
+pick_port UP_PORT; pick_port NGX_PORT; pick_port SG_PORT; pick_port SG_MPORT; pick_port PP_PORT
+log "ports: upstream $UP_PORT, nginx proxy $NGX_PORT, pingora $PP_PORT, scopegate $SG_PORT (metrics $SG_MPORT)"
 
 NGINX=$(command -v nginx)
 USER_LINE=""; [[ $EUID -eq 0 ]] && USER_LINE="user root;"
@@ -273,7 +289,9 @@ UP_PID=$!; PIDS+=("$UP_PID")
 wait_http "http://$HOST:$UP_PORT/v1/chat/completions" "$UP_PID" "upstream nginx" -X POST -d "$REQ_BODY"
 
 # ---------------------------------------------------------------- targets
-TARGETS=(direct nginx scopegate)
+TARGETS=(direct nginx)
+[[ $PINGORA_RUN == 1 ]] && TARGETS+=(pingora)
+TARGETS+=(scopegate)
 [[ $LOG_RUN == 1 ]] && TARGETS+=(scopegate+log)
 PROXY_PID=""
 
@@ -287,6 +305,11 @@ start_target() {  # start_target NAME ROUND -> sets URL, PROXY_PID
       taskset -c "$PROXY_CPU" "$NGINX" -p "$TMP/proxy" -c "$TMP/proxy/nginx.conf" 2>>"$TMP/proxy/stderr.log" &
       PROXY_PID=$!; PIDS+=("$PROXY_PID"); URL="http://$HOST:$NGX_PORT"
       wait_http "$URL/v1/chat/completions" "$PROXY_PID" "nginx proxy" -X POST -d "$REQ_BODY" ;;
+    pingora)
+      need_free "$PP_PORT" "pingora proxy"
+      taskset -c "$PROXY_CPU" "$PLAIN" "$HOST:$PP_PORT" "$HOST:$UP_PORT" >"$TMP/proxy/pingora-r$r.log" 2>&1 &
+      PROXY_PID=$!; PIDS+=("$PROXY_PID"); URL="http://$HOST:$PP_PORT"
+      wait_http "$URL/v1/chat/completions" "$PROXY_PID" "pingora proxy" -X POST -d "$REQ_BODY" ;;
     scopegate | scopegate+log)
       local level=warn out="$TMP/sg/stderr-r$r.log"
       [[ $t == scopegate+log ]] && { level=info; out=/dev/null; }
@@ -376,9 +399,61 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 log "measurements took $((SECONDS - START)) s"
 
+# ---------------------------------------------------------------- instructions per request
+# callgrind counts the instructions a process executes in user space: the same count for the
+# same binary and requests whatever else the machine does, so it is the steady complement to
+# the CPU-seconds above (it leaves out the kernel's side: syscalls, TCP, wake-ups).
+INSTR_TSV="$TMP/instructions.tsv"
+printf 'target\trequests\tinstructions\n' >"$INSTR_TSV"
+# The keys-file poll is on a wall-clock timer; under valgrind's ~50× slowdown it would run
+# 50× as often per request, so the counted scopegate polls once an hour instead.
+sed 's/^reload_poll_interval_ms: .*/reload_poll_interval_ms: 3600000/' "$TMP/sg/scopegate.yaml" >"$TMP/sg/callgrind.yaml"
+
+count_instructions() {  # count_instructions NAME URL READY_URL CMD...
+  local t=$1 url=$2 ready=$3; shift 3
+  local out="$TMP/raw/callgrind-$t.out" pid
+  RUST_LOG=warn taskset -c "$PROXY_CPU" valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$out" "$@" >"$TMP/raw/callgrind-$t.log" 2>&1 &
+  pid=$!; PIDS+=("$pid")
+  local code=""
+  for _ in $(seq 1200); do  # valgrind start-up (and scopegate's keys load) is slow: up to 120 s
+    kill -0 "$pid" 2>/dev/null || die "$t exited under valgrind (see $TMP/raw/callgrind-$t.log)"
+    code=$(curl -s -o /dev/null -w '%{http_code}' "$ready" 2>/dev/null || true)
+    [[ $code == 200 ]] && break
+    sleep 0.1
+  done
+  [[ $code == 200 ]] || die "$t not ready under valgrind after 120 s"
+  local oha_args=(--no-tui --output-format json -c 8 -m POST -T application/json
+    -H "Authorization: Bearer $SG_KEY" -d "$REQ_BODY" "$url/v1/chat/completions")
+  taskset -c "$LOAD_CPU" oha -n 500 "${oha_args[@]}" >/dev/null 2>&1 || die "$t: oha warm-up failed"
+  callgrind_control -i on "$pid" >/dev/null || die "callgrind_control failed for $t"
+  taskset -c "$LOAD_CPU" oha -n "$INSTR_REQUESTS" "${oha_args[@]}" >"$TMP/raw/callgrind-$t-oha.json" 2>&1 \
+    || die "$t: oha failed under callgrind"
+  callgrind_control -i off "$pid" >/dev/null
+  callgrind_control -d "$pid" >/dev/null
+  python3 "$HERE/oha_summary.py" "$TMP/raw/callgrind-$t-oha.json" "$INSTR_REQUESTS" >/dev/null \
+    || die "$t: not every counted request was 2xx (see $TMP/raw/callgrind-$t-oha.json)"
+  stop_pid "$pid"
+  local total
+  total=$(awk '/^totals:/ {print $2}' "$out".* 2>/dev/null | tail -1)
+  [[ -n $total ]] || die "$t: no callgrind totals in $out.*"
+  printf '%s\t%s\t%s\n' "$t" "$INSTR_REQUESTS" "$total" >>"$INSTR_TSV"
+  log "instructions: $t: $((total / INSTR_REQUESTS)) per request"
+}
+
+if [[ $INSTR == 1 ]]; then
+  log "instructions per request under callgrind ($INSTR_REQUESTS requests each)"
+  count_instructions nginx "http://$HOST:$NGX_PORT" "http://$HOST:$NGX_PORT/v1/chat/completions" \
+    "$NGINX" -p "$TMP/proxy" -c "$TMP/proxy/nginx.conf" -g "master_process off;"
+  count_instructions pingora "http://$HOST:$PP_PORT" "http://$HOST:$PP_PORT/v1/chat/completions" \
+    "$PLAIN" "$HOST:$PP_PORT" "$HOST:$UP_PORT"
+  count_instructions scopegate "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
+    "$BIN" serve --config "$TMP/sg/callgrind.yaml"
+fi
+
 # ---------------------------------------------------------------- report
 OUT="$HERE/results-$(date +%Y-%m-%d-%H%M).md"
-python3 "$HERE/summarize.py" "$RESULTS" "$FACTS" "$TMP" >"$TMP/results.md" || die "summarize failed"
+python3 "$HERE/summarize.py" "$RESULTS" "$FACTS" "$TMP" "$INSTR_TSV" >"$TMP/results.md" || die "summarize failed"
 cp "$TMP/results.md" "$OUT"
 cat "$TMP/results.md"
 log "written to $OUT"
