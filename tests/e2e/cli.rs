@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sha2::Digest;
 
-use super::harness::{free_port, poll_until, scopegate_bin, ProxyBuilder};
+use super::harness::{free_port_pair, poll_until, scopegate_bin, ProxyBuilder};
 
 /// What a finished `scopegate` run printed; Debug shows all of it, so an
 /// assertion message carrying it explains a failure (ripgrep style).
@@ -82,11 +82,8 @@ fn scopegate(dir: &Path, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> R
 /// A valid config + keys pair in a fresh temp dir.
 fn valid_config() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
-    let config = ProxyBuilder::new("http://127.0.0.1:9", "http://127.0.0.1:9").write_files(
-        dir.path(),
-        free_port(),
-        free_port(),
-    );
+    let config = ProxyBuilder::new("http://127.0.0.1:9", "http://127.0.0.1:9")
+        .write_files(dir.path(), free_port_pair());
     (dir, config.to_str().unwrap().to_string())
 }
 
@@ -197,7 +194,7 @@ fn check_refuses_unknown_config_fields() {
     let dir = tempfile::tempdir().unwrap();
     let config = ProxyBuilder::new("http://127.0.0.1:9", "http://127.0.0.1:9")
         .config("max_inspect_bytes: 1024")
-        .write_files(dir.path(), free_port(), free_port());
+        .write_files(dir.path(), free_port_pair());
 
     let run = scopegate(
         dir.path(),
@@ -219,7 +216,7 @@ fn check_names_an_unset_environment_variable() {
     let dir = tempfile::tempdir().unwrap();
     let config = ProxyBuilder::new("http://127.0.0.1:9", "http://127.0.0.1:9")
         .completions_yaml("set_headers: {authorization: \"Bearer ${SG_E2E_SURELY_UNSET}\"}")
-        .write_files(dir.path(), free_port(), free_port());
+        .write_files(dir.path(), free_port_pair());
 
     let run = scopegate(
         dir.path(),

@@ -34,10 +34,16 @@ pub fn scopegate_bin() -> &'static str {
     env!("CARGO_BIN_EXE_scopegate")
 }
 
-/// A free TCP port on 127.0.0.1 (see the module docs for the race).
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port probe");
-    listener.local_addr().unwrap().port()
+/// Two free TCP ports on 127.0.0.1 (see the module docs for the race),
+/// never the same one: both are held while the second is picked (two probes
+/// made one after the other can return one port twice).
+pub fn free_port_pair() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind port probe");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind port probe");
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
 }
 
 /// The completions and admin upstreams of one proxy.
@@ -188,7 +194,7 @@ impl ProxyBuilder {
 
     /// Writes `scopegate.yaml` and `keys.yaml` into `dir`; returns the
     /// config path.
-    pub fn write_files(&self, dir: &Path, port: u16, metrics_port: u16) -> PathBuf {
+    pub fn write_files(&self, dir: &Path, (port, metrics_port): (u16, u16)) -> PathBuf {
         let config = dir.join("scopegate.yaml");
         std::fs::write(&config, self.config_text(port, metrics_port)).unwrap();
         std::fs::write(dir.join("keys.yaml"), &self.keys_yaml).unwrap();
@@ -210,8 +216,8 @@ impl ProxyBuilder {
 
     fn try_start(&self) -> Result<Proxy, StartFailure> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (port, metrics_port) = (free_port(), free_port());
-        let config = self.write_files(dir.path(), port, metrics_port);
+        let (port, metrics_port) = free_port_pair();
+        let config = self.write_files(dir.path(), (port, metrics_port));
         let mut command = Command::new(scopegate_bin());
         command
             .arg("serve")

@@ -12,17 +12,14 @@ use serde_yaml::Value as Yaml;
 use super::client::Response;
 use super::fixtures::*;
 use super::harness::{
-    expect_forwarded, free_port, run_scopegate, CommandRun, Proxy, ProxyBuilder, Upstreams,
+    expect_forwarded, free_port_pair, run_scopegate, CommandRun, Proxy, ProxyBuilder, Upstreams,
 };
 
 /// A config and the shared keys file in a fresh temp dir; the config path.
 fn config_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let config = ProxyBuilder::new("http://127.0.0.1:9", "http://127.0.0.1:9").write_files(
-        dir.path(),
-        free_port(),
-        free_port(),
-    );
+    let config = ProxyBuilder::new("http://127.0.0.1:9", "http://127.0.0.1:9")
+        .write_files(dir.path(), free_port_pair());
     (dir, config)
 }
 

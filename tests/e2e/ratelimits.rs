@@ -14,7 +14,7 @@ use scopegate::keys::digest_hex;
 use super::client::Response;
 use super::fixtures::*;
 use super::harness::{
-    expect_forwarded, expect_openai_error, expect_portkey_error, free_port, poll_until,
+    expect_forwarded, expect_openai_error, expect_portkey_error, free_port_pair, poll_until,
     run_scopegate, Proxy, ProxyBuilder, Upstreams,
 };
 
@@ -387,7 +387,7 @@ fn token_limits_are_refused_at_load() {
     );
     let config = ProxyBuilder::new("http://127.0.0.1:9", "http://127.0.0.1:9")
         .keys(&keys_yaml_with(&entry))
-        .write_files(dir.path(), free_port(), free_port());
+        .write_files(dir.path(), free_port_pair());
 
     let run = run_scopegate(dir.path(), &["check", "--config", config.to_str().unwrap()]);
 
