@@ -10,9 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::keys::KeyStore;
+use crate::diag::Diagnostic;
+use crate::keys::{Digest, KeyStore};
 use crate::metrics::metrics;
 use crate::routes::RouteTable;
 
@@ -31,6 +32,10 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
 /// How often a poll reads the content even when `stat` says nothing moved.
 const FULL_CHECK: Duration = Duration::from_secs(60);
+/// A file changed less than this before a look may change again within the
+/// same timestamp tick, invisibly to `stat` (Linux ticks are ≤ 10 ms; some
+/// filesystems keep whole or even two seconds).
+const RACY: Duration = Duration::from_secs(3);
 
 /// Watches the keys file and swaps new snapshots into the store.
 pub struct Reloader {
@@ -113,7 +118,10 @@ impl Reloader {
     }
 
     fn run(self, rx: mpsc::Receiver<Trigger>) {
-        let mut detector = ChangeDetector::new(&self.path, FULL_CHECK);
+        // The digest of the text the keys in force were parsed from, so a
+        // write between the start-up load and now is still a change.
+        let seed = self.store.load().source_digest().copied();
+        let mut detector = ChangeDetector::new(seed, FULL_CHECK);
         let mut next_poll = Instant::now() + self.poll;
         loop {
             let wait = next_poll.saturating_duration_since(Instant::now());
@@ -126,18 +134,24 @@ impl Reloader {
                 next_poll = Instant::now() + self.poll;
             }
             // An event or a signal always reads the content; a timed poll
-            // reads it only when `stat` moved (or a minute has passed).
-            let changed = detector.changed(&self.path, trigger.is_some());
-            if trigger == Some(Trigger::Signal) || changed {
-                self.reload(trigger);
+            // reads it only when `stat` cannot vouch for it.
+            match detector.look(&self.path, trigger.is_some()) {
+                Look::Read { changed, text } if changed || trigger == Some(Trigger::Signal) => {
+                    self.reload(trigger, text);
+                }
+                Look::Read { .. } | Look::Skipped => {}
             }
         }
     }
 
-    fn reload(&self, trigger: Option<Trigger>) {
+    /// Parses `text`, the bytes the detector just compared, so what is
+    /// loaded is what was seen.
+    fn reload(&self, trigger: Option<Trigger>, text: Result<String, Diagnostic>) {
         let started = Instant::now();
         let previous = self.store.load();
-        let result = crate::server::load_keys(&self.path, &self.table, Some(&previous));
+        let result = text.map_err(|d| vec![d]).and_then(|text| {
+            crate::server::load_keys_text(&text, &self.path, &self.table, Some(&previous))
+        });
         let how = match trigger {
             Some(Trigger::Signal) => "sighup",
             Some(Trigger::FsEvent) => "fs-event",
@@ -195,18 +209,33 @@ fn debounce(rx: &mpsc::Receiver<Trigger>, first: Trigger) -> Trigger {
 /// Hashing the whole file on every poll is not free: 18 MB at 100,000 keys
 /// cost ~2 % of a core at the default 1 s poll. So a poll first compares
 /// what `stat` says (device, inode, size, mtime, ctime — through symlinks,
-/// so a ConfigMap swap moves it) and reads the content only when that moved
-/// on this poll or the one before. The second look catches a same-size
-/// rewrite inside the timestamp tick of the write before it: a tick (at most
-/// 10 ms on Linux) is shorter than the shortest poll interval (50 ms). On
-/// filesystems with coarser timestamps the content is also read whenever
-/// `full_check` has passed since the last read.
+/// so a ConfigMap swap moves it) and reads the content only when `stat`
+/// cannot vouch for it:
+/// - the stamp moved;
+/// - the file last changed less than [`RACY`] before the previous look
+///   (a second write inside the same timestamp tick leaves the stamp as it
+///   was; git's index has the same "racily clean" rule);
+/// - `full_check` has passed since the last read (clocks that disagree,
+///   e.g. a network filesystem's).
 struct ChangeDetector {
     stamp: Option<Stamp>,
-    moved_last_poll: bool,
-    digest: Option<[u8; 32]>,
+    digest: Option<Digest>,
+    /// Wall-clock time just before the last `stat` that led to a read.
+    looked_at: SystemTime,
     read_at: Instant,
     full_check: Duration,
+}
+
+/// What a look found.
+enum Look {
+    /// `stat` vouched that nothing changed; the content was not read.
+    Skipped,
+    /// The content was read: whether it differs, and the text (or why it
+    /// could not be read) for the reload to parse.
+    Read {
+        changed: bool,
+        text: Result<String, Diagnostic>,
+    },
 }
 
 /// The cheap part of a file's identity and state.
@@ -219,33 +248,64 @@ struct Stamp {
     ctime: (i64, i64),
 }
 
+impl Stamp {
+    /// When the file last changed, by its own timestamps.
+    fn changed_at(&self) -> Option<SystemTime> {
+        let at = |(s, ns): (i64, i64)| {
+            let s = u64::try_from(s).ok()?;
+            let ns = u32::try_from(ns).ok()?;
+            UNIX_EPOCH.checked_add(Duration::new(s, ns))
+        };
+        at(self.mtime.max(self.ctime))
+    }
+}
+
 impl ChangeDetector {
-    fn new(path: &Path, full_check: Duration) -> ChangeDetector {
+    /// `digest`: of the text the keys in force came from. The first look
+    /// always reads.
+    fn new(digest: Option<Digest>, full_check: Duration) -> ChangeDetector {
         ChangeDetector {
-            stamp: read_stamp(path),
-            moved_last_poll: false,
-            digest: read_fingerprint(path),
+            stamp: None,
+            digest,
+            looked_at: UNIX_EPOCH,
             read_at: Instant::now(),
             full_check,
         }
     }
 
-    /// Whether the content differs from the last look. `thorough` reads the
-    /// content whatever `stat` says.
-    fn changed(&mut self, path: &Path, thorough: bool) -> bool {
+    /// Looks at the file; `thorough` reads the content whatever `stat` says.
+    fn look(&mut self, path: &Path, thorough: bool) -> Look {
+        let now = SystemTime::now();
         // stat before reading: a write in between moves the next stamp.
         let stamp = read_stamp(path);
-        let moved = stamp != self.stamp;
-        let second_look = std::mem::replace(&mut self.moved_last_poll, moved);
-        self.stamp = stamp;
-        if !thorough && !moved && !second_look && self.read_at.elapsed() < self.full_check {
-            return false;
+        let vouched = !thorough
+            && stamp.is_some()
+            && stamp == self.stamp
+            && !self.racy(&stamp)
+            && self.read_at.elapsed() < self.full_check;
+        if vouched {
+            return Look::Skipped;
         }
+        self.stamp = stamp;
+        self.looked_at = now;
         self.read_at = Instant::now();
-        let digest = read_fingerprint(path);
+        let text = crate::keys::read_keys_file(path);
+        let digest = text
+            .as_ref()
+            .ok()
+            .map(|t| crate::keys::digest(t.as_bytes()));
         let changed = digest != self.digest;
         self.digest = digest;
-        changed
+        Look::Read { changed, text }
+    }
+
+    /// Whether the file changed so close to the last look that a write
+    /// since may have kept the same stamp.
+    fn racy(&self, stamp: &Option<Stamp>) -> bool {
+        match stamp.as_ref().and_then(Stamp::changed_at) {
+            Some(at) => at + RACY > self.looked_at,
+            None => true,
+        }
     }
 }
 
@@ -261,32 +321,58 @@ fn read_stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
-/// What the file holds now (through symlinks), or that it cannot be read.
-fn read_fingerprint(path: &Path) -> Option<[u8; 32]> {
-    std::fs::read(path).ok().map(|b| crate::keys::digest(&b))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
 
     fn write(path: &Path, text: &str) {
         std::fs::write(path, text).expect("write test file");
     }
 
+    /// A detector that has read `path` as it is now.
+    fn seen(path: &Path, full_check: Duration) -> ChangeDetector {
+        let mut d = ChangeDetector::new(None, full_check);
+        assert!(matches!(d.look(path, false), Look::Read { .. }));
+        d
+    }
+
+    /// Pretends the last look was long after the file's last change, as on
+    /// a poll minutes after the last write.
+    fn age(d: &mut ChangeDetector) {
+        d.looked_at = SystemTime::now() + Duration::from_secs(60);
+    }
+
+    fn changed(look: Look) -> Option<bool> {
+        match look {
+            Look::Skipped => None,
+            Look::Read { changed, .. } => Some(changed),
+        }
+    }
+
     #[test]
-    fn a_poll_sees_a_rewrite_and_not_an_untouched_file() {
+    fn an_untouched_file_is_not_read_again() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("keys.yaml");
         write(&path, "keys: []\n");
-        let mut d = ChangeDetector::new(&path, Duration::from_secs(3600));
-        assert!(!d.changed(&path, false), "nothing was written");
+        let mut d = seen(&path, HOUR);
+        age(&mut d);
+        assert_eq!(changed(d.look(&path, false)), None, "stat vouches for it");
+        assert_eq!(changed(d.look(&path, true)), Some(false), "thorough reads");
+    }
+
+    #[test]
+    fn a_rewrite_is_seen_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys.yaml");
+        write(&path, "keys: []\n");
+        let mut d = seen(&path, HOUR);
+        age(&mut d);
         write(&path, "keys: [] # a longer file\n");
-        assert!(
-            d.changed(&path, false),
-            "a rewrite moves size, mtime and ctime"
-        );
-        assert!(!d.changed(&path, false), "seen once, not again");
+        assert_eq!(changed(d.look(&path, false)), Some(true), "size moved");
+        age(&mut d);
+        assert_eq!(changed(d.look(&path, false)), None, "seen once, not again");
     }
 
     #[test]
@@ -294,60 +380,88 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("keys.yaml");
         write(&path, "keys: []\n");
-        let mut d = ChangeDetector::new(&path, Duration::from_secs(3600));
+        let mut d = seen(&path, HOUR);
+        age(&mut d);
+        d.stamp = None; // as if stat moved
         write(&path, "keys: []\n");
-        assert!(
-            !d.changed(&path, false),
-            "stat moved but the content did not"
+        assert_eq!(changed(d.look(&path, false)), Some(false));
+    }
+
+    #[test]
+    fn a_rewrite_stat_cannot_see_is_read_while_the_file_is_racy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys.yaml");
+        write(&path, "keys: [a]\n");
+        let mut d = seen(&path, HOUR);
+        // Same size, and the stamp put back: only the content moved, as with
+        // two writes inside one timestamp tick.
+        let before = d.stamp;
+        write(&path, "keys: [b]\n");
+        d.stamp = read_stamp(&path);
+        assert_ne!(before, None);
+        // The file changed just now, less than RACY before the last look.
+        assert_eq!(changed(d.look(&path, false)), Some(true), "racy: read");
+    }
+
+    #[test]
+    fn a_rewrite_stat_cannot_see_waits_for_an_event_or_the_full_check() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys.yaml");
+        write(&path, "keys: [a]\n");
+        let mut d = seen(&path, HOUR);
+        age(&mut d);
+        write(&path, "keys: [b]\n");
+        d.stamp = read_stamp(&path);
+        assert_eq!(
+            changed(d.look(&path, false)),
+            None,
+            "stat alone cannot tell"
         );
-        assert!(!d.changed(&path, true));
+        assert_eq!(changed(d.look(&path, true)), Some(true), "an event reads");
+
+        let mut full = seen(&path, Duration::ZERO);
+        age(&mut full);
+        write(&path, "keys: [c]\n");
+        full.stamp = read_stamp(&path);
+        assert_eq!(changed(full.look(&path, false)), Some(true), "full check");
     }
 
     #[test]
     fn a_file_that_appears_or_goes_is_a_change() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("keys.yaml");
-        let mut d = ChangeDetector::new(&path, Duration::from_secs(3600));
-        assert!(!d.changed(&path, false), "still missing");
+        let mut d = seen(&path, HOUR);
+        assert_eq!(changed(d.look(&path, false)), Some(false), "still missing");
         write(&path, "keys: []\n");
-        assert!(d.changed(&path, false), "appeared");
+        assert_eq!(changed(d.look(&path, false)), Some(true), "appeared");
         std::fs::remove_file(&path).expect("remove");
-        assert!(d.changed(&path, false), "gone");
+        let look = d.look(&path, false);
+        assert!(
+            matches!(
+                &look,
+                Look::Read {
+                    changed: true,
+                    text: Err(_)
+                }
+            ),
+            "gone, with the reason for the reload to report"
+        );
     }
 
     #[test]
-    fn an_unmoved_stamp_still_gets_a_full_check() {
+    fn the_first_look_compares_with_what_was_loaded() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("keys.yaml");
-        write(&path, "keys: []\n");
-        // A rewrite stat cannot see, simulated: the detector's stamp is
-        // taken after the rewrite, its digest before.
-        let mut stale = ChangeDetector::new(&path, Duration::from_secs(3600));
-        write(&path, "keys: [a]\n");
-        stale.stamp = read_stamp(&path);
-        assert!(!stale.changed(&path, false), "stat alone cannot tell");
-        assert!(
-            stale.changed(&path, true),
-            "an event or a signal reads the content"
+        write(&path, "keys: [new]\n");
+        let loaded = crate::keys::digest(b"keys: [old]\n");
+        let mut d = ChangeDetector::new(Some(loaded), HOUR);
+        assert_eq!(
+            changed(d.look(&path, false)),
+            Some(true),
+            "written after the load"
         );
 
-        // The poll after a move looks again.
-        let mut second = ChangeDetector::new(&path, Duration::from_secs(3600));
-        write(&path, "keys: [c]\n");
-        second.stamp = read_stamp(&path);
-        second.moved_last_poll = true;
-        assert!(
-            second.changed(&path, false),
-            "the second look reads the content"
-        );
-        assert!(!second.changed(&path, false), "and then stat decides again");
-
-        let mut checked = ChangeDetector::new(&path, Duration::ZERO);
-        write(&path, "keys: [b]\n");
-        checked.stamp = read_stamp(&path);
-        assert!(
-            checked.changed(&path, false),
-            "the full check reads the content"
-        );
+        let mut same = ChangeDetector::new(Some(crate::keys::digest(b"keys: [new]\n")), HOUR);
+        assert_eq!(changed(same.look(&path, false)), Some(false));
     }
 }

@@ -46,7 +46,22 @@ pub fn load_keys(
     table: &RouteTable,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, Vec<Diagnostic>> {
-    let snap = keys::load_keys_file(keys_file, table.registry(), previous)?;
+    let text = keys::read_keys_file(keys_file).map_err(|d| vec![d])?;
+    load_keys_text(&text, keys_file, table, previous)
+}
+
+/// [`load_keys`] for text already read from `keys_file` (the reloader
+/// parses exactly the bytes it compared).
+///
+/// # Errors
+/// Every problem of the keys file.
+pub fn load_keys_text(
+    text: &str,
+    keys_file: &Path,
+    table: &RouteTable,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, Vec<Diagnostic>> {
+    let snap = keys::parse_keys_str(text, keys_file, table.registry(), previous)?;
     let missing: Vec<Diagnostic> = table
         .custom_scopes()
         .filter(|s| !snap.custom_scopes().iter().any(|c| c == s))

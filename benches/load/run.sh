@@ -264,7 +264,7 @@ log "scopegate check: $(head -1 "$TMP/sg/check.out")"
 WRK_VER=$(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//' || true)
 OHA_VER=$(oha --version 2>&1 | head -1)
 GIT_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-[[ -n $(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] && GIT_REV="$GIT_REV (+ uncommitted changes in src/Cargo)"
+[[ -n $(git -C "$REPO" status --porcelain -- src examples benches Cargo.toml Cargo.lock 2>/dev/null) ]] && GIT_REV="$GIT_REV (+ uncommitted changes in src/examples/benches/Cargo)"
 FACTS="$TMP/facts.md"
 {
   echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
@@ -429,20 +429,22 @@ count_instructions() {  # count_instructions NAME URL READY_URL CMD...
   callgrind_control -i on "$pid" >/dev/null || die "callgrind_control failed for $t"
   taskset -c "$LOAD_CPU" oha -n "$INSTR_REQUESTS" "${oha_args[@]}" >"$TMP/raw/callgrind-$t-oha.json" 2>&1 \
     || die "$t: oha failed under callgrind"
-  callgrind_control -i off "$pid" >/dev/null
-  callgrind_control -d "$pid" >/dev/null
+  callgrind_control -i off "$pid" >/dev/null || die "callgrind_control -i off failed for $t"
+  callgrind_control -d "$pid" >/dev/null || die "callgrind_control -d failed for $t"
   python3 "$HERE/oha_summary.py" "$TMP/raw/callgrind-$t-oha.json" "$INSTR_REQUESTS" >/dev/null \
     || die "$t: not every counted request was 2xx (see $TMP/raw/callgrind-$t-oha.json)"
   stop_pid "$pid"
   local total
-  total=$(awk '/^totals:/ {print $2}' "$out".* 2>/dev/null | tail -1)
-  [[ -n $total ]] || die "$t: no callgrind totals in $out.*"
+  total=$(awk '/^totals:/ {print $2}' "$out".* 2>/dev/null | tail -1 || true)
+  [[ $total =~ ^[0-9]+$ ]] && ((total > 0)) || die "$t: no callgrind totals in $out.* (see $TMP/raw/callgrind-$t.log)"
   printf '%s\t%s\t%s\n' "$t" "$INSTR_REQUESTS" "$total" >>"$INSTR_TSV"
   log "instructions: $t: $((total / INSTR_REQUESTS)) per request"
 }
 
 if [[ $INSTR == 1 ]]; then
   log "instructions per request under callgrind ($INSTR_REQUESTS requests each)"
+  need_free "$NGX_PORT" "nginx proxy"; need_free "$PP_PORT" "pingora proxy"
+  need_free "$SG_PORT" scopegate; need_free "$SG_MPORT" "scopegate metrics"
   count_instructions nginx "http://$HOST:$NGX_PORT" "http://$HOST:$NGX_PORT/v1/chat/completions" \
     "$NGINX" -p "$TMP/proxy" -c "$TMP/proxy/nginx.conf" -g "master_process off;"
   count_instructions pingora "http://$HOST:$PP_PORT" "http://$HOST:$PP_PORT/v1/chat/completions" \

@@ -119,8 +119,9 @@ def main() -> None:
         print()
     if instr:
         irows = list(csv.DictReader(open(instr), delimiter="\t"))
-        if irows:
-            per = {r["target"]: int(r["instructions"]) / int(r["requests"]) for r in irows}
+        if irows and any(int(r["requests"]) > 0 and int(r["instructions"]) > 0 for r in irows):
+            per = {r["target"]: int(r["instructions"]) / int(r["requests"])
+                   for r in irows if int(r["requests"]) > 0 and int(r["instructions"]) > 0}
             print("User-space instructions per request (callgrind; the kernel's share — syscalls, "
                   "TCP, wake-ups — is not in it):\n")
             print("| target | instructions per request | × nginx |")
@@ -132,7 +133,7 @@ def main() -> None:
                 d = per["scopegate"] - per["pingora"]
                 print(f"\nscopegate − pingora: {d:+,.0f} instructions per request "
                       f"({d / per['pingora'] * 100:+.0f} % of pingora's own). Under valgrind "
-                      "SHA-256 takes its portable path (no SHA-NI), about 3,000 of them.")
+                      "SHA-256 takes its portable path (no SHA-NI), about 3,500 of them.")
             print()
     print(f"""Columns:
 - **max req/s**: `wrk -t1 -c{st.get('CONNS', '?')} -d{st.get('DURATION', '?')}`, POST /v1/chat/completions (~100-byte JSON body,

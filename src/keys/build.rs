@@ -262,6 +262,7 @@ pub fn build_snapshot(
         key_ids,
         secrets,
         custom_scopes: doc.custom_scopes.clone(),
+        source_digest: None,
     })
 }
 

@@ -55,8 +55,17 @@ pub fn load_keys_file(
     registry: &ScopeRegistry,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, Vec<Diagnostic>> {
-    let text = read_text_file(path, MAX_KEYS_FILE_BYTES, "keys file").map_err(|d| vec![d])?;
+    let text = read_keys_file(path).map_err(|d| vec![d])?;
     parse_keys_str(&text, path, registry, previous)
+}
+
+/// Reads a keys file's text with the checks of [`load_keys_file`] (through
+/// symlinks, a regular file, at most [`MAX_KEYS_FILE_BYTES`], UTF-8).
+///
+/// # Errors
+/// One diagnostic naming what is wrong.
+pub fn read_keys_file(path: &Path) -> Result<String, Diagnostic> {
+    read_text_file(path, MAX_KEYS_FILE_BYTES, "keys file")
 }
 
 /// Validates and indexes keys-file text; `file` names it in diagnostics.
@@ -64,6 +73,17 @@ pub fn load_keys_file(
 /// # Errors
 /// As [`load_keys_file`], less the file-system checks.
 pub fn parse_keys_str(
+    text: &str,
+    file: &Path,
+    registry: &ScopeRegistry,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, Vec<Diagnostic>> {
+    let mut snap = parse_text(text, file, registry, previous)?;
+    snap.source_digest = Some(super::digest(text.as_bytes()));
+    Ok(snap)
+}
+
+fn parse_text(
     text: &str,
     file: &Path,
     registry: &ScopeRegistry,

@@ -9,7 +9,7 @@ pub mod snapshot;
 pub mod store;
 
 pub use build::{build_snapshot, Problem};
-pub use load::{load_keys_file, parse_keys_str};
+pub use load::{load_keys_file, parse_keys_str, read_keys_file};
 pub use model::{
     KeySpec, KeysDocument, OrganisationSpec, RateLimitSpec, SecretSpec, WorkspaceSpec,
 };

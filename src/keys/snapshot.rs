@@ -163,9 +163,17 @@ pub struct Snapshot {
     pub(crate) key_ids: HashMap<Arc<str>, KeyIdx>,
     pub(crate) secrets: DigestMap,
     pub(crate) custom_scopes: Vec<String>,
+    /// SHA-256 of the keys-file text this was built from; `None` when built
+    /// in memory. The reloader compares the file against it.
+    pub(crate) source_digest: Option<Digest>,
 }
 
 impl Snapshot {
+    /// SHA-256 of the keys-file text this snapshot was parsed from.
+    pub fn source_digest(&self) -> Option<&Digest> {
+        self.source_digest.as_ref()
+    }
+
     /// Finds the key for a secret's digest.
     pub fn lookup(&self, digest: &Digest) -> Option<(KeyIdx, &SecretEntry)> {
         self.secrets.get(digest).map(|e| (e.key, e))
