@@ -658,3 +658,26 @@ fn rate_limit_state_follows_the_keys_limits_across_reloads() {
     expect_openai_error(&resp, 429, "rate_limited");
     assert_eq!(resp.header("x-ratelimit-limit-requests"), Some("5"));
 }
+
+/// The poll reloads on a change only: an untouched file, polled every
+/// 50 ms for a second — through the window in which a just-written file's
+/// content is read on every poll — is never reloaded.
+#[test]
+fn the_poll_never_reloads_an_untouched_file() {
+    let up = Upstreams::start();
+    let proxy = Proxy::builder(&up)
+        .config("reload_poll_interval_ms: 50")
+        .start();
+
+    let at_start = successes(&proxy);
+    std::thread::sleep(Duration::from_millis(1000));
+
+    assert_eq!(at_start, 1.0, "the start-up load counts once");
+    assert_eq!(
+        successes(&proxy),
+        at_start,
+        "an unchanged file was reloaded"
+    );
+    assert_eq!(failures(&proxy), 0.0);
+    assert!(works(&proxy, BOT), "the keys loaded at start still work");
+}
