@@ -739,12 +739,7 @@ fn expand_vars(value: &str, env: Env<'_>) -> Result<String, ExpandError> {
         } else if let Some(after) = rest.strip_prefix("${") {
             let end = after.find('}').ok_or(ExpandError::Unterminated)?;
             let name = &after[..end];
-            let valid = name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
+            if !crate::routes::is_identifier(name) {
                 return Err(ExpandError::BadName(name.to_string()));
             }
             match env(name) {

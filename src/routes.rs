@@ -350,12 +350,7 @@ fn parse_pattern(path: &str) -> Result<Parsed, String> {
             return Err(format!("path `{path}` has a `{seg}` segment"));
         }
         if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-            let valid = name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
+            if !is_identifier(name) {
                 return Err(format!(
                     "path `{path}`: parameter `{{{name}}}` must be a name of letters, digits and `_`"
                 ));
@@ -388,6 +383,15 @@ fn parse_pattern(path: &str) -> Result<Parsed, String> {
         normalized,
         workspace_param,
     })
+}
+
+/// A name of ASCII letters, digits and `_` that does not start with a digit:
+/// route parameters and `${NAME}` in the server config.
+pub(crate) fn is_identifier(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Checks a pattern and returns it with parameters renamed by position, so
