@@ -146,14 +146,14 @@ rss_kib() {
   echo "$t"
 }
 
-wait_http() {  # wait_http URL PID WHAT [curl args...]: poll until 200, at most 30 s
-  local url=$1 pid=$2 what=$3; shift 3
-  for _ in $(seq 300); do
+wait_http() {  # wait_http URL PID WHAT [curl args...]: poll until 200, at most WAIT_SECS (30) s
+  local url=$1 pid=$2 what=$3 secs=${WAIT_SECS:-30}; shift 3
+  for _ in $(seq $((secs * 10))); do
     kill -0 "$pid" 2>/dev/null || die "$what exited during start-up (see $TMP)"
     [[ $(curl -s -o /dev/null -w '%{http_code}' "$@" "$url" 2>/dev/null) == 200 ]] && return 0
     sleep 0.1
   done
-  die "$what not ready after 30 s ($url)"
+  die "$what not ready after $secs s ($url)"
 }
 
 # ---------------------------------------------------------------- set-up
@@ -415,14 +415,8 @@ count_instructions() {  # count_instructions NAME URL READY_URL CMD...
   RUST_LOG=warn taskset -c "$PROXY_CPU" valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$out" "$@" >"$TMP/raw/callgrind-$t.log" 2>&1 &
   pid=$!; PIDS+=("$pid")
-  local code=""
-  for _ in $(seq 1200); do  # valgrind start-up (and scopegate's keys load) is slow: up to 120 s
-    kill -0 "$pid" 2>/dev/null || die "$t exited under valgrind (see $TMP/raw/callgrind-$t.log)"
-    code=$(curl -s -o /dev/null -w '%{http_code}' "$ready" 2>/dev/null || true)
-    [[ $code == 200 ]] && break
-    sleep 0.1
-  done
-  [[ $code == 200 ]] || die "$t not ready under valgrind after 120 s"
+  # valgrind start-up (and scopegate's keys load) is slow
+  WAIT_SECS=120 wait_http "$ready" "$pid" "$t under valgrind"
   local oha_args=(--no-tui --output-format json -c 8 -m POST -T application/json
     -H "Authorization: Bearer $SG_KEY" -d "$REQ_BODY" "$url/v1/chat/completions")
   taskset -c "$LOAD_CPU" oha -n 500 "${oha_args[@]}" >/dev/null 2>&1 || die "$t: oha warm-up failed"
