@@ -222,6 +222,17 @@ mod tests {
     }
 
     #[test]
+    fn all_lists_every_code_once_in_declaration_order() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(*code as usize, i, "{code:?}");
+        }
+        assert_eq!(
+            ErrorCode::ALL.len(),
+            ErrorCode::UpstreamTimeout as usize + 1
+        );
+    }
+
+    #[test]
     fn error_codes_follow_the_status_mapping() {
         for code in ErrorCode::ALL {
             let (pk, oa) = (code.portkey_error_code(), code.openai_type());

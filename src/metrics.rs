@@ -265,8 +265,7 @@ thread_local! {
 }
 
 fn code_index(code: Option<ErrorCode>) -> u8 {
-    code.and_then(|c| ErrorCode::ALL.iter().position(|x| *x == c))
-        .map_or(u8::MAX, |i| i as u8)
+    code.map_or(u8::MAX, |c| c as u8)
 }
 
 fn plane_label(plane: &str) -> &'static str {
