@@ -434,6 +434,15 @@ impl Proxy {
         self.request("POST", target)
     }
 
+    /// `POST /v1/chat/completions` with [`fixtures::CHAT`] and the secret in
+    /// `x-portkey-api-key`.
+    pub fn chat(&self, secret: &str) -> Response {
+        self.post("/v1/chat/completions")
+            .key(secret)
+            .json(fixtures::CHAT)
+            .send()
+    }
+
     pub fn put(&self, target: &str) -> Req {
         self.request("PUT", target)
     }

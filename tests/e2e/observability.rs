@@ -141,14 +141,6 @@ fn assert_deltas(proxy: &Proxy, before: &Scrape, expected: &[Expected<'_>]) -> S
     now
 }
 
-fn chat(proxy: &Proxy, secret: &str) -> Response {
-    proxy
-        .post("/v1/chat/completions")
-        .key(secret)
-        .json(CHAT)
-        .send()
-}
-
 // ----- counters -----------------------------------------------------------
 
 const CHAT_ROUTE: &str = "/v1/chat/completions";
@@ -160,9 +152,9 @@ fn request_counters_rise_by_exactly_the_requests_made() {
     let before = Scrape::take(&proxy);
 
     for _ in 0..3 {
-        expect_openai_error(&chat(&proxy, ADMIN), 403, "admin_key_not_allowed");
+        expect_openai_error(&proxy.chat(ADMIN), 403, "admin_key_not_allowed");
     }
-    expect_forwarded(&chat(&proxy, BOT));
+    expect_forwarded(&proxy.chat(BOT));
     // The client names its workspace by slug: the label is the canonical id.
     expect_forwarded(
         &proxy
@@ -359,7 +351,7 @@ fn upstream_connect_errors_are_counted() {
         .start();
     let before = Scrape::take(&proxy);
 
-    expect_openai_error(&chat(&proxy, BOT), 502, "upstream_unavailable");
+    expect_openai_error(&proxy.chat(BOT), 502, "upstream_unavailable");
 
     assert_deltas(
         &proxy,
@@ -389,7 +381,7 @@ fn upstream_timeouts_are_counted() {
         .start();
     let before = Scrape::take(&proxy);
 
-    expect_openai_error(&chat(&proxy, BOT), 504, "upstream_timeout");
+    expect_openai_error(&proxy.chat(BOT), 504, "upstream_timeout");
 
     assert_deltas(
         &proxy,
@@ -477,7 +469,7 @@ fn key_gauges_reload_status_build_info_and_process_metrics() {
 fn duration_histogram_buckets_span_100us_to_60s() {
     let up = Upstreams::start();
     let proxy = Proxy::start(&up);
-    expect_forwarded(&chat(&proxy, BOT));
+    expect_forwarded(&proxy.chat(BOT));
     let mut scrape = Scrape::take(&proxy);
     poll_until(SETTLE, || {
         scrape = Scrape::take(&proxy);
@@ -535,9 +527,9 @@ fn exposition_passes_promtool_check_metrics() {
     let up = Upstreams::start();
     let proxy = Proxy::start(&up);
     // Something in every family that has labels.
-    expect_forwarded(&chat(&proxy, BOT));
+    expect_forwarded(&proxy.chat(BOT));
     expect_forwarded(&proxy.get("/v1/configs").key(BOT).send());
-    expect_openai_error(&chat(&proxy, ADMIN), 403, "admin_key_not_allowed");
+    expect_openai_error(&proxy.chat(ADMIN), 403, "admin_key_not_allowed");
     expect_openai_error(
         &proxy.get("/v1/nowhere").key(BOT).send(),
         404,
@@ -904,7 +896,7 @@ fn no_secret_or_authorization_value_in_metrics_or_logs() {
 
     let mut sent = 0;
     for secret in secrets {
-        let _ = chat(&proxy, secret);
+        let _ = proxy.chat(secret);
         let _ = proxy.get("/v1/configs").bearer(secret).send();
         sent += 2;
     }

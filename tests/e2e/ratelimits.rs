@@ -35,14 +35,6 @@ fn limited_key(id: &str, secret: &str, scopes: &str, limits: &[(&str, u32)]) -> 
     entry
 }
 
-fn chat(proxy: &Proxy, secret: &str) -> Response {
-    proxy
-        .post("/v1/chat/completions")
-        .key(secret)
-        .json(CHAT)
-        .send()
-}
-
 /// The value of a header that must be present.
 #[track_caller]
 fn header<'a>(resp: &'a Response, name: &str) -> &'a str {
@@ -121,7 +113,7 @@ fn three_per_second_passes_three_then_429_then_recovers_after_a_third_of_a_secon
     let proxy = Proxy::builder(&up).keys(&keys).start();
 
     let started = Instant::now();
-    let burst: Vec<Response> = (0..4).map(|_| chat(&proxy, FAST)).collect();
+    let burst: Vec<Response> = (0..4).map(|_| proxy.chat(FAST)).collect();
     let refused_at = Instant::now();
     let burst_took = refused_at - started;
     assert!(
@@ -150,17 +142,17 @@ fn three_per_second_passes_three_then_429_then_recovers_after_a_third_of_a_secon
     assert_eq!(up.completions.count(), 3, "the 429 reached the upstream");
 
     // Other keys are untouched by key_fast's state.
-    let unlimited = chat(&proxy, BOT);
+    let unlimited = proxy.chat(BOT);
     expect_forwarded(&unlimited);
     assert_eq!(unlimited.header("x-ratelimit-limit-requests"), None);
-    let twin = chat(&proxy, FAST_TWIN);
+    let twin = proxy.chat(FAST_TWIN);
     expect_forwarded(&twin);
     assert_eq!(header(&twin, "x-ratelimit-remaining-requests"), "2");
 
     // GCRA: the fourth slot frees 1/3 s after the first request.
     let mut recovered = None;
     let came_back = poll_until(Duration::from_millis(1500), || {
-        let resp = chat(&proxy, FAST);
+        let resp = proxy.chat(FAST);
         if resp.status == 200 {
             recovered = Some((resp, Instant::now()));
             return true;
@@ -197,7 +189,7 @@ fn tightest_of_several_limits_wins() {
     ));
     let proxy = Proxy::builder(&up).keys(&keys).start();
 
-    let burst: Vec<Response> = (0..4).map(|_| chat(&proxy, SECRET)).collect();
+    let burst: Vec<Response> = (0..4).map(|_| proxy.chat(SECRET)).collect();
 
     let statuses: Vec<u16> = burst.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [200, 200, 200, 429], "responses: {burst:#?}");
@@ -235,14 +227,14 @@ fn a_refusal_consumes_nothing_from_any_limit() {
     let proxy = Proxy::builder(&up).keys(&keys).start();
 
     let started = Instant::now();
-    let first: Vec<u16> = (0..2).map(|_| chat(&proxy, SECRET).status).collect();
+    let first: Vec<u16> = (0..2).map(|_| proxy.chat(SECRET).status).collect();
     assert_eq!(first, [200, 200]);
     // Refused by the rps limit (its next slot frees 500 ms after the first
     // request); had they been taken from the rpm limit (1 left), the key
     // would be stuck for 20 s.
     let mut refused = 0;
     while refused < 5 && started.elapsed() < Duration::from_millis(400) {
-        let resp = chat(&proxy, SECRET);
+        let resp = proxy.chat(SECRET);
         expect_openai_error(&resp, 429, "rate_limited");
         assert_eq!(retry_after(&resp), 1);
         refused += 1;
@@ -251,7 +243,7 @@ fn a_refusal_consumes_nothing_from_any_limit() {
 
     let mut third = None;
     let passed = poll_until(Duration::from_millis(1500), || {
-        let resp = chat(&proxy, SECRET);
+        let resp = proxy.chat(SECRET);
         let ok = resp.status == 200;
         third = Some(resp);
         ok
@@ -264,7 +256,7 @@ fn a_refusal_consumes_nothing_from_any_limit() {
     assert_eq!(header(&third, "x-ratelimit-remaining-requests"), "0");
 
     // Now the rpm limit is spent: exactly three passed.
-    let fourth = chat(&proxy, SECRET);
+    let fourth = proxy.chat(SECRET);
     expect_openai_error(&fourth, 429, "rate_limited");
     let wait = retry_after(&fourth);
     assert!(
@@ -312,12 +304,12 @@ fn a_burst_across_a_second_boundary_does_not_pass_twice_the_limit() {
     sleep_until_before_next_second(Duration::from_millis(80));
     let second_before = wall_second();
     let started = Instant::now();
-    let before: Vec<u16> = (0..5).map(|_| chat(&proxy, SECRET).status).collect();
+    let before: Vec<u16> = (0..5).map(|_| proxy.chat(SECRET).status).collect();
     while wall_second() == second_before {
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(Duration::from_millis(10));
-    let after: Vec<u16> = (0..5).map(|_| chat(&proxy, SECRET).status).collect();
+    let after: Vec<u16> = (0..5).map(|_| proxy.chat(SECRET).status).collect();
     let took = started.elapsed();
 
     assert_eq!(before, [200; 5], "the first burst of 5 must pass");

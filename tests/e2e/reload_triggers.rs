@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use scopegate::keys::digest_hex;
 
-use super::client::{Conn, Response};
+use super::client::Conn;
 use super::fixtures::*;
 use super::harness::{expect_forwarded, expect_openai_error, poll_until, Proxy, Upstreams};
 
@@ -62,16 +62,8 @@ fn key_entry(id: &str, secret: &str) -> String {
     )
 }
 
-fn chat(proxy: &Proxy, secret: &str) -> Response {
-    proxy
-        .post("/v1/chat/completions")
-        .key(secret)
-        .json(CHAT)
-        .send()
-}
-
 fn works(proxy: &Proxy, secret: &str) -> bool {
-    chat(proxy, secret).status == 200
+    proxy.chat(secret).status == 200
 }
 
 /// Polls `condition` every [`TICK`]; the time from `since` until it first
@@ -205,7 +197,7 @@ fn atomic_rename_is_in_force_within_2s_without_polling() {
     const ADDED: &str = "sk-test-renamed-in";
     let up = Upstreams::start();
     let proxy = Proxy::builder(&up).config(POLL_OFF).start();
-    expect_openai_error(&chat(&proxy, ADDED), 401, "invalid_api_key");
+    expect_openai_error(&proxy.chat(ADDED), 401, "invalid_api_key");
     let inode = std::fs::metadata(proxy.keys_path()).unwrap().ino();
 
     let at = replace_atomically(
@@ -231,8 +223,8 @@ fn in_place_rewrite_is_in_force_within_2s_without_polling() {
     const ADDED: &str = "sk-test-written-in";
     let up = Upstreams::start();
     let proxy = Proxy::builder(&up).config(POLL_OFF).start();
-    expect_forwarded(&chat(&proxy, ALICE));
-    expect_openai_error(&chat(&proxy, ADDED), 401, "invalid_api_key");
+    expect_forwarded(&proxy.chat(ALICE));
+    expect_openai_error(&proxy.chat(ADDED), 401, "invalid_api_key");
     let alice = r#"    user_id: usr_alice"#;
     let text = keys_yaml_with(&key_entry("key_written_in", ADDED)).replacen(
         alice,
@@ -249,7 +241,7 @@ fn in_place_rewrite_is_in_force_within_2s_without_polling() {
 
     assert_in_force("in-place rewrite", at, || works(&proxy, ADDED));
     // The same snapshot carries the revocation.
-    expect_openai_error(&chat(&proxy, ALICE), 401, "revoked_api_key");
+    expect_openai_error(&proxy.chat(ALICE), 401, "revoked_api_key");
     assert_eq!(
         std::fs::metadata(proxy.keys_path()).unwrap().ino(),
         inode,
@@ -303,7 +295,7 @@ fn configmap_symlink_swap_is_in_force_within_2s_without_polling() {
             works(&proxy, secrets[n - 1])
         });
         // v{n-1}'s key is gone in the same snapshot.
-        expect_openai_error(&chat(&proxy, secrets[n - 2]), 401, "invalid_api_key");
+        expect_openai_error(&proxy.chat(secrets[n - 2]), 401, "invalid_api_key");
     }
     assert!(
         std::fs::symlink_metadata(proxy.keys_path())
@@ -429,7 +421,7 @@ fn bad_files_change_nothing_until_a_good_one_lands() {
         );
 
         // The last good keys stay in force, with their identities.
-        expect_forwarded(&chat(&proxy, BOT));
+        expect_forwarded(&proxy.chat(BOT));
         assert_eq!(
             up.completions
                 .requests()
@@ -440,7 +432,7 @@ fn bad_files_change_nothing_until_a_good_one_lands() {
             "[{what}] BOT is served as another key"
         );
         expect_forwarded(&proxy.get("/v1/admin/workspaces").key(ADMIN).send());
-        expect_openai_error(&chat(&proxy, BAD), 401, "invalid_api_key");
+        expect_openai_error(&proxy.chat(BAD), 401, "invalid_api_key");
         assert_eq!(proxy.metrics_get("/readyz").status, 200, "[{what}]");
         assert_eq!(
             successes(&proxy),
@@ -454,8 +446,8 @@ fn bad_files_change_nothing_until_a_good_one_lands() {
     // Then a good file (the folder has no keys.yaml now) lands.
     let at = replace_atomically(&path, &keys_yaml_with(&key_entry("key_fixed", FIXED)));
     assert_in_force("good file after bad ones", at, || works(&proxy, FIXED));
-    expect_openai_error(&chat(&proxy, BAD), 401, "invalid_api_key");
-    expect_forwarded(&chat(&proxy, BOT));
+    expect_openai_error(&proxy.chat(BAD), 401, "invalid_api_key");
+    expect_forwarded(&proxy.chat(BOT));
     assert!(successes(&proxy) > successes_at_start);
 }
 
@@ -573,7 +565,7 @@ fn no_request_fails_while_the_keys_file_churns() {
         poll_until(SPEC_BOUND, || works(&proxy, &churn(REWRITES - 1))),
         "the last version never came into force"
     );
-    expect_openai_error(&chat(&proxy, &churn(REWRITES - 2)), 401, "invalid_api_key");
+    expect_openai_error(&proxy.chat(&churn(REWRITES - 2)), 401, "invalid_api_key");
 
     stop.store(true, Ordering::Relaxed);
     let results: Vec<(usize, Vec<String>)> =
@@ -624,7 +616,7 @@ fn rate_limit_state_follows_the_keys_limits_across_reloads() {
         .config(POLL_OFF)
         .keys(&keys_yaml_with(&limited_key_entry()))
         .start();
-    let limited = || chat(&proxy, LIMITED);
+    let limited = || proxy.chat(LIMITED);
     expect_forwarded(&limited());
     expect_forwarded(&limited());
     expect_openai_error(&limited(), 429, "rate_limited");
