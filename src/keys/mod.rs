@@ -2,6 +2,7 @@
 //! reads, and the store that swaps snapshots atomically.
 
 pub mod build;
+pub mod limits;
 pub mod load;
 pub mod model;
 pub(crate) mod position;
@@ -9,6 +10,7 @@ pub mod snapshot;
 pub mod store;
 
 pub use build::{build_snapshot, Problem};
+pub use limits::{Limits, Price, PriceTable, Reset, TokenRate, UsageKind, UsageLimit};
 pub use load::{load_keys_file, parse_keys_str, read_keys_file};
 pub use model::{
     KeySpec, KeysDocument, OrganisationSpec, RateLimitSpec, SecretSpec, WorkspaceSpec,

@@ -1,0 +1,108 @@
+//! The spending limits a key or a workspace carries (SPEC 9), validated:
+//! model allowlists, token rate limits, usage limits, concurrency, and the
+//! model price table. Plain data shared by the decision, the usage
+//! accounting and the counter store; no I/O.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a usage limit counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UsageKind {
+    /// Input plus output tokens.
+    Tokens,
+    /// US dollars, priced from `model_prices`.
+    Cost,
+}
+
+impl UsageKind {
+    /// The keys-file spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageKind::Tokens => "tokens",
+            UsageKind::Cost => "cost",
+        }
+    }
+}
+
+/// When a usage limit's period starts again (UTC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reset {
+    /// Every day at 00:00 UTC.
+    Daily,
+    /// Every Monday at 00:00 UTC.
+    Weekly,
+    /// The 1st of every month at 00:00 UTC.
+    Monthly,
+}
+
+impl Reset {
+    /// The keys-file spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reset::Daily => "daily",
+            Reset::Weekly => "weekly",
+            Reset::Monthly => "monthly",
+        }
+    }
+}
+
+/// A usage limit (`usage_limits`): a budget of tokens or dollars per period.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UsageLimit {
+    /// Tokens or cost.
+    pub kind: UsageKind,
+    /// The budget (> 0): tokens, or US dollars.
+    pub credit_limit: f64,
+    /// Optional: a metric and one log line when usage crosses it.
+    pub alert_threshold: Option<f64>,
+    /// `None`: the budget never resets.
+    pub reset: Option<Reset>,
+}
+
+/// A token rate limit: `value` tokens per `period`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TokenRate {
+    /// Tokens allowed per period (≥ 1).
+    pub value: u64,
+    /// The period (`rps`, `rpm`, `rph`, `rpd`).
+    pub period: Duration,
+}
+
+/// Everything SPEC 9 lets a key or a workspace carry besides request rate
+/// limits (those stay in `Key::rate_limits` / `Workspace::rate_limits`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Limits {
+    /// Model patterns (`*` matches any run of characters); `None`: any model.
+    pub models: Option<Arc<[Arc<str>]>>,
+    /// Token rate limits, all enforced.
+    pub token_rates: Vec<TokenRate>,
+    /// At most one usage limit.
+    pub usage: Option<UsageLimit>,
+    /// Keys only: requests in flight at once.
+    pub max_concurrent: Option<u32>,
+}
+
+impl Limits {
+    /// Whether a request's body must be read for these limits (SPEC 9.1).
+    pub fn needs_body(&self) -> bool {
+        self.models.is_some() || !self.token_rates.is_empty() || self.usage.is_some()
+    }
+
+    /// Whether a request must be counted (token rates or a usage limit).
+    pub fn counts_tokens(&self) -> bool {
+        !self.token_rates.is_empty() || self.usage.is_some()
+    }
+}
+
+/// Price of a model, US dollars per million tokens.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Price {
+    /// Per million input tokens.
+    pub input: f64,
+    /// Per million output tokens.
+    pub output: f64,
+}
+
+/// `model_prices` in file order: the first pattern that matches wins.
+pub type PriceTable = Arc<[(Arc<str>, Price)]>;
