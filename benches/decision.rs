@@ -63,6 +63,8 @@ fn facts<'a>(
         query,
         key: Presented::Secret(key),
         content_type: None,
+        content_type_repeated: false,
+        upgrade: false,
         body: Body::Empty,
         now: NOW,
         max_body: 65536,

@@ -24,9 +24,12 @@ pub enum ErrorCode {
     RouteNotFound,
     /// 405: path known, method not.
     MethodNotAllowed,
+    /// 400: a protocol upgrade (WebSocket) on a route that does not take one.
+    UpgradeNotAllowed,
     /// 403: admin key on a data-plane route.
     AdminKeyNotAllowed,
-    /// 412: status `exhausted` on a data-plane route.
+    /// 412: status `exhausted`, or a usage limit used up or about to be
+    /// passed by this request's reservation (SPEC 9.3).
     BudgetExhausted,
     /// 403: scopes missing.
     MissingScope,
@@ -42,8 +45,16 @@ pub enum ErrorCode {
     WorkspaceMismatch,
     /// 404: admin key names an unknown or foreign workspace.
     WorkspaceNotFound,
+    /// 400: the key or its workspace restricts models and the request names none.
+    MissingModel,
+    /// 403: a model the request names is not allowed.
+    ModelNotAllowed,
     /// 429: rate limit exceeded.
     RateLimited,
+    /// 429: `max_concurrent_requests` of the key already in flight.
+    ConcurrencyLimited,
+    /// 503: the shared-state store is unreachable and `on_error: deny`.
+    LimitsUnavailable,
     /// 502: upstream refused or reset the connection.
     UpstreamUnavailable,
     /// 504: upstream timed out.
@@ -64,16 +75,19 @@ impl ErrorCode {
     pub fn status(self) -> u16 {
         use ErrorCode::*;
         match self {
-            InvalidPath | InvalidJson | ConflictingWorkspace => 400,
+            InvalidPath | InvalidJson | ConflictingWorkspace | UpgradeNotAllowed | MissingModel => {
+                400
+            }
             MissingApiKey | InvalidApiKey | ExpiredApiKey | RevokedApiKey => 401,
-            AdminKeyNotAllowed | MissingScope | WorkspaceMismatch => 403,
+            AdminKeyNotAllowed | MissingScope | WorkspaceMismatch | ModelNotAllowed => 403,
             RouteNotFound | WorkspaceNotFound => 404,
             MethodNotAllowed => 405,
             BudgetExhausted => 412,
             BodyTooLarge => 413,
             UnsupportedMediaType => 415,
-            RateLimited => 429,
+            RateLimited | ConcurrencyLimited => 429,
             UpstreamUnavailable => 502,
+            LimitsUnavailable => 503,
             UpstreamTimeout => 504,
         }
     }
@@ -89,6 +103,7 @@ impl ErrorCode {
             RevokedApiKey => "revoked_api_key",
             RouteNotFound => "route_not_found",
             MethodNotAllowed => "method_not_allowed",
+            UpgradeNotAllowed => "upgrade_not_allowed",
             AdminKeyNotAllowed => "admin_key_not_allowed",
             BudgetExhausted => "budget_exhausted",
             MissingScope => "missing_scope",
@@ -98,7 +113,11 @@ impl ErrorCode {
             ConflictingWorkspace => "conflicting_workspace",
             WorkspaceMismatch => "workspace_mismatch",
             WorkspaceNotFound => "workspace_not_found",
+            MissingModel => "missing_model",
+            ModelNotAllowed => "model_not_allowed",
             RateLimited => "rate_limited",
+            ConcurrencyLimited => "concurrency_limited",
+            LimitsUnavailable => "limits_unavailable",
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
         }
@@ -111,7 +130,7 @@ impl ErrorCode {
             403 => "AB03",
             404 => "AB08",
             429 => "AB06",
-            502 | 504 => "AB04",
+            502..=504 => "AB04",
             _ => "AB01",
         }
     }
@@ -123,13 +142,13 @@ impl ErrorCode {
             403 => "permission_error",
             412 => "insufficient_quota",
             429 => "rate_limit_error",
-            502 | 504 => "api_error",
+            502..=504 => "api_error",
             _ => "invalid_request_error",
         }
     }
 
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 19] = {
+    pub const ALL: [ErrorCode; 24] = {
         use ErrorCode::*;
         [
             InvalidPath,
@@ -139,6 +158,7 @@ impl ErrorCode {
             RevokedApiKey,
             RouteNotFound,
             MethodNotAllowed,
+            UpgradeNotAllowed,
             AdminKeyNotAllowed,
             BudgetExhausted,
             MissingScope,
@@ -148,7 +168,11 @@ impl ErrorCode {
             ConflictingWorkspace,
             WorkspaceMismatch,
             WorkspaceNotFound,
+            MissingModel,
+            ModelNotAllowed,
             RateLimited,
+            ConcurrencyLimited,
+            LimitsUnavailable,
             UpstreamUnavailable,
             UpstreamTimeout,
         ]

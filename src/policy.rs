@@ -36,8 +36,15 @@ pub struct RequestFacts<'a> {
     pub query: Option<&'a str>,
     /// The API key as presented.
     pub key: Presented<'a>,
-    /// The `Content-Type` header.
+    /// The `Content-Type` header (the first, when repeated).
     pub content_type: Option<&'a [u8]>,
+    /// `Content-Type` was sent more than once: a body that must be
+    /// inspected is then refused (415), since upstream frameworks differ on
+    /// which one they read.
+    pub content_type_repeated: bool,
+    /// The request asks for a protocol upgrade (`Upgrade` header, e.g.
+    /// WebSocket): the tunnel after a `101` would carry unchecked traffic.
+    pub upgrade: bool,
     /// The body, as far as known.
     pub body: Body<'a>,
     /// Wall-clock time, for expiry.
@@ -140,7 +147,7 @@ fn decide_inner(
         (Some(k), _) => (k, None),
         (None, Presented::Missing) => return v.deny(
             ErrorCode::MissingApiKey,
-            "Missing API key: send it in the x-portkey-api-key header or as Authorization: Bearer.",
+            "Missing API key: send it in the x-portkey-api-key header, as Authorization: Bearer, or in x-api-key or api-key.",
         ),
         (None, Presented::Repeated) => {
             return v.deny(
@@ -200,6 +207,12 @@ fn decide_inner(
         Plane::Data if m.entry.control => ErrorShape::Portkey,
         Plane::Data => ErrorShape::OpenAi,
     };
+    if facts.upgrade {
+        return v.deny(
+            ErrorCode::UpgradeNotAllowed,
+            "Protocol upgrades (WebSocket) are not forwarded on this route.",
+        );
+    }
 
     // 4. Key type, status and scopes.
     if route.plane == Plane::Data && key.key_type.is_admin() {
@@ -240,7 +253,9 @@ fn decide_inner(
             Body::Unread { declared_len: None } => false,
             _ => non_empty,
         };
-        if known_non_empty && !request::is_json_content_type(facts.content_type) {
+        if known_non_empty
+            && (facts.content_type_repeated || !request::is_json_content_type(facts.content_type))
+        {
             return v.deny(
                 ErrorCode::UnsupportedMediaType,
                 "Control-plane request bodies must be sent as Content-Type: application/json.",

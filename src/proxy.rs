@@ -132,29 +132,36 @@ impl Gateway {
         body: Option<Body<'_>>,
     ) -> (Verdict, KeySource) {
         let req = session.req_header();
-        let portkey: Vec<&[u8]> = req
-            .headers
-            .get_all("x-portkey-api-key")
-            .iter()
-            .map(HeaderValue::as_bytes)
-            .collect();
-        let authorization: Vec<&[u8]> = req
-            .headers
-            .get_all(http::header::AUTHORIZATION)
-            .iter()
-            .map(HeaderValue::as_bytes)
-            .collect();
-        let (key, source) = request::presented_key(&portkey, &authorization);
+        let values = |name: &str| -> Vec<&[u8]> {
+            req.headers
+                .get_all(name)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect()
+        };
+        let (portkey, authorization, x_api_key, api_key) = (
+            values(request::KEY_HEADERS[0]),
+            values(request::KEY_HEADERS[1]),
+            values(request::KEY_HEADERS[2]),
+            values(request::KEY_HEADERS[3]),
+        );
+        let (key, source) = request::presented_key(&request::KeyHeaders {
+            portkey: &portkey,
+            authorization: &authorization,
+            x_api_key: &x_api_key,
+            api_key: &api_key,
+        });
         let body = body.unwrap_or_else(|| body_hint(req));
+        let mut content_types = req.headers.get_all(http::header::CONTENT_TYPE).iter();
+        let content_type = content_types.next().map(HeaderValue::as_bytes);
         let facts = RequestFacts {
             method: &req.method,
             path: req.uri.path(),
             query: req.uri.query(),
             key,
-            content_type: req
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .map(HeaderValue::as_bytes),
+            content_type,
+            content_type_repeated: content_types.next().is_some(),
+            upgrade: req.headers.contains_key(http::header::UPGRADE),
             body,
             now: crate::keys::now_millis(),
             max_body: self.max_body,
@@ -307,6 +314,53 @@ async fn read_body_capped(session: &mut Session, max: usize) -> Result<Option<By
         buf.extend_from_slice(&chunk);
     }
     Ok(Some(buf.freeze()))
+}
+
+/// Removes what must not reach the upstream (SPEC 5.4, issue #12): the
+/// header that carried the key, any other key header holding a key of the
+/// keys file, `x-portkey-api-key` always, every client header that reads as
+/// `x-scopegate-*` or as a key header once `_` is taken for `-` (CGI/WSGI
+/// servers map one to the other), and method-override headers (the decision
+/// was made on the wire method).
+fn strip_client_headers(req: &mut RequestHeader, source: KeySource, snap: &Snapshot) {
+    let carrying = match source {
+        KeySource::PortkeyHeader => "x-portkey-api-key",
+        KeySource::Authorization => "authorization",
+        KeySource::XApiKey => "x-api-key",
+        KeySource::ApiKey => "api-key",
+    };
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in req.headers.keys() {
+        let n = name.as_str();
+        let remove = if n.contains('_') {
+            let dashed = n.replace('_', "-");
+            is_identity_or_override(&dashed) || request::KEY_HEADERS.contains(&dashed.as_str())
+        } else if request::KEY_HEADERS.contains(&n) {
+            n == carrying
+                || n == "x-portkey-api-key"
+                || req.headers.get_all(name).iter().any(|v| {
+                    request::secret_in(n, v.as_bytes())
+                        .is_some_and(|s| snap.lookup(&crate::keys::digest(s)).is_some())
+                })
+        } else {
+            is_identity_or_override(n)
+        };
+        if remove {
+            doomed.push(name.clone());
+        }
+    }
+    for name in doomed {
+        req.remove_header(&name);
+    }
+}
+
+/// `x-scopegate-*` or a method-override header (lower-case, dashed name).
+fn is_identity_or_override(n: &str) -> bool {
+    n.starts_with("x-scopegate-")
+        || matches!(
+            n,
+            "x-http-method-override" | "x-http-method" | "x-method-override"
+        )
 }
 
 /// Maps an upstream failure to the answer and the metrics `kind`.
@@ -468,19 +522,7 @@ impl ProxyHttp for Gateway {
         let (Some(verdict), Some(snap)) = (&ctx.verdict, &ctx.snapshot) else {
             return Error::e_explain(ErrorType::InternalError, "request not decided");
         };
-        req.remove_header("x-portkey-api-key");
-        if ctx.key_source == KeySource::Authorization {
-            req.remove_header(&http::header::AUTHORIZATION);
-        }
-        let spoofed: Vec<HeaderName> = req
-            .headers
-            .keys()
-            .filter(|n| n.as_str().starts_with("x-scopegate-"))
-            .cloned()
-            .collect();
-        for name in spoofed {
-            req.remove_header(&name);
-        }
+        strip_client_headers(req, ctx.key_source, snap);
         if let Some(k) = verdict.key {
             let key = snap.key(k);
             req.insert_header("x-scopegate-key-id", &*key.id)?;

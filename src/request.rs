@@ -103,21 +103,62 @@ fn percent_decode(b: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Every value of the `workspace_id` query parameter, decoded, lazily (the
-/// decision stops at the first disagreement and allocates nothing for
-/// plain values).
+/// Every value of a query parameter an upstream could read as
+/// `workspace_id`, decoded, lazily (the decision stops at the first
+/// disagreement and allocates nothing for plain values). Frameworks differ:
+/// some split pairs on `;` as well as `&`, some match names without regard
+/// to case, PHP-style ones read `workspace_id[]` (or `workspace_id[0]`) as
+/// the same field; every such spelling counts as a workspace source.
 pub fn query_workspace_ids(query: Option<&str>) -> impl Iterator<Item = Cow<'_, str>> {
+    query_values(query, "workspace_id")
+}
+
+/// Every value of the query parameter `name` (lower case ASCII) under the
+/// lenient matching of [`query_workspace_ids`].
+pub fn query_values<'a>(
+    query: Option<&'a str>,
+    name: &'static str,
+) -> impl Iterator<Item = Cow<'a, str>> {
     query
         .into_iter()
-        .flat_map(|q| q.split('&'))
-        .filter_map(|pair| {
+        .flat_map(|q| q.split(['&', ';']))
+        .filter_map(move |pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode_component(k) == "workspace_id").then(|| decode_component(v))
+            lenient_name_eq(&decode_component(k), name).then(|| decode_component(v))
         })
 }
 
-/// The API key as presented (SPEC 5.1): `x-portkey-api-key`, else
-/// `Authorization: Bearer`.
+/// Whether a field name `k` reads as `name` (lower-case ASCII) to some
+/// framework: ASCII case ignored, the two non-ASCII letters Go's
+/// `encoding/json` folds onto ASCII (`ſ` → s, Kelvin sign → k) folded, and a
+/// trailing PHP-style `[...]` index ignored.
+pub fn lenient_name_eq(k: &str, name: &str) -> bool {
+    let k = match k.find('[') {
+        Some(i) if k.ends_with(']') => &k[..i],
+        _ => k,
+    };
+    folds_to(k, name)
+}
+
+/// Whether `k` equals `name` (lower-case ASCII) under ASCII case folding plus
+/// Go's `ſ`/`K` (U+212A) folds.
+pub fn folds_to(k: &str, name: &str) -> bool {
+    let mut want = name.bytes();
+    for c in k.chars() {
+        let folded = match c {
+            '\u{17f}' => 's',
+            '\u{212a}' => 'k',
+            c if c.is_ascii() => c.to_ascii_lowercase(),
+            _ => return false,
+        };
+        if want.next() != Some(folded as u8) {
+            return false;
+        }
+    }
+    want.next().is_none()
+}
+
+/// The API key as presented (SPEC 5.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Presented<'a> {
     /// No key at all.
@@ -128,35 +169,75 @@ pub enum Presented<'a> {
     Secret(&'a [u8]),
 }
 
-/// Where the key came from; the `Authorization` header is removed upstream
-/// only when it carried the key.
+/// Which header carried the key; it is removed upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeySource {
-    /// `x-portkey-api-key` (or none).
+    /// `x-portkey-api-key` (or no key at all).
     PortkeyHeader,
     /// `Authorization: Bearer`.
     Authorization,
+    /// `x-api-key` (Anthropic's SDKs).
+    XApiKey,
+    /// `api-key` (Azure OpenAI's clients).
+    ApiKey,
 }
 
-/// Picks the key from the header values.
-pub fn presented_key<'a>(
-    portkey: &[&'a [u8]],
-    authorization: &[&'a [u8]],
-) -> (Presented<'a>, KeySource) {
-    match portkey {
+/// The headers that can carry a key, in order of precedence.
+pub const KEY_HEADERS: [&str; 4] = ["x-portkey-api-key", "authorization", "x-api-key", "api-key"];
+
+/// The values of each key header, in the order of [`KEY_HEADERS`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeyHeaders<'h, 'a> {
+    /// `x-portkey-api-key` values.
+    pub portkey: &'h [&'a [u8]],
+    /// `Authorization` values.
+    pub authorization: &'h [&'a [u8]],
+    /// `x-api-key` values.
+    pub x_api_key: &'h [&'a [u8]],
+    /// `api-key` values.
+    pub api_key: &'h [&'a [u8]],
+}
+
+/// Picks the key (SPEC 5.1): `x-portkey-api-key`; without it
+/// `Authorization: Bearer`; without either `x-api-key`, then `api-key`. The
+/// first header present decides: sent twice, it is `Repeated`.
+pub fn presented_key<'a>(h: &KeyHeaders<'_, 'a>) -> (Presented<'a>, KeySource) {
+    match h.portkey {
         [] => {}
         [one] => return (Presented::Secret(trim(one)), KeySource::PortkeyHeader),
         _ => return (Presented::Repeated, KeySource::PortkeyHeader),
     }
-    let bearer: Vec<&[u8]> = authorization
-        .iter()
-        .filter_map(|v| bearer_token(v))
-        .collect();
-    match (bearer.as_slice(), authorization.len()) {
-        ([], _) => (Presented::Missing, KeySource::PortkeyHeader),
-        ([one], 1) => (Presented::Secret(one), KeySource::Authorization),
-        _ => (Presented::Repeated, KeySource::Authorization),
+    let mut bearer = h.authorization.iter().filter_map(|v| bearer_token(v));
+    if let Some(first) = bearer.next() {
+        return if bearer.next().is_none() && h.authorization.len() == 1 {
+            (Presented::Secret(first), KeySource::Authorization)
+        } else {
+            (Presented::Repeated, KeySource::Authorization)
+        };
     }
+    for (values, source) in [
+        (h.x_api_key, KeySource::XApiKey),
+        (h.api_key, KeySource::ApiKey),
+    ] {
+        match values {
+            [] => {}
+            [one] if trim(one).is_empty() => {}
+            [one] => return (Presented::Secret(trim(one)), source),
+            _ => return (Presented::Repeated, source),
+        }
+    }
+    (Presented::Missing, KeySource::PortkeyHeader)
+}
+
+/// The secret a key header's value would present: the token of a Bearer
+/// `Authorization`, the trimmed value of the others; `None` when it carries
+/// no key (another scheme, empty).
+pub fn secret_in<'v>(header: &str, value: &'v [u8]) -> Option<&'v [u8]> {
+    if header == "authorization" {
+        return bearer_token(value);
+    }
+    let v = trim(value);
+    (!v.is_empty()).then_some(v)
 }
 
 fn trim(v: &[u8]) -> &[u8] {
@@ -219,7 +300,11 @@ pub fn body_workspace(body: &[u8]) -> Result<BodyWorkspace, InvalidBody> {
             let mut found: Option<String> = None;
             let mut problem: Option<String> = None;
             while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                if key == "workspace_id" {
+                // Go's encoding/json matches field names without regard to
+                // case, and the last of several wins: every spelling that
+                // folds to `workspace_id` is the workspace, and a second one
+                // is refused like a repeated field.
+                if folds_to(&key, "workspace_id") {
                     let v: serde_json::Value = map.next_value()?;
                     if problem.is_some() {
                         continue;
@@ -334,20 +419,77 @@ mod tests {
         assert!(ids(None).is_empty());
     }
 
+    fn key(
+        portkey: &[&'static [u8]],
+        authorization: &[&'static [u8]],
+        x_api_key: &[&'static [u8]],
+        api_key: &[&'static [u8]],
+    ) -> (Presented<'static>, KeySource) {
+        presented_key(&KeyHeaders {
+            portkey,
+            authorization,
+            x_api_key,
+            api_key,
+        })
+    }
+
     #[test]
-    fn key_comes_from_portkey_header_then_bearer() {
-        let (p, s) = presented_key(&[b"k1"], &[b"Bearer k2"]);
-        assert_eq!((p, s), (Presented::Secret(b"k1"), KeySource::PortkeyHeader));
-        let (p, s) = presented_key(&[], &[b"bearer  k2 "]);
-        assert_eq!((p, s), (Presented::Secret(b"k2"), KeySource::Authorization));
-        assert_eq!(presented_key(&[], &[b"Basic abc"]).0, Presented::Missing);
-        assert_eq!(presented_key(&[b"a", b"b"], &[]).0, Presented::Repeated);
+    fn key_comes_from_portkey_header_then_bearer_then_x_api_key_then_api_key() {
         assert_eq!(
-            presented_key(&[], &[b"Bearer a", b"Bearer b"]).0,
+            key(&[b"k1"], &[b"Bearer k2"], &[b"k3"], &[b"k4"]),
+            (Presented::Secret(b"k1"), KeySource::PortkeyHeader)
+        );
+        assert_eq!(
+            key(&[], &[b"bearer  k2 "], &[b"k3"], &[b"k4"]),
+            (Presented::Secret(b"k2"), KeySource::Authorization)
+        );
+        assert_eq!(
+            key(&[], &[b"Basic abc"], &[b"k3"], &[b"k4"]),
+            (Presented::Secret(b"k3"), KeySource::XApiKey)
+        );
+        assert_eq!(
+            key(&[], &[], &[], &[b" k4 "]),
+            (Presented::Secret(b"k4"), KeySource::ApiKey)
+        );
+        assert_eq!(key(&[], &[b"Basic abc"], &[], &[]).0, Presented::Missing);
+        assert_eq!(key(&[b"a", b"b"], &[], &[], &[]).0, Presented::Repeated);
+        assert_eq!(
+            key(&[], &[b"Bearer a", b"Bearer b"], &[], &[]).0,
             Presented::Repeated
         );
-        assert_eq!(presented_key(&[], &[]).0, Presented::Missing);
-        assert_eq!(presented_key(&[], &[b"Bearer "]).0, Presented::Missing);
+        assert_eq!(key(&[], &[], &[b"a", b"b"], &[b"c"]).0, Presented::Repeated);
+        assert_eq!(key(&[], &[], &[], &[b"a", b"a"]).0, Presented::Repeated);
+        // A repeated lower-precedence header does not matter once a
+        // higher one carries the key.
+        assert_eq!(
+            key(&[b"k"], &[], &[b"a", b"b"], &[]).0,
+            Presented::Secret(b"k")
+        );
+        assert_eq!(key(&[], &[], &[], &[]).0, Presented::Missing);
+        assert_eq!(key(&[], &[b"Bearer "], &[], &[]).0, Presented::Missing);
+        assert_eq!(key(&[], &[], &[b"  "], &[]).0, Presented::Missing);
+    }
+
+    #[test]
+    fn secrets_in_key_headers() {
+        assert_eq!(secret_in("authorization", b"Bearer k"), Some(&b"k"[..]));
+        assert_eq!(secret_in("authorization", b"Basic k"), None);
+        assert_eq!(secret_in("x-api-key", b" k "), Some(&b"k"[..]));
+        assert_eq!(secret_in("api-key", b""), None);
+    }
+
+    #[test]
+    fn query_workspace_spellings_an_upstream_could_read() {
+        let ids = |q| query_workspace_ids(q).collect::<Vec<_>>();
+        assert_eq!(
+            ids(Some(
+                "WORKSPACE_ID=a&workspace_id[]=b&x=1;workspace_id=c&Workspace_Id[0]=d"
+            )),
+            vec!["a", "b", "c", "d"]
+        );
+        assert_eq!(ids(Some("work\u{17f}pace_id=a")), vec!["a"]);
+        assert_eq!(ids(Some("work%C5%BFpace_id=a")), vec!["a"]);
+        assert!(ids(Some("workspace_ids=a&workspace=b&workspace_id_x=c")).is_empty());
     }
 
     #[test]
@@ -358,6 +500,24 @@ mod tests {
         )));
         assert!(!is_json_content_type(Some(b"text/plain")));
         assert!(!is_json_content_type(None));
+    }
+
+    #[test]
+    fn body_workspace_case_variants_are_the_workspace() {
+        assert_eq!(
+            body_workspace(br#"{"WORKSPACE_ID":"ws"}"#),
+            Ok(BodyWorkspace::Named("ws".into()))
+        );
+        assert_eq!(
+            body_workspace("{\"work\u{17f}pace_id\":\"ws\"}".as_bytes()),
+            Ok(BodyWorkspace::Named("ws".into()))
+        );
+        assert!(body_workspace(br#"{"workspace_id":"a","Workspace_ID":"b"}"#).is_err());
+        assert!(body_workspace(br#"{"workspace_id":"a","WORKSPACE_ID":"a"}"#).is_err());
+        assert_eq!(
+            body_workspace(br#"{"workspace-id":"x","workspaceid":"y"}"#),
+            Ok(BodyWorkspace::Absent)
+        );
     }
 
     #[test]

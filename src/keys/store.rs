@@ -47,6 +47,8 @@ use super::Snapshot;
 ///     query: None,
 ///     key: Presented::Secret(b"sgk-secret"),
 ///     content_type: None,
+///     content_type_repeated: false,
+///     upgrade: false,
 ///     body: Body::Empty,
 ///     now: 0,
 ///     max_body: 65536,

@@ -549,7 +549,7 @@ fn openai_type(status: u16) -> &'static str {
         400 | 404 | 405 | 413 | 415 => "invalid_request_error",
         412 => "insufficient_quota",
         429 => "rate_limit_error",
-        502 | 504 => "api_error",
+        502..=504 => "api_error",
         other => panic!("no OpenAI error type for status {other}"),
     }
 }
@@ -562,7 +562,7 @@ fn portkey_error_code(status: u16) -> &'static str {
         403 => "AB03",
         404 => "AB08",
         429 => "AB06",
-        502 | 504 => "AB04",
+        502..=504 => "AB04",
         other => panic!("no Portkey errorCode for status {other}"),
     }
 }
