@@ -30,6 +30,8 @@ use crate::ratelimit::{self, Quota};
 use crate::request::{self, KeySource};
 use crate::routes::{Plane, RouteTable};
 
+mod forward;
+
 /// One upstream, resolved at start.
 pub struct Upstream {
     /// `completions` or `admin` (the metrics label).
@@ -94,6 +96,9 @@ pub struct Gateway {
     max_body: usize,
     in_flight: Arc<AtomicUsize>,
     request_ids: RequestIds,
+    /// Upstream connections for requests whose body the proxy read (see
+    /// `forward`).
+    connector: pingora::connectors::http::Connector,
 }
 
 impl Gateway {
@@ -114,6 +119,7 @@ impl Gateway {
             max_body,
             in_flight,
             request_ids: RequestIds::new(),
+            connector: pingora::connectors::http::Connector::new(None),
         }
     }
 
@@ -167,6 +173,103 @@ impl Gateway {
             max_body: self.max_body,
         };
         (policy::decide(&self.table, snap, &facts), source)
+    }
+
+    /// The request header as it goes upstream (SPEC 5.4).
+    fn prepare_upstream_request(&self, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+        let (Some(verdict), Some(snap)) = (&ctx.verdict, &ctx.snapshot) else {
+            return Error::e_explain(ErrorType::InternalError, "request not decided");
+        };
+        strip_client_headers(req, ctx.key_source, snap);
+        if let Some(k) = verdict.key {
+            let key = snap.key(k);
+            req.insert_header("x-scopegate-key-id", &*key.id)?;
+            req.insert_header("x-scopegate-key-type", key.key_type.as_str())?;
+            req.insert_header(
+                "x-scopegate-organisation-id",
+                &*snap.organisation(key.organisation).id,
+            )?;
+            if let Some(ws) = verdict.workspace {
+                req.insert_header("x-scopegate-workspace-id", &*snap.workspace(ws).id)?;
+            }
+            if let Some(user) = &key.user_id {
+                req.insert_header("x-scopegate-user-id", &**user)?;
+            }
+        }
+        req.insert_header("x-request-id", ctx.request_id.clone())?;
+        let plane = verdict.plane.unwrap_or(Plane::Data);
+        let upstream = self.upstream(plane);
+        for (name, value) in &upstream.set_headers {
+            req.insert_header(name.clone(), value.clone())?;
+        }
+        req.insert_header(http::header::HOST, upstream.authority.clone())?;
+        Ok(())
+    }
+
+    /// The upstream's response header as it goes to the client.
+    fn stamp_response(&self, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        ctx.upstream_status = Some(resp.status.as_u16());
+        resp.insert_header("x-request-id", ctx.request_id.clone())?;
+        if let Some(q) = &ctx.quota {
+            add_quota_headers(resp, q)?;
+        }
+        if let (Some(m), Some(plane)) = (metrics(), ctx.verdict.as_ref().and_then(|v| v.plane)) {
+            m.upstream_response(self.upstream(plane).name, resp.status.as_u16());
+        }
+        Ok(())
+    }
+
+    /// Forwards a request whose body was read: exactly those bytes, sent by
+    /// the proxy itself (see `forward`).
+    async fn forward_read_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        body: Bytes,
+    ) -> Result<()> {
+        let plane = ctx
+            .verdict
+            .as_ref()
+            .and_then(|v| v.plane)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route decided"))?;
+        let upstream = self.upstream(plane);
+        let mut req = session.req_header().clone();
+        self.prepare_upstream_request(&mut req, ctx)?;
+        for hop in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "expect",
+        ] {
+            req.remove_header(hop);
+        }
+        req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        let mut hooks = Stamp { gw: self, ctx };
+        let outcome = forward::exchange(
+            &self.connector,
+            &upstream.peer,
+            session,
+            req,
+            body,
+            &mut hooks,
+        )
+        .await;
+        if let forward::Exchange::Failed(e) = outcome {
+            let (code, kind) = classify(&e);
+            if let Some(m) = metrics() {
+                m.upstream_error(upstream.name, kind);
+            }
+            let message = match code {
+                ErrorCode::UpstreamTimeout => "The upstream service timed out.",
+                _ => "The upstream service is unavailable.",
+            };
+            session.set_keepalive(None);
+            self.refuse(session, ctx, code, message, None).await?;
+        }
+        Ok(())
     }
 
     async fn refuse(
@@ -363,6 +466,34 @@ fn is_identity_or_override(n: &str) -> bool {
         )
 }
 
+/// The response hooks of a plain forward: stamp the header, pass the body.
+struct Stamp<'a> {
+    gw: &'a Gateway,
+    ctx: &'a mut Ctx,
+}
+
+impl forward::ResponseHooks for Stamp<'_> {
+    fn header(&mut self, resp: &mut ResponseHeader) -> Result<()> {
+        self.gw.stamp_response(resp, self.ctx)
+    }
+
+    fn chunk(&mut self, chunk: Bytes) -> Bytes {
+        chunk
+    }
+
+    fn end(&mut self, _complete: bool) -> Bytes {
+        Bytes::new()
+    }
+}
+
+/// Whether the client waits for `100 Continue` before sending its body.
+fn expects_continue(req: &RequestHeader) -> bool {
+    req.headers
+        .get_all(http::header::EXPECT)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
 /// Maps an upstream failure to the answer and the metrics `kind`.
 fn classify(e: &Error) -> (ErrorCode, &'static str) {
     match e.etype() {
@@ -430,9 +561,12 @@ impl ProxyHttp for Gateway {
         let snap = self.store.load();
         let (mut verdict, source) = self.decide(session, &snap, None);
         if verdict.outcome == Outcome::ReadBody {
-            // Buffer what we read so pingora can send it upstream again;
-            // `request_body_filter` substitutes the whole body.
-            session.enable_retry_buffering();
+            // The body is read here, checked, and then sent by the proxy
+            // itself (`forward`): pingora would replay only 64 KiB of it.
+            // A client waiting for `100 Continue` gets it first.
+            if expects_continue(session.req_header()) {
+                session.as_mut().write_continue_response().await?;
+            }
             let body = read_body_capped(session, self.max_body).await?;
             let facts_body = match &body {
                 Some(b) => Body::Read(b),
@@ -484,24 +618,13 @@ impl ProxyHttp for Gateway {
                         return Ok(true);
                     }
                 }
+                if let Some(body) = ctx.body.clone() {
+                    self.forward_read_body(session, ctx, body).await?;
+                    return Ok(true);
+                }
                 Ok(false)
             }
         }
-    }
-
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        // The body was read for inspection; pingora replays at most 64 KiB
-        // of it, so send the whole inspected body instead.
-        if let (Some(full), Some(_)) = (&ctx.body, body.as_ref()) {
-            *body = Some(full.clone());
-        }
-        Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -519,33 +642,7 @@ impl ProxyHttp for Gateway {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let (Some(verdict), Some(snap)) = (&ctx.verdict, &ctx.snapshot) else {
-            return Error::e_explain(ErrorType::InternalError, "request not decided");
-        };
-        strip_client_headers(req, ctx.key_source, snap);
-        if let Some(k) = verdict.key {
-            let key = snap.key(k);
-            req.insert_header("x-scopegate-key-id", &*key.id)?;
-            req.insert_header("x-scopegate-key-type", key.key_type.as_str())?;
-            req.insert_header(
-                "x-scopegate-organisation-id",
-                &*snap.organisation(key.organisation).id,
-            )?;
-            if let Some(ws) = verdict.workspace {
-                req.insert_header("x-scopegate-workspace-id", &*snap.workspace(ws).id)?;
-            }
-            if let Some(user) = &key.user_id {
-                req.insert_header("x-scopegate-user-id", &**user)?;
-            }
-        }
-        req.insert_header("x-request-id", ctx.request_id.clone())?;
-        let plane = verdict.plane.unwrap_or(Plane::Data);
-        let upstream = self.upstream(plane);
-        for (name, value) in &upstream.set_headers {
-            req.insert_header(name.clone(), value.clone())?;
-        }
-        req.insert_header(http::header::HOST, upstream.authority.clone())?;
-        Ok(())
+        self.prepare_upstream_request(req, ctx)
     }
 
     async fn response_filter(
@@ -554,15 +651,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.upstream_status = Some(resp.status.as_u16());
-        resp.insert_header("x-request-id", ctx.request_id.clone())?;
-        if let Some(q) = &ctx.quota {
-            add_quota_headers(resp, q)?;
-        }
-        if let (Some(m), Some(plane)) = (metrics(), ctx.verdict.as_ref().and_then(|v| v.plane)) {
-            m.upstream_response(self.upstream(plane).name, resp.status.as_u16());
-        }
-        Ok(())
+        self.stamp_response(resp, ctx)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
