@@ -28,7 +28,9 @@ use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
 
 use super::build::{build_snapshot, is_valid_id, nearest, Problem};
-use super::model::{KeySpec, KeysDocument, OrganisationSpec, SecretSpec, WorkspaceSpec};
+use super::model::{
+    KeySpec, KeysDocument, ModelPrices, OrganisationSpec, SecretSpec, WorkspaceSpec,
+};
 use super::position::PositionIndex;
 use super::Snapshot;
 use crate::diag::Diagnostic;
@@ -140,6 +142,7 @@ fn is_empty_document(doc: &KeysDocument, text: &str) -> bool {
     doc.keys.is_empty()
         && doc.organisations.is_empty()
         && doc.custom_scopes.is_empty()
+        && doc.model_prices.is_empty()
         && matches!(serde_yaml::from_str::<Value>(text), Ok(Value::Null))
 }
 
@@ -455,7 +458,7 @@ fn read_leniently(text: &str, found: &mut Vec<Found>) -> Result<Lenient, WholeFi
         doc: KeysDocument::default(),
         failed: Vec::new(),
     };
-    const FIELDS: [&str; 3] = ["organisations", "custom_scopes", "keys"];
+    const FIELDS: [&str; 4] = ["organisations", "custom_scopes", "keys", "model_prices"];
     for (name, value) in map {
         let name = match name {
             Value::String(s) => s,
@@ -505,6 +508,13 @@ fn read_leniently(text: &str, found: &mut Vec<Found>) -> Result<Lenient, WholeFi
                     }
                 }
             }
+            "model_prices" => match entry::<ModelPrices>(&value, "model_prices") {
+                Ok(prices) => out.doc.model_prices = prices,
+                Err(f) => {
+                    found.push(f);
+                    out.failed.push("model_prices".to_string());
+                }
+            },
             other => {
                 let hint = nearest(other, FIELDS.iter().copied())
                     .map_or_else(String::new, |n| format!(" (did you mean `{n}`?)"));
@@ -514,7 +524,7 @@ fn read_leniently(text: &str, found: &mut Vec<Found>) -> Result<Lenient, WholeFi
                     anchor: Anchor::Key,
                     message: format!(
                         "unknown top-level field `{}`{hint}; the fields are `organisations`, \
-                         `custom_scopes` and `keys`",
+                         `custom_scopes`, `keys` and `model_prices`",
                         super::build::shown(other)
                     ),
                 });
@@ -547,6 +557,7 @@ fn read_organisation(
                             entry::<WorkspaceSpec>(w, "").unwrap_or_else(|_| WorkspaceSpec {
                                 id: scalar_text(w.get("id")),
                                 slug: w.get("slug").map(|s| scalar_text(Some(s))),
+                                ..WorkspaceSpec::default()
                             })
                         })
                         .collect()
