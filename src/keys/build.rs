@@ -388,12 +388,8 @@ fn build_organisations(doc: &KeysDocument, problems: &mut Problems) -> Orgs {
                 base: &|| format!("organisations[{o}].workspaces[{w}]"),
                 noun: "workspace",
             };
-            let (rate_limits, limits) = spending::check_limits(
-                &written,
-                !doc.model_prices.is_empty(),
-                &owner,
-                problems,
-            );
+            let (rate_limits, limits) =
+                spending::check_limits(&written, !doc.model_prices.is_empty(), &owner, problems);
             workspaces.push(Workspace {
                 id: ws.id.as_str().into(),
                 slug: ws.slug.as_deref().map(Into::into),

@@ -29,7 +29,7 @@ use serde_yaml::{Mapping, Value};
 
 use super::build::{build_snapshot, is_valid_id, nearest, Problem};
 use super::model::{
-    KeySpec, KeysDocument, ModelPrices, OrganisationSpec, SecretSpec, WorkspaceSpec,
+    KeySpec, KeysDocument, ModelPrices, OrganisationSpec, PriceSpec, SecretSpec, WorkspaceSpec,
 };
 use super::position::PositionIndex;
 use super::Snapshot;
@@ -302,10 +302,11 @@ fn split_serde_message(e: &serde_yaml::Error) -> (String, String) {
         }
     }
     if let Some((path, rest)) = text.split_once(": ") {
+        // Field names, indices, and model patterns (`model_prices.gpt-4o*`).
         let is_path = !path.is_empty()
-            && path
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '-'));
+            && path.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '-' | '*' | '/')
+            });
         if is_path {
             return (path.to_string(), rest.to_string());
         }
@@ -513,6 +514,7 @@ fn read_leniently(text: &str, found: &mut Vec<Found>) -> Result<Lenient, WholeFi
                 Err(f) => {
                     found.push(f);
                     out.failed.push("model_prices".to_string());
+                    out.doc.model_prices = salvage_prices(&value);
                 }
             },
             other => {
@@ -569,6 +571,17 @@ fn read_organisation(
             }
         }
     }
+}
+
+/// The patterns of a `model_prices` that could not be read, priced 0: so
+/// that a `type: cost` usage limit does not also report missing prices.
+fn salvage_prices(v: &Value) -> ModelPrices {
+    let patterns = v.as_mapping().map(|m| {
+        m.keys()
+            .map(|k| (scalar_text(Some(k)), PriceSpec::default()))
+            .collect()
+    });
+    ModelPrices(patterns.unwrap_or_default())
 }
 
 /// What uniqueness checks need from a key that could not be read: its id

@@ -307,7 +307,11 @@ keys:
         assert_eq!(ix.locate("prices[0]"), Some((2, 3)));
         assert_eq!(ix.locate("prices[1]"), Some((3, 3)));
         assert_eq!(ix.locate("prices[1].input"), Some((3, 15)));
-        assert_eq!(ix.locate("prices[2]"), Some((2, 3)), "past the end: the mapping");
+        assert_eq!(
+            ix.locate("prices[2]"),
+            Some((2, 3)),
+            "past the end: the mapping"
+        );
     }
 
     #[test]

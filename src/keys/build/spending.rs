@@ -369,3 +369,6 @@ pub(super) fn check_model_prices(prices: &ModelPrices, problems: &mut Problems) 
     }
     out.into()
 }
+
+#[cfg(test)]
+mod tests;
