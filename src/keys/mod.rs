@@ -10,7 +10,9 @@ pub mod snapshot;
 pub mod store;
 
 pub use build::{build_snapshot, Problem};
-pub use limits::{Limits, Price, PriceTable, Reset, TokenRate, UsageKind, UsageLimit};
+pub use limits::{
+    pattern_matches, price_of, Limits, Price, PriceTable, Reset, TokenRate, UsageKind, UsageLimit,
+};
 pub use load::{load_keys_file, parse_keys_str, read_keys_file};
 pub use model::{
     KeySpec, KeysDocument, ModelPrices, OrganisationSpec, PriceSpec, RateLimitSpec, SecretSpec,
