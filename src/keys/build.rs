@@ -211,7 +211,7 @@ impl Problems {
 ///
 /// `registry` is the scope vocabulary in force (the route table's, which
 /// includes the custom scopes that extra routes name). `previous` is the
-/// snapshot being replaced, if any: a key whose id and rate limits are
+/// snapshot being replaced, if any: a key whose id and request rate limits are
 /// unchanged keeps its limiter, so a reload neither refills nor empties a
 /// quota (SPEC 6).
 ///
