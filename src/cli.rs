@@ -275,7 +275,7 @@ fn validate_new_key(spec: &keys::KeySpec, config: Option<&Path>) -> Result<(), V
             if let Some(ws) = &spec.workspace_id {
                 workspaces.push(keys::WorkspaceSpec {
                     id: ws.clone(),
-                    slug: None,
+                    ..keys::WorkspaceSpec::default()
                 });
             }
             let doc = keys::KeysDocument {

@@ -3,7 +3,9 @@
 //!
 //! This module owns every rule of the keys file that is about meaning rather
 //! than syntax: unique ids, workspace references, secret hashes, scopes per
-//! key type, rate limits. It reports *every* problem it finds, each with a
+//! key type, rate limits, and the SPEC 9 limits (models, token rates, usage
+//! limits, concurrency, `model_prices`; those in `spending`). It reports
+//! *every* problem it finds, each with a
 //! path into the document (`keys[3].scopes[1]`), so that an operator fixes a
 //! file in one round; the loader turns paths into `FILE:LINE:COL`.
 //!
@@ -22,7 +24,8 @@ use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::model::{KeySpec, KeysDocument, RateLimitSpec};
+use super::limits::Limits;
+use super::model::{KeySpec, KeysDocument};
 use super::snapshot::{
     Digest, DigestMap, Key, KeyIdx, KeyStatus, OrgIdx, Organisation, SecretEntry, Snapshot,
     UnixMillis, Workspace, WsIdx,
@@ -208,7 +211,7 @@ impl Problems {
 ///
 /// `registry` is the scope vocabulary in force (the route table's, which
 /// includes the custom scopes that extra routes name). `previous` is the
-/// snapshot being replaced, if any: a key whose id and rate limits are
+/// snapshot being replaced, if any: a key whose id and request rate limits are
 /// unchanged keeps its limiter, so a reload neither refills nor empties a
 /// quota (SPEC 6).
 ///
@@ -227,6 +230,7 @@ pub fn build_snapshot(
 ) -> Result<Snapshot, Vec<Problem>> {
     let mut problems = Problems::default();
     let custom = check_custom_scopes(&doc.custom_scopes, registry, &mut problems);
+    let model_prices = spending::check_model_prices(&doc.model_prices, &mut problems);
     let orgs = build_organisations(doc, &mut problems);
     let mut keys = KeysBuilder {
         doc,
@@ -262,6 +266,7 @@ pub fn build_snapshot(
         key_ids,
         secrets,
         custom_scopes: doc.custom_scopes.clone(),
+        model_prices,
         source_digest: None,
     })
 }
@@ -373,10 +378,24 @@ fn build_organisations(doc: &KeysDocument, problems: &mut Problems) -> Orgs {
                 ids.insert(&ws.id, k);
             }
             ws_paths.push((o, w));
+            let written = spending::Written {
+                models: ws.models.as_deref(),
+                rate_limits: &ws.rate_limits,
+                usage_limits: ws.usage_limits.as_ref(),
+                max_concurrent_requests: None,
+            };
+            let owner = spending::Owner {
+                base: &|| format!("organisations[{o}].workspaces[{w}]"),
+                noun: "workspace",
+            };
+            let (rate_limits, limits) =
+                spending::check_limits(&written, !doc.model_prices.is_empty(), &owner, problems);
             workspaces.push(Workspace {
                 id: ws.id.as_str().into(),
                 slug: ws.slug.as_deref().map(Into::into),
                 organisation: OrgIdx(o as u32),
+                rate_limits,
+                limits,
             });
         }
     }
@@ -514,7 +533,7 @@ impl<'a> KeysBuilder<'a> {
                 .map_err(|m| self.problems.push(at("expires_at"), m))
                 .ok()
         });
-        let rate_limits = self.rate_limits(i, &spec.rate_limits);
+        let (rate_limits, limits) = self.limits(i, spec);
         let limiter = match self.previous.and_then(|p| p.key_by_id(&spec.id)) {
             Some((_, old)) if old.rate_limits == rate_limits => old.limiter.clone(),
             _ => KeyLimiter::new(&rate_limits).map(Arc::new),
@@ -532,6 +551,7 @@ impl<'a> KeysBuilder<'a> {
             status,
             rate_limits,
             limiter,
+            limits,
         });
     }
 
@@ -790,83 +810,28 @@ impl<'a> KeysBuilder<'a> {
         all
     }
 
-    fn rate_limits(&mut self, i: usize, specs: &[RateLimitSpec]) -> Vec<RateLimit> {
-        let mut out = Vec::with_capacity(specs.len());
-        // Index of the first limit of each unit (rps, rpm, rph, rpd).
-        let mut first_of_unit: [Option<usize>; 4] = [None; 4];
-        for (j, spec) in specs.iter().enumerate() {
-            let at = |field: &str| format!("keys[{i}].rate_limits[{j}].{field}");
-            let mut ok = true;
-            match spec.limit_type.as_str() {
-                "requests" => {}
-                "tokens" => {
-                    ok = false;
-                    self.problems.push(
-                        at("type"),
-                        "rate limit type `tokens` is not supported yet; only `requests` is",
-                    );
-                }
-                other => {
-                    ok = false;
-                    self.problems.push(
-                        at("type"),
-                        format!(
-                            "unknown rate limit type `{}`; only `requests` is supported",
-                            shown(other)
-                        ),
-                    );
-                }
-            }
-            let period = RateLimit::period_of_unit(&spec.unit);
-            let unit = match spec.unit.as_str() {
-                "rps" => 0,
-                "rpm" => 1,
-                "rph" => 2,
-                _ => 3,
-            };
-            if period.is_none() {
-                self.problems.push(
-                    at("unit"),
-                    format!(
-                        "unknown rate limit unit `{}`; expected `rps`, `rpm`, `rph` or `rpd`",
-                        shown(&spec.unit)
-                    ),
-                );
-            } else if let Some(first) = first_of_unit[unit] {
-                ok = false;
-                self.problems.push(
-                    at("unit"),
-                    format!(
-                        "a second `{}` limit (also rate_limits[{first}]); each unit may appear \
-                         once per key",
-                        spec.unit
-                    ),
-                );
-            } else {
-                first_of_unit[unit] = Some(j);
-            }
-            let value = match u32::try_from(spec.value) {
-                Ok(0) => {
-                    self.problems
-                        .push(at("value"), "rate limit value must be at least 1");
-                    None
-                }
-                Ok(v) => Some(v),
-                Err(_) => {
-                    self.problems.push(
-                        at("value"),
-                        format!("rate limit value must be at most {}", u32::MAX),
-                    );
-                    None
-                }
-            };
-            if let (true, Some(period), Some(value)) = (ok, period, value) {
-                out.push(RateLimit { value, period });
-            }
-        }
-        out
+    /// The key's request rate limits and SPEC 9 limits.
+    fn limits(&mut self, i: usize, spec: &KeySpec) -> (Vec<RateLimit>, Limits) {
+        let written = spending::Written {
+            models: spec.models.as_deref(),
+            rate_limits: &spec.rate_limits,
+            usage_limits: spec.usage_limits.as_ref(),
+            max_concurrent_requests: spec.max_concurrent_requests,
+        };
+        let owner = spending::Owner {
+            base: &|| format!("keys[{i}]"),
+            noun: "key",
+        };
+        spending::check_limits(
+            &written,
+            !self.doc.model_prices.is_empty(),
+            &owner,
+            self.problems,
+        )
     }
 }
+
+mod spending;
 
 #[cfg(test)]
 mod tests;

@@ -28,7 +28,9 @@ use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
 
 use super::build::{build_snapshot, is_valid_id, nearest, Problem};
-use super::model::{KeySpec, KeysDocument, OrganisationSpec, SecretSpec, WorkspaceSpec};
+use super::model::{
+    KeySpec, KeysDocument, ModelPrices, OrganisationSpec, PriceSpec, SecretSpec, WorkspaceSpec,
+};
 use super::position::PositionIndex;
 use super::Snapshot;
 use crate::diag::Diagnostic;
@@ -140,6 +142,7 @@ fn is_empty_document(doc: &KeysDocument, text: &str) -> bool {
     doc.keys.is_empty()
         && doc.organisations.is_empty()
         && doc.custom_scopes.is_empty()
+        && doc.model_prices.is_empty()
         && matches!(serde_yaml::from_str::<Value>(text), Ok(Value::Null))
 }
 
@@ -299,10 +302,11 @@ fn split_serde_message(e: &serde_yaml::Error) -> (String, String) {
         }
     }
     if let Some((path, rest)) = text.split_once(": ") {
+        // Field names, indices, and model patterns (`model_prices.gpt-4o*`).
         let is_path = !path.is_empty()
-            && path
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '-'));
+            && path.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '-' | '*' | '/')
+            });
         if is_path {
             return (path.to_string(), rest.to_string());
         }
@@ -455,7 +459,7 @@ fn read_leniently(text: &str, found: &mut Vec<Found>) -> Result<Lenient, WholeFi
         doc: KeysDocument::default(),
         failed: Vec::new(),
     };
-    const FIELDS: [&str; 3] = ["organisations", "custom_scopes", "keys"];
+    const FIELDS: [&str; 4] = ["organisations", "custom_scopes", "keys", "model_prices"];
     for (name, value) in map {
         let name = match name {
             Value::String(s) => s,
@@ -505,6 +509,14 @@ fn read_leniently(text: &str, found: &mut Vec<Found>) -> Result<Lenient, WholeFi
                     }
                 }
             }
+            "model_prices" => match entry::<ModelPrices>(&value, "model_prices") {
+                Ok(prices) => out.doc.model_prices = prices,
+                Err(f) => {
+                    found.push(f);
+                    out.failed.push("model_prices".to_string());
+                    out.doc.model_prices = salvage_prices(&value);
+                }
+            },
             other => {
                 let hint = nearest(other, FIELDS.iter().copied())
                     .map_or_else(String::new, |n| format!(" (did you mean `{n}`?)"));
@@ -514,7 +526,7 @@ fn read_leniently(text: &str, found: &mut Vec<Found>) -> Result<Lenient, WholeFi
                     anchor: Anchor::Key,
                     message: format!(
                         "unknown top-level field `{}`{hint}; the fields are `organisations`, \
-                         `custom_scopes` and `keys`",
+                         `custom_scopes`, `keys` and `model_prices`",
                         super::build::shown(other)
                     ),
                 });
@@ -547,6 +559,7 @@ fn read_organisation(
                             entry::<WorkspaceSpec>(w, "").unwrap_or_else(|_| WorkspaceSpec {
                                 id: scalar_text(w.get("id")),
                                 slug: w.get("slug").map(|s| scalar_text(Some(s))),
+                                ..WorkspaceSpec::default()
                             })
                         })
                         .collect()
@@ -558,6 +571,17 @@ fn read_organisation(
             }
         }
     }
+}
+
+/// The patterns of a `model_prices` that could not be read, priced 0: so
+/// that a `type: cost` usage limit does not also report missing prices.
+fn salvage_prices(v: &Value) -> ModelPrices {
+    let patterns = v.as_mapping().map(|m| {
+        m.keys()
+            .map(|k| (scalar_text(Some(k)), PriceSpec::default()))
+            .collect()
+    });
+    ModelPrices(patterns.unwrap_or_default())
 }
 
 /// What uniqueness checks need from a key that could not be read: its id

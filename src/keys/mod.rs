@@ -10,10 +10,13 @@ pub mod snapshot;
 pub mod store;
 
 pub use build::{build_snapshot, Problem};
-pub use limits::{Limits, Price, PriceTable, Reset, TokenRate, UsageKind, UsageLimit};
+pub use limits::{
+    pattern_matches, price_of, Limits, Price, PriceTable, Reset, TokenRate, UsageKind, UsageLimit,
+};
 pub use load::{load_keys_file, parse_keys_str, read_keys_file};
 pub use model::{
-    KeySpec, KeysDocument, OrganisationSpec, RateLimitSpec, SecretSpec, WorkspaceSpec,
+    KeySpec, KeysDocument, ModelPrices, OrganisationSpec, PriceSpec, RateLimitSpec, SecretSpec,
+    UsageLimitSpec, UsageLimitsSpec, WorkspaceSpec,
 };
 pub use snapshot::{
     now_millis, Digest, Key, KeyIdx, KeyStatus, OrgIdx, Organisation, SecretEntry, Snapshot,

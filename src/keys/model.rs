@@ -2,11 +2,21 @@
 //!
 //! The YAML loader is one producer of a [`KeysDocument`]; a program may also
 //! fill one in code and build a [`super::Snapshot`] from it.
+//!
+//! Two fields need more than derived serde: `usage_limits` may be written as
+//! one mapping or as a list (a list of more than one is a validation
+//! problem, not a syntax error), and `model_prices` is a mapping whose order
+//! matters (the first matching pattern wins), so it is kept as a list of
+//! pairs.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The whole keys file.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysDocument {
     /// Organisations and their workspaces.
@@ -18,10 +28,14 @@ pub struct KeysDocument {
     /// The keys.
     #[serde(default)]
     pub keys: Vec<KeySpec>,
+    /// Prices per model pattern (SPEC 9), in file order: the first pattern
+    /// that matches a model prices it.
+    #[serde(default, skip_serializing_if = "ModelPrices::is_empty")]
+    pub model_prices: ModelPrices,
 }
 
 /// One organisation.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrganisationSpec {
     /// Unique id.
@@ -32,7 +46,7 @@ pub struct OrganisationSpec {
 }
 
 /// One workspace.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceSpec {
     /// Canonical id.
@@ -40,10 +54,19 @@ pub struct WorkspaceSpec {
     /// Optional alias accepted wherever an id is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slug: Option<String>,
+    /// Model allowlist shared by all the workspace's keys (SPEC 9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    /// Request and token rate limits shared by all the workspace's keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitSpec>,
+    /// The workspace's budget (at most one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_limits: Option<UsageLimitsSpec>,
 }
 
 /// One key.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeySpec {
     /// Stable id: logs, metrics, upstream headers.
@@ -78,13 +101,23 @@ pub struct KeySpec {
     /// `active` (default), `revoked` or `exhausted`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
-    /// Request rate limits, all enforced.
+    /// Request and token rate limits, all enforced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<RateLimitSpec>,
+    /// Model allowlist (SPEC 9): patterns where `*` matches any run of
+    /// characters; `None`: any model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    /// Requests of this key in flight at once (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<u64>,
+    /// The key's budget (at most one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_limits: Option<UsageLimitsSpec>,
 }
 
 /// One secret of a key under rotation.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretSpec {
     /// 64 hex digits.
@@ -95,14 +128,136 @@ pub struct SecretSpec {
 }
 
 /// One rate limit as written.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
-    /// `requests` (`tokens` is not supported yet).
+    /// `requests` or `tokens`.
     #[serde(rename = "type")]
     pub limit_type: String,
     /// `rps`, `rpm`, `rph` or `rpd`.
     pub unit: String,
-    /// Requests per unit, at least 1.
+    /// Requests or tokens per unit, at least 1.
     pub value: u64,
+}
+
+/// One usage limit as written (SPEC 9).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageLimitSpec {
+    /// `tokens` or `cost`.
+    #[serde(rename = "type")]
+    pub limit_type: String,
+    /// The budget: tokens, or US dollars; > 0.
+    pub credit_limit: f64,
+    /// Optional: usage at which an alert is raised; ≤ `credit_limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_threshold: Option<f64>,
+    /// `daily`, `weekly` or `monthly`; omitted: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub periodic_reset: Option<String>,
+}
+
+/// `usage_limits` as written: one mapping (the usual form) or a list of them.
+/// A list may hold at most one; validation says so with a position.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum UsageLimitsSpec {
+    /// `usage_limits: { type: ..., credit_limit: ... }`.
+    One(UsageLimitSpec),
+    /// `usage_limits: [ {...}, ... ]`.
+    List(Vec<UsageLimitSpec>),
+}
+
+impl UsageLimitsSpec {
+    /// The limits written, each with its path below `usage_limits`
+    /// (`""` for the mapping form, `"[1]"` for list items).
+    pub fn entries(&self) -> Vec<(String, &UsageLimitSpec)> {
+        match self {
+            UsageLimitsSpec::One(u) => vec![(String::new(), u)],
+            UsageLimitsSpec::List(list) => list
+                .iter()
+                .enumerate()
+                .map(|(j, u)| (format!("[{j}]"), u))
+                .collect(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for UsageLimitsSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = UsageLimitsSpec;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a usage limit mapping (type, credit_limit, ...)")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                UsageLimitSpec::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(UsageLimitsSpec::One)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::<UsageLimitSpec>::deserialize(de::value::SeqAccessDeserializer::new(seq))
+                    .map(UsageLimitsSpec::List)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A model's price as written: US dollars per million tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceSpec {
+    /// Per million input tokens.
+    pub input: f64,
+    /// Per million output tokens.
+    pub output: f64,
+}
+
+/// `model_prices`: pattern → price, in file order (the first matching
+/// pattern wins, so the order is kept). Duplicate patterns are kept too, for
+/// validation to report.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ModelPrices(pub Vec<(String, PriceSpec)>);
+
+impl ModelPrices {
+    /// Whether no price is given.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for ModelPrices {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (pattern, price) in &self.0 {
+            map.serialize_entry(pattern, price)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelPrices {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ModelPrices;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of model pattern to { input, output }")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some((pattern, price)) = map.next_entry::<String, PriceSpec>()? {
+                    out.push((pattern, price));
+                }
+                Ok(ModelPrices(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }

@@ -197,6 +197,8 @@ impl PositionIndex {
     /// an empty value (`sha256:` alone) points at the field's key. When the
     /// path does not exist (a missing field, an index past the end), the
     /// nearest existing ancestor's position. `""` is the document's root.
+    /// An index into a mapping (`model_prices[1]`) is its n-th entry, at
+    /// its key.
     pub(crate) fn locate(&self, path: &str) -> Option<(usize, usize)> {
         self.walk(path, false)
     }
@@ -218,6 +220,11 @@ impl PositionIndex {
                     .find(|e| &*e.key == name)
                     .map(|e| (e.value, if want_key { Some(e.key_pos) } else { None })),
                 (Kind::Seq(items), Step::Index(i)) => items.get(i).map(|v| (*v, None)),
+                // The n-th entry of a mapping whose keys are data, not field
+                // names (`model_prices[2]`): an entry starts at its key.
+                (Kind::Map(entries), Step::Index(i)) => {
+                    entries.get(i).map(|e| (e.value, Some(e.key_pos)))
+                }
                 _ => None,
             };
             let Some((value, key_pos)) = next else {
@@ -291,6 +298,20 @@ keys:
         assert_eq!(ix.locate_key("keys"), Some((7, 1)));
         // An index step has no key: the element itself.
         assert_eq!(ix.locate_key("keys[1]"), Some((14, 5)));
+    }
+
+    #[test]
+    fn an_index_into_a_mapping_is_its_nth_entry_at_its_key() {
+        let ix = PositionIndex::new("prices:\n  \"a.b*\": { input: 1 }\n  c: { input: 2 }\n")
+            .expect("indexes");
+        assert_eq!(ix.locate("prices[0]"), Some((2, 3)));
+        assert_eq!(ix.locate("prices[1]"), Some((3, 3)));
+        assert_eq!(ix.locate("prices[1].input"), Some((3, 15)));
+        assert_eq!(
+            ix.locate("prices[2]"),
+            Some((2, 3)),
+            "past the end: the mapping"
+        );
     }
 
     #[test]

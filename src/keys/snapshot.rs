@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+use super::limits::{Limits, PriceTable};
 use crate::ratelimit::{KeyLimiter, RateLimit};
 use crate::scopes::{KeyType, ScopeSet};
 
@@ -86,6 +87,19 @@ pub struct Workspace {
     pub slug: Option<Arc<str>>,
     /// Owning organisation.
     pub organisation: OrgIdx,
+    /// Request rate limits shared by all the workspace's keys (empty:
+    /// unlimited).
+    pub rate_limits: Vec<RateLimit>,
+    /// SPEC 9 limits shared by all its keys (`max_concurrent` is always
+    /// `None`).
+    pub limits: Limits,
+}
+
+impl Workspace {
+    /// Models, token rates and usage limit of the workspace.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
 }
 
 /// A validated key.
@@ -114,6 +128,15 @@ pub struct Key {
     /// Shared limiter state; carried over a reload when id and limits are
     /// unchanged.
     pub limiter: Option<Arc<KeyLimiter>>,
+    /// SPEC 9 limits: models, token rates, usage limit, concurrency.
+    pub limits: Limits,
+}
+
+impl Key {
+    /// Models, token rates, usage limit and concurrency of the key.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
 }
 
 /// Where a presented secret leads.
@@ -163,6 +186,8 @@ pub struct Snapshot {
     pub(crate) key_ids: HashMap<Arc<str>, KeyIdx>,
     pub(crate) secrets: DigestMap,
     pub(crate) custom_scopes: Vec<String>,
+    /// `model_prices` in file order.
+    pub(crate) model_prices: PriceTable,
     /// SHA-256 of the keys-file text this was built from; `None` when built
     /// in memory. The reloader compares the file against it.
     pub(crate) source_digest: Option<Digest>,
@@ -192,6 +217,29 @@ impl Snapshot {
     /// A workspace by index.
     pub fn workspace(&self, idx: WsIdx) -> &Workspace {
         &self.workspaces[idx.0 as usize]
+    }
+
+    /// A workspace by its canonical id (not its slug).
+    pub fn workspace_by_id(&self, id: &str) -> Option<(WsIdx, &Workspace)> {
+        let idx = self.workspace_by_name(id)?;
+        let ws = self.workspace(idx);
+        (&*ws.id == id).then_some((idx, ws))
+    }
+
+    /// The limits a request with this key must pass: the key's, and its
+    /// workspace's when it has one (SPEC 9: every one of them applies).
+    pub fn limits_for(&self, idx: KeyIdx) -> (&Limits, Option<&Limits>) {
+        let key = self.key(idx);
+        (
+            &key.limits,
+            key.workspace.map(|w| &self.workspace(w).limits),
+        )
+    }
+
+    /// `model_prices` in file order: the first pattern that matches a model
+    /// prices it.
+    pub fn model_prices(&self) -> &PriceTable {
+        &self.model_prices
     }
 
     /// Resolves a workspace id or slug.

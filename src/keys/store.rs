@@ -25,7 +25,11 @@ use super::Snapshot;
 /// let mut doc = KeysDocument {
 ///     organisations: vec![OrganisationSpec {
 ///         id: "org_acme".into(),
-///         workspaces: vec![WorkspaceSpec { id: "ws_research".into(), slug: Some("research".into()) }],
+///         workspaces: vec![WorkspaceSpec {
+///             id: "ws_research".into(),
+///             slug: Some("research".into()),
+///             ..WorkspaceSpec::default()
+///         }],
 ///     }],
 ///     ..KeysDocument::default()
 /// };

@@ -571,12 +571,11 @@ fn rate_limit_rules() {
     assert_eq!(
         problems(&yaml),
         vec![
-            "keys[2].rate_limits[0].type: rate limit type `tokens` is not supported yet; only `requests` is",
-            "keys[2].rate_limits[1].type: unknown rate limit type `request`; only `requests` is supported",
+            "keys[2].rate_limits[1].type: unknown rate limit type `request` (did you mean `requests`?); expected `requests` or `tokens`",
             "keys[2].rate_limits[2].unit: unknown rate limit unit `rpw`; expected `rps`, `rpm`, `rph` or `rpd`",
             "keys[2].rate_limits[3].value: rate limit value must be at least 1",
-            "keys[2].rate_limits[4].value: rate limit value must be at most 4294967295",
-            "keys[2].rate_limits[5].unit: a second `rph` limit (also rate_limits[3]); each unit may appear once per key",
+            "keys[2].rate_limits[4].value: a requests rate limit value must be at most 4294967295",
+            "keys[2].rate_limits[5].unit: a second `rph` requests limit (also rate_limits[3]); each unit may appear once per type and key",
         ]
     );
 }

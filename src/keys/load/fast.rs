@@ -4,9 +4,11 @@
 //! would spend two seconds in the parser alone. Keys files, written by hand
 //! or by `scopegate new-key`, use a small part of YAML: block mappings and
 //! sequences indented with spaces, one-line flow lists and mappings
-//! (`[a, b]`, `{ type: requests, unit: rpm, value: 600 }`), one-line plain or
-//! quoted scalars, and comments. This module reads exactly that part, about
-//! twenty times faster.
+//! (`[a, b]`, `{ type: requests, unit: rpm, value: 600 }`, a list of such
+//! mappings), one-line plain or quoted scalars, plain decimals (`0.15` for
+//! prices), keys that are field names or model patterns (`gpt-4o*`,
+//! `"gpt-4o-mini"`), and comments. This module reads exactly that part,
+//! about twenty times faster.
 //!
 //! It never reports errors. On anything outside that part — anchors, tags,
 //! block or multi-line scalars, escapes, tabs, several documents — and on
@@ -21,7 +23,8 @@
 use std::borrow::Cow;
 
 use super::super::model::{
-    KeySpec, KeysDocument, OrganisationSpec, RateLimitSpec, SecretSpec, WorkspaceSpec,
+    KeySpec, KeysDocument, ModelPrices, OrganisationSpec, PriceSpec, RateLimitSpec, SecretSpec,
+    UsageLimitSpec, UsageLimitsSpec, WorkspaceSpec,
 };
 
 /// Reads a keys document, or `None` when the text is not plain enough.
@@ -135,16 +138,42 @@ fn is_seq_item(content: &str) -> bool {
     content == "-" || content.starts_with("- ")
 }
 
-/// `key: rest` with a plain, simple key; `rest` is what follows the `: `.
+/// `key: rest` with a simple key; `rest` is what follows the `: `. A key is
+/// plain (field names, and model patterns such as `gpt-4o*`) or quoted
+/// without escapes (`"gpt-4o*"`, `'x'`).
 fn split_key(content: &str) -> Option<(&str, &str)> {
-    let end = content.find(':')?;
-    let key = &content[..end];
-    let after = &content[end + 1..];
-    let simple = !key.is_empty()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    (simple && (after.is_empty() || after.starts_with(' '))).then(|| (key, after.trim_start()))
+    let (key, after) = match *content.as_bytes().first()? {
+        q @ (b'"' | b'\'') => {
+            let end = content[1..].find(q as char)? + 1;
+            let key = &content[1..end];
+            let after = content[end + 1..].strip_prefix(':')?;
+            // `''` (a quote) and `\` escapes are left to serde_yaml.
+            if key.contains('\\') || after.starts_with(q as char) {
+                return None;
+            }
+            (key, after)
+        }
+        _ => {
+            let end = content.find(':')?;
+            let key = &content[..end];
+            let simple = !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            let pattern = key
+                .as_bytes()
+                .first()
+                .is_some_and(u8::is_ascii_alphanumeric)
+                && key.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/' | b'*')
+                });
+            if !(simple || pattern) {
+                return None;
+            }
+            (key, &content[end + 1..])
+        }
+    };
+    (after.is_empty() || after.starts_with(' ')).then(|| (key, after.trim_start()))
 }
 
 /// Characters that may not start a plain scalar (or that start something
@@ -234,11 +263,8 @@ impl<'a> Parser<'a> {
     /// The value of a mapping entry at `indent`: `rest` on the key's line,
     /// or the lines below.
     fn value(&mut self, indent: usize, rest: &'a str) -> Option<Node<'a>> {
-        if rest.starts_with('#') {
-            // `key: # note`: an empty value and a comment.
-            return None;
-        }
-        if !rest.is_empty() {
+        // `key:   # note` is `key:` with a comment.
+        if !rest.is_empty() && !rest.starts_with('#') {
             return inline(rest);
         }
         // Nothing after the key: the value is on the next lines, either more
@@ -370,7 +396,7 @@ fn flow_scalar(s: &str) -> Option<(Scalar<'_>, &str)> {
     }
 }
 
-/// `a, b]` (after the `[`).
+/// `a, b]` or `{..}, {..}]` (after the `[`).
 fn flow_seq(s: &str) -> Option<(Node<'_>, &str)> {
     let mut items = Vec::new();
     let mut rest = s.trim_start_matches(' ');
@@ -378,8 +404,17 @@ fn flow_seq(s: &str) -> Option<(Node<'_>, &str)> {
         return Some((Node::Seq(items), after));
     }
     loop {
-        let (scalar, after) = flow_scalar(rest)?;
-        items.push(Node::Scalar(scalar));
+        let item = rest.trim_start_matches(' ');
+        let after = if let Some(inner) = item.strip_prefix('{') {
+            // `[{ type: tokens, unit: rpm, value: 5 }]`
+            let (map, after) = flow_map(inner)?;
+            items.push(map);
+            after.trim_start_matches(' ')
+        } else {
+            let (scalar, after) = flow_scalar(item)?;
+            items.push(Node::Scalar(scalar));
+            after
+        };
         if let Some(after) = after.strip_prefix(',') {
             rest = after;
         } else {
@@ -458,6 +493,29 @@ fn number(n: &Node<'_>) -> Option<u64> {
     }
 }
 
+/// An `f64` as serde_yaml reads a plain decimal: `12`, `0.15`; no sign,
+/// exponent, leading zeros or special values (those go to serde_yaml).
+fn float(n: &Node<'_>) -> Option<f64> {
+    let Node::Scalar(s) = n else {
+        return None;
+    };
+    let (int, frac) = match s.text.split_once('.') {
+        Some((int, frac)) => (int, Some(frac)),
+        None => (&*s.text, None),
+    };
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    let ok = s.plain
+        && digits(int)
+        && int.len() <= 19
+        && (int.len() == 1 || !int.starts_with('0'))
+        && frac.is_none_or(digits);
+    if ok {
+        s.text.parse().ok()
+    } else {
+        None
+    }
+}
+
 fn list<T>(n: &Node<'_>, item: impl Fn(&Node<'_>) -> Option<T>) -> Option<Vec<T>> {
     match n {
         Node::Seq(items) => items.iter().map(item).collect(),
@@ -479,6 +537,7 @@ fn document(n: &Node<'_>) -> Option<KeysDocument> {
             "organisations" => doc.organisations = list(v, organisation)?,
             "custom_scopes" => doc.custom_scopes = list(v, string)?,
             "keys" => doc.keys = list(v, key)?,
+            "model_prices" => doc.model_prices = model_prices(v)?,
             _ => return None,
         }
     }
@@ -511,6 +570,9 @@ fn workspace(n: &Node<'_>) -> Option<WorkspaceSpec> {
                 has_id = true;
             }
             "slug" => ws.slug = optional(v)?,
+            "models" => ws.models = Some(list(v, string)?),
+            "rate_limits" => ws.rate_limits = list(v, rate_limit)?,
+            "usage_limits" => ws.usage_limits = Some(usage_limits(v)?),
             _ => return None,
         }
     }
@@ -540,6 +602,9 @@ fn key(n: &Node<'_>) -> Option<KeySpec> {
             "expires_at" => k.expires_at = optional(v)?,
             "status" => k.status = optional(v)?,
             "rate_limits" => k.rate_limits = list(v, rate_limit)?,
+            "models" => k.models = Some(list(v, string)?),
+            "max_concurrent_requests" => k.max_concurrent_requests = Some(number(v)?),
+            "usage_limits" => k.usage_limits = Some(usage_limits(v)?),
             _ => return None,
         }
     }
@@ -583,6 +648,63 @@ fn rate_limit(n: &Node<'_>) -> Option<RateLimitSpec> {
         }
     }
     (seen == 7).then_some(r)
+}
+
+/// One mapping, or a list of mappings (flow lists hold only scalars here).
+fn usage_limits(n: &Node<'_>) -> Option<UsageLimitsSpec> {
+    match n {
+        Node::Map(_) => usage_limit(n).map(UsageLimitsSpec::One),
+        Node::Seq(_) => list(n, usage_limit).map(UsageLimitsSpec::List),
+        Node::Scalar(_) => None,
+    }
+}
+
+fn usage_limit(n: &Node<'_>) -> Option<UsageLimitSpec> {
+    let mut u = UsageLimitSpec::default();
+    let mut seen = 0u8;
+    for (name, v) in entries(n)? {
+        match *name {
+            "type" => {
+                u.limit_type = string(v)?;
+                seen |= 1;
+            }
+            "credit_limit" => {
+                u.credit_limit = float(v)?;
+                seen |= 2;
+            }
+            "alert_threshold" => u.alert_threshold = Some(float(v)?),
+            "periodic_reset" => u.periodic_reset = optional(v)?,
+            _ => return None,
+        }
+    }
+    (seen == 3).then_some(u)
+}
+
+fn model_prices(n: &Node<'_>) -> Option<ModelPrices> {
+    let prices = entries(n)?
+        .iter()
+        .map(|(pattern, v)| Some((pattern.to_string(), price(v)?)))
+        .collect::<Option<Vec<_>>>()?;
+    Some(ModelPrices(prices))
+}
+
+fn price(n: &Node<'_>) -> Option<PriceSpec> {
+    let mut p = PriceSpec::default();
+    let mut seen = 0u8;
+    for (name, v) in entries(n)? {
+        match *name {
+            "input" => {
+                p.input = float(v)?;
+                seen |= 1;
+            }
+            "output" => {
+                p.output = float(v)?;
+                seen |= 2;
+            }
+            _ => return None,
+        }
+    }
+    (seen == 3).then_some(p)
 }
 
 #[cfg(test)]

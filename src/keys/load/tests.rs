@@ -131,7 +131,7 @@ fn every_problem_is_reported_at_once_even_with_malformed_entries() {
     assert_eq!(
         errors(&text),
         vec![
-            "keys.yaml:8:1: unknown top-level field `custom_scope` (did you mean `custom_scopes`?); the fields are `organisations`, `custom_scopes` and `keys`",
+            "keys.yaml:8:1: unknown top-level field `custom_scope` (did you mean `custom_scopes`?); the fields are `organisations`, `custom_scopes`, `keys` and `model_prices`",
             "keys.yaml:14:30: keys[0] (key_ops): scopes[1]: unknown scope `audit_logs.lst` (did you mean `audit_logs.list`?)",
             "keys.yaml:26:45: keys[1] (key_bot): rate_limits[0].value: invalid type: string \"many\", expected u64",
             "keys.yaml:28:11: keys[2] (key_alice): type: unknown key type `workspace-usr`; the types are `organisation-service` (admin key), `workspace-service` and `workspace-user`",

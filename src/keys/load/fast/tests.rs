@@ -25,7 +25,13 @@ organisations:
     workspaces:
       - id: ws_research            # canonical id
         slug: research
+        models: [\"gpt-4o*\", text-embedding-3-small]
+        rate_limits: [{ type: tokens, unit: rpm, value: 2000000 }]
+        usage_limits: { type: cost, credit_limit: 500, alert_threshold: 400.5, periodic_reset: monthly }
       - id: ws_prod
+        usage_limits:
+          - type: tokens
+            credit_limit: 0.25
 custom_scopes: [reports.read, 'x.y']
 keys:
   - id: key_ops
@@ -51,6 +57,15 @@ keys:
     rate_limits:
       - { type: requests, unit: rpm, value: 600 }
       - {type: requests, unit: rps, value: 5}
+      - { type: tokens, unit: rpm, value: 200000 }
+    models:
+      - gpt-4o-mini
+    max_concurrent_requests: 8
+    usage_limits:
+      type: tokens
+      credit_limit: 10000000
+      alert_threshold: 8000000
+      periodic_reset: ~
   - id: key_alice
     name: Alice #1 of the team
     type: workspace-user
@@ -60,6 +75,12 @@ keys:
     scopes:
     - completions.write
     status: null
+model_prices:                       # US dollars per million tokens
+  \"gpt-4o-mini\": { input: 0.15, output: 0.60 }
+  'gpt-4o*':     { input: 2.50, output: 10 }
+  o1-preview.2024/x*:
+    input: 15
+    output: 60.000
 ";
 
 #[test]
@@ -70,6 +91,9 @@ fn reads_the_shapes_keys_files_use() {
     assert_eq!(doc.keys[2].name, "Alice", "` #` starts a comment");
     assert_eq!(doc.keys[2].sha256, None);
     assert_eq!(doc.keys[1].rate_limits[1].value, 5);
+    assert_eq!(doc.keys[1].max_concurrent_requests, Some(8));
+    assert_eq!(doc.model_prices.0[1].0, "gpt-4o*");
+    assert_eq!(doc.model_prices.0[2].1.output, 60.0);
 }
 
 #[test]
@@ -86,6 +110,13 @@ fn reads_compact_and_flow_styles() {
         "  keys: []\n  custom_scopes: []\n",
         "keys:\r\n  - id: a\r\n    type: b\r\n",
         "keys: []\norganisations:\n  - id: o\n    workspaces: []\n",
+        "\"keys\": []\n",
+        "'keys': []\nmodel_prices: {}\n",
+        "model_prices:\n  a: {input: 0, output: 0}\n  \"\": {input: 1.5, output: 2}\n",
+        "keys:\n- id: a\n  type: b\n  usage_limits: []\n",
+        "keys:\n  - id: a\n    type: b\n    usage_limits: [{type: tokens, credit_limit: 1}]\n",
+        "keys:\n  - id: a\n    type: b\n    rate_limits: [ {type: t, unit: u, value: 1} , {type: r, unit: u, value: 2}]\n",
+        "keys:\n  - id: a\n    type: b\n    scopes:   # the scopes\n      - x.y\n",
     ] {
         assert!(agrees(text), "{text:?}");
     }
@@ -124,12 +155,27 @@ fn gives_up_on_what_it_does_not_read() {
         "keys:\n  - - id: a\n",
         "keys:\n  -\n    id: a\n    type: b\n",
         "? keys\n: []\n",
-        "\"keys\": []\n",
         "keys: []\nkeys: []\n",
         "keys:\n  - id: a\n    type: b\n   scopes: []\n",
         "keys:\n  - id: a\u{2028}\n    type: b\n",
         "keys:\n  - id: a\u{85}\n    type: b\n",
         "keys:\n  - id: a\u{7}\n    type: b\n",
+        "model_prices:\n  a: {input: 1}\n",
+        "model_prices:\n  a: {input: 1, output: 2, x: 3}\n",
+        "model_prices:\n  a: {input: 1, output: 2}\n  \"a\": {input: 1, output: 2}\n",
+        "model_prices:\n  \"a\\\\b\": {input: 1, output: 2}\n",
+        "model_prices:\n  'a''b': {input: 1, output: 2}\n",
+        "model_prices:\n  a b: {input: 1, output: 2}\n",
+        "model_prices:\n  a:b: {input: 1, output: 2}\n",
+        "model_prices:\n  *a: {input: 1, output: 2}\n",
+        "model_prices: ~\n",
+        "keys:\n  - id: a\n    type: b\n    usage_limits: {type: tokens}\n",
+        "keys:\n  - id: a\n    type: b\n    usage_limits: {type: t, credit_limit: '1'}\n",
+        "keys:\n  - id: a\n    type: b\n    usage_limits: {type: t, credit_limit: 1e3}\n",
+        "keys:\n  - id: a\n    type: b\n    usage_limits: {type: t, credit_limit: .inf}\n",
+        "keys:\n  - id: a\n    type: b\n    usage_limits: {type: t, credit_limit: 1, alert_threshold: ~}\n",
+        "keys:\n  - id: a\n    type: b\n    models: ~\n",
+        "keys:\n  - id: a\n    type: b\n    max_concurrent_requests: ~\n",
     ] {
         assert!(read(text).is_none(), "{text:?}");
     }
@@ -274,6 +320,27 @@ fn agrees_with_serde_yaml_on_awkward_scalars() {
         "[ a ]",
         "['a', \"b\"]",
         "{type: a}",
+        "0",
+        "0.5",
+        "00.5",
+        "1.",
+        ".5",
+        "1.50",
+        "+1",
+        "-0.5",
+        "12345678901234567890",
+        "123456789012345678901234",
+        "0.1000000000000000055511151231257827",
+        "1_000",
+        "0o17",
+        ".nan",
+        "a.b",
+        "gpt-4o*",
+        "\"gpt-4o*\"",
+        "'gpt-4o*'",
+        "o1/x.y",
+        "a*",
+        "1.5e3",
     ];
     let templates = [
         "keys:\n  - id: k\n    type: t\n    name: {S}\n",
@@ -285,6 +352,14 @@ fn agrees_with_serde_yaml_on_awkward_scalars() {
         "keys:\n  - {id: k, type: {S}}\n",
         "keys:\n  - id: k\n    type: t\n    rate_limits: [{type: r, unit: u, value: {S}}]\n",
         "organisations:\n  - id: o\n    workspaces:\n      - id: w\n        slug: {S}\n",
+        "organisations:\n  - id: o\n    workspaces:\n      - id: w\n        models: [{S}]\n",
+        "keys:\n  - id: k\n    type: t\n    max_concurrent_requests: {S}\n",
+        "keys:\n  - id: k\n    type: t\n    usage_limits: {type: {S}, credit_limit: 5}\n",
+        "keys:\n  - id: k\n    type: t\n    usage_limits: {type: t, credit_limit: {S}}\n",
+        "keys:\n  - id: k\n    type: t\n    usage_limits:\n      type: t\n      credit_limit: 1\n      alert_threshold: {S}\n      periodic_reset: {S}\n",
+        "model_prices:\n  {S}: {input: 1, output: 2}\n",
+        "model_prices:\n  m: {input: {S}, output: 2}\n",
+        "model_prices:\n  m:\n    input: 1\n    output: {S}\n",
         "custom_scopes: {S}\n",
         "custom_scopes:\n- {S}\n",
     ];
