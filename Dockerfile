@@ -17,6 +17,9 @@
 FROM rust:1-bookworm AS build
 
 # cmake: pingora builds zlib-ng with it. gcc, make and git come with the image.
+# Unpinned on purpose (DL3008): Debian drops superseded versions from bookworm,
+# so a pin would break the build at the next point release.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends cmake \
     && rm -rf /var/lib/apt/lists/*
@@ -41,6 +44,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # the Kubernetes preStop hook has `sleep` (deploy/kubernetes/deployment.yaml).
 FROM debian:bookworm-slim AS runtime
 
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \

@@ -316,7 +316,7 @@ def check_kubernetes_schemas(rendered: Rendered, problems: Problems) -> None:
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as e:
                 problems.add(f"{where}: {describe(obj)}",
-                             f"Kubernetes {version} schema: {e.message} at {json_path(e.absolute_path)}")
+                             f"Kubernetes {e.version} schema: {e.message} at {json_path(e.absolute_path)}")
             except kubernetes_validate.SchemaNotFoundError as e:
                 problems.add(f"{where}: {describe(obj)}", e.message)
             except (KeyError, TypeError) as e:
@@ -760,6 +760,94 @@ def check_with_binary(rendered: Rendered, problems: Problems) -> None:
 
 
 # ---------------------------------------------------------------------------
+# The image the Deployment runs (hadolint lints the Dockerfile itself)
+
+
+def dockerfile_instructions(text: str) -> list[list[tuple[str, str]]]:
+    """The Dockerfile's stages, each a list of (INSTRUCTION, arguments) with
+    continuation lines joined and comments dropped."""
+    stages: list[list[tuple[str, str]]] = []
+    logical = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            continue  # comments (and parser directives), also inside a continued instruction
+        if stripped.endswith("\\"):
+            logical += stripped[:-1] + " "
+            continue
+        logical += stripped
+        parts = logical.strip().split(None, 1)
+        logical = ""
+        if not parts:
+            continue
+        instr, args = parts[0].upper(), (parts[1] if len(parts) > 1 else "")
+        if instr == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((instr, args))
+    return stages
+
+
+def check_dockerfile(text: str, dockerignore: str, rendered: Rendered, problems: Problems) -> None:
+    where = "Dockerfile"
+    stages = dockerfile_instructions(text)
+    if len(stages) < 2:
+        problems.add(where, "must be multi-stage: a build stage and a small runtime stage")
+        return
+    build, runtime = stages[0], stages[-1]
+    if not build[0][1].startswith("rust:"):
+        problems.add(where, "the build stage must start FROM rust:...")
+    if not any(i == "RUN" and "cargo build --release --locked" in a for i, a in build):
+        problems.add(where, "the build stage must run `cargo build --release --locked`")
+    if not any(i == "RUN" and "cmake" in a for i, a in build):
+        problems.add(where, "the build stage must install cmake (pingora builds zlib-ng with it)")
+    base = runtime[0][1].split()[0]
+    if not (base.startswith("debian:") or base.startswith("gcr.io/distroless/cc")):
+        problems.add(where, f"runtime stage FROM {base}: expected debian:*-slim or distroless cc")
+    if base.startswith("debian:") and not any(i == "RUN" and "ca-certificates" in a for i, a in runtime):
+        problems.add(where, "the runtime stage must install ca-certificates (https upstreams, rediss://)")
+    last = {}
+    exposed = set()
+    for instr, args in runtime:
+        last[instr] = args
+        if instr == "EXPOSE":
+            exposed |= {int(p.split("/")[0]) for p in args.split()}
+    user = last.get("USER", "")
+    dep = rendered.find("Deployment", PROXY_DEPLOYMENT)
+    pod = (dep or {}).get("spec", {}).get("template", {}).get("spec", {})
+    main = next((c for c in pod.get("containers") or [] if c.get("name") == "scopegate"), {})
+    run_as = (main.get("securityContext") or {}).get("runAsUser", (pod.get("securityContext") or {}).get("runAsUser"))
+    if not re.fullmatch(r"\d+(:\d+)?", user) or user.split(":")[0] == "0":
+        problems.add(where, f"USER must be a numeric non-root id (runAsNonRoot checks it), not {user!r}")
+    elif run_as is not None and int(user.split(":")[0]) != run_as:
+        problems.add(where, f"USER {user} differs from the Deployment's runAsUser {run_as}")
+    if last.get("ENTRYPOINT", "").replace(" ", "") != '["scopegate"]':
+        problems.add(where, 'ENTRYPOINT must be ["scopegate"]')
+    try:
+        cmd = json.loads(last.get("CMD", "null"))
+    except json.JSONDecodeError:
+        cmd = None
+    if cmd != ["serve", "--config", CONFIG_PATH]:
+        problems.add(where, f'CMD must be ["serve", "--config", "{CONFIG_PATH}"]')
+    ports = {p.get("containerPort") for p in main.get("ports") or []}
+    if not ports <= exposed:
+        problems.add(where, f"EXPOSE {sorted(exposed)} misses container ports {sorted(ports - exposed)}")
+    ignored = {l.strip().rstrip("/") for l in dockerignore.splitlines() if l.strip() and not l.startswith("#")}
+    for needed in ("target", ".git"):
+        if needed not in ignored:
+            problems.add(".dockerignore", f"must exclude {needed}")
+
+
+DOCKERFILE_MUTATIONS = [
+    ("image runs as root", lambda t: t.replace("USER 10001:10001", "USER root"), "USER must be a numeric non-root id"),
+    ("build without --locked", lambda t: t.replace("--release --locked", "--release"), "--locked"),
+    ("CMD with another config path", lambda t: t.replace("/etc/scopegate/scopegate.yaml", "/config.yaml"),
+     "CMD must be"),
+    ("metrics port not exposed", lambda t: t.replace("EXPOSE 8080 9464", "EXPOSE 8080"), "misses container ports"),
+]
+
+
+# ---------------------------------------------------------------------------
 # 6. Self-test: broken variants must be caught
 
 
@@ -877,6 +965,9 @@ def cmd_validate(base: Path, run_self_test: bool) -> int:
     if not path.is_file() or path.read_text() != rule_object_text():
         problems.add(str(path), f"differs from {RULES_FILE.relative_to(REPO)}: "
                                 "run `python3 .ci/manifests.py sync-rules`")
+    dockerfile = (REPO / "Dockerfile").read_text()
+    dockerignore = (REPO / ".dockerignore").read_text()
+    check_dockerfile(dockerfile, dockerignore, rendered, problems)
     check_with_binary(rendered, problems)
     kinds = ", ".join(describe(o) for _, o in rendered.objects)
     if problems:
@@ -887,11 +978,17 @@ def cmd_validate(base: Path, run_self_test: bool) -> int:
     print(f"manifests: {len(rendered.objects)} objects valid ({kinds})")
     if run_self_test:
         missed = self_test(rendered)
+        for name, mutate, expected in DOCKERFILE_MUTATIONS:
+            found = Problems()
+            check_dockerfile(mutate(dockerfile), dockerignore, rendered, found)
+            if not any(expected in p for p in found.items):
+                missed.append(f"Dockerfile: {name}: expected a problem containing {expected!r}, "
+                              f"got: {'; '.join(found.items) or 'no problem at all'}")
         if missed:
             for m in missed:
                 print(f"FAIL self-test: a broken variant was not rejected as it should be: {m}", file=sys.stderr)
             return 1
-        print(f"manifests: self-test: all {len(mutations())} broken variants rejected")
+        print(f"manifests: self-test: all {len(mutations()) + len(DOCKERFILE_MUTATIONS)} broken variants rejected")
     return 0
 
 
