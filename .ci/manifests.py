@@ -25,8 +25,12 @@ What `validate` checks:
   5. The scopegate config inside the ConfigMap: SPEC sections 2 and 10 fields
      only, listen on all interfaces, state.backend redis with a full redis
      block. With SCOPEGATE_BIN set, also `$SCOPEGATE_BIN check` on it.
-  6. A self-test: a set of deliberately broken variants of the rendered objects
-     must each be rejected, so a check that silently stopped checking fails CI.
+  6. The Dockerfile fits the Deployment: numeric non-root USER equal to
+     runAsUser, ENTRYPOINT/CMD with the config path, the exposed ports, a
+     locked release build, ca-certificates (hadolint runs in the shell script).
+  7. A self-test: deliberately broken variants of the rendered objects and of
+     the Dockerfile must each be rejected for their intended reason, so a check
+     that silently stopped checking fails CI.
 
 The renderer understands only the kustomization fields this base uses
 (resources, configMapGenerator with files and disableNameSuffixHash) and fails
@@ -467,7 +471,6 @@ def pre_stop_seconds(container: dict) -> int:
 
 
 def check_wiring(rendered: Rendered, problems: Problems) -> None:
-    yaml = yaml_module()
     dep = rendered.find("Deployment", PROXY_DEPLOYMENT)
     if dep is None:
         problems.add("Deployment", f"no Deployment named {PROXY_DEPLOYMENT!r}")
@@ -760,7 +763,7 @@ def check_with_binary(rendered: Rendered, problems: Problems) -> None:
 
 
 # ---------------------------------------------------------------------------
-# The image the Deployment runs (hadolint lints the Dockerfile itself)
+# 6. The image the Deployment runs (hadolint lints the Dockerfile itself)
 
 
 def dockerfile_instructions(text: str) -> list[list[tuple[str, str]]]:
@@ -848,7 +851,7 @@ DOCKERFILE_MUTATIONS = [
 
 
 # ---------------------------------------------------------------------------
-# 6. Self-test: broken variants must be caught
+# 7. Self-test: broken variants must be caught
 
 
 def mutations() -> list[tuple[str, Callable[[Rendered], None], str]]:
