@@ -298,7 +298,10 @@ impl Gateway {
         // An unread body would be taken for the next request: read and drop
         // a small one to keep the connection, close on anything else.
         if !session.as_mut().is_body_done() {
-            let small = matches!(body_hint(session.req_header()), Body::Unread { declared_len: Some(n) } if n <= self.max_body as u64);
+            // A client waiting for `100 Continue` will not send its body:
+            // answer now and close.
+            let small = !expects_continue(session.req_header())
+                && matches!(body_hint(session.req_header()), Body::Unread { declared_len: Some(n) } if n <= self.max_body as u64);
             if !(small && session.as_mut().drain_request_body().await.is_ok()) {
                 session.set_keepalive(None);
             }

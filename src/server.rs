@@ -80,20 +80,41 @@ pub fn load_keys_text(
 }
 
 /// Sets up `tracing` on stderr; `RUST_LOG` filters.
+///
+/// Whatever `RUST_LOG` says, the HTTP libraries under the proxy log at most
+/// `info`: pingora's `debug`/`trace` lines dump request and response
+/// headers (API keys, provider keys from `set_headers`) and h2's dump
+/// header frames, and a secret must never reach a log at any level.
 pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let cap = tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() <= tracing::Level::INFO || !dumps_headers(meta.target())
+    });
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter).with(cap);
     let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
+        LogFormat::Json => registry
+            .with(layer.json().flatten_event(true).with_current_span(false))
             .try_init(),
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Pretty => registry.with(layer).try_init(),
     };
+}
+
+/// Targets whose verbose levels print headers.
+fn dumps_headers(target: &str) -> bool {
+    [
+        "pingora",
+        "h2",
+        "hyper",
+        "http",
+        "tower",
+        "rustls",
+        "tokio_rustls",
+    ]
+    .iter()
+    .any(|p| target.starts_with(p))
 }
 
 /// Runs the proxy until SIGTERM/SIGINT. Never returns.

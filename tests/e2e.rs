@@ -15,6 +15,7 @@ mod e2e {
     mod connections;
     mod decision;
     mod forwarding;
+    mod hostile;
     mod key_headers;
     mod keytools;
     mod metrics;

@@ -368,13 +368,13 @@ fn control_plane_429_is_portkey_shaped() {
 }
 
 #[test]
-fn token_limits_are_refused_at_load() {
+fn a_zero_token_limit_is_refused_at_load_with_its_position() {
     let dir = tempfile::tempdir().unwrap();
     let entry = format!(
         "  - id: key_tokens\n    name: Tokens\n    type: workspace-service\n    \
          workspace_id: ws_research\n    sha256: \"{}\"\n    \
          scopes: [\"completions.write\"]\n    rate_limits:\n      \
-         - {{ type: tokens, unit: rpm, value: 1000 }}\n",
+         - {{ type: tokens, unit: rpm, value: 0 }}\n",
         digest_hex(b"sk-test-tokens")
     );
     let config = ProxyBuilder::new("http://127.0.0.1:9", "http://127.0.0.1:9")
@@ -384,6 +384,6 @@ fn token_limits_are_refused_at_load() {
     let run = run_scopegate(dir.path(), &["check", "--config", config.to_str().unwrap()]);
 
     assert_eq!(run.status.code(), Some(1), "{run:?}");
-    assert!(run.stderr.contains("not supported"), "{run:?}");
-    assert!(run.stderr.contains("keys.yaml"), "{run:?}");
+    assert!(run.stderr.contains("value"), "{run:?}");
+    assert!(run.stderr.contains("keys.yaml:"), "{run:?}");
 }

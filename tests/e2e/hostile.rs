@@ -1,0 +1,278 @@
+//! Issue #12: what an adversarial review found. Each test sends the exact
+//! bytes and checks what the upstream received (or that it received
+//! nothing).
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use super::client::Conn;
+use super::fixtures::*;
+use super::harness::{expect_forwarded, expect_portkey_error, Proxy, Upstreams};
+
+/// A JSON body of exactly `len` bytes that names `ws_research`.
+fn json_of_len(len: usize) -> Vec<u8> {
+    let head = br#"{"workspace_id":"ws_research","pad":""#;
+    let tail = br#""}"#;
+    let mut body = head.to_vec();
+    body.resize(len - tail.len(), b'x');
+    body.extend_from_slice(tail);
+    assert_eq!(body.len(), len);
+    body
+}
+
+#[test]
+fn inspected_bodies_of_any_size_up_to_the_limit_reach_the_upstream_exactly() {
+    let up = Upstreams::start();
+    let limit = 300_000;
+    let proxy = Proxy::builder(&up)
+        .config(&format!("max_inspect_body_bytes: {limit}"))
+        .start();
+    let mut n = 0;
+    for len in [65_535, 65_536, 65_537, 200_000, limit] {
+        let body = json_of_len(len);
+        for chunked in [false, true] {
+            let req = proxy.post("/v1/configs").key(BOT);
+            let req = if chunked {
+                req.header("content-type", "application/json")
+                    .chunked(body.chunks(10_000))
+            } else {
+                req.json(&body)
+            };
+            let resp = req.send();
+            expect_forwarded(&resp);
+            let seen = &up.admin.requests()[n];
+            n += 1;
+            assert_eq!(seen.body.len(), len, "chunked={chunked}");
+            assert!(
+                seen.body == body,
+                "body differs upstream (len {len}, chunked={chunked})"
+            );
+            assert_eq!(seen.header("x-scopegate-workspace-id"), Some("ws_research"));
+        }
+    }
+    // One byte over the limit is refused and never forwarded.
+    let resp = proxy
+        .post("/v1/configs")
+        .key(BOT)
+        .json(json_of_len(limit + 1))
+        .send();
+    expect_portkey_error(&resp, 413, "body_too_large");
+    assert_eq!(up.admin.count(), n);
+}
+
+#[test]
+fn a_large_inspected_body_is_checked_not_just_forwarded() {
+    let up = Upstreams::start();
+    let proxy = Proxy::builder(&up)
+        .config("max_inspect_body_bytes: 200000")
+        .start();
+    let mut body = br#"{"pad":""#.to_vec();
+    body.resize(100_000, b'x');
+    body.extend_from_slice(br#"","workspace_id":"ws_prod"}"#);
+    let resp = proxy.post("/v1/configs").key(BOT).json(&body).send();
+    expect_portkey_error(&resp, 403, "workspace_mismatch");
+    up.assert_untouched();
+}
+
+#[test]
+fn identity_and_key_headers_spelled_with_underscores_are_stripped() {
+    let up = Upstreams::start();
+    let proxy = Proxy::start(&up);
+    let resp = proxy
+        .post("/v1/chat/completions")
+        .key(BOT)
+        .header("x_scopegate_workspace_id", "ws_other")
+        .header("X_Scopegate_Key_Id", "key_admin")
+        .header("x-scopegate_user-id", "usr_mallory")
+        .header("x_portkey_api_key", ADMIN)
+        .header("x_api_key", "anything")
+        .header("api_key", "anything")
+        .json(CHAT)
+        .send();
+    expect_forwarded(&resp);
+    let seen = up.completions.only_request();
+    for (name, _) in &seen.headers {
+        let dashed = name.replace('_', "-");
+        assert!(
+            !name.contains('_')
+                || !(dashed.starts_with("x-scopegate-") || dashed.ends_with("api-key")),
+            "{name} reached the upstream: {seen:?}"
+        );
+    }
+    assert_eq!(seen.header("x-scopegate-workspace-id"), Some("ws_research"));
+    assert_eq!(seen.header("x-scopegate-key-id"), Some("key_bot"));
+}
+
+#[test]
+fn a_repeated_content_type_on_an_inspected_body_is_415() {
+    let up = Upstreams::start();
+    let proxy = Proxy::start(&up);
+    let resp = proxy
+        .post("/v1/configs")
+        .key(BOT)
+        .header("content-type", "application/json")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(br#"{"workspace_id":"ws_research"}"#)
+        .send();
+    expect_portkey_error(&resp, 415, "unsupported_media_type");
+    up.assert_untouched();
+}
+
+#[test]
+fn workspace_spellings_an_upstream_could_read_are_checked() {
+    let up = Upstreams::start();
+    let proxy = Proxy::start(&up);
+    for body in [
+        r#"{"Workspace_ID":"ws_prod"}"#,
+        r#"{"WORKSPACE_ID":"ws_other"}"#,
+    ] {
+        let resp = proxy.post("/v1/configs").key(BOT).json(body).send();
+        expect_portkey_error(&resp, 403, "workspace_mismatch");
+    }
+    let resp = proxy
+        .post("/v1/configs")
+        .key(BOT)
+        .json(r#"{"workspace_id":"ws_research","WORKSPACE_ID":"ws_prod"}"#)
+        .send();
+    expect_portkey_error(&resp, 400, "invalid_json");
+    for query in [
+        "workspace_id[]=ws_prod",
+        "WORKSPACE_ID=ws_prod",
+        "x=1;workspace_id=ws_prod",
+    ] {
+        let resp = proxy.get(&format!("/v1/configs?{query}")).key(BOT).send();
+        expect_portkey_error(&resp, 403, "workspace_mismatch");
+    }
+    let resp = proxy
+        .get("/v1/configs?workspace_id=ws_research&WORKSPACE_ID=ws_prod")
+        .key(BOT)
+        .send();
+    expect_portkey_error(&resp, 400, "conflicting_workspace");
+    up.assert_untouched();
+    // The same spellings naming the key's own workspace pass.
+    let resp = proxy
+        .get("/v1/configs?Workspace_Id[]=research")
+        .key(BOT)
+        .send();
+    expect_forwarded(&resp);
+}
+
+#[test]
+fn websocket_upgrades_are_refused_and_never_reach_the_upstream() {
+    let up = Upstreams::start();
+    let proxy = Proxy::start(&up);
+    for path in ["/v1/configs", "/v1/files", "/v1/models"] {
+        let resp = proxy
+            .get(path)
+            .key(BOT)
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send();
+        assert_eq!(resp.status, 400, "{path}: {}", resp.text());
+        assert_eq!(
+            resp.json()["error"]["code"]
+                .as_str()
+                .or(resp.json()["data"]["code"].as_str()),
+            Some("upgrade_not_allowed")
+        );
+    }
+    up.assert_untouched();
+}
+
+#[test]
+fn expect_100_continue_denials_answer_at_once() {
+    let up = Upstreams::start();
+    let proxy = Proxy::start(&up);
+    let mut conn = Conn::open(proxy.addr());
+    let started = Instant::now();
+    conn.send(
+        b"POST /v1/configs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+          content-length: 30\r\nexpect: 100-continue\r\n\r\n",
+    );
+    let (status, _) = conn.read_head();
+    assert_eq!(status, 401);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    up.assert_untouched();
+}
+
+#[test]
+fn expect_100_continue_gets_continue_before_an_inspected_body_is_read() {
+    let up = Upstreams::start();
+    let proxy = Proxy::start(&up);
+    let body = br#"{"workspace_id":"ws_research"}"#;
+    let mut conn = Conn::open(proxy.addr());
+    conn.send(
+        format!(
+            "POST /v1/configs HTTP/1.1\r\nhost: x\r\nx-portkey-api-key: {BOT}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let (status, _) = conn.read_head();
+    assert_eq!(status, 100, "no 100 Continue before the body");
+    conn.send(body);
+    let (status, _) = conn.read_head();
+    assert_eq!(status, 200);
+    let seen = up.admin.only_request();
+    assert_eq!(seen.body, body);
+    assert_eq!(seen.header("expect"), None);
+}
+
+#[test]
+fn method_override_headers_are_stripped() {
+    let up = Upstreams::start();
+    let proxy = Proxy::start(&up);
+    let resp = proxy
+        .post("/v1/configs")
+        .key(BOT)
+        .header("x-http-method-override", "DELETE")
+        .header("X-HTTP-Method", "DELETE")
+        .header("x-method-override", "DELETE")
+        .header("x_http_method_override", "DELETE")
+        .json(r#"{"name":"c"}"#)
+        .send();
+    expect_forwarded(&resp);
+    let seen = up.admin.only_request();
+    assert_eq!(seen.method, "POST");
+    for (name, _) in &seen.headers {
+        assert!(
+            !name.replace('_', "-").contains("method"),
+            "{name} reached upstream"
+        );
+    }
+}
+
+#[test]
+fn trace_logging_never_prints_a_secret() {
+    let up = Upstreams::start();
+    let proxy = Proxy::builder(&up).env("RUST_LOG", "trace").start();
+    let resp = proxy
+        .post("/v1/chat/completions")
+        .key(BOT)
+        .header("authorization", "Bearer sk-provider-secret-1")
+        .json(CHAT)
+        .send();
+    expect_forwarded(&resp);
+    let resp = proxy
+        .post("/v1/configs")
+        .bearer(ADMIN)
+        .json(r#"{"workspace_id":"ws_research"}"#)
+        .send();
+    expect_forwarded(&resp);
+    let mut logs = proxy.logs();
+    // Give the log writer a moment to flush the last lines.
+    std::thread::sleep(Duration::from_millis(200));
+    logs.push_str(&proxy.logs());
+    assert!(logs.len() > 100, "no trace logs at all?");
+    for secret in [BOT, ADMIN, "sk-provider-secret-1"] {
+        assert!(!logs.contains(secret), "{secret} in the logs");
+    }
+    let _ = std::io::empty().read(&mut [0u8; 1]);
+}
