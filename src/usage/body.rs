@@ -346,19 +346,37 @@ fn names_model(name: &str) -> bool {
         && (rest.is_empty() || (rest.starts_with('[') && rest.ends_with(']')))
 }
 
-/// Every value of a query parameter that names a model (SPEC 9.2), decoded:
-/// the parameter's decoded name is `model` in any case, or an array form
-/// (`model[]`), and both `&` and `;` separate parameters — every spelling an
-/// upstream framework could read as `model`.
+/// Every value of a query parameter that names a model (SPEC 9.2), decoded,
+/// read every way an upstream framework could read it: the parameter's
+/// decoded name is `model` in any case or an array form (`model[]`); pairs
+/// are separated by `&`, and also by `;` (so `model=a;b` names both `a;b`
+/// and `a`, and `x=1;model=y` names `y`); a `+` in a value is a space, and
+/// also a plus (`model=a+b` names `a b` and `a+b`). The caller checks each.
 pub fn query_models(query: Option<&str>) -> Vec<Cow<'_, str>> {
-    query
-        .into_iter()
-        .flat_map(|q| q.split(['&', ';']))
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            names_model(&decode_component(k)).then(|| decode_component(v))
-        })
-        .collect()
+    let mut models = Vec::new();
+    for pair in query.into_iter().flat_map(|q| q.split('&')) {
+        push_model_value(pair, &mut models);
+        if pair.contains(';') {
+            for sub in pair.split(';') {
+                push_model_value(sub, &mut models);
+            }
+        }
+    }
+    models
+}
+
+/// Adds the value(s) of `name=value` when the name reads as `model`.
+fn push_model_value<'q>(pair: &'q str, models: &mut Vec<Cow<'q, str>>) {
+    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+    if !names_model(&decode_component(k)) {
+        return;
+    }
+    models.push(decode_component(v));
+    if v.contains('+') {
+        // Decoders that leave `+` alone (outside form decoding).
+        let kept = decode_component(&v.replace('+', "%2B")).into_owned();
+        models.push(Cow::Owned(kept));
+    }
 }
 
 /// The value of every part of a `multipart/form-data` body whose name is

@@ -414,6 +414,15 @@ proptest! {
 // ---- query_models ---------------------------------------------------------
 
 #[test]
+fn semicolons_in_query_values_are_read_both_ways() {
+    let models: Vec<String> = query_models(Some("model=gpt-4o-mini;evil&a=1;MODEL=z"))
+        .into_iter()
+        .map(Cow::into_owned)
+        .collect();
+    assert_eq!(models, vec!["gpt-4o-mini;evil", "gpt-4o-mini", "z"]);
+}
+
+#[test]
 fn query_models_reads_every_spelling_of_model() {
     let models = |q| {
         query_models(q)
@@ -424,15 +433,19 @@ fn query_models_reads_every_spelling_of_model() {
     assert_eq!(models(Some("model=gpt-4o")), vec!["gpt-4o"]);
     assert_eq!(
         models(Some("a=1&model=x&Model=y;MODEL=z&x=2")),
-        vec!["x", "y", "z"]
+        vec!["x", "y;MODEL=z", "y", "z"]
     );
     assert_eq!(
         models(Some("model[]=a&model%5B%5D=b&model[0]=c&%6Dodel=d")),
         vec!["a", "b", "c", "d"]
     );
-    assert_eq!(models(Some("model=gpt%2D4o+x&model")), vec!["gpt-4o x", ""]);
+    assert_eq!(
+        models(Some("model=gpt%2D4o+x&model")),
+        vec!["gpt-4o x", "gpt-4o+x", ""]
+    );
     assert_eq!(models(Some("+model=a& model =b")), vec!["a", "b"]);
     assert!(models(Some("models=a&model_id=b&xmodel=c&model[=d&mod=e")).is_empty());
+    assert!(models(Some("x=1%3Bmodel=y")).is_empty());
     assert!(models(Some("")).is_empty());
     assert!(models(None).is_empty());
 }
