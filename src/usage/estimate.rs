@@ -60,12 +60,10 @@ pub fn hides_model(method: &Method, pattern: &str) -> bool {
     if pattern == "/v1/batches" {
         return true;
     }
-    let segments: Vec<&str> = pattern.split('/').collect();
-    matches!(
-        segments.as_slice(),
-        ["", "v1", "prompts", param, "completions"]
-            if param.len() > 2 && param.starts_with('{') && param.ends_with('}')
-    )
+    pattern
+        .strip_prefix("/v1/prompts/{")
+        .and_then(|rest| rest.strip_suffix("}/completions"))
+        .is_some_and(|name| !name.is_empty() && !name.contains(['/', '{', '}']))
 }
 
 /// Whether a streamed request on this route gets
@@ -154,6 +152,11 @@ mod tests {
         assert!(!hides_model(&Method::POST, "/v1/batches/{id}/cancel"));
         assert!(!hides_model(&Method::POST, "/v1/prompts/{id}/render"));
         assert!(!hides_model(&Method::POST, "/v1/prompts/x/completions"));
+        assert!(!hides_model(&Method::POST, "/v1/prompts/{}/completions"));
+        assert!(!hides_model(
+            &Method::POST,
+            "/v1/prompts/{a}/b/{c}/completions"
+        ));
         assert!(!hides_model(&Method::POST, "/v1/chat/completions"));
     }
 

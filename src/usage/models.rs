@@ -11,27 +11,19 @@ use std::sync::Arc;
 /// greedily, leftmost first, which is exact for a star-only glob (a star can
 /// always absorb what an earlier match skipped), so nothing backtracks.
 pub fn pattern_matches(pattern: &str, model: &str) -> bool {
-    let mut pieces = pattern.split('*');
-    // `split` always yields at least one piece.
-    let first = pieces.next().unwrap_or_default();
-    let Some(rest) = model.strip_prefix(first) else {
-        return false;
-    };
-    let middle: Vec<&str> = pieces.collect();
-    let Some((last, inner)) = middle.split_last() else {
+    let Some((first, tail)) = pattern.split_once('*') else {
         // No star: the whole pattern is literal.
-        return rest.is_empty();
+        return pattern == model;
     };
-    let Some(mut hay) = rest.strip_suffix(last) else {
+    let (inner, last) = tail.rsplit_once('*').unwrap_or(("", tail));
+    // The prefix and the suffix are anchored and may not overlap.
+    let Some(mut hay) = model
+        .strip_prefix(first)
+        .and_then(|rest| rest.strip_suffix(last))
+    else {
         return false;
     };
-    // `rest` may be shorter than prefix + suffix overlap allows: the suffix
-    // must lie wholly after the prefix, which `strip_suffix` on `rest`
-    // already guarantees.
-    for piece in inner {
-        if piece.is_empty() {
-            continue;
-        }
+    for piece in inner.split('*').filter(|p| !p.is_empty()) {
         match hay.find(piece) {
             Some(at) => hay = &hay[at + piece.len()..],
             None => return false,
