@@ -74,7 +74,7 @@ fn is_unreserved(c: u8) -> bool {
 }
 
 /// Percent-decodes a query component (`+` is a space, as in forms).
-fn decode_component(s: &str) -> Cow<'_, str> {
+pub(crate) fn decode_component(s: &str) -> Cow<'_, str> {
     if !s.contains(['%', '+']) {
         return Cow::Borrowed(s);
     }
