@@ -1,0 +1,3 @@
+//! Usage accounting (SPEC 9).
+
+pub mod response;
