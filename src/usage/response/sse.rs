@@ -154,6 +154,19 @@ impl SseTap {
         if !self.strip {
             out.extend_from_slice(chunk);
         }
+        self.scan(chunk, out);
+    }
+
+    /// Reads the next piece without forwarding anything: for a caller that
+    /// forwards the bytes itself (still encoded, say). Meant for a tap that
+    /// does not strip; on one that does, the edited output is discarded.
+    pub fn observe(&mut self, chunk: &[u8]) {
+        let mut discarded = Vec::new();
+        self.scan(chunk, &mut discarded);
+    }
+
+    /// Parses a piece; in strip mode also holds and releases events to `out`.
+    fn scan(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         let mut at = 0;
         if self.after_cr && !chunk.is_empty() {
             self.after_cr = false;
@@ -481,14 +494,17 @@ mod json_scan {
     use std::ops::Range;
 
     /// The range to delete so the top-level member `"key": null` of the
-    /// object `json` disappears with exactly one adjacent comma.
+    /// object `json` disappears with exactly one adjacent comma: the member,
+    /// the comma after it and the blanks after that; or, for the last
+    /// member, the blanks and comma before it.
     pub(super) fn null_member(json: &[u8], key: &[u8]) -> Option<Range<usize>> {
         let mut at = blanks(json, 0);
         if json.get(at) != Some(&b'{') {
             return None;
         }
         at += 1;
-        let mut comma_before: Option<usize> = None;
+        // Where the previous member's value ended.
+        let mut previous_end: Option<usize> = None;
         loop {
             let start = blanks(json, at);
             if json.get(start) != Some(&b'"') {
@@ -507,11 +523,11 @@ mod json_scan {
             match json.get(after) {
                 Some(b',') if target => return Some(start..blanks(json, after + 1)),
                 Some(b',') => {
-                    comma_before = Some(after);
+                    previous_end = Some(value_end);
                     at = after + 1;
                 }
                 Some(b'}') if target => {
-                    return Some(comma_before.unwrap_or(start)..value_end);
+                    return Some(previous_end.unwrap_or(start)..value_end);
                 }
                 _ => return None,
             }

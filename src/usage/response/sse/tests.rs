@@ -335,7 +335,7 @@ fn crlf_split_between_cr_and_lf_after_a_dropped_event_drops_the_lf_too() {
     let done = "data: [DONE]\r\n\r\n";
     let mut tap = SseTap::new(true);
     let mut out = Vec::new();
-    tap.feed(usage_only[..usage_only.len() - 1].as_bytes(), &mut out);
+    tap.feed(&usage_only.as_bytes()[..usage_only.len() - 1], &mut out);
     // The event ended at the `\r`: dropped already, nothing out.
     assert!(out.is_empty());
     tap.feed(b"\n", &mut out);
@@ -525,4 +525,15 @@ fn a_line_too_long_to_read_spoils_only_its_event() {
         tap.feed(piece, &mut out);
     }
     assert_eq!(tap.observed().reported, reported(2, 2));
+}
+
+#[test]
+fn observe_reads_like_feed_without_forwarding() {
+    for input in [CHAT_WITH_USAGE, RESPONSES, ANTHROPIC] {
+        let mut tap = SseTap::new(false);
+        for piece in input.as_bytes().chunks(13) {
+            tap.observe(piece);
+        }
+        assert_eq!(tap.observed(), run(false, input).1);
+    }
 }
