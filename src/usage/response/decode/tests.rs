@@ -256,3 +256,18 @@ fn truncated_stream_gives_a_prefix_without_error() {
         assert!(decoded.len() < text.len(), "{encoding}");
     }
 }
+
+#[test]
+fn zstd_frame_asking_for_a_huge_window_is_refused() {
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    encoder
+        .set_parameter(zstd::zstd_safe::CParameter::WindowLog(27))
+        .unwrap();
+    encoder.write_all(&text()).unwrap();
+    let encoded = encoder.finish().unwrap();
+    let mut decoder = Decoder::for_encoding("zstd").unwrap();
+    assert_eq!(
+        decoder.feed(&encoded),
+        Err(DecodeError::Corrupt { encoding: "zstd" })
+    );
+}
