@@ -8,7 +8,10 @@
 //!   reservation estimate of a request (SPEC 9.2, 9.3);
 //! - [`body`]: readers of a request body and query — the JSON facts, the
 //!   multipart `model` fields, `model` query parameters — and the
-//!   `stream_options.include_usage` injection (SPEC 9.1, 9.2, 9.4).
+//!   `stream_options.include_usage` injection (SPEC 9.1, 9.2, 9.4);
+//! - [`response`]: the response side — usage read from JSON bodies and SSE
+//!   streams (any `Content-Encoding`), the injected usage chunk removed, and
+//!   settlement (SPEC 9.3, 9.4).
 //!
 //! May import `crate::keys::limits` and `crate::request`; nothing else of the crate.
 
@@ -17,3 +20,4 @@ pub mod estimate;
 pub mod models;
 pub mod period;
 pub mod price;
+pub mod response;
