@@ -68,6 +68,8 @@ fn facts<'a>(
         body: Body::Empty,
         now: NOW,
         max_body: 65536,
+        max_data_body: 16 * 1024 * 1024,
+        used_up: &scopegate::policy::nothing_used,
     }
 }
 

@@ -360,6 +360,8 @@ fn explain(args: &ExplainArgs) -> ExitCode {
         body: body_facts,
         now,
         max_body: config.max_inspect_body_bytes,
+        max_data_body: 16 * 1024 * 1024,
+        used_up: &crate::policy::nothing_used,
     };
     let verdict = crate::policy::decide_as(&table, &snap, &facts, key_idx);
     let route = verdict.route.map(|r| table.route(r));

@@ -5,7 +5,8 @@
 use http::Method;
 
 use crate::errors::{Denial, ErrorCode, ErrorShape};
-use crate::keys::{KeyIdx, KeyStatus, Snapshot, UnixMillis, WsIdx};
+use crate::keys::{KeyIdx, KeyStatus, Limits, Snapshot, UnixMillis, UsageLimit, WsIdx};
+use crate::usage;
 use crate::request::{self, BodyWorkspace, Presented};
 use crate::routes::{Plane, RouteIdx, RouteTable};
 
@@ -51,6 +52,42 @@ pub struct RequestFacts<'a> {
     pub now: UnixMillis,
     /// `max_inspect_body_bytes`.
     pub max_body: usize,
+    /// `max_data_body_bytes` (SPEC 9.1).
+    pub max_data_body: usize,
+    /// Whether a usage limit is used up already (counters read beforehand,
+    /// in memory): `(scope, id, limit)`.
+    pub used_up: &'a (dyn Fn(Scope, &str, &UsageLimit) -> bool + Sync),
+}
+
+/// Whose usage limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// A key's own limit.
+    Key,
+    /// The limit of a key's workspace, shared by all its keys.
+    Workspace,
+}
+
+/// A `used_up` that never says yes (tests, `explain` without a store).
+pub fn nothing_used(_: Scope, _: &str, _: &UsageLimit) -> bool {
+    false
+}
+
+/// What an allowed data-plane request needs for accounting (SPEC 9.3).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Spend {
+    /// The body was read and must be forwarded by the proxy.
+    pub body_read: bool,
+    /// Body length (read, or declared).
+    pub body_len: u64,
+    /// The top-level `model` of a JSON body.
+    pub model: Option<String>,
+    /// The requested maximum output, if any.
+    pub max_output: Option<u64>,
+    /// `"stream": true` in a JSON body.
+    pub stream: bool,
+    /// `stream_options.include_usage` as the client set it.
+    pub include_usage: Option<bool>,
 }
 
 /// The result for a request.
@@ -82,6 +119,8 @@ pub struct Verdict {
     /// The workspace the request acts in (canonical), once known; `None`
     /// for organisation-wide admin requests.
     pub workspace: Option<WsIdx>,
+    /// Allowed data-plane requests: what accounting needs.
+    pub spend: Option<Spend>,
 }
 
 impl Verdict {
@@ -123,6 +162,7 @@ fn decide_inner(
         pattern: None,
         key: None,
         workspace: None,
+        spend: None,
     };
 
     // 1. Canonical path.
@@ -226,6 +266,31 @@ fn decide_inner(
             ErrorCode::BudgetExhausted,
             "This API key has exhausted its budget.",
         );
+    }
+    let (key_limits, ws_limits) = snap.limits_for(key_idx);
+    if route.plane == Plane::Data {
+        if let Some(u) = &key_limits.usage {
+            if (facts.used_up)(Scope::Key, &key.id, u) {
+                return v.deny(
+                    ErrorCode::BudgetExhausted,
+                    format!(
+                        "This API key has used up its {} budget for this period.",
+                        u.kind.as_str()
+                    ),
+                );
+            }
+        }
+        if let (Some(u), Some(ws)) = (ws_limits.and_then(|l| l.usage.as_ref()), key.workspace) {
+            if (facts.used_up)(Scope::Workspace, &snap.workspace(ws).id, u) {
+                return v.deny(
+                    ErrorCode::BudgetExhausted,
+                    format!(
+                        "This API key's workspace has used up its {} budget for this period.",
+                        u.kind.as_str()
+                    ),
+                );
+            }
+        }
     }
     if !route.requirement.is_met_by(&key.scopes) {
         return v.deny(
@@ -331,8 +396,113 @@ fn decide_inner(
         }
         (None, None) => {}
     }
+    if route.plane == Plane::Data {
+        return data_plane(v, facts, &route.pattern, key_limits, ws_limits);
+    }
     v.outcome = Outcome::Allow;
     v
+}
+
+/// The data-plane steps of SPEC 9.1–9.2: read the body where limits need
+/// it, then the model allowlists.
+fn data_plane(
+    mut v: Verdict,
+    facts: &RequestFacts<'_>,
+    pattern: &str,
+    key_limits: &Limits,
+    ws_limits: Option<&Limits>,
+) -> Verdict {
+    let method = facts.method;
+    let lists: Vec<&[std::sync::Arc<str>]> = [Some(key_limits), ws_limits]
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.models.as_deref())
+        .collect();
+    let needs_body = key_limits.needs_body() || ws_limits.is_some_and(Limits::needs_body);
+    let is_json = request::is_json_content_type(facts.content_type);
+    let is_multipart = request::is_multipart_content_type(facts.content_type);
+    let reads = needs_body && (is_json || (!lists.is_empty() && is_multipart));
+    let mut spend = Spend::default();
+    let mut named: Vec<String> = usage::body::query_models(facts.query)
+        .into_iter()
+        .map(|m| m.into_owned())
+        .collect();
+    match facts.body {
+        Body::Unread { declared_len } if reads && declared_len != Some(0) => {
+            if declared_len.is_some_and(|n| n > facts.max_data_body as u64) {
+                return data_too_large(v, facts.max_data_body);
+            }
+            v.outcome = Outcome::ReadBody;
+            return v;
+        }
+        Body::Unread { declared_len } => spend.body_len = declared_len.unwrap_or(0),
+        Body::TooLarge if reads => return data_too_large(v, facts.max_data_body),
+        Body::Read(b) if reads && !b.is_empty() => {
+            spend.body_read = true;
+            spend.body_len = b.len() as u64;
+            if is_json {
+                match usage::body::read_json_body(b) {
+                    Ok(j) => {
+                        if let Some(m) = &j.model {
+                            named.push(m.clone());
+                        }
+                        spend.model = j.model;
+                        spend.max_output = j.max_output;
+                        spend.stream = j.stream;
+                        spend.include_usage = j.include_usage;
+                    }
+                    Err(e) => return v.deny(ErrorCode::InvalidJson, e.0),
+                }
+            } else {
+                let ct = facts.content_type.unwrap_or_default();
+                match usage::body::multipart_models(ct, b) {
+                    Ok(models) => named.extend(models),
+                    Err(e) => return v.deny(ErrorCode::InvalidJson, e.0),
+                }
+            }
+        }
+        Body::Read(b) => spend.body_len = b.len() as u64,
+        _ => {}
+    }
+    if !lists.is_empty() {
+        if usage::estimate::hides_model(method, pattern) {
+            return v.deny(
+                ErrorCode::ModelNotAllowed,
+                format!(
+                    "{method} {pattern} carries its model where this proxy cannot check it, \
+                     and this API key may only use certain models."
+                ),
+            );
+        }
+        if named.is_empty() && usage::estimate::requires_model(method, pattern) {
+            return v.deny(
+                ErrorCode::MissingModel,
+                "This API key may only use certain models: the request must name its `model`.",
+            );
+        }
+        if let Some(m) = named
+            .iter()
+            .find(|m| !usage::models::allowed_by_all(&lists, m))
+        {
+            return v.deny(
+                ErrorCode::ModelNotAllowed,
+                format!(
+                    "This API key may not use the model `{}`.",
+                    crate::keys::build::shown(m)
+                ),
+            );
+        }
+    }
+    v.spend = Some(spend);
+    v.outcome = Outcome::Allow;
+    v
+}
+
+fn data_too_large(v: Verdict, max: usize) -> Verdict {
+    v.deny(
+        ErrorCode::BodyTooLarge,
+        format!("The request body is larger than the {max} bytes this proxy reads."),
+    )
 }
 
 fn too_large(v: Verdict, max: usize) -> Verdict {

@@ -270,6 +270,13 @@ pub fn is_json_content_type(ct: Option<&[u8]>) -> bool {
     trim(essence).eq_ignore_ascii_case(b"application/json")
 }
 
+/// Whether a `Content-Type` is `multipart/form-data` (parameters allowed).
+pub fn is_multipart_content_type(ct: Option<&[u8]>) -> bool {
+    let Some(ct) = ct else { return false };
+    let essence = ct.split(|b| *b == b';').next().unwrap_or_default();
+    trim(essence).eq_ignore_ascii_case(b"multipart/form-data")
+}
+
 /// What the top-level `workspace_id` of a JSON body says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BodyWorkspace {

@@ -56,6 +56,8 @@ use super::Snapshot;
 ///     body: Body::Empty,
 ///     now: 0,
 ///     max_body: 65536,
+///     max_data_body: 16 * 1024 * 1024,
+///     used_up: &scopegate::policy::nothing_used,
 /// };
 /// assert_eq!(decide(&table, &snap, &facts).outcome, Outcome::Allow);
 ///

@@ -152,6 +152,8 @@ fn run(w: &World, r: &Req<'_>) -> Verdict {
         body: r.body,
         now: NOW,
         max_body: 1024,
+        max_data_body: 16 * 1024 * 1024,
+        used_up: &crate::policy::nothing_used,
     };
     decide(&w.table, &w.snap, &facts)
 }
@@ -444,6 +446,8 @@ fn decide_as_skips_the_secret_but_not_the_rules() {
         body: Body::Empty,
         now: NOW,
         max_body: 1024,
+        max_data_body: 16 * 1024 * 1024,
+        used_up: &crate::policy::nothing_used,
     };
     let v = decide_as(&w.table, &w.snap, &facts, idx);
     assert_eq!(code(&v), "admin_key_not_allowed");
