@@ -22,4 +22,5 @@ pub mod request;
 pub mod routes;
 pub mod scopes;
 pub mod server;
+pub mod state;
 pub mod tls;
