@@ -22,7 +22,7 @@ use crate::keys::limits::{TokenRate, UsageKind, UsageLimit};
 use crate::ratelimit::{Quota, RateLimit};
 
 pub use local::LocalStore;
-// pub use redis::{OnError, RedisConfig, RedisStore};
+pub use redis::{OnError, RedisConfig, RedisStore};
 
 /// Whether a subject is a key or a workspace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
