@@ -31,7 +31,7 @@
 //! P{T}:workspace:ID:...      the same for a workspace
 //! ```
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -259,7 +259,7 @@ return answer(0, 0, 0, 0, 0)
 /// Settlement, applied at most once (a timed-out attempt may still have
 /// landed before it is retried). KEYS as for admission, plus a last key
 /// marking this settlement done. ARGV: member, n, input, output, cost,
-/// estimated (0/1), charge (0/1); then per subject: token estimate (-1: no
+/// estimated tokens, charge (0/1); then per subject: token estimate (-1: no
 /// token limits were charged), usage expiry (Unix ms, 0 none), ntok,
 /// ntok × (value, period_us). Returns per subject: in, out, cost, est.
 pub const SETTLE_LUA: &str = r#"
@@ -298,7 +298,7 @@ for i = 1, n do
     redis.call('HINCRBY', usage, 'in', ARGV[3])
     redis.call('HINCRBY', usage, 'out', ARGV[4])
     redis.call('HINCRBYFLOAT', usage, 'cost', ARGV[5])
-    if ARGV[6] == '1' then redis.call('HINCRBY', usage, 'est', string.format('%.0f', actual)) end
+    if tonumber(ARGV[6]) > 0 then redis.call('HINCRBY', usage, 'est', ARGV[6]) end
     if uexp > 0 then redis.call('PEXPIREAT', usage, uexp) end
   end
   local u = redis.call('HMGET', usage, 'in', 'out', 'cost', 'est')
@@ -394,6 +394,8 @@ struct Inner {
     leases: DashMap<u64, (Vec<(String, String)>, String)>,
     /// Settlements that could not be sent yet.
     pending: Mutex<VecDeque<SettleJob>>,
+    /// Usage of fallback admissions, not yet sent.
+    owed: Mutex<HashMap<(SubjectId, Arc<str>), Owed>>,
     jobs: mpsc::UnboundedSender<Job>,
 }
 
@@ -463,6 +465,7 @@ impl RedisStore {
             cache: DashMap::new(),
             leases: DashMap::new(),
             pending: Mutex::new(VecDeque::new()),
+            owed: Mutex::new(HashMap::new()),
             jobs: tx,
             cfg,
         });
@@ -483,7 +486,7 @@ impl RedisStore {
 
     /// Settlements queued because Redis was unreachable.
     pub fn pending_settlements(&self) -> usize {
-        self.inner.pending.lock().len()
+        self.inner.pending.lock().len() + self.inner.owed.lock().len()
     }
 
     async fn admit_redis(&self, req: &AdmitRequest<'_>) -> Result<AdmitResult, ()> {
@@ -565,8 +568,7 @@ impl RedisStore {
                     if let Ok(Ok(values)) = handle.await {
                         if values.first().map(int) == Some(0) {
                             let parts = parts_of(&subjects, &fps, est.map(|e| (e.tokens, e.cost)));
-                            let job =
-                                settle_job(&cleanup_inner, &member, &parts, None, est.is_some());
+                            let job = settle_job(&cleanup_inner, &member, &parts, None);
                             let _ = cleanup_inner.jobs.send(Job::Settle(job));
                         }
                     }
@@ -736,27 +738,27 @@ impl RedisStore {
         match admission.origin {
             Origin::Local => {
                 // Counted locally while Redis was away: free the local
-                // state, and still bring the usage to Redis.
-                let has_estimate = admission.has_estimate;
-                let admission_id = admission.id;
-                let parts = admission.parts.clone();
+                // state, and owe the usage to Redis (summed per subject and
+                // period, so a long outage holds one entry each).
+                if let (Some(c), true) = (charge, admission.has_estimate) {
+                    let mut owed = inner.owed.lock();
+                    for p in &admission.parts {
+                        let e = owed
+                            .entry((p.limits.subject.clone(), p.limits.period_key.clone()))
+                            .or_insert_with(|| Owed {
+                                limits: p.limits.clone(),
+                                amount: Amount::default(),
+                            });
+                        let a = Amount::of(&c);
+                        e.amount.input += a.input;
+                        e.amount.output += a.output;
+                        e.amount.cost += a.cost;
+                        e.amount.estimated += a.estimated;
+                    }
+                }
                 match charge {
                     Some(c) => inner.fallback.settle(admission, c),
                     None => inner.fallback.release(admission),
-                }
-                if charge.is_some() && has_estimate {
-                    let parts: Vec<Part> = parts
-                        .into_iter()
-                        .map(|mut p| {
-                            p.token_estimate = None;
-                            p.reserved_tokens = 0;
-                            p.reserved_cost = 0.0;
-                            p
-                        })
-                        .collect();
-                    let member = format!("{}:L{}", inner.replica, admission_id);
-                    let job = settle_job(inner, &member, &parts, charge, true);
-                    let _ = inner.jobs.send(Job::Settle(job));
                 }
             }
             Origin::Redis => {
@@ -764,13 +766,19 @@ impl RedisStore {
                     || format!("{}:{}", inner.replica, admission.id),
                     |(_, (_, m))| m,
                 );
-                let job = settle_job(
-                    inner,
-                    &member,
-                    &admission.parts,
-                    charge,
-                    admission.has_estimate,
-                );
+                let c = charge.unwrap_or_default();
+                let charged = charge.is_some()
+                    && (admission.has_estimate || c.input + c.output > 0 || c.cost > 0.0);
+                let holds = admission
+                    .parts
+                    .iter()
+                    .any(|p| p.slot || p.token_estimate.is_some() || p.limits.usage.is_some());
+                if !charged && !holds {
+                    return;
+                }
+                let amount = charged.then(|| Amount::of(&c));
+                // A release (no amount) gives back the whole token estimate.
+                let job = settle_job(inner, &member, &admission.parts, amount);
                 let _ = inner.jobs.send(Job::Settle(job));
             }
         }
@@ -819,24 +827,45 @@ fn parts_of(subjects: &[SubjectLimits], fps: &[u64], est: Option<(u64, f64)>) ->
         .collect()
 }
 
-fn settle_job(
-    inner: &Inner,
-    member: &str,
-    parts: &[Part],
-    charge: Option<Charge>,
-    has_estimate: bool,
-) -> SettleJob {
-    let c = charge.unwrap_or_default();
-    let charged = has_estimate || c.input + c.output > 0 || c.cost > 0.0;
-    let mut keys = Vec::with_capacity(parts.len() * 4);
+/// Usage to add to each subject of a settlement.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Amount {
+    input: u64,
+    output: u64,
+    cost: f64,
+    estimated: u64,
+}
+
+impl Amount {
+    fn of(c: &Charge) -> Amount {
+        Amount {
+            input: c.input,
+            output: c.output,
+            cost: c.cost,
+            estimated: if c.estimated { c.input + c.output } else { 0 },
+        }
+    }
+}
+
+/// Usage counted while Redis was away, summed until it can be sent.
+struct Owed {
+    limits: SubjectLimits,
+    amount: Amount,
+}
+
+/// `amount`: `None` adds no usage (a release); its tokens also adjust the
+/// token limits of parts that were charged an estimate.
+fn settle_job(inner: &Inner, member: &str, parts: &[Part], amount: Option<Amount>) -> SettleJob {
+    let c = amount.unwrap_or_default();
+    let mut keys = Vec::with_capacity(parts.len() * 4 + 1);
     let mut args = vec![
         member.to_string(),
         parts.len().to_string(),
         c.input.to_string(),
         c.output.to_string(),
         format!("{:?}", c.cost),
-        u8::from(c.estimated).to_string(),
-        u8::from(charged && charge.is_some()).to_string(),
+        c.estimated.to_string(),
+        u8::from(amount.is_some()).to_string(),
     ];
     for p in parts {
         let k = subject_keys(&inner.cfg.key_prefix, &p.limits, p.fingerprint);
@@ -937,10 +966,33 @@ impl Inner {
         }
     }
 
+    /// Sends queued settlements, then what fallback admissions owe.
     async fn drain_pending(&self) {
         loop {
-            let Some(job) = self.pending.lock().pop_front() else {
-                return;
+            let next = self.pending.lock().pop_front();
+            let job = match next {
+                Some(job) => job,
+                None => {
+                    let owed: Vec<Owed> = self.owed.lock().drain().map(|(_, o)| o).collect();
+                    if owed.is_empty() {
+                        return;
+                    }
+                    let mut pending = self.pending.lock();
+                    for o in owed {
+                        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                        let member = format!("{}:owed{id}", self.replica);
+                        let part = Part {
+                            fingerprint: o.limits.rate_fingerprint(),
+                            limits: o.limits,
+                            token_estimate: None,
+                            reserved_tokens: 0,
+                            reserved_cost: 0.0,
+                            slot: false,
+                        };
+                        pending.push_back(settle_job(self, &member, &[part], Some(o.amount)));
+                    }
+                    continue;
+                }
             };
             if !self.run_settle(&job).await {
                 self.pending.lock().push_front(job);

@@ -388,7 +388,8 @@ async fn a_stopped_redis_is_answered_within_the_timeout_then_recovers() {
     };
     let mut cfg = config(&server);
     cfg.timeout = Duration::from_millis(100);
-    let allow = store(&cfg);
+    let metrics = Arc::new(Counting::default());
+    let allow = RedisStore::open(cfg.clone(), metrics.clone()).expect("open");
     let deny = store(&RedisConfig {
         on_error: OnError::Deny,
         ..cfg.clone()
@@ -446,6 +447,8 @@ async fn a_stopped_redis_is_answered_within_the_timeout_then_recovers() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
 
+    assert!(allow.pending_settlements() >= 1, "owed while redis is away");
+    assert!(metrics.errors.lock().contains(&"admit"));
     server.signal(libc::SIGCONT);
     let id = SubjectId::key("key_bot");
     wait_until("queued settlement lands", async || {
@@ -462,6 +465,22 @@ async fn a_stopped_redis_is_answered_within_the_timeout_then_recovers() {
     })
     .await;
     let _ = allow.usage(&id, "all");
+    assert!(metrics.trips.load(Ordering::Relaxed) >= 3);
+}
+
+#[derive(Default)]
+struct Counting {
+    errors: Mutex<Vec<&'static str>>,
+    trips: AtomicUsize,
+}
+
+impl StateMetrics for Counting {
+    fn error(&self, op: &'static str) {
+        self.errors.lock().push(op);
+    }
+    fn round_trip(&self, _op: &'static str, _seconds: f64) {
+        self.trips.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 #[tokio::test]
@@ -490,4 +509,63 @@ async fn a_restarted_redis_is_used_again() {
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn request_limits_report_quotas_like_ratelimit_rs() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let s = store(&config(&server));
+    let mut k = bot();
+    k.requests = vec![RateLimit {
+        value: 5,
+        period: Duration::from_secs(60),
+    }];
+    let subjects = [k];
+    for want in (0..5).rev() {
+        let AdmitResult::Admitted { admission, quotas } = admit(&s, &subjects, None).await else {
+            panic!("refused early")
+        };
+        let q = quotas.requests.expect("request quota");
+        assert_eq!((q.limit, q.remaining, q.retry_after), (5, want, None));
+        let whole = Duration::from_secs(12 * u64::from(5 - want));
+        assert!(
+            q.reset <= whole && q.reset > whole - Duration::from_secs(1),
+            "{q:?}"
+        );
+        s.release(admission);
+    }
+    match admit(&s, &subjects, None).await {
+        AdmitResult::RateLimited {
+            which: RateKind::Requests,
+            retry_after,
+            quotas,
+            ..
+        } => {
+            let q = quotas.requests.expect("request quota");
+            assert_eq!((q.remaining, q.retry_after), (0, Some(retry_after)));
+            assert!(
+                retry_after > Duration::from_secs(11) && retry_after <= Duration::from_secs(12)
+            );
+            assert_eq!(q.retry_after_secs(), Some(12));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn urls_open_lazily_tls_included_and_never_print_a_password() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    let cfg = RedisConfig::new("rediss://:s3cret@redis.example:6380/0");
+    assert_eq!(cfg.redacted_url(), "rediss://…@redis.example:6380/0");
+    let s = RedisStore::open(cfg, Arc::new(NoMetrics)).expect("lazy open");
+    assert!(!format!("{s:?}").contains("s3cret"));
+    let err =
+        RedisStore::open(RedisConfig::new("http://x"), Arc::new(NoMetrics)).expect_err("bad url");
+    assert!(err.to_string().contains("http://x"), "{err}");
 }
