@@ -726,7 +726,34 @@ impl RedisStore {
     fn unavailable(&self, req: &AdmitRequest<'_>) -> AdmitResult {
         match self.inner.cfg.on_error {
             OnError::Deny => AdmitResult::Unavailable,
-            OnError::Allow => self.inner.fallback.admit_now(req),
+            OnError::Allow => {
+                // The fallback counts only this outage; budgets also see the
+                // usage Redis last reported here.
+                if let Some(e) = req.estimate {
+                    for s in req.subjects {
+                        let Some(limit) = &s.usage else { continue };
+                        let seen = self.usage(&s.subject, &s.period_key);
+                        let mine = self.inner.fallback.usage(&s.subject, &s.period_key);
+                        let (used, this) = match limit.kind {
+                            UsageKind::Tokens => (
+                                (seen.tokens_in
+                                    + seen.tokens_out
+                                    + mine.tokens_in
+                                    + mine.tokens_out
+                                    + mine.reserved_tokens) as f64,
+                                e.tokens as f64,
+                            ),
+                            UsageKind::Cost => (seen.cost + mine.cost + mine.reserved_cost, e.cost),
+                        };
+                        if used + this > limit.credit_limit {
+                            return AdmitResult::BudgetExhausted {
+                                subject: s.subject.clone(),
+                            };
+                        }
+                    }
+                }
+                self.inner.fallback.admit_now(req)
+            }
         }
     }
 
@@ -1067,6 +1094,23 @@ impl Drop for RedisStore {
 #[async_trait]
 impl CounterStore for RedisStore {
     async fn admit(&self, req: &AdmitRequest<'_>) -> AdmitResult {
+        let nothing_to_check = req.estimate.is_none()
+            && req
+                .subjects
+                .iter()
+                .all(|s| s.requests.is_empty() && s.max_concurrent.is_none());
+        if nothing_to_check {
+            // No round trip for what holds no limit.
+            return AdmitResult::Admitted {
+                admission: Admission {
+                    id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+                    origin: Origin::Redis,
+                    parts: Vec::new(),
+                    has_estimate: false,
+                },
+                quotas: Quotas::default(),
+            };
+        }
         if !self.should_try() {
             return self.unavailable(req);
         }

@@ -493,14 +493,20 @@ async fn a_restarted_redis_is_used_again() {
         ..config(&server)
     };
     let s = store(&cfg);
-    let subjects = [bot()];
+    let mut k = bot();
+    k.requests = vec![RateLimit {
+        value: 100,
+        period: Duration::from_secs(60),
+    }];
+    let subjects = [k];
     assert!(is_admitted(&admit(&s, &subjects, None).await));
     server.restart();
+    assert!(server.keys().is_empty());
     wait_until("reconnected", async || {
         match admit(&s, &subjects, None).await {
             AdmitResult::Admitted { admission, .. } => {
                 s.release(admission);
-                true
+                !server.keys().is_empty()
             }
             _ => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
