@@ -37,6 +37,8 @@ pub const MIN_RELOAD_POLL_INTERVAL_MS: u64 = 50;
 pub const DEFAULT_MAX_INSPECT_BODY_BYTES: usize = 64 * 1024;
 /// Largest `max_inspect_body_bytes`: inspected bodies are held in memory.
 pub const MAX_INSPECT_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+/// Default `max_data_body_bytes` (SPEC 9.1).
+pub const DEFAULT_MAX_DATA_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Default `shutdown_grace_period_seconds`.
 pub const DEFAULT_SHUTDOWN_GRACE_PERIOD_SECONDS: u64 = 30;
 /// Default upstream `connect_timeout_ms`.
@@ -71,6 +73,12 @@ pub struct Config {
     pub reload_poll_interval_ms: u64,
     /// Largest control-plane body inspected for `workspace_id` (SPEC 5.4).
     pub max_inspect_body_bytes: usize,
+    /// Largest data-plane body read for models and usage (SPEC 9.1).
+    pub max_data_body_bytes: usize,
+    /// SPEC 9.4: set `stream_options.include_usage` on streams that need counting.
+    pub inject_stream_usage: bool,
+    /// Where counters and usage live (SPEC 10).
+    pub state: StateConfig,
     /// Log line format.
     pub log_format: LogFormat,
     /// How long in-flight requests may finish after SIGTERM.
@@ -92,6 +100,29 @@ impl Config {
             .flat_map(|r| r.scopes.iter().chain(&r.scopes_all))
             .map(String::as_str)
     }
+}
+
+/// `state` (SPEC 10).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateConfig {
+    /// The embedded database for usage (local backend), resolved against
+    /// the config file's folder.
+    pub path: PathBuf,
+    /// `Some` with `backend: redis`.
+    pub redis: Option<RedisSettings>,
+}
+
+/// `state.redis`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://`, `${VAR}` expanded.
+    pub url: String,
+    /// Per round trip.
+    pub timeout_ms: u64,
+    /// `true`: `on_error: deny`.
+    pub deny_on_error: bool,
+    /// Prefix of every key.
+    pub key_prefix: String,
 }
 
 /// Log line format.
@@ -261,6 +292,12 @@ struct RawConfig {
     reload_poll_interval_ms: u64,
     #[serde(default = "default_inspect")]
     max_inspect_body_bytes: u64,
+    #[serde(default = "default_data_body")]
+    max_data_body_bytes: u64,
+    #[serde(default = "yes")]
+    inject_stream_usage: bool,
+    #[serde(default)]
+    state: RawState,
     #[serde(default)]
     log_format: LogFormat,
     #[serde(default = "default_grace")]
@@ -278,6 +315,56 @@ fn default_poll() -> u64 {
 fn default_inspect() -> u64 {
     DEFAULT_MAX_INSPECT_BODY_BYTES as u64
 }
+fn default_data_body() -> u64 {
+    DEFAULT_MAX_DATA_BODY_BYTES as u64
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    #[serde(default)]
+    backend: Backend,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    redis: Option<RawRedis>,
+}
+
+#[derive(Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Backend {
+    #[default]
+    Local,
+    Redis,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: String,
+    #[serde(default = "default_redis_timeout")]
+    timeout_ms: u64,
+    #[serde(default)]
+    on_error: OnErrorSetting,
+    #[serde(default = "default_prefix")]
+    key_prefix: String,
+}
+
+#[derive(Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum OnErrorSetting {
+    #[default]
+    Allow,
+    Deny,
+}
+
+fn default_redis_timeout() -> u64 {
+    50
+}
+fn default_prefix() -> String {
+    "scopegate:".to_string()
+}
+
 fn default_grace() -> u64 {
     DEFAULT_SHUTDOWN_GRACE_PERIOD_SECONDS
 }
@@ -437,6 +524,18 @@ impl Validator<'_> {
                 0
             }
         };
+        let max_data_body_bytes = match usize::try_from(raw.max_data_body_bytes) {
+            Ok(n) if (1..=1024 * 1024 * 1024).contains(&n) => n,
+            _ => {
+                self.problem(
+                    "max_data_body_bytes",
+                    "max_data_body_bytes: must be between 1 and 1073741824 (1 GiB): bodies read \
+                     for models and usage are held in memory",
+                );
+                0
+            }
+        };
+        let state = self.state(raw.state);
         let upstreams = Upstreams {
             completions: self.upstream(raw.upstreams.completions, "upstreams.completions"),
             admin: self.upstream(raw.upstreams.admin, "upstreams.admin"),
@@ -457,6 +556,9 @@ impl Validator<'_> {
             keys_file,
             reload_poll_interval_ms: raw.reload_poll_interval_ms,
             max_inspect_body_bytes,
+            max_data_body_bytes,
+            inject_stream_usage: raw.inject_stream_usage,
+            state,
             log_format: raw.log_format,
             shutdown_grace_period_seconds: raw.shutdown_grace_period_seconds,
             upstreams,
@@ -544,6 +646,59 @@ impl Validator<'_> {
             set_headers,
             ca_file,
         }
+    }
+
+    fn state(&mut self, raw: RawState) -> StateConfig {
+        let path = self
+            .base
+            .join(raw.path.as_deref().unwrap_or("state.db"));
+        let redis = match (raw.backend, raw.redis) {
+            (Backend::Local, None) => None,
+            (Backend::Local, Some(_)) => {
+                self.problem(
+                    "state.redis",
+                    "state.redis: is set but state.backend is `local`; set `backend: redis`",
+                );
+                None
+            }
+            (Backend::Redis, None) => {
+                self.problem(
+                    "state.backend",
+                    "state.backend: `redis` needs state.redis.url",
+                );
+                None
+            }
+            (Backend::Redis, Some(r)) => {
+                let url = match expand_vars(&r.url, self.env) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        let msg = e.message("state.redis.url");
+                        self.problem("state.redis.url", msg);
+                        String::new()
+                    }
+                };
+                if !url.is_empty() && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+                {
+                    self.problem(
+                        "state.redis.url",
+                        "state.redis.url: must start with redis:// or rediss://",
+                    );
+                }
+                if r.timeout_ms == 0 || r.timeout_ms > 60_000 {
+                    self.problem(
+                        "state.redis.timeout_ms",
+                        "state.redis.timeout_ms: must be between 1 and 60000",
+                    );
+                }
+                Some(RedisSettings {
+                    url,
+                    timeout_ms: r.timeout_ms,
+                    deny_on_error: r.on_error == OnErrorSetting::Deny,
+                    key_prefix: r.key_prefix,
+                })
+            }
+        };
+        StateConfig { path, redis }
     }
 
     fn set_headers(&mut self, raw: Vec<(String, String)>, at: &str) -> Vec<(String, String)> {

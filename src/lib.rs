@@ -22,5 +22,6 @@ pub mod request;
 pub mod routes;
 pub mod scopes;
 pub mod server;
+pub mod state;
 pub mod tls;
 pub mod usage;

@@ -27,7 +27,7 @@ pub enum Body<'a> {
 }
 
 /// Everything the decision looks at.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct RequestFacts<'a> {
     /// The method.
     pub method: &'a Method,

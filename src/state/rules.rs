@@ -1,0 +1,376 @@
+//! The rules of admission and settlement over one request's subjects, on
+//! plain in-memory state: GCRA for request limits (the formula of
+//! `ratelimit::KeyLimiter`), GCRA over tokens for token limits, the
+//! reservation rule of usage limits, concurrency slots. The local backend
+//! runs them under its locks; the Redis backend's Lua scripts implement
+//! the same rules (see `redis.rs`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::keys::limits::{TokenRate, UsageKind};
+use crate::ratelimit::{Quota, RateLimit};
+
+use super::{
+    Admission, AdmitResult, Charge, Estimate, Origin, Part, Quotas, RateKind, SubjectLimits,
+    TokenQuota, UsageNow,
+};
+
+/// Usage of one subject in one period.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct PeriodUsage {
+    pub key: Arc<str>,
+    pub end_ms: Option<i64>,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cost: f64,
+    pub estimated_tokens: u64,
+    pub reserved_tokens: u64,
+    pub reserved_cost: f64,
+    /// Changed since the last write to the database.
+    pub dirty: bool,
+}
+
+impl PeriodUsage {
+    pub fn new(key: Arc<str>, end_ms: Option<i64>) -> PeriodUsage {
+        PeriodUsage {
+            key,
+            end_ms,
+            ..PeriodUsage::default()
+        }
+    }
+
+    pub fn now(&self) -> UsageNow {
+        UsageNow {
+            tokens_in: self.tokens_in,
+            tokens_out: self.tokens_out,
+            cost: self.cost,
+            estimated_tokens: self.estimated_tokens,
+            reserved_tokens: self.reserved_tokens,
+            reserved_cost: self.reserved_cost,
+            period_key: self.key.clone(),
+        }
+    }
+
+    fn reserved(&self) -> bool {
+        self.reserved_tokens > 0 || self.reserved_cost > 0.0
+    }
+}
+
+/// All live state of one subject.
+#[derive(Debug, Default)]
+pub(crate) struct SubjectState {
+    /// Fingerprint of the rate limits the TATs belong to.
+    pub fingerprint: u64,
+    /// Theoretical arrival times ([`crate::ratelimit::monotonic_ns`]) per request limit.
+    pub req_tat: Vec<u64>,
+    /// Theoretical arrival times per token limit.
+    pub tok_tat: Vec<u64>,
+    /// Admissions holding a concurrency slot.
+    pub in_flight: u32,
+    /// Usage per period: the current one, and older ones still settling or
+    /// not yet written.
+    pub periods: Vec<PeriodUsage>,
+}
+
+impl SubjectState {
+    /// Resets the rate state when the limits changed (a keys reload).
+    fn align(&mut self, limits: &SubjectLimits, fingerprint: u64) {
+        if self.fingerprint != fingerprint
+            || self.req_tat.len() != limits.requests.len()
+            || self.tok_tat.len() != limits.tokens.len()
+        {
+            self.fingerprint = fingerprint;
+            self.req_tat = vec![0; limits.requests.len()];
+            self.tok_tat = vec![0; limits.tokens.len()];
+        }
+    }
+
+    pub fn period_mut(&mut self, key: &Arc<str>, end_ms: Option<i64>) -> &mut PeriodUsage {
+        let i = match self.periods.iter().position(|p| p.key == *key) {
+            Some(i) => i,
+            None => {
+                self.periods.push(PeriodUsage::new(key.clone(), end_ms));
+                self.periods.len() - 1
+            }
+        };
+        &mut self.periods[i]
+    }
+
+    pub fn period(&self, key: &str) -> Option<&PeriodUsage> {
+        self.periods.iter().find(|p| &*p.key == key)
+    }
+
+    /// Forgets periods other than `current` that hold nothing pending.
+    fn prune(&mut self, current: &str) {
+        self.periods
+            .retain(|p| &*p.key == current || p.reserved() || p.dirty);
+    }
+}
+
+fn emission_ns(l: &RateLimit) -> u64 {
+    (l.period.as_nanos() / u128::from(l.value.max(1))) as u64
+}
+
+fn period_ns(d: Duration) -> u64 {
+    d.as_nanos() as u64
+}
+
+/// The time `tokens` take from a token limit.
+pub(crate) fn token_cost_ns(l: &TokenRate, tokens: u64) -> u64 {
+    let ns = l.period.as_nanos() * u128::from(tokens) / u128::from(l.value.max(1));
+    u64::try_from(ns).unwrap_or(u64::MAX / 4)
+}
+
+/// The tightest request quota over all subjects (fewest left; on a tie,
+/// the longest reset), as `KeyLimiter::check` reports it.
+fn request_quota(
+    subjects: &[&SubjectLimits],
+    states: &[&mut SubjectState],
+    now: u64,
+) -> Option<Quota> {
+    let mut best: Option<(u32, u32, u64)> = None;
+    for (s, st) in subjects.iter().zip(states) {
+        for (l, tat) in s.requests.iter().zip(&st.req_tat) {
+            let used_ns = (*tat).max(now) - now;
+            let free_ns = period_ns(l.period).saturating_sub(used_ns);
+            let remaining = ((free_ns / emission_ns(l).max(1)) as u32).min(l.value);
+            if best.is_none_or(|(r, _, reset)| remaining < r || (remaining == r && used_ns > reset))
+            {
+                best = Some((remaining, l.value, used_ns));
+            }
+        }
+    }
+    best.map(|(remaining, limit, reset)| Quota {
+        limit,
+        remaining,
+        reset: Duration::from_nanos(reset),
+        retry_after: None,
+    })
+}
+
+fn token_quota(
+    subjects: &[&SubjectLimits],
+    states: &[&mut SubjectState],
+    now: u64,
+) -> Option<TokenQuota> {
+    let mut best: Option<(u64, u64, u64)> = None;
+    for (s, st) in subjects.iter().zip(states) {
+        for (l, tat) in s.tokens.iter().zip(&st.tok_tat) {
+            let used_ns = (*tat).max(now) - now;
+            let p = period_ns(l.period).max(1);
+            let free_ns = p.saturating_sub(used_ns);
+            let remaining = (u128::from(free_ns) * u128::from(l.value) / u128::from(p)) as u64;
+            if best.is_none_or(|(r, _, reset)| remaining < r || (remaining == r && used_ns > reset))
+            {
+                best = Some((remaining, l.value, used_ns));
+            }
+        }
+    }
+    best.map(|(remaining, limit, reset)| TokenQuota {
+        limit,
+        remaining,
+        reset: Duration::from_nanos(reset),
+    })
+}
+
+fn quotas(
+    subjects: &[&SubjectLimits],
+    states: &[&mut SubjectState],
+    est: Option<Estimate>,
+    now: u64,
+) -> Quotas {
+    Quotas {
+        requests: request_quota(subjects, states, now),
+        tokens: est.and_then(|_| token_quota(subjects, states, now)),
+    }
+}
+
+/// Admits a request over `subjects` (each with its locked state, same
+/// order), committing everything or nothing.
+pub(crate) fn admit(
+    subjects: &[&SubjectLimits],
+    states: &mut [&mut SubjectState],
+    est: Option<Estimate>,
+    now: u64,
+    id: u64,
+) -> AdmitResult {
+    let fps: Vec<u64> = subjects.iter().map(|s| s.rate_fingerprint()).collect();
+    for ((s, st), fp) in subjects.iter().zip(states.iter_mut()).zip(&fps) {
+        st.align(s, *fp);
+        st.prune(&s.period_key);
+    }
+
+    // (1) Usage limits: used + reserved + this estimate ≤ credit_limit.
+    if let Some(e) = est {
+        for (s, st) in subjects.iter().zip(states.iter()) {
+            let Some(limit) = &s.usage else { continue };
+            let p = st.period(&s.period_key);
+            let (used, reserved, this) = match limit.kind {
+                UsageKind::Tokens => (
+                    p.map_or(0.0, |p| (p.tokens_in + p.tokens_out) as f64),
+                    p.map_or(0.0, |p| p.reserved_tokens as f64),
+                    e.tokens as f64,
+                ),
+                UsageKind::Cost => (
+                    p.map_or(0.0, |p| p.cost),
+                    p.map_or(0.0, |p| p.reserved_cost),
+                    e.cost,
+                ),
+            };
+            if used + reserved + this > limit.credit_limit {
+                return AdmitResult::BudgetExhausted {
+                    subject: s.subject.clone(),
+                };
+            }
+        }
+    }
+
+    // (2) Request, then token, rate limits.
+    let mut req_wait: Option<(u64, usize)> = None;
+    let mut tok_wait: Option<(u64, usize)> = None;
+    let mut larger = false;
+    for (i, (s, st)) in subjects.iter().zip(states.iter()).enumerate() {
+        for (l, tat) in s.requests.iter().zip(&st.req_tat) {
+            let allow_at = ((*tat).max(now) + emission_ns(l)).saturating_sub(period_ns(l.period));
+            if allow_at > now && req_wait.is_none_or(|(w, _)| allow_at - now > w) {
+                req_wait = Some((allow_at - now, i));
+            }
+        }
+        let Some(e) = est else { continue };
+        for (l, tat) in s.tokens.iter().zip(&st.tok_tat) {
+            if e.tokens > l.value {
+                larger = true;
+                let wait = period_ns(l.period);
+                if tok_wait.is_none_or(|(w, _)| wait > w) {
+                    tok_wait = Some((wait, i));
+                }
+                continue;
+            }
+            let allow_at =
+                ((*tat).max(now) + token_cost_ns(l, e.tokens)).saturating_sub(period_ns(l.period));
+            if allow_at > now && tok_wait.is_none_or(|(w, _)| allow_at - now > w) {
+                tok_wait = Some((allow_at - now, i));
+            }
+        }
+    }
+    let refused = match (req_wait, tok_wait) {
+        (Some((w, i)), _) => Some((RateKind::Requests, w, i, false)),
+        (None, Some((w, i))) => Some((RateKind::Tokens, w, i, larger)),
+        (None, None) => None,
+    };
+    if let Some((which, wait, i, larger_than_limit)) = refused {
+        let mut quotas = quotas(subjects, states, est, now);
+        if let (RateKind::Requests, Some(q)) = (which, quotas.requests.as_mut()) {
+            q.retry_after = Some(Duration::from_nanos(wait));
+        }
+        return AdmitResult::RateLimited {
+            which,
+            subject: subjects[i].subject.clone(),
+            retry_after: Duration::from_nanos(wait),
+            larger_than_limit,
+            quotas,
+        };
+    }
+
+    // (3) Concurrency.
+    for (s, st) in subjects.iter().zip(states.iter()) {
+        if let Some(max) = s.max_concurrent {
+            if st.in_flight >= max {
+                return AdmitResult::ConcurrencyLimited {
+                    subject: s.subject.clone(),
+                    quotas: quotas(subjects, states, est, now),
+                };
+            }
+        }
+    }
+
+    // Commit.
+    let mut parts = Vec::with_capacity(subjects.len());
+    for ((s, st), fp) in subjects.iter().zip(states.iter_mut()).zip(fps) {
+        for (l, tat) in s.requests.iter().zip(st.req_tat.iter_mut()) {
+            *tat = (*tat).max(now) + emission_ns(l);
+        }
+        let mut part = Part {
+            limits: (*s).clone(),
+            fingerprint: fp,
+            token_estimate: None,
+            reserved_tokens: 0,
+            reserved_cost: 0.0,
+            slot: s.max_concurrent.is_some(),
+        };
+        if let Some(e) = est {
+            for (l, tat) in s.tokens.iter().zip(st.tok_tat.iter_mut()) {
+                *tat = (*tat).max(now) + token_cost_ns(l, e.tokens);
+            }
+            if !s.tokens.is_empty() {
+                part.token_estimate = Some(e.tokens);
+            }
+            let p = st.period_mut(&s.period_key, s.period_end_ms);
+            p.reserved_tokens += e.tokens;
+            p.reserved_cost += e.cost;
+            p.dirty = true;
+            part.reserved_tokens = e.tokens;
+            part.reserved_cost = e.cost;
+        }
+        if part.slot {
+            st.in_flight += 1;
+        }
+        parts.push(part);
+    }
+    AdmitResult::Admitted {
+        quotas: quotas(subjects, states, est, now),
+        admission: Admission {
+            id,
+            origin: Origin::Local,
+            parts,
+            has_estimate: est.is_some(),
+        },
+    }
+}
+
+/// Settles one part of an admission on its subject's locked state.
+/// `charge: None` releases (nothing used).
+pub(crate) fn settle_part(
+    part: &Part,
+    st: &mut SubjectState,
+    charge: Option<&Charge>,
+    has_estimate: bool,
+    now: u64,
+) {
+    let actual = charge.map_or(0, |c| c.input + c.output);
+    if let Some(est) = part.token_estimate {
+        if st.fingerprint == part.fingerprint {
+            for (l, tat) in part.limits.tokens.iter().zip(st.tok_tat.iter_mut()) {
+                if actual > est {
+                    *tat = (*tat).max(now) + token_cost_ns(l, actual - est);
+                } else {
+                    *tat = tat
+                        .saturating_sub(token_cost_ns(l, est - actual))
+                        .max(now.min(*tat));
+                }
+            }
+        }
+    }
+    if has_estimate || charge.is_some_and(|c| c.input + c.output > 0 || c.cost > 0.0) {
+        let p = st.period_mut(&part.limits.period_key, part.limits.period_end_ms);
+        p.reserved_tokens = p.reserved_tokens.saturating_sub(part.reserved_tokens);
+        p.reserved_cost = (p.reserved_cost - part.reserved_cost).max(0.0);
+        if p.reserved_tokens == 0 {
+            // Float sums of reservations need not come back to exactly 0.
+            p.reserved_cost = 0.0;
+        }
+        if let Some(c) = charge {
+            p.tokens_in += c.input;
+            p.tokens_out += c.output;
+            p.cost += c.cost;
+            if c.estimated {
+                p.estimated_tokens += c.input + c.output;
+            }
+        }
+        p.dirty = true;
+    }
+    if part.slot {
+        st.in_flight = st.in_flight.saturating_sub(1);
+    }
+}
