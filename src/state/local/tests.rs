@@ -395,10 +395,31 @@ fn a_second_opener_is_refused_while_a_reader_still_reads() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("state.db");
     let store = LocalStore::open(&path).expect("open");
+    let k = key("key_bot");
+    let a = admitted(store.admit_now(&AdmitRequest {
+        subjects: std::slice::from_ref(&k),
+        estimate: est(5),
+    }))
+    .0;
+    store.settle(a, tokens(2, 3));
+    store.flush_now().expect("flush");
     let err = LocalStore::open(&path).expect_err("second open");
     let msg = err.to_string();
     assert!(msg.contains("state.db") && msg.contains("in use"), "{msg}");
-    assert!(read_usage_report(&path).expect("read").is_empty());
+    let rows = read_usage_report(&path).expect("read");
+    assert_eq!((rows.len(), rows[0].usage.tokens_out), (1, 3));
+    // The operator's shell reads it too.
+    if let Ok(out) = std::process::Command::new("sqlite3")
+        .arg("-readonly")
+        .arg(&path)
+        .arg("SELECT scope, id, period, input_tokens, output_tokens FROM usage")
+        .output()
+    {
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "key|key_bot|all|2|3\n"
+        );
+    }
     drop(store);
     LocalStore::open(&path).expect("open after the first closed");
 }
