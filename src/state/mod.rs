@@ -411,3 +411,37 @@ pub trait CounterStore: Send + Sync {
     /// at SIGTERM. Waits at most a few seconds.
     async fn flush(&self);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_backends_serve_as_one_shared_trait_object() {
+        fn shared<T: CounterStore + 'static>() -> Option<Arc<dyn CounterStore>> {
+            None::<Arc<T>>.map(|s| s as Arc<dyn CounterStore>)
+        }
+        assert!(shared::<LocalStore>().is_none());
+        assert!(shared::<RedisStore>().is_none());
+    }
+
+    #[test]
+    fn the_fingerprint_follows_rate_limits_only() {
+        let mut a = SubjectLimits::new(SubjectId::key("k"));
+        a.requests = vec![RateLimit {
+            value: 10,
+            period: Duration::from_secs(60),
+        }];
+        let mut b = a.clone();
+        b.period_key = Arc::from("2026-11");
+        b.max_concurrent = Some(3);
+        assert_eq!(a.rate_fingerprint(), b.rate_fingerprint());
+        b.tokens = vec![TokenRate {
+            value: 10,
+            period: Duration::from_secs(60),
+        }];
+        assert_ne!(a.rate_fingerprint(), b.rate_fingerprint());
+        // Stable across builds: Redis key names of all replicas depend on it.
+        assert_eq!(a.rate_fingerprint(), 0xbf02_9936_f298_e00c);
+    }
+}

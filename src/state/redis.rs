@@ -14,10 +14,20 @@
 //!   and retried every second until it lands.
 //! - **Usage** lives per subject and period in a hash that expires a week
 //!   after the period ends, so a reset needs no job.
+//! - **Reservations** count against a subject's budget whatever their
+//!   period (at a reset, requests in flight from the old period still
+//!   count for their few seconds); usage itself is strictly per period.
+//! - **`usage()`** answers from what Redis last reported to this replica
+//!   (each admission and settlement returns the subject's totals).
 //! - **Failures**: each round trip waits at most `timeout_ms`; then
 //!   `on_error: allow` falls back to this replica's own in-memory counters
-//!   (limits still hold per replica), `deny` answers `Unavailable`. The
-//!   switch is logged once each way; `ConnectionManager` reconnects.
+//!   (limits still hold per replica; budgets add the usage last seen from
+//!   Redis), `deny` answers `Unavailable`. While down, one request per
+//!   500 ms tries Redis; the others do not wait. The switch is logged once
+//!   each way; `ConnectionManager` reconnects. Usage of fallback admissions
+//!   is summed per subject and period and sent when Redis is back.
+//!   Settlements carry an id and apply at most once, so a retry after a
+//!   timeout that did land never counts twice.
 //!
 //! Key layout (`P` = `key_prefix`, `T` = the hash tag: the workspace id for
 //! workspaces and workspace keys, the key id for admin keys, so all state
@@ -29,7 +39,13 @@
 //! P{T}:key:ID:res            hash member → "tokens cost" reserved
 //! P{T}:key:ID:usage:PERIOD   hash in, out, cost, est
 //! P{T}:workspace:ID:...      the same for a workspace
+//! P{T}:settled:MEMBER        "1" for a day: that settlement was applied
 //! ```
+//!
+//! A request whose subjects have different tags (an admin key acting on a
+//! workspace with limits) spans two slots: fine on one Redis server or a
+//! replicated primary, not on Redis Cluster, which this backend does not
+//! speak.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

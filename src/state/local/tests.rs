@@ -76,11 +76,15 @@ fn reservation_rule_never_over_admits_under_many_threads() {
     let mut w = ws("ws_research");
     w.usage = token_budget(1_000_000.0);
     let subjects = [k, w];
+    // Half the threads name the subjects the other way round: the store
+    // locks them in one global order, so this cannot deadlock.
+    let reversed = [subjects[1].clone(), subjects[0].clone()];
     let passed = Arc::new(AtomicUsize::new(0));
     let held = Arc::new(Mutex::new(Vec::new()));
     std::thread::scope(|scope| {
         for t in 0..8 {
-            let (store, passed, held, subjects) = (&store, &passed, &held, &subjects);
+            let subjects = if t % 2 == 0 { &subjects } else { &reversed };
+            let (store, passed, held) = (&store, &passed, &held);
             scope.spawn(move || {
                 for i in 0..100 {
                     if let AdmitResult::Admitted { admission, .. } =
@@ -395,10 +399,31 @@ fn a_second_opener_is_refused_while_a_reader_still_reads() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("state.db");
     let store = LocalStore::open(&path).expect("open");
+    let k = key("key_bot");
+    let a = admitted(store.admit_now(&AdmitRequest {
+        subjects: std::slice::from_ref(&k),
+        estimate: est(5),
+    }))
+    .0;
+    store.settle(a, tokens(2, 3));
+    store.flush_now().expect("flush");
     let err = LocalStore::open(&path).expect_err("second open");
     let msg = err.to_string();
     assert!(msg.contains("state.db") && msg.contains("in use"), "{msg}");
-    assert!(read_usage_report(&path).expect("read").is_empty());
+    let rows = read_usage_report(&path).expect("read");
+    assert_eq!((rows.len(), rows[0].usage.tokens_out), (1, 3));
+    // The operator's shell reads it too.
+    if let Ok(out) = std::process::Command::new("sqlite3")
+        .arg("-readonly")
+        .arg(&path)
+        .arg("SELECT scope, id, period, input_tokens, output_tokens FROM usage")
+        .output()
+    {
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "key|key_bot|all|2|3\n"
+        );
+    }
     drop(store);
     LocalStore::open(&path).expect("open after the first closed");
 }

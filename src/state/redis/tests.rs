@@ -575,3 +575,60 @@ fn urls_open_lazily_tls_included_and_never_print_a_password() {
         RedisStore::open(RedisConfig::new("http://x"), Arc::new(NoMetrics)).expect_err("bad url");
     assert!(err.to_string().contains("http://x"), "{err}");
 }
+
+#[tokio::test]
+async fn cost_budgets_are_per_period_expire_after_it_and_hold_in_the_fallback() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let s = store(&config(&server));
+    let mut w = research();
+    w.usage = Some(UsageLimit {
+        kind: UsageKind::Cost,
+        credit_limit: 1.0,
+        alert_threshold: None,
+        reset: None,
+    });
+    w.period_key = Arc::from("2026-11");
+    let end_ms = now_unix_ms() as i64 + 3_600_000;
+    w.period_end_ms = Some(end_ms);
+    let one = |cost: f64| Some(Estimate { tokens: 10, cost });
+    let a = admission(admit(&s, std::slice::from_ref(&w), one(0.5)).await);
+    s.settle(
+        a,
+        Charge {
+            input: 100,
+            output: 100,
+            cost: 0.9,
+            estimated: false,
+        },
+    );
+    let ws = SubjectId::workspace("ws_research");
+    wait_until("settled", async || s.usage(&ws, "2026-11").cost == 0.9).await;
+    assert!(matches!(
+        admit(&s, std::slice::from_ref(&w), one(0.2)).await,
+        AdmitResult::BudgetExhausted { .. }
+    ));
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut c = client.get_connection().expect("connection");
+    let at: i64 = redis::cmd("PEXPIRETIME")
+        .arg("scopegate:{ws_research}:workspace:ws_research:usage:2026-11")
+        .query(&mut c)
+        .expect("pexpiretime");
+    assert_eq!(at, end_ms + USAGE_MARGIN_MS);
+    // Another period starts from nothing.
+    let mut next = w.clone();
+    next.period_key = Arc::from("2026-12");
+    let b = admission(admit(&s, std::slice::from_ref(&next), one(0.9)).await);
+    s.release(b);
+    // Redis away: the fallback still knows this period is nearly spent.
+    server.signal(libc::SIGSTOP);
+    assert!(matches!(
+        admit(&s, std::slice::from_ref(&w), one(0.2)).await,
+        AdmitResult::BudgetExhausted { .. }
+    ));
+    assert!(is_admitted(
+        &admit(&s, std::slice::from_ref(&w), one(0.05)).await
+    ));
+    server.signal(libc::SIGCONT);
+}
