@@ -1,6 +1,8 @@
 //! The command line (SPEC 1): `serve`, `check`, `hash-key`, `new-key`,
 //! `explain` and `demo`.
 
+mod usage_cmd;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -48,8 +50,25 @@ enum Command {
     NewKey(NewKeyArgs),
     /// Show the decision the proxy would make for a key and a request.
     Explain(ExplainArgs),
+    /// Current usage against limits, for keys and workspaces with usage_limits.
+    Usage(UsageArgs),
     /// Run the proxy on the example config with built-in demo upstreams.
     Demo,
+}
+
+#[derive(Debug, Args)]
+struct UsageArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Only this key
+    #[arg(long, conflicts_with = "workspace")]
+    key: Option<String>,
+    /// Only this workspace (id or slug)
+    #[arg(long)]
+    workspace: Option<String>,
+    /// JSON instead of a table
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +127,7 @@ pub fn main() -> ExitCode {
         Command::HashKey => hash_key(),
         Command::NewKey(args) => new_key(&args),
         Command::Explain(args) => explain(&args),
+        Command::Usage(args) => usage(&args),
         Command::Demo => crate::demo_cmd::run(),
     }
 }
@@ -307,6 +327,23 @@ fn validate_new_key(spec: &keys::KeySpec, config: Option<&Path>) -> Result<(), V
             }
         }
     }
+}
+
+fn usage(args: &UsageArgs) -> ExitCode {
+    let (config, _table, snap) = match load_all(&args.config.path()) {
+        Ok(x) => x,
+        Err(problems) => {
+            print_problems(&problems);
+            return ExitCode::FAILURE;
+        }
+    };
+    usage_cmd::run(
+        &config,
+        &snap,
+        args.key.as_deref(),
+        args.workspace.as_deref(),
+        args.json,
+    )
 }
 
 fn explain(args: &ExplainArgs) -> ExitCode {

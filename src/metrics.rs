@@ -374,3 +374,95 @@ impl Metrics {
         });
     }
 }
+
+/// The metrics of SPEC 9.5 and 10: tokens, cost, budgets, in-flight
+/// requests, and the shared-state store's round trips.
+pub struct UsageMetrics {
+    /// `scopegate_tokens_total{workspace, kind, source}`.
+    pub tokens: IntCounterVec,
+    /// `scopegate_cost_usd_total{workspace}`.
+    pub cost: prometheus::CounterVec,
+    /// `scopegate_usage_limit_ratio{scope, id}`.
+    pub limit_ratio: prometheus::GaugeVec,
+    /// `scopegate_in_flight_requests{plane}`.
+    pub in_flight: IntGaugeVec,
+    /// `scopegate_unpriced_tokens_total{workspace}`.
+    pub unpriced: IntCounterVec,
+    /// `scopegate_state_errors_total{op}`.
+    pub state_errors: IntCounterVec,
+    /// `scopegate_state_duration_seconds{op}`.
+    pub state_duration: HistogramVec,
+}
+
+static USAGE_METRICS: OnceLock<Option<UsageMetrics>> = OnceLock::new();
+
+/// The process-wide usage metrics (see [`metrics`]).
+pub fn usage_metrics() -> Option<&'static UsageMetrics> {
+    USAGE_METRICS
+        .get_or_init(|| UsageMetrics::register().ok())
+        .as_ref()
+}
+
+impl UsageMetrics {
+    fn register() -> prometheus::Result<UsageMetrics> {
+        let m = UsageMetrics {
+            tokens: register_int_counter_vec!(
+                "scopegate_tokens_total",
+                "Tokens counted, by workspace, kind (input/output) and source (reported/estimated).",
+                &["workspace", "kind", "source"]
+            )?,
+            cost: prometheus::register_counter_vec!(
+                "scopegate_cost_usd_total",
+                "Cost counted in US dollars, from model_prices, by workspace.",
+                &["workspace"]
+            )?,
+            limit_ratio: prometheus::register_gauge_vec!(
+                "scopegate_usage_limit_ratio",
+                "Usage of the current period over credit_limit, for keys and workspaces with usage_limits.",
+                &["scope", "id"]
+            )?,
+            in_flight: register_int_gauge_vec!(
+                "scopegate_in_flight_requests",
+                "Requests in flight, by plane.",
+                &["plane"]
+            )?,
+            unpriced: register_int_counter_vec!(
+                "scopegate_unpriced_tokens_total",
+                "Tokens of models that no model_prices pattern prices (counted at cost 0).",
+                &["workspace"]
+            )?,
+            state_errors: register_int_counter_vec!(
+                "scopegate_state_errors_total",
+                "Failed or timed-out round trips to the shared-state store, by operation.",
+                &["op"]
+            )?,
+            state_duration: register_histogram_vec!(
+                "scopegate_state_duration_seconds",
+                "Round trips to the shared-state store, by operation.",
+                &["op"],
+                vec![0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]
+            )?,
+        };
+        for p in ["data", "control"] {
+            m.in_flight.with_label_values(&[p]).set(0);
+        }
+        Ok(m)
+    }
+}
+
+/// Wires the store's round trips to the metrics above.
+pub struct StateMetricsSink;
+
+impl crate::state::StateMetrics for StateMetricsSink {
+    fn error(&self, op: &'static str) {
+        if let Some(m) = usage_metrics() {
+            m.state_errors.with_label_values(&[op]).inc();
+        }
+    }
+
+    fn round_trip(&self, op: &'static str, seconds: f64) {
+        if let Some(m) = usage_metrics() {
+            m.state_duration.with_label_values(&[op]).observe(seconds);
+        }
+    }
+}

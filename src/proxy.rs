@@ -31,6 +31,7 @@ use crate::request::{self, KeySource};
 use crate::routes::{Plane, RouteTable};
 
 mod forward;
+pub mod spend;
 
 /// One upstream, resolved at start.
 pub struct Upstream {
@@ -99,6 +100,22 @@ pub struct Gateway {
     /// Upstream connections for requests whose body the proxy read (see
     /// `forward`).
     connector: pingora::connectors::http::Connector,
+    /// Counters and usage (SPEC 9–10).
+    counters: Arc<dyn crate::state::CounterStore>,
+    /// `max_data_body_bytes`.
+    max_data_body: usize,
+    /// `inject_stream_usage`.
+    inject_stream_usage: bool,
+}
+
+/// What SPEC 9–10 add to a [`Gateway`].
+pub struct Spending {
+    /// The counter store.
+    pub counters: Arc<dyn crate::state::CounterStore>,
+    /// `max_data_body_bytes`.
+    pub max_data_body: usize,
+    /// `inject_stream_usage`.
+    pub inject_stream_usage: bool,
 }
 
 impl Gateway {
@@ -110,6 +127,7 @@ impl Gateway {
         admin: Upstream,
         max_body: usize,
         in_flight: Arc<AtomicUsize>,
+        spending: Spending,
     ) -> Gateway {
         Gateway {
             table,
@@ -120,6 +138,9 @@ impl Gateway {
             in_flight,
             request_ids: RequestIds::new(),
             connector: pingora::connectors::http::Connector::new(None),
+            counters: spending.counters,
+            max_data_body: spending.max_data_body,
+            inject_stream_usage: spending.inject_stream_usage,
         }
     }
 
@@ -171,6 +192,15 @@ impl Gateway {
             body,
             now: crate::keys::now_millis(),
             max_body: self.max_body,
+            max_data_body: self.max_data_body,
+            used_up: &|scope, id, limit| {
+                let p = crate::usage::period::period_of(limit.reset, crate::keys::now_millis());
+                let subject = match scope {
+                    policy::Scope::Key => crate::state::SubjectId::key(id),
+                    policy::Scope::Workspace => crate::state::SubjectId::workspace(id),
+                };
+                self.counters.usage(&subject, &p.key).exhausted(limit)
+            },
         };
         (policy::decide(&self.table, snap, &facts), source)
     }
@@ -213,10 +243,136 @@ impl Gateway {
         if let Some(q) = &ctx.quota {
             add_quota_headers(resp, q)?;
         }
+        if let Some(t) = &ctx.token_quota {
+            add_token_quota_headers(resp, t)?;
+        }
         if let (Some(m), Some(plane)) = (metrics(), ctx.verdict.as_ref().and_then(|v| v.plane)) {
             m.upstream_response(self.upstream(plane).name, resp.status.as_u16());
         }
         Ok(())
+    }
+
+    /// The counter store's checks (SPEC 9.3, 10): budgets, request and
+    /// token rate limits, concurrency. Returns `true` when it answered.
+    async fn admit(&self, session: &mut Session, ctx: &mut Ctx, snap: &Arc<Snapshot>) -> Result<bool> {
+        use crate::state::{AdmitRequest, AdmitResult, RateKind};
+        let Some(verdict) = ctx.verdict.as_ref() else {
+            return Ok(false);
+        };
+        let Some(k) = verdict.key else {
+            return Ok(false);
+        };
+        let key = snap.key(k);
+        let subjects = spend::subjects(snap, key, crate::keys::now_millis());
+        if subjects.is_empty() {
+            return Ok(false);
+        }
+        let facts = verdict.spend.clone().unwrap_or_default();
+        let method = session.req_header().method.clone();
+        let pattern = verdict.pattern.clone().unwrap_or_else(|| Arc::from(""));
+        let reservation = match verdict.plane {
+            Some(Plane::Data) => spend::reservation(&method, &pattern, &facts, &subjects, snap),
+            _ => None,
+        };
+        let workspace = key
+            .workspace
+            .map_or_else(|| Arc::from("none"), |w| snap.workspace(w).id.clone());
+        let result = self
+            .counters
+            .admit(&AdmitRequest {
+                subjects: &subjects,
+                estimate: reservation.map(|r| r.0),
+            })
+            .await;
+        let (code, message) = match result {
+            AdmitResult::Admitted { admission, quotas } => {
+                ctx.quota = quotas.requests;
+                ctx.token_quota = quotas.tokens;
+                ctx.meter = Some(spend::Meter {
+                    admission: Some(admission),
+                    reserved_input: reservation.map_or(0, |r| r.1),
+                    request_model: facts.model.clone(),
+                    workspace,
+                    snap: snap.clone(),
+                    counted: reservation.is_some(),
+                    store: self.counters.clone(),
+                    subjects,
+                });
+                return Ok(false);
+            }
+            AdmitResult::BudgetExhausted { subject } => (
+                ErrorCode::BudgetExhausted,
+                match subject.scope {
+                    crate::state::Scope::Key => {
+                        "This request would pass this API key's usage limit for this period."
+                    }
+                    crate::state::Scope::Workspace => {
+                        "This request would pass the usage limit of this API key's workspace for this period."
+                    }
+                }
+                .to_string(),
+            ),
+            AdmitResult::RateLimited {
+                which,
+                subject,
+                retry_after,
+                larger_than_limit,
+                quotas,
+            } => {
+                ctx.quota = quotas.requests;
+                ctx.token_quota = quotas.tokens;
+                let whose = match subject.scope {
+                    crate::state::Scope::Key => "this API key",
+                    crate::state::Scope::Workspace => "this API key's workspace",
+                };
+                let message = match which {
+                    RateKind::Requests => {
+                        ctx.quota = ctx.quota.map(|mut q| {
+                            q.retry_after = q.retry_after.or(Some(retry_after));
+                            q
+                        });
+                        if ctx.quota.is_none() {
+                            ctx.retry_after = Some(retry_after);
+                        }
+                        format!(
+                            "Rate limit exceeded for {whose}: requests; retry after {} s.",
+                            retry_after.as_secs().max(1)
+                        )
+                    }
+                    RateKind::Tokens if larger_than_limit => {
+                        ctx.retry_after = Some(retry_after);
+                        format!(
+                            "This request's estimated tokens are more than the whole token rate \
+                             limit of {whose}; it can never pass: send a smaller request or a \
+                             smaller max_tokens."
+                        )
+                    }
+                    RateKind::Tokens => {
+                        ctx.retry_after = Some(retry_after);
+                        format!(
+                            "Token rate limit exceeded for {whose}; retry after {} s.",
+                            retry_after.as_secs().max(1)
+                        )
+                    }
+                };
+                (ErrorCode::RateLimited, message)
+            }
+            AdmitResult::ConcurrencyLimited { quotas, .. } => {
+                ctx.quota = quotas.requests;
+                ctx.token_quota = quotas.tokens;
+                (
+                    ErrorCode::ConcurrencyLimited,
+                    "This API key already has its max_concurrent_requests in flight; retry when one ends."
+                        .to_string(),
+                )
+            }
+            AdmitResult::Unavailable => (
+                ErrorCode::LimitsUnavailable,
+                "The shared limits store is unavailable; the request was not forwarded.".to_string(),
+            ),
+        };
+        self.refuse(session, ctx, code, &message, None).await?;
+        Ok(true)
     }
 
     /// Forwards a request whose body was read: exactly those bytes, sent by
@@ -235,6 +391,23 @@ impl Gateway {
         let upstream = self.upstream(plane);
         let mut req = session.req_header().clone();
         self.prepare_upstream_request(&mut req, ctx)?;
+        // SPEC 9.4: a counted stream that did not ask for usage gets it
+        // upstream, and the usage chunk is taken out of what the client sees.
+        let counted = ctx.meter.as_ref().is_some_and(|m| m.counted);
+        let mut strip = false;
+        let mut body = body;
+        if let (true, Some(spend)) = (counted && self.inject_stream_usage, ctx.verdict.as_ref().and_then(|v| v.spend.as_ref())) {
+            let pattern = ctx.verdict.as_ref().and_then(|v| v.pattern.clone());
+            if spend.stream
+                && spend.include_usage != Some(true)
+                && pattern.is_some_and(|p| crate::usage::estimate::injects_stream_usage(&req.method, &p))
+            {
+                if let Some(injected) = crate::usage::body::inject_include_usage(&body) {
+                    body = Bytes::from(injected);
+                    strip = true;
+                }
+            }
+        }
         for hop in [
             "connection",
             "keep-alive",
@@ -247,7 +420,11 @@ impl Gateway {
             req.remove_header(hop);
         }
         req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-        let mut hooks = Stamp { gw: self, ctx };
+        let tap = ctx
+            .meter
+            .take()
+            .map(|m| spend::Tap::new(m, strip, self.max_data_body.max(16 * 1024 * 1024)));
+        let mut hooks = Stamp { gw: self, ctx, tap };
         let outcome = forward::exchange(
             &self.connector,
             &upstream.peer,
@@ -295,6 +472,13 @@ impl Gateway {
                 resp.insert_header(http::header::RETRY_AFTER, s.to_string())?;
             }
         }
+        if let Some(t) = &ctx.token_quota {
+            add_token_quota_headers(&mut resp, t)?;
+        }
+        if let Some(d) = ctx.retry_after {
+            let secs = (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1);
+            resp.insert_header(http::header::RETRY_AFTER, secs.to_string())?;
+        }
         // An unread body would be taken for the next request: read and drop
         // a small one to keep the connection, close on anything else.
         if !session.as_mut().is_body_done() {
@@ -323,6 +507,10 @@ pub struct Ctx {
     shape: ErrorShape,
     key_source: KeySource,
     quota: Option<Quota>,
+    token_quota: Option<crate::state::TokenQuota>,
+    retry_after: Option<Duration>,
+    meter: Option<spend::Meter>,
+    in_flight_plane: Option<InFlightPlane>,
     body: Option<Bytes>,
     code: Option<ErrorCode>,
     upstream_status: Option<u16>,
@@ -336,6 +524,31 @@ struct InFlight(Arc<AtomicUsize>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a forwarded request in `scopegate_in_flight_requests{plane}`
+/// until its context is dropped.
+struct InFlightPlane(&'static str);
+
+impl InFlightPlane {
+    fn enter(plane: Plane) -> InFlightPlane {
+        let label = match plane {
+            Plane::Data => "data",
+            Plane::Control => "control",
+        };
+        if let Some(m) = crate::metrics::usage_metrics() {
+            m.in_flight.with_label_values(&[label]).inc();
+        }
+        InFlightPlane(label)
+    }
+}
+
+impl Drop for InFlightPlane {
+    fn drop(&mut self) {
+        if let Some(m) = crate::metrics::usage_metrics() {
+            m.in_flight.with_label_values(&[self.0]).dec();
+        }
     }
 }
 
@@ -398,6 +611,13 @@ fn body_hint(req: &RequestHeader) -> Body<'static> {
         return Body::Unread { declared_len: None };
     }
     Body::Empty
+}
+
+fn add_token_quota_headers(resp: &mut ResponseHeader, q: &crate::state::TokenQuota) -> Result<()> {
+    resp.insert_header("x-ratelimit-limit-tokens", q.limit.to_string())?;
+    resp.insert_header("x-ratelimit-remaining-tokens", q.remaining.to_string())?;
+    resp.insert_header("x-ratelimit-reset-tokens", ratelimit::format_reset(q.reset))?;
+    Ok(())
 }
 
 fn add_quota_headers(resp: &mut ResponseHeader, q: &Quota) -> Result<()> {
@@ -469,23 +689,34 @@ fn is_identity_or_override(n: &str) -> bool {
         )
 }
 
-/// The response hooks of a plain forward: stamp the header, pass the body.
+/// The response hooks of a forward: stamp the header; a metered request's
+/// body also passes its usage tap.
 struct Stamp<'a> {
     gw: &'a Gateway,
     ctx: &'a mut Ctx,
+    tap: Option<spend::Tap>,
 }
 
 impl forward::ResponseHooks for Stamp<'_> {
     fn header(&mut self, resp: &mut ResponseHeader) -> Result<()> {
+        if let Some(t) = &mut self.tap {
+            t.header(resp);
+        }
         self.gw.stamp_response(resp, self.ctx)
     }
 
     fn chunk(&mut self, chunk: Bytes) -> Bytes {
-        chunk
+        match &mut self.tap {
+            Some(t) => t.chunk(chunk),
+            None => chunk,
+        }
     }
 
-    fn end(&mut self, _complete: bool) -> Bytes {
-        Bytes::new()
+    fn end(&mut self, complete: bool) -> Bytes {
+        match &mut self.tap {
+            Some(t) => t.end(complete),
+            None => Bytes::new(),
+        }
     }
 }
 
@@ -535,6 +766,10 @@ impl ProxyHttp for Gateway {
             shape: ErrorShape::OpenAi,
             key_source: KeySource::PortkeyHeader,
             quota: None,
+            token_quota: None,
+            retry_after: None,
+            meter: None,
+            in_flight_plane: None,
             body: None,
             code: None,
             upstream_status: None,
@@ -570,7 +805,11 @@ impl ProxyHttp for Gateway {
             if expects_continue(session.req_header()) {
                 session.as_mut().write_continue_response().await?;
             }
-            let body = read_body_capped(session, self.max_body).await?;
+            let cap = match verdict.plane {
+                Some(Plane::Data) => self.max_data_body,
+                _ => self.max_body,
+            };
+            let body = read_body_capped(session, cap).await?;
             let facts_body = match &body {
                 Some(b) => Body::Read(b),
                 None => Body::TooLarge,
@@ -602,24 +841,11 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
             Outcome::Allow => {
-                let limiter = ctx
-                    .verdict
-                    .as_ref()
-                    .and_then(|v| v.key)
-                    .and_then(|k| snap.key(k).limiter.clone());
-                if let Some(limiter) = limiter {
-                    let q = limiter.check(ratelimit::monotonic_ns());
-                    ctx.quota = Some(q);
-                    if !q.allowed() {
-                        let msg = format!(
-                            "Rate limit exceeded for this API key: {} requests; retry after {} s.",
-                            q.limit,
-                            q.retry_after_secs().unwrap_or(1)
-                        );
-                        self.refuse(session, ctx, ErrorCode::RateLimited, &msg, None)
-                            .await?;
-                        return Ok(true);
-                    }
+                if self.admit(session, ctx, &snap).await? {
+                    return Ok(true);
+                }
+                if let Some(plane) = ctx.verdict.as_ref().and_then(|v| v.plane) {
+                    ctx.in_flight_plane = Some(InFlightPlane::enter(plane));
                 }
                 if let Some(body) = ctx.body.clone() {
                     self.forward_read_body(session, ctx, body).await?;
@@ -736,6 +962,12 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         if ctx.probe {
             return;
+        }
+        if let (Some(mut meter), Some(status)) = (ctx.meter.take(), ctx.upstream_status) {
+            // Forwarded by pingora (a body the proxy did not read): no
+            // usage was read from the response, so the reservation's input
+            // is charged as an estimate (SPEC 9.3).
+            meter.settle(status, &crate::usage::response::Observed::default());
         }
         access_log::record(session, e, ctx_view(ctx, self));
     }

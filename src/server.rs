@@ -124,9 +124,13 @@ fn dumps_headers(target: &str) -> bool {
 pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Result<()> {
     // First, so that a SIGTERM at any moment from here on drains and exits 0.
     let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Usage must survive restarts: a state file that cannot be used stops
+    // the start, naming the file, rather than counting into the void.
+    let counters = open_counters(&config)?;
     spawn_shutdown_watch(
         in_flight.clone(),
         Duration::from_secs(config.shutdown_grace_period_seconds),
+        counters.clone(),
     );
     // The start-up load's text and document are garbage now.
     keys::release_freed_memory();
@@ -159,6 +163,11 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
         admin,
         config.max_inspect_body_bytes,
         in_flight,
+        crate::proxy::Spending {
+            counters,
+            max_data_body: config.max_data_body_bytes,
+            inject_stream_usage: config.inject_stream_usage,
+        },
     );
 
     let threads = config
@@ -263,7 +272,39 @@ fn answers_as_this_process(addr: &std::net::SocketAddr) -> bool {
 
 /// pingora's graceful shutdown always waits the whole grace period; exit as
 /// soon as the in-flight requests are done instead (or when it runs out).
-fn spawn_shutdown_watch(in_flight: Arc<std::sync::atomic::AtomicUsize>, grace: Duration) {
+/// The counter store of `state` (SPEC 10).
+///
+/// # Errors
+/// The state file cannot be opened (corrupt, locked by another scopegate,
+/// unwritable folder) or the Redis URL is invalid.
+pub fn open_counters(config: &Config) -> anyhow::Result<Arc<dyn crate::state::CounterStore>> {
+    use crate::state::{LocalStore, OnError, RedisConfig, RedisStore};
+    match &config.state.redis {
+        None => {
+            let store = LocalStore::open(&config.state.path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(Arc::new(store))
+        }
+        Some(r) => {
+            let mut cfg = RedisConfig::new(r.url.clone());
+            cfg.timeout = Duration::from_millis(r.timeout_ms);
+            cfg.on_error = if r.deny_on_error {
+                OnError::Deny
+            } else {
+                OnError::Allow
+            };
+            cfg.key_prefix = r.key_prefix.clone();
+            let store = RedisStore::open(cfg, Arc::new(crate::metrics::StateMetricsSink))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+fn spawn_shutdown_watch(
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    grace: Duration,
+    counters: Arc<dyn crate::state::CounterStore>,
+) {
     let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM]);
     let Ok(mut signals) = signals else {
         tracing::warn!("cannot watch SIGTERM; relying on pingora's grace period");
@@ -286,6 +327,13 @@ fn spawn_shutdown_watch(in_flight: Arc<std::sync::atomic::AtomicUsize>, grace: D
                 std::thread::sleep(Duration::from_millis(10));
             }
             let left = in_flight.load(Ordering::Acquire);
+            // Every finished request has settled; write the usage now.
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(counters.flush());
+            }
             tracing::info!(left, "shutdown complete");
             std::process::exit(0);
         });

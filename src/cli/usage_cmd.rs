@@ -1,0 +1,211 @@
+//! `scopegate usage` (SPEC 9.5): current usage against limits, for every key
+//! and workspace with `usage_limits`, read from the same store the proxy
+//! writes (the SQLite file, or Redis) while the proxy runs.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::config::Config;
+use crate::keys::{Snapshot, UsageLimit};
+use crate::state::{Scope, SubjectId, SubjectLimits, UsageNow, UsageRow};
+use crate::usage::period::{period_of, Period};
+
+/// One line of the report.
+struct Line {
+    subject: SubjectId,
+    limit: UsageLimit,
+    period: Period,
+    usage: UsageNow,
+}
+
+/// The subjects with usage limits, filtered by `--key` / `--workspace`.
+fn subjects(
+    snap: &Snapshot,
+    key: Option<&str>,
+    workspace: Option<&str>,
+    now_ms: i64,
+) -> Vec<(SubjectId, UsageLimit, Period, Option<Arc<str>>)> {
+    let mut out = Vec::new();
+    let want_ws = workspace.map(|w| {
+        snap.workspace_by_name(w)
+            .map_or_else(|| Arc::from(w), |i| snap.workspace(i).id.clone())
+    });
+    if workspace.is_none() {
+        for k in snap.keys() {
+            if key.is_some_and(|id| id != &*k.id) {
+                continue;
+            }
+            if let Some(u) = k.limits.usage {
+                let ws = k.workspace.map(|w| snap.workspace(w).id.clone());
+                out.push((
+                    SubjectId::key(k.id.clone()),
+                    u,
+                    period_of(u.reset, now_ms),
+                    ws,
+                ));
+            }
+        }
+    }
+    if key.is_none() {
+        for w in snap.workspaces() {
+            if want_ws.as_ref().is_some_and(|id| id != &w.id) {
+                continue;
+            }
+            if let Some(u) = w.limits.usage {
+                out.push((
+                    SubjectId::workspace(w.id.clone()),
+                    u,
+                    period_of(u.reset, now_ms),
+                    Some(w.id.clone()),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn read_rows(
+    config: &Config,
+    subjects: &[(SubjectId, UsageLimit, Period, Option<Arc<str>>)],
+) -> Result<Vec<UsageRow>, String> {
+    match &config.state.redis {
+        None => crate::state::local::read_usage_report(&config.state.path).map_err(|e| e.to_string()),
+        Some(r) => {
+            let mut cfg = crate::state::RedisConfig::new(r.url.clone());
+            cfg.timeout = std::time::Duration::from_millis(r.timeout_ms.max(1000));
+            cfg.key_prefix = r.key_prefix.clone();
+            let limits: Vec<SubjectLimits> = subjects
+                .iter()
+                .map(|(s, u, p, ws)| {
+                    let mut l = SubjectLimits::new(s.clone());
+                    l.workspace = if s.scope == Scope::Key { ws.clone() } else { None };
+                    l.usage = Some(*u);
+                    l.period_key = Arc::from(p.key.as_str());
+                    l.period_end_ms = p.end_ms;
+                    l
+                })
+                .collect();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(crate::state::redis::read_usage_report(&cfg, &limits))
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// Runs `scopegate usage`.
+pub fn run(config: &Config, snap: &Snapshot, key: Option<&str>, workspace: Option<&str>, as_json: bool) -> ExitCode {
+    let now = crate::keys::now_millis();
+    if let Some(k) = key {
+        if snap.key_by_id(k).is_none() {
+            eprintln!("scopegate usage: no key with id `{k}`");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(w) = workspace {
+        if snap.workspace_by_name(w).is_none() {
+            eprintln!("scopegate usage: no workspace `{w}`");
+            return ExitCode::FAILURE;
+        }
+    }
+    let subjects = subjects(snap, key, workspace, now);
+    let rows = match read_rows(config, &subjects) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("scopegate usage: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let by: HashMap<(SubjectId, Arc<str>), UsageNow> = rows
+        .into_iter()
+        .map(|r| ((r.subject, r.usage.period_key.clone()), r.usage))
+        .collect();
+    let lines: Vec<Line> = subjects
+        .into_iter()
+        .map(|(subject, limit, period, _)| {
+            let usage = by
+                .get(&(subject.clone(), Arc::from(period.key.as_str())))
+                .cloned()
+                .unwrap_or_default();
+            Line {
+                subject,
+                limit,
+                period,
+                usage,
+            }
+        })
+        .collect();
+    if as_json {
+        let items: Vec<_> = lines
+            .iter()
+            .map(|l| {
+                json!({
+                    "scope": l.subject.scope.as_str(),
+                    "id": &*l.subject.id,
+                    "type": l.limit.kind.as_str(),
+                    "used": l.usage.used(l.limit.kind),
+                    "used_tokens": l.usage.tokens_in + l.usage.tokens_out,
+                    "input_tokens": l.usage.tokens_in,
+                    "output_tokens": l.usage.tokens_out,
+                    "estimated_tokens": l.usage.estimated_tokens,
+                    "cost_usd": l.usage.cost,
+                    "credit_limit": l.limit.credit_limit,
+                    "alert_threshold": l.limit.alert_threshold,
+                    "reserved_tokens": l.usage.reserved_tokens,
+                    "reserved_cost_usd": l.usage.reserved_cost,
+                    "period": l.period.key,
+                    "periodic_reset": l.limit.reset.map(|r| r.as_str()),
+                    "resets_at": l.period.end_ms.map(rfc3339),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(items));
+        return ExitCode::SUCCESS;
+    }
+    if lines.is_empty() {
+        println!("no key or workspace with usage_limits");
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<10} {:<24} {:<7} {:>14} {:>14} {:>12} {:>12} {:<10} resets",
+        "scope", "id", "type", "used", "limit", "tokens", "cost_usd", "period"
+    );
+    for l in &lines {
+        let resets = l.period.end_ms.map_or_else(|| "never".to_string(), rfc3339);
+        println!(
+            "{:<10} {:<24} {:<7} {:>14} {:>14} {:>12} {:>12.6} {:<10} {} (reserved now: {} tokens, ${:.6})",
+            l.subject.scope.as_str(),
+            &*l.subject.id,
+            l.limit.kind.as_str(),
+            format_amount(l.usage.used(l.limit.kind)),
+            format_amount(l.limit.credit_limit),
+            l.usage.tokens_in + l.usage.tokens_out,
+            l.usage.cost,
+            l.period.key,
+            resets,
+            l.usage.reserved_tokens,
+            l.usage.reserved_cost,
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn format_amount(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:.6}")
+    }
+}
