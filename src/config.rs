@@ -649,9 +649,7 @@ impl Validator<'_> {
     }
 
     fn state(&mut self, raw: RawState) -> StateConfig {
-        let path = self
-            .base
-            .join(raw.path.as_deref().unwrap_or("state.db"));
+        let path = self.base.join(raw.path.as_deref().unwrap_or("state.db"));
         let redis = match (raw.backend, raw.redis) {
             (Backend::Local, None) => None,
             (Backend::Local, Some(_)) => {

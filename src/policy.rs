@@ -6,9 +6,9 @@ use http::Method;
 
 use crate::errors::{Denial, ErrorCode, ErrorShape};
 use crate::keys::{KeyIdx, KeyStatus, Limits, Snapshot, UnixMillis, UsageLimit, WsIdx};
-use crate::usage;
 use crate::request::{self, BodyWorkspace, Presented};
 use crate::routes::{Plane, RouteIdx, RouteTable};
+use crate::usage;
 
 /// What the decision knows about a request body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -254,7 +254,12 @@ impl Gateway {
 
     /// The counter store's checks (SPEC 9.3, 10): budgets, request and
     /// token rate limits, concurrency. Returns `true` when it answered.
-    async fn admit(&self, session: &mut Session, ctx: &mut Ctx, snap: &Arc<Snapshot>) -> Result<bool> {
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        snap: &Arc<Snapshot>,
+    ) -> Result<bool> {
         use crate::state::{AdmitRequest, AdmitResult, RateKind};
         let Some(verdict) = ctx.verdict.as_ref() else {
             return Ok(false);
@@ -396,11 +401,15 @@ impl Gateway {
         let counted = ctx.meter.as_ref().is_some_and(|m| m.counted);
         let mut strip = false;
         let mut body = body;
-        if let (true, Some(spend)) = (counted && self.inject_stream_usage, ctx.verdict.as_ref().and_then(|v| v.spend.as_ref())) {
+        if let (true, Some(spend)) = (
+            counted && self.inject_stream_usage,
+            ctx.verdict.as_ref().and_then(|v| v.spend.as_ref()),
+        ) {
             let pattern = ctx.verdict.as_ref().and_then(|v| v.pattern.clone());
             if spend.stream
                 && spend.include_usage != Some(true)
-                && pattern.is_some_and(|p| crate::usage::estimate::injects_stream_usage(&req.method, &p))
+                && pattern
+                    .is_some_and(|p| crate::usage::estimate::injects_stream_usage(&req.method, &p))
             {
                 if let Some(injected) = crate::usage::body::inject_include_usage(&body) {
                     body = Bytes::from(injected);

@@ -26,6 +26,7 @@ mod e2e {
     mod reload_triggers;
     mod routes;
     mod shutdown;
+    mod spending;
     mod streaming;
     mod tls;
     mod workspaces;

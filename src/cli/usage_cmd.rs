@@ -72,7 +72,9 @@ fn read_rows(
     subjects: &[(SubjectId, UsageLimit, Period, Option<Arc<str>>)],
 ) -> Result<Vec<UsageRow>, String> {
     match &config.state.redis {
-        None => crate::state::local::read_usage_report(&config.state.path).map_err(|e| e.to_string()),
+        None => {
+            crate::state::local::read_usage_report(&config.state.path).map_err(|e| e.to_string())
+        }
         Some(r) => {
             let mut cfg = crate::state::RedisConfig::new(r.url.clone());
             cfg.timeout = std::time::Duration::from_millis(r.timeout_ms.max(1000));
@@ -81,7 +83,11 @@ fn read_rows(
                 .iter()
                 .map(|(s, u, p, ws)| {
                     let mut l = SubjectLimits::new(s.clone());
-                    l.workspace = if s.scope == Scope::Key { ws.clone() } else { None };
+                    l.workspace = if s.scope == Scope::Key {
+                        ws.clone()
+                    } else {
+                        None
+                    };
                     l.usage = Some(*u);
                     l.period_key = Arc::from(p.key.as_str());
                     l.period_end_ms = p.end_ms;
@@ -101,12 +107,21 @@ fn read_rows(
 fn rfc3339(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
 /// Runs `scopegate usage`.
-pub fn run(config: &Config, snap: &Snapshot, key: Option<&str>, workspace: Option<&str>, as_json: bool) -> ExitCode {
+pub fn run(
+    config: &Config,
+    snap: &Snapshot,
+    key: Option<&str>,
+    workspace: Option<&str>,
+    as_json: bool,
+) -> ExitCode {
     let now = crate::keys::now_millis();
     if let Some(k) = key {
         if snap.key_by_id(k).is_none() {

@@ -350,6 +350,9 @@ impl Tap {
 
     /// The metered request ended before any response (an upstream error).
     pub fn abandon(&mut self) {
-        self.meter.admission.take().map(|a| self.meter.store.release(a));
+        self.meter
+            .admission
+            .take()
+            .map(|a| self.meter.store.release(a));
     }
 }
