@@ -23,3 +23,4 @@ pub mod routes;
 pub mod scopes;
 pub mod server;
 pub mod tls;
+pub mod tls_listen;

@@ -287,6 +287,20 @@ fn body_hint(req: &RequestHeader) -> Body<'static> {
     Body::Empty
 }
 
+/// HTTP/2 frames the body itself: a request may carry one with neither
+/// `Content-Length` nor `Transfer-Encoding`, which [`body_hint`] would take
+/// for no body (and the body would go upstream uninspected).
+fn h2_body_hint(session: &mut Session) -> Option<Body<'static>> {
+    let downstream = session.as_mut();
+    let unframed = downstream.is_http2()
+        && !downstream
+            .req_header()
+            .headers
+            .contains_key(http::header::CONTENT_LENGTH)
+        && !downstream.is_body_empty();
+    unframed.then_some(Body::Unread { declared_len: None })
+}
+
 fn add_quota_headers(resp: &mut ResponseHeader, q: &Quota) -> Result<()> {
     resp.insert_header("x-ratelimit-limit-requests", q.limit.to_string())?;
     resp.insert_header("x-ratelimit-remaining-requests", q.remaining.to_string())?;
@@ -374,7 +388,8 @@ impl ProxyHttp for Gateway {
             _ => self.request_ids.generate(),
         };
         let snap = self.store.load();
-        let (mut verdict, source) = self.decide(session, &snap, None);
+        let hint = h2_body_hint(session);
+        let (mut verdict, source) = self.decide(session, &snap, hint);
         if verdict.outcome == Outcome::ReadBody {
             // Buffer what we read so pingora can send it upstream again;
             // `request_body_filter` substitutes the whole body.

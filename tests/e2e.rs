@@ -26,5 +26,6 @@ mod e2e {
     mod shutdown;
     mod streaming;
     mod tls;
+    mod tls_listener;
     mod workspaces;
 }
