@@ -182,14 +182,14 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
         config.reload_poll_interval_ms,
     )
     .spawn()?;
-    spawn_readiness_probe(
-        config
-            .listen
-            .iter()
-            .map(|l| (l.address.clone(), tls_of(&l.address)))
-            .collect(),
-    );
+    let probe_targets = config
+        .listen
+        .iter()
+        .map(|l| (l.address.clone(), tls_of(&l.address)))
+        .collect();
+    // Before readiness: a SIGHUP sent once `/readyz` says 200 must reach it.
     CertWatcher::new(tls, config.reload_poll_interval_ms).spawn()?;
+    spawn_readiness_probe(probe_targets);
 
     let listen: Vec<String> = config
         .listen
