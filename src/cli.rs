@@ -169,10 +169,21 @@ fn serve(path: &Path) -> ExitCode {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match load_all(path) {
-        Ok((config, table, snap)) => {
+    // TLS files are checked as `serve` loads them: readable, key matching
+    // the certificate, not expired.
+    let loaded = load_all(path).and_then(|(config, table, snap)| {
+        let tls = crate::tls_listen::load_listeners(&config)?;
+        Ok((config, table, snap, tls.len()))
+    });
+    match loaded {
+        Ok((config, table, snap, tls)) => {
+            let tls = match tls {
+                0 => String::new(),
+                1 => "; 1 TLS listener".to_string(),
+                n => format!("; {n} TLS listeners"),
+            };
             println!(
-                "{}: ok: {} keys, {} organisations, {} workspaces, {} routes; keys file {}",
+                "{}: ok: {} keys, {} organisations, {} workspaces, {} routes; keys file {}{tls}",
                 config.path.display(),
                 snap.keys().len(),
                 snap.organisations().len(),

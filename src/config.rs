@@ -60,8 +60,9 @@ pub fn default_config_path() -> PathBuf {
 pub struct Config {
     /// The file it was read from.
     pub path: PathBuf,
-    /// Proxy listen addresses, each a valid `IP:PORT` (a [`SocketAddr`]).
-    pub listen: Vec<String>,
+    /// Proxy listeners: plain HTTP/1.1 or HTTPS (SPEC 11); addresses are
+    /// valid `IP:PORT` (a [`SocketAddr`]) and distinct.
+    pub listen: Vec<Listener>,
     /// `/metrics`, `/healthz`, `/readyz`; `None` disables them.
     pub metrics_listen: Option<String>,
     /// Proxy worker threads; `None`: the CPU count.
@@ -123,6 +124,40 @@ pub struct RedisSettings {
     pub deny_on_error: bool,
     /// Prefix of every key.
     pub key_prefix: String,
+}
+
+/// One proxy listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    /// `IP:PORT`.
+    pub address: String,
+    /// HTTPS settings; `None`: plain HTTP/1.1.
+    pub tls: Option<ListenerTls>,
+}
+
+impl Listener {
+    /// A plain HTTP/1.1 listener.
+    pub fn plain(address: impl Into<String>) -> Listener {
+        Listener {
+            address: address.into(),
+            tls: None,
+        }
+    }
+}
+
+/// The TLS part of an HTTPS listener (SPEC 11). Paths are resolved against
+/// the config file's folder and were regular files when the config was read;
+/// whether they hold a usable pair is checked by [`crate::tls_listen`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA bundle: when set, clients must present a certificate it signed.
+    pub client_ca_file: Option<PathBuf>,
+    /// Offer HTTP/2 by ALPN beside HTTP/1.1 (default true).
+    pub http2: bool,
 }
 
 /// Log line format.
@@ -399,8 +434,58 @@ struct RawUpstream {
     ca_file: Option<String>,
 }
 
-/// `listen`: one address or a list.
-struct Listen(Vec<String>);
+/// `listen`: one entry or a list.
+struct Listen(Vec<RawListenEntry>);
+
+/// One `listen` entry: an address (plain HTTP/1.1) or a mapping.
+enum RawListenEntry {
+    Plain(String),
+    Full(RawListener),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    address: String,
+    #[serde(default)]
+    tls: Option<RawListenerTls>,
+    #[serde(default)]
+    http2: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListenerTls {
+    cert_file: String,
+    key_file: String,
+    #[serde(default)]
+    client_ca_file: Option<String>,
+}
+
+const LISTEN_EXPECTED: &str = "an address such as \"127.0.0.1:8080\", a mapping with `address` \
+                               and `tls`, or a list of them";
+
+impl<'de> Deserialize<'de> for RawListenEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawListenEntry, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawListenEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "an address such as \"127.0.0.1:8080\", or a mapping with `address` and `tls`",
+                )
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawListenEntry, E> {
+                Ok(RawListenEntry::Plain(s.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawListenEntry, A::Error> {
+                RawListener::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawListenEntry::Full)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 impl<'de> Deserialize<'de> for Listen {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Listen, D::Error> {
@@ -408,15 +493,19 @@ impl<'de> Deserialize<'de> for Listen {
         impl<'de> Visitor<'de> for V {
             type Value = Listen;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an address such as \"127.0.0.1:8080\", or a list of them")
+                f.write_str(LISTEN_EXPECTED)
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Listen, E> {
-                Ok(Listen(vec![s.to_string()]))
+                Ok(Listen(vec![RawListenEntry::Plain(s.to_string())]))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Listen, A::Error> {
+                RawListener::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|l| Listen(vec![RawListenEntry::Full(l)]))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Listen, A::Error> {
                 let mut out = Vec::new();
-                while let Some(s) = seq.next_element::<String>()? {
-                    out.push(s);
+                while let Some(entry) = seq.next_element::<RawListenEntry>()? {
+                    out.push(entry);
                 }
                 Ok(Listen(out))
             }
@@ -476,7 +565,7 @@ impl Validator<'_> {
                     "metrics_listen",
                     format!("metrics_listen: `{}` {ADDR_RULE}", m.escape_debug()),
                 );
-            } else if listen.contains(m) {
+            } else if listen.iter().any(|l| l.address == *m) {
                 self.problem(
                     "metrics_listen",
                     format!("metrics_listen: `{m}` is also a proxy listen address"),
@@ -567,22 +656,92 @@ impl Validator<'_> {
         }
     }
 
-    fn listen(&mut self, addrs: Vec<String>) -> Vec<String> {
-        if addrs.is_empty() {
+    fn listen(&mut self, entries: Vec<RawListenEntry>) -> Vec<Listener> {
+        if entries.is_empty() {
             self.problem(
                 "listen",
                 "listen: needs at least one address, such as 127.0.0.1:8080",
             );
         }
-        for (i, a) in addrs.iter().enumerate() {
-            let at = format!("listen[{i}]");
+        let mut out: Vec<Listener> = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.into_iter().enumerate() {
+            let (listener, at) = match entry {
+                RawListenEntry::Plain(address) => {
+                    (Listener::plain(address), format!("listen[{i}]"))
+                }
+                RawListenEntry::Full(raw) => {
+                    let tls = self.listener_tls(&raw, i);
+                    (
+                        Listener {
+                            address: raw.address,
+                            tls,
+                        },
+                        format!("listen[{i}].address"),
+                    )
+                }
+            };
+            let a = &listener.address;
             if a.parse::<SocketAddr>().is_err() {
                 self.problem(at, format!("listen: `{}` {ADDR_RULE}", a.escape_debug()));
-            } else if addrs[..i].contains(a) {
+            } else if out.iter().any(|l| l.address == *a) {
                 self.problem(at, format!("listen: `{a}` is listed twice"));
             }
+            out.push(listener);
         }
-        addrs
+        out
+    }
+
+    /// The `tls` and `http2` of the mapping form of `listen[i]`.
+    fn listener_tls(&mut self, raw: &RawListener, i: usize) -> Option<ListenerTls> {
+        let Some(tls) = &raw.tls else {
+            if raw.http2 == Some(true) {
+                self.problem(
+                    format!("listen[{i}].http2"),
+                    format!(
+                        "listen[{i}].http2: HTTP/2 is offered by ALPN on TLS listeners only; add \
+                         `tls` (a plain listener serves HTTP/1.1)"
+                    ),
+                );
+            }
+            return None;
+        };
+        let mut file = |field: &str, name: &str| -> PathBuf {
+            let here = format!("listen[{i}].tls.{field}");
+            if name.trim().is_empty() {
+                self.problem(&here, format!("{here}: must name a file"));
+                return PathBuf::new();
+            }
+            let resolved = self.base.join(name);
+            self.regular_file(&here, &resolved);
+            resolved
+        };
+        let cert_file = file("cert_file", &tls.cert_file);
+        let key_file = file("key_file", &tls.key_file);
+        let client_ca_file = tls
+            .client_ca_file
+            .as_deref()
+            .map(|ca| file("client_ca_file", ca));
+        Some(ListenerTls {
+            cert_file,
+            key_file,
+            client_ca_file,
+            http2: raw.http2.unwrap_or(true),
+        })
+    }
+
+    /// Reports `path` unless it is a regular file (through symlinks).
+    fn regular_file(&mut self, here: &str, path: &Path) {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => self.problem(
+                here,
+                format!("{here}: `{}` is not a regular file", path.display()),
+            ),
+            Err(e) => self.problem(
+                here,
+                format!("{here}: cannot read `{}`: {e}", path.display()),
+            ),
+        }
     }
 
     fn upstream(&mut self, raw: RawUpstream, at: &str) -> UpstreamConfig {
@@ -613,17 +772,7 @@ impl Validator<'_> {
             {
                 self.problem(&here, format!("{here}: is only used with an https:// url"));
             }
-            match std::fs::metadata(&resolved) {
-                Ok(m) if m.is_file() => {}
-                Ok(_) => self.problem(
-                    &here,
-                    format!("{here}: `{}` is not a regular file", resolved.display()),
-                ),
-                Err(e) => self.problem(
-                    &here,
-                    format!("{here}: cannot read `{}`: {e}", resolved.display()),
-                ),
-            }
+            self.regular_file(&here, &resolved);
             resolved
         });
         let authority = match (parsed.tls, parsed.port) {

@@ -99,7 +99,11 @@ pub fn run() -> ExitCode {
         eprintln!("scopegate demo: {e}");
         return ExitCode::FAILURE;
     }
-    let listen = config.listen.first().cloned().unwrap_or_default();
+    let listen = config
+        .listen
+        .first()
+        .map(|l| l.address.clone())
+        .unwrap_or_default();
     print_walkthrough(&listen, config.metrics_listen.as_deref());
     crate::server::init_logging(config.log_format);
     match crate::server::serve(config, table, KeyStore::new(snap)) {

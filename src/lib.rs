@@ -25,3 +25,4 @@ pub mod server;
 pub mod state;
 pub mod tls;
 pub mod usage;
+pub mod tls_listen;

@@ -16,8 +16,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response};
 use prometheus::{
-    register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
-    Encoder, Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, TextEncoder,
+    register_gauge, register_gauge_vec, register_histogram_vec, register_int_counter_vec,
+    register_int_gauge_vec, Encoder, Gauge, GaugeVec, Histogram, HistogramVec, IntCounter,
+    IntCounterVec, IntGaugeVec, TextEncoder,
 };
 
 use crate::errors::ErrorCode;
@@ -48,6 +49,10 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// `scopegate_keys_last_reload_success_timestamp_seconds`.
     pub last_reload_success: Gauge,
+    /// `scopegate_tls_reloads_total`.
+    pub tls_reloads: IntCounterVec,
+    /// `scopegate_tls_certificate_expiry_timestamp_seconds`.
+    pub tls_expiry: GaugeVec,
     /// Set once keys are loaded.
     pub ready: AtomicBool,
     /// Set once the proxy listeners accept connections; `/readyz` needs both.
@@ -111,6 +116,17 @@ impl Metrics {
                 "scopegate_keys_last_reload_success_timestamp_seconds",
                 "Unix time of the last successful keys load."
             )?,
+            tls_reloads: register_int_counter_vec!(
+                "scopegate_tls_reloads_total",
+                "Loads of TLS listener certificate and key pairs (the load at start counts), by \
+                 result.",
+                &["result"]
+            )?,
+            tls_expiry: register_gauge_vec!(
+                "scopegate_tls_certificate_expiry_timestamp_seconds",
+                "Unix time at which the certificate a TLS listener serves expires.",
+                &["listener"]
+            )?,
             ready: AtomicBool::new(false),
             listening: AtomicBool::new(false),
         };
@@ -119,6 +135,7 @@ impl Metrics {
         }
         for r in ["success", "failure"] {
             m.reloads.with_label_values(&[r]).inc_by(0);
+            m.tls_reloads.with_label_values(&[r]).inc_by(0);
         }
         Ok(m)
     }
@@ -142,6 +159,20 @@ impl Metrics {
     /// Records a failed keys load.
     pub fn keys_load_failed(&self) {
         self.reloads.with_label_values(&["failure"]).inc();
+    }
+
+    /// Records a certificate pair put in force on `listener` (its address),
+    /// expiring at `not_after` (Unix seconds).
+    pub fn tls_loaded(&self, listener: &str, not_after: i64) {
+        self.tls_reloads.with_label_values(&["success"]).inc();
+        self.tls_expiry
+            .with_label_values(&[listener])
+            .set(not_after as f64);
+    }
+
+    /// Records a certificate pair that was refused (the old one stays).
+    pub fn tls_load_failed(&self) {
+        self.tls_reloads.with_label_values(&["failure"]).inc();
     }
 }
 

@@ -629,6 +629,20 @@ fn add_token_quota_headers(resp: &mut ResponseHeader, q: &crate::state::TokenQuo
     Ok(())
 }
 
+/// HTTP/2 frames the body itself: a request may carry one with neither
+/// `Content-Length` nor `Transfer-Encoding`, which [`body_hint`] would take
+/// for no body (and the body would go upstream uninspected).
+fn h2_body_hint(session: &mut Session) -> Option<Body<'static>> {
+    let downstream = session.as_mut();
+    let unframed = downstream.is_http2()
+        && !downstream
+            .req_header()
+            .headers
+            .contains_key(http::header::CONTENT_LENGTH)
+        && !downstream.is_body_empty();
+    unframed.then_some(Body::Unread { declared_len: None })
+}
+
 fn add_quota_headers(resp: &mut ResponseHeader, q: &Quota) -> Result<()> {
     resp.insert_header("x-ratelimit-limit-requests", q.limit.to_string())?;
     resp.insert_header("x-ratelimit-remaining-requests", q.remaining.to_string())?;
@@ -806,7 +820,8 @@ impl ProxyHttp for Gateway {
             _ => self.request_ids.generate(),
         };
         let snap = self.store.load();
-        let (mut verdict, source) = self.decide(session, &snap, None);
+        let hint = h2_body_hint(session);
+        let (mut verdict, source) = self.decide(session, &snap, hint);
         if verdict.outcome == Outcome::ReadBody {
             // The body is read here, checked, and then sent by the proxy
             // itself (`forward`): pingora would replay only 64 KiB of it.

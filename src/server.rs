@@ -16,6 +16,7 @@ use crate::metrics::metrics;
 use crate::proxy::{Gateway, Upstream};
 use crate::reload::Reloader;
 use crate::routes::RouteTable;
+use crate::tls_listen::{CertWatcher, TlsListener};
 
 /// Builds the route table from the config.
 ///
@@ -150,9 +151,19 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
     // failure and leaves the process running without them. Fail here first,
     // with the address in the message, while exiting non-zero still means
     // something.
-    for addr in &config.listen {
+    for l in &config.listen {
+        let addr = &l.address;
         std::net::TcpListener::bind(addr.as_str())
             .map_err(|e| anyhow::anyhow!("listen `{addr}`: {e}"))?;
+    }
+    let tls = crate::tls_listen::load_listeners(&config).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("{}", lines.join("\n"))
+    })?;
+    if let Some(m) = m {
+        for l in &tls {
+            m.tls_loaded(l.address(), l.resolver().current().not_after);
+        }
     }
     let completions = Upstream::from_config("completions", &config.upstreams.completions)?;
     let admin = Upstream::from_config("admin", &config.upstreams.admin)?;
@@ -185,8 +196,12 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
-    for addr in &config.listen {
-        proxy.add_tcp(addr);
+    let tls_of = |address: &str| tls.iter().find(|t| t.address() == address).cloned();
+    for l in &config.listen {
+        match tls_of(&l.address) {
+            Some(t) => proxy.add_tls_with_settings(&l.address, None, t.settings()?),
+            None => proxy.add_tcp(&l.address),
+        }
     }
     server.add_service(proxy);
 
@@ -197,10 +212,25 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
         config.reload_poll_interval_ms,
     )
     .spawn()?;
-    spawn_readiness_probe(config.listen.clone());
+    let probe_targets = config
+        .listen
+        .iter()
+        .map(|l| (l.address.clone(), tls_of(&l.address)))
+        .collect();
+    // Before readiness: a SIGHUP sent once `/readyz` says 200 must reach it.
+    CertWatcher::new(tls, config.reload_poll_interval_ms).spawn()?;
+    spawn_readiness_probe(probe_targets);
 
+    let listen: Vec<String> = config
+        .listen
+        .iter()
+        .map(|l| match &l.tls {
+            Some(_) => format!("https://{}", l.address),
+            None => format!("http://{}", l.address),
+        })
+        .collect();
     tracing::info!(
-        listen = ?config.listen,
+        ?listen,
         metrics = ?config.metrics_listen,
         threads,
         keys_file = %config.keys_file.display(),
@@ -212,18 +242,20 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
 /// `/readyz` turns 200 only once every proxy listener answers, and answers
 /// as this process: the probe carries a per-process token the proxy
 /// recognises (pingora binds its listeners inside `run_forever`, and a port
-/// someone else holds would otherwise look ready).
-fn spawn_readiness_probe(listen: Vec<String>) {
+/// someone else holds would otherwise look ready). A TLS listener answers as
+/// this process when its handshake presents the certificate it is serving.
+fn spawn_readiness_probe(listen: Vec<(String, Option<Arc<TlsListener>>)>) {
     let _ = std::thread::Builder::new()
         .name("scopegate-ready".into())
         .spawn(move || {
-            let targets: Vec<std::net::SocketAddr> = listen
-                .iter()
-                .filter_map(|a| {
+            let targets: Vec<(std::net::SocketAddr, Option<Arc<TlsListener>>)> = listen
+                .into_iter()
+                .filter_map(|(a, tls)| {
                     use std::net::ToSocketAddrs as _;
-                    a.to_socket_addrs().ok().and_then(|mut it| it.next())
+                    let addr = a.to_socket_addrs().ok().and_then(|mut it| it.next())?;
+                    Some((addr, tls))
                 })
-                .map(|mut a| {
+                .map(|(mut a, tls)| {
                     if a.ip().is_unspecified() {
                         a.set_ip(if a.is_ipv4() {
                             std::net::Ipv4Addr::LOCALHOST.into()
@@ -231,12 +263,16 @@ fn spawn_readiness_probe(listen: Vec<String>) {
                             std::net::Ipv6Addr::LOCALHOST.into()
                         });
                     }
-                    a
+                    (a, tls)
                 })
                 .collect();
             let start = Instant::now();
             loop {
-                if targets.iter().all(answers_as_this_process) {
+                let all = targets.iter().all(|(addr, tls)| match tls {
+                    Some(tls) => tls.answers_as_this_process(addr),
+                    None => answers_as_this_process(addr),
+                });
+                if all {
                     if let Some(m) = metrics() {
                         m.listening.store(true, Ordering::Release);
                     }

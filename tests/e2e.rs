@@ -29,5 +29,6 @@ mod e2e {
     mod spending;
     mod streaming;
     mod tls;
+    mod tls_listener;
     mod workspaces;
 }

@@ -30,6 +30,10 @@ fn config(text: &str) -> Config {
     }
 }
 
+fn plain(addresses: &[&str]) -> Vec<Listener> {
+    addresses.iter().map(|a| Listener::plain(*a)).collect()
+}
+
 fn errors(text: &str) -> Vec<String> {
     match parse(text) {
         Ok(_) => panic!("expected the config to be refused"),
@@ -41,7 +45,7 @@ fn errors(text: &str) -> Vec<String> {
 fn defaults_fill_what_is_not_written() {
     let c = config(MINIMAL);
     assert_eq!(c.path, path());
-    assert_eq!(c.listen, vec!["127.0.0.1:8080"]);
+    assert_eq!(c.listen, plain(&["127.0.0.1:8080"]));
     assert_eq!(c.metrics_listen, None);
     assert_eq!(c.threads, None);
     assert_eq!(c.reload_poll_interval_ms, 1000);
@@ -105,7 +109,7 @@ routes:
 builtin_routes: false
 ";
     let c = config(text);
-    assert_eq!(c.listen, vec!["127.0.0.1:8080", "[::1]:8080"]);
+    assert_eq!(c.listen, plain(&["127.0.0.1:8080", "[::1]:8080"]));
     assert_eq!(c.threads, Some(4));
     assert_eq!(c.keys_file, Path::new("/etc/scopegate/keys.yaml"));
     assert_eq!(c.reload_poll_interval_ms, 50);
@@ -161,12 +165,15 @@ builtin_routes: false
 
 #[test]
 fn listen_is_one_address_or_a_list() {
-    assert_eq!(config(MINIMAL).listen, vec!["127.0.0.1:8080"]);
+    assert_eq!(config(MINIMAL).listen, plain(&["127.0.0.1:8080"]));
     let list = MINIMAL.replace(
         "listen: \"127.0.0.1:8080\"",
         "listen:\n  - 127.0.0.1:8080\n  - \"[::]:8081\"",
     );
-    assert_eq!(config(&list).listen, vec!["127.0.0.1:8080", "[::]:8081"]);
+    assert_eq!(
+        config(&list).listen,
+        plain(&["127.0.0.1:8080", "[::]:8081"])
+    );
     let bad = MINIMAL.replace(
         "listen: \"127.0.0.1:8080\"",
         "listen: [\"localhost:8080\", \"127.0.0.1:8080\", \"127.0.0.1:8080\"]",
@@ -188,7 +195,7 @@ fn listen_is_one_address_or_a_list() {
     let number = MINIMAL.replace("listen: \"127.0.0.1:8080\"", "listen: 8080");
     assert_eq!(
         errors(&number),
-        vec!["config/scopegate.yaml:1:9: listen: invalid type: integer `8080`, expected an address such as \"127.0.0.1:8080\", or a list of them"]
+        vec!["config/scopegate.yaml:1:9: listen: invalid type: integer `8080`, expected an address such as \"127.0.0.1:8080\", a mapping with `address` and `tls`, or a list of them"]
     );
 }
 
@@ -597,4 +604,145 @@ fn default_config_path_honours_the_environment() {
     std::env::set_var("SCOPEGATE_CONFIG", "/etc/scopegate.yaml");
     assert_eq!(default_config_path(), Path::new("/etc/scopegate.yaml"));
     std::env::remove_var("SCOPEGATE_CONFIG");
+}
+
+// ---------------------------------------------------------------------------
+// TLS listeners (SPEC 11).
+
+/// A config folder holding empty `tls/server.pem`, `tls/server-key.pem` and
+/// `tls/clients-ca.pem` (the config only checks they are files).
+fn tls_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("tls")).expect("mkdir");
+    for f in ["server.pem", "server-key.pem", "clients-ca.pem"] {
+        std::fs::write(dir.path().join("tls").join(f), "").expect("write");
+    }
+    dir
+}
+
+fn parse_in(dir: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
+    parse_with_env(text, &dir.join("scopegate.yaml"), &|_| {
+        Err(EnvError::NotSet)
+    })
+}
+
+fn with_listen(listen: &str) -> String {
+    MINIMAL.replace("listen: \"127.0.0.1:8080\"", listen)
+}
+
+#[test]
+fn tls_listener_entries_sit_beside_plain_ones_with_paths_from_the_config_folder() {
+    let dir = tls_dir();
+    let text = with_listen(
+        "listen:
+  - \"127.0.0.1:8080\"
+  - address: \"0.0.0.0:8443\"
+    tls:
+      cert_file: tls/server.pem
+      key_file: tls/server-key.pem
+      client_ca_file: tls/clients-ca.pem
+  - address: \"[::1]:8444\"
+    tls: { cert_file: tls/server.pem, key_file: tls/server-key.pem }
+    http2: false",
+    );
+    let c = parse_in(dir.path(), &text).expect("valid");
+    let tls = |cert: &str, key: &str, ca: Option<&str>, http2: bool| {
+        Some(ListenerTls {
+            cert_file: dir.path().join(cert),
+            key_file: dir.path().join(key),
+            client_ca_file: ca.map(|ca| dir.path().join(ca)),
+            http2,
+        })
+    };
+    assert_eq!(
+        c.listen,
+        vec![
+            Listener::plain("127.0.0.1:8080"),
+            Listener {
+                address: "0.0.0.0:8443".into(),
+                tls: tls(
+                    "tls/server.pem",
+                    "tls/server-key.pem",
+                    Some("tls/clients-ca.pem"),
+                    true
+                ),
+            },
+            Listener {
+                address: "[::1]:8444".into(),
+                tls: tls("tls/server.pem", "tls/server-key.pem", None, false),
+            },
+        ]
+    );
+}
+
+#[test]
+fn one_tls_mapping_alone_is_a_listen_value_too() {
+    let dir = tls_dir();
+    let text = with_listen(
+        "listen: { address: \"127.0.0.1:8443\", tls: { cert_file: tls/server.pem, key_file: tls/server-key.pem } }",
+    );
+    let c = parse_in(dir.path(), &text).expect("valid");
+    assert_eq!(c.listen.len(), 1);
+    assert!(c.listen[0].tls.as_ref().is_some_and(|t| t.http2));
+}
+
+#[test]
+fn unknown_fields_in_a_listener_are_errors_with_positions() {
+    let dir = tls_dir();
+    let typo = with_listen(
+        "listen:
+  - address: \"127.0.0.1:8443\"
+    tls:
+      cert_file: tls/server.pem
+      key_file: tls/server-key.pem
+      client_ca: tls/clients-ca.pem",
+    );
+    let e = parse_in(dir.path(), &typo).expect_err("refused");
+    let msg = e[0].to_string();
+    assert!(
+        msg.contains(":6:7: ") && msg.contains("unknown field `client_ca`"),
+        "{msg}"
+    );
+    let outer = with_listen("listen:\n  - address: \"127.0.0.1:8443\"\n    http3: true");
+    let e = parse_in(dir.path(), &outer).expect_err("refused");
+    let msg = e[0].to_string();
+    assert!(
+        msg.contains(":3:5: ") && msg.contains("unknown field `http3`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_tls_files_and_http2_without_tls_are_reported_where_written() {
+    let dir = tls_dir();
+    let text = with_listen(
+        "listen:
+  - address: \"127.0.0.1:8443\"
+    tls:
+      cert_file: tls/nope.pem
+      key_file: tls
+  - address: \"127.0.0.1:8443\"
+    http2: true",
+    );
+    let e: Vec<String> = parse_in(dir.path(), &text)
+        .expect_err("refused")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let at = |line_col: &str, needle: &str| {
+        assert!(
+            e.iter()
+                .any(|m| m.contains(&format!("scopegate.yaml:{line_col}: ")) && m.contains(needle)),
+            "no `{needle}` at {line_col} in {e:#?}"
+        );
+    };
+    at("4:18", "listen[0].tls.cert_file: cannot read");
+    at("5:17", "listen[0].tls.key_file: ");
+    at("5:17", "is not a regular file");
+    at("6:14", "`127.0.0.1:8443` is listed twice");
+    at(
+        "7:12",
+        "listen[1].http2: HTTP/2 is offered by ALPN on TLS listeners only",
+    );
+    assert_eq!(e.len(), 4, "{e:#?}");
 }

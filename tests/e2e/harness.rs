@@ -81,6 +81,7 @@ pub struct ProxyBuilder {
     completions_yaml: String,
     admin_yaml: String,
     config_yaml: String,
+    listen_yaml: String,
     keys_yaml: String,
     env: Vec<(String, String)>,
     grace_seconds: u64,
@@ -97,6 +98,7 @@ impl ProxyBuilder {
             completions_yaml: String::new(),
             admin_yaml: String::new(),
             config_yaml: String::new(),
+            listen_yaml: String::new(),
             keys_yaml: fixtures::keys_yaml(),
             env: Vec::new(),
             grace_seconds: 5,
@@ -115,6 +117,14 @@ impl ProxyBuilder {
     pub fn config(mut self, yaml: &str) -> Self {
         self.config_yaml.push_str(yaml);
         self.config_yaml.push('\n');
+        self
+    }
+
+    /// Writes the proxy's listener as a mapping with these extra lines
+    /// beside its `address` (e.g. `tls: {...}`, `http2: false`).
+    pub fn listen_entry(mut self, yaml: &str) -> Self {
+        self.listen_yaml.push_str(yaml);
+        self.listen_yaml.push('\n');
         self
     }
 
@@ -168,7 +178,14 @@ impl ProxyBuilder {
 
     /// The config file text for these ports.
     pub fn config_text(&self, port: u16, metrics_port: u16) -> String {
-        let mut out = format!("listen: [\"127.0.0.1:{port}\"]\n");
+        let mut out = if self.listen_yaml.is_empty() {
+            format!("listen: [\"127.0.0.1:{port}\"]\n")
+        } else {
+            format!(
+                "listen:\n  - address: \"127.0.0.1:{port}\"\n{}",
+                indent(&self.listen_yaml, 4)
+            )
+        };
         if self.metrics {
             out.push_str(&format!("metrics_listen: \"127.0.0.1:{metrics_port}\"\n"));
         }
