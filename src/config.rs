@@ -824,7 +824,7 @@ impl Validator<'_> {
                         String::new()
                     }
                 };
-                if !url.is_empty() && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+                if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://"))
                 {
                     self.problem(
                         "state.redis.url",

@@ -12,6 +12,8 @@ const EXAMPLE_KEYS: &str = include_str!("../config/keys.yaml");
 /// Demo secrets documented in `config/keys.yaml` (demo only).
 const ADMIN: &str = "sgk-demo-admin";
 const BOT: &str = "sgk-demo-research-bot";
+const BUDGET: &str = "sgk-demo-budget";
+const MINI: &str = "sgk-demo-mini";
 
 /// Finds the shipped example, or writes the copy built into the binary to a
 /// temporary folder (so `demo` works from any directory).
@@ -43,7 +45,7 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (config, table, snap) = match crate::cli::load_all(&path) {
+    let (mut config, table, snap) = match crate::cli::load_all(&path) {
         Ok(x) => x,
         Err(problems) => {
             for p in problems {
@@ -52,6 +54,10 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Each demo run counts usage afresh, so the budget walkthrough shows
+    // its 412 after the same number of calls every time.
+    config.state.path =
+        std::env::temp_dir().join(format!("scopegate-demo-{}.db", std::process::id()));
     let (Some(completions), Some(admin)) = (
         upstream_addr(&config.upstreams.completions.url),
         upstream_addr(&config.upstreams.admin.url),
@@ -138,6 +144,18 @@ fn print_walkthrough(listen: &str, metrics: Option<&str>) {
     println!();
     println!("# 5. Allowed: the admin key lists workspaces on the control plane");
     println!("curl -s {base}/v1/admin/workspaces -H 'x-portkey-api-key: {ADMIN}'");
+    println!();
+    println!("# 6. Anthropic- and Azure-style clients: the key in x-api-key or api-key (200)");
+    println!("curl -s {base}/v1/chat/completions -H 'x-api-key: {BOT}' -H 'Content-Type: application/json' -d '{chat}'");
+    println!("curl -s {base}/v1/chat/completions -H 'api-key: {BOT}' -H 'Content-Type: application/json' -d '{chat}'");
+    println!();
+    println!("# 7. A small token budget: ~40 tokens a call, 120 a month; the 4th call answers 412 budget_exhausted");
+    println!("for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}}\\n' {base}/v1/chat/completions -H 'x-portkey-api-key: {BUDGET}' -H 'Content-Type: application/json' -d '{chat}'; done");
+    println!("scopegate usage --key key_budget    # used, limit, reserved, period and reset");
+    println!();
+    println!("# 8. A key restricted to gpt-4o-mini asks for gpt-4o (403 model_not_allowed), in the body or ?model=");
+    println!("curl -s {base}/v1/chat/completions -H 'x-portkey-api-key: {MINI}' -H 'Content-Type: application/json' -d '{{\"model\":\"gpt-4o\",\"messages\":[]}}'");
+    println!("curl -s '{base}/v1/chat/completions?model=gpt-4o' -H 'x-portkey-api-key: {MINI}' -H 'Content-Type: application/json' -d '{chat}'");
     if let Some(m) = metrics {
         println!();
         println!("# Metrics: curl -s http://{m}/metrics | grep scopegate_");

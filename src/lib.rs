@@ -24,5 +24,5 @@ pub mod scopes;
 pub mod server;
 pub mod state;
 pub mod tls;
-pub mod usage;
 pub mod tls_listen;
+pub mod usage;

@@ -347,12 +347,4 @@ impl Tap {
         self.meter.settle(self.status, &observed);
         Bytes::from(tail)
     }
-
-    /// The metered request ended before any response (an upstream error).
-    pub fn abandon(&mut self) {
-        self.meter
-            .admission
-            .take()
-            .map(|a| self.meter.store.release(a));
-    }
 }
