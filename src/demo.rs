@@ -208,6 +208,9 @@ async fn completions_mock(request: Request<Incoming>) -> Response<DemoBody> {
             with_json_object(&body, |request| text_completion(request, &identity))
         }
         (&Method::POST, "/v1/embeddings") => with_json_object(&body, embeddings),
+        (&Method::POST, "/v1/messages") => {
+            with_json_object(&body, |request| anthropic_message(request, &identity))
+        }
         (&Method::GET, "/v1/models") => models(),
         (method, path) => json_response(
             StatusCode::OK,
@@ -315,6 +318,81 @@ fn chat_completion(request: &Map<String, Value>, identity: &Identity) -> Respons
             "usage": usage,
         }),
     )
+}
+
+/// Anthropic's Messages API: a `message` object, or with `stream: true` its
+/// named events (`message_start` … `message_stop`), usage included.
+fn anthropic_message(request: &Map<String, Value>, identity: &Identity) -> Response<DemoBody> {
+    let model = requested_model(request, "claude-sonnet-4-5");
+    let text = identity.assistant_text();
+    let input_tokens = estimate_tokens(&request.get("messages").cloned().unwrap_or(Value::Null));
+    let output_tokens = text.split_whitespace().count();
+    let id = format!("msg_demo_{}", next_id());
+    if request.get("stream").and_then(Value::as_bool) == Some(true) {
+        let mut events = vec![
+            (
+                "message_start".to_string(),
+                json!({"type": "message_start", "message": {
+                "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
+                "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),
+            ),
+            (
+                "content_block_start".to_string(),
+                json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}),
+            ),
+        ];
+        for piece in split_words(&text, 3) {
+            events.push((
+                "content_block_delta".to_string(),
+                json!({"type": "content_block_delta",
+                "index": 0, "delta": {"type": "text_delta", "text": piece}}),
+            ));
+        }
+        events.push((
+            "content_block_stop".to_string(),
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+        events.push((
+            "message_delta".to_string(),
+            json!({"type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "usage": {"output_tokens": output_tokens}}),
+        ));
+        events.push(("message_stop".to_string(), json!({"type": "message_stop"})));
+        return named_sse_response(events);
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "id": id, "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+        }),
+    )
+}
+
+/// An SSE response of named events (`event:` + `data:`), as Anthropic sends.
+fn named_sse_response(events: Vec<(String, Value)>) -> Response<DemoBody> {
+    let (sender, receiver) = mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        for (index, (name, data)) in events.iter().enumerate() {
+            if index > 0 {
+                tokio::time::sleep(STREAM_CHUNK_DELAY).await;
+            }
+            let frame = format!("event: {name}\ndata: {data}\n\n");
+            if sender.send(Bytes::from(frame)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut response = Response::new(ChannelBody { receiver }.boxed());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }
 
 fn text_completion(request: &Map<String, Value>, identity: &Identity) -> Response<DemoBody> {

@@ -149,16 +149,15 @@ fn print_walkthrough(listen: &str, metrics: Option<&str>) {
     println!("curl -s {base}/v1/chat/completions -H 'x-api-key: {BOT}' -H 'Content-Type: application/json' -d '{chat}'");
     println!("curl -s {base}/v1/chat/completions -H 'api-key: {BOT}' -H 'Content-Type: application/json' -d '{chat}'");
     println!();
-    println!("# 7. A small token budget: ~40 tokens a call, 120 a month; the 4th call answers 412 budget_exhausted");
+    println!("# 7. A small token budget: ~24 tokens a call, 80 a month; the 4th call answers 412 budget_exhausted");
     println!("for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}}\\n' {base}/v1/chat/completions -H 'x-portkey-api-key: {BUDGET}' -H 'Content-Type: application/json' -d '{chat}'; done");
-    println!("scopegate usage --key key_budget    # used, limit, reserved, period and reset");
     println!();
     println!("# 8. A key restricted to gpt-4o-mini asks for gpt-4o (403 model_not_allowed), in the body or ?model=");
     println!("curl -s {base}/v1/chat/completions -H 'x-portkey-api-key: {MINI}' -H 'Content-Type: application/json' -d '{{\"model\":\"gpt-4o\",\"messages\":[]}}'");
     println!("curl -s '{base}/v1/chat/completions?model=gpt-4o' -H 'x-portkey-api-key: {MINI}' -H 'Content-Type: application/json' -d '{chat}'");
     if let Some(m) = metrics {
         println!();
-        println!("# Metrics: curl -s http://{m}/metrics | grep scopegate_");
+        println!("# Metrics (tokens, cost, budgets): curl -s http://{m}/metrics | grep scopegate_");
     }
     println!();
 }
