@@ -33,7 +33,11 @@ static TABLE: LazyLock<RouteTable> = LazyLock::new(|| {
         extra(&["GET"], "/v1/x/{id}", Plane::Control),
         extra(&["GET"], "/v1/x/latest", Plane::Control),
         extra(&["POST"], "/w/{workspace_id}/chat", Plane::Data),
-        extra(&["GET", "PUT"], "/w/{workspace_id}/{item}/meta", Plane::Control),
+        extra(
+            &["GET", "PUT"],
+            "/w/{workspace_id}/{item}/meta",
+            Plane::Control,
+        ),
         extra(&["GET"], "/w/fixed/{item}/meta", Plane::Control),
     ];
     match RouteTable::build(&routes, true) {
@@ -93,9 +97,16 @@ pub fn path_route(data: &[u8]) {
             .map(|m| (m.entry.pattern.to_string(), m.workspace.map(str::to_string)))
     };
     let got = summary(&first);
-    assert_eq!(got, summary(&second), "matching {path:?} is not deterministic");
+    assert_eq!(
+        got,
+        summary(&second),
+        "matching {path:?} is not deterministic"
+    );
     let expected = reference_match(path);
-    assert_eq!(got, expected, "route match of {path:?} differs from the reference");
+    assert_eq!(
+        got, expected,
+        "route match of {path:?} differs from the reference"
+    );
 }
 
 /// SPEC 5.2 written out directly: `Err` names the first rule broken.
@@ -319,7 +330,9 @@ pub fn reference_query_workspace_ids(query: &str) -> Vec<String> {
         let mut bytes = Vec::with_capacity(s.len());
         let mut rest = s;
         while let Some(c) = rest.chars().next() {
-            let hex = rest.get(1..3).filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+            let hex = rest
+                .get(1..3)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
             match (c, hex) {
                 ('%', Some(h)) => {
                     bytes.extend(u8::from_str_radix(h, 16).ok());
