@@ -377,6 +377,23 @@ mod tests {
     }
 
     #[test]
+    fn keys_reader_survives_alias_bombs_and_deep_nesting() {
+        // Nine levels of nine aliases each: 9^9 nodes if expanded.
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
+        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+            .iter()
+            .zip("bcdefghi".chars())
+        {
+            let refs = vec![format!("*{prev}"); 9].join(", ");
+            bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        }
+        keys_reader(bomb.as_bytes());
+        keys_reader(format!("keys: {}{}\n", "[".repeat(5000), "]".repeat(5000)).as_bytes());
+        keys_reader("- ".repeat(5000).as_bytes());
+        keys_reader(format!("keys:\n{}", "  ".repeat(3000) + "- x\n").as_bytes());
+    }
+
+    #[test]
     fn reference_matcher_prefers_literals() {
         assert_eq!(
             reference_match("/v1/x/latest"),
