@@ -195,6 +195,9 @@ pub fn reference_match(path: &str) -> Option<(String, Option<String>)> {
 /// Target `keys_reader`: the fast keys-file reader against serde_yaml, and
 /// the whole loader.
 ///
+/// The input is read twice: as a keys file, and as the scalars of a plain
+/// keys file ([`keys_template`]), which the fast reader usually accepts.
+///
 /// Invariants: no panic; whatever the fast reader accepts, serde_yaml reads
 /// as the same [`KeysDocument`]; the loader ([`crate::keys::parse_keys_str`])
 /// returns a snapshot only for a text serde_yaml reads whole, and otherwise
@@ -202,7 +205,29 @@ pub fn reference_match(path: &str) -> Option<(String, Option<String>)> {
 /// `-rss_limit_mb` (alias bombs, deep nesting).
 pub fn keys_reader(data: &[u8]) {
     let text = text(data);
-    let text = text.as_ref();
+    keys_text(&text);
+    // Mutated files are mostly not plain YAML any more, so the fast reader
+    // gives up on them; the same bytes as the scalars of a plain file reach
+    // its scalar rules (quotes, numbers, `~`, `yes`, `#`, `: `...).
+    keys_text(&keys_template(&text));
+}
+
+/// The input's lines as the scalars of a keys file in the plain form the
+/// fast reader reads.
+pub fn keys_template(input: &str) -> String {
+    let mut parts = input.split('\n');
+    let mut next = || parts.next().unwrap_or("x");
+    let (org, ws, slug, id, name) = (next(), next(), next(), next(), next());
+    let (sha, scope, value, status) = (next(), next(), next(), next());
+    format!(
+        "organisations:\n  - id: {org}\n    workspaces:\n      - id: {ws}\n        slug: {slug}\n\
+         keys:\n  - id: {id}\n    name: {name}\n    type: workspace-service\n    workspace_id: {ws}\n\
+         \x20   sha256: {sha}\n    scopes: [{scope}, completions.write]\n    status: {status}\n\
+         \x20   rate_limits:\n      - {{ type: requests, unit: rpm, value: {value} }}\n"
+    )
+}
+
+fn keys_text(text: &str) {
     if let Some(fast) = crate::keys::load::fast::read(text) {
         match serde_yaml::from_str::<KeysDocument>(text) {
             Ok(slow) => assert_eq!(
@@ -391,6 +416,18 @@ mod tests {
         keys_reader(format!("keys: {}{}\n", "[".repeat(5000), "]".repeat(5000)).as_bytes());
         keys_reader("- ".repeat(5000).as_bytes());
         keys_reader(format!("keys:\n{}", "  ".repeat(3000) + "- x\n").as_bytes());
+    }
+
+    #[test]
+    fn the_keys_template_is_read_by_the_fast_reader() {
+        let text = keys_template(&format!(
+            "org_a\nws_a\na\nk1\nKey one\n{}\nconfigs.read\n600\nactive",
+            "ab".repeat(32)
+        ));
+        assert!(crate::keys::load::fast::read(&text).is_some(), "{text}");
+        let loaded =
+            crate::keys::parse_keys_str(&text, Path::new("t.yaml"), TABLE.registry(), None);
+        assert!(loaded.is_ok(), "{text}: {loaded:?}");
     }
 
     #[test]
