@@ -12,6 +12,8 @@ pub mod demo;
 pub mod demo_cmd;
 pub mod diag;
 pub mod errors;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod metrics;
 pub mod policy;

@@ -360,6 +360,14 @@ pub fn body_workspace(body: &[u8]) -> Result<BodyWorkspace, InvalidBody> {
         }
     }
 
+    // JSON is UTF-8: skipped string values are not checked by the
+    // visitor, so check the whole text (an upstream parser would refuse it).
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(InvalidBody(format!(
+            "the body is not valid JSON: invalid UTF-8 at byte {}",
+            e.valid_up_to()
+        )));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let result = (&mut de)
         .deserialize_any(Top)
@@ -541,5 +549,6 @@ mod tests {
         assert!(body_workspace(br#"{"a":1"#).is_err());
         assert!(body_workspace(br#"{"a":1} x"#).is_err());
         assert!(body_workspace(b"not json").is_err());
+        assert!(body_workspace(b"{\"a\":\"\xff\",\"workspace_id\":\"w\"}").is_err());
     }
 }

@@ -36,7 +36,7 @@ use super::Snapshot;
 use crate::diag::Diagnostic;
 use crate::scopes::ScopeRegistry;
 
-mod fast;
+pub(crate) mod fast;
 
 /// Largest keys file accepted: 64 MiB, several times what a million keys
 /// take, so a runaway or wrong file cannot exhaust memory.

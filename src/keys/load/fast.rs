@@ -28,7 +28,7 @@ use super::super::model::{
 };
 
 /// Reads a keys document, or `None` when the text is not plain enough.
-pub(super) fn read(text: &str) -> Option<KeysDocument> {
+pub(crate) fn read(text: &str) -> Option<KeysDocument> {
     let mut parser = Parser {
         lines: Lines {
             rest: Some(text),

@@ -1,0 +1,479 @@
+//! Harness bodies of the fuzz targets in `fuzz/` (one function per target),
+//! shared with `tests/fuzz_replay.rs`, which replays every committed corpus
+//! file through them on stable.
+//!
+//! Each harness takes arbitrary bytes and panics (through `assert!`) when an
+//! invariant of the reader under test breaks; a clean return means the input
+//! is fine. The references the readers are compared with are written here,
+//! independently of the code under test, and are deliberately simple.
+//!
+//! Not part of the supported API: hidden from the docs, used only by the
+//! fuzz targets and the replay test.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::LazyLock;
+
+use crate::keys::{KeysDocument, Snapshot};
+use crate::request::{self, BodyWorkspace};
+use crate::routes::{Plane, RouteSpec, RouteTable};
+
+/// The route table the path target matches against: every built-in route
+/// plus a few extra ones that add `{workspace_id}` parameters at several
+/// depths and a literal that shadows a parameter.
+static TABLE: LazyLock<RouteTable> = LazyLock::new(|| {
+    let extra = |methods: &[&str], path: &str, plane: Plane| RouteSpec {
+        methods: methods.iter().map(|m| m.to_string()).collect(),
+        path: path.to_string(),
+        plane,
+        scopes: vec!["x.read".into()],
+        scopes_all: vec![],
+    };
+    let routes = [
+        extra(&["GET"], "/v1/x/{id}", Plane::Control),
+        extra(&["GET"], "/v1/x/latest", Plane::Control),
+        extra(&["POST"], "/w/{workspace_id}/chat", Plane::Data),
+        extra(
+            &["GET", "PUT"],
+            "/w/{workspace_id}/{item}/meta",
+            Plane::Control,
+        ),
+        extra(&["GET"], "/w/fixed/{item}/meta", Plane::Control),
+    ];
+    match RouteTable::build(&routes, true) {
+        Ok(t) => t,
+        Err(problems) => panic!("the fuzzing route table must build: {problems:?}"),
+    }
+});
+
+/// Patterns of [`TABLE`], split into segments, for the reference matcher.
+static PATTERNS: LazyLock<Vec<(String, Vec<String>)>> = LazyLock::new(|| {
+    let mut seen: Vec<(String, Vec<String>)> = Vec::new();
+    for r in TABLE.routes() {
+        let pattern = r.pattern.to_string();
+        if seen.iter().all(|(p, _)| *p != pattern) {
+            let segs = pattern[1..].split('/').map(str::to_string).collect();
+            seen.push((pattern, segs));
+        }
+    }
+    seen
+});
+
+/// Inputs are read as UTF-8 when they are; otherwise lossily, so that the
+/// fuzzer's byte mutations still reach the readers.
+fn text(data: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(data)
+}
+
+// ---------------------------------------------------------------------------
+// path_route
+
+/// Target `path_route`: the canonical-path check (SPEC 5.2) and the route
+/// match.
+///
+/// Invariants: no panic; the check accepts exactly the paths the reference
+/// [`reference_canonical`] accepts (so an accepted path has no `//`, no `.`
+/// or `..` segment, no backslash, no control character and only valid
+/// percent-encoding of allowed bytes); matching is deterministic; a match
+/// agrees with [`reference_match`] (segment by segment, literals before
+/// parameters) including the `{workspace_id}` value.
+pub fn path_route(data: &[u8]) {
+    let path = text(data);
+    let path = path.as_ref();
+    let reason = request::non_canonical_reason(path);
+    let reference = reference_canonical(path);
+    assert_eq!(
+        reason.is_none(),
+        reference.is_ok(),
+        "canonical check and reference disagree on {path:?}: check says {reason:?}, reference says {reference:?}"
+    );
+    if reason.is_some() {
+        return;
+    }
+    let first = TABLE.match_path(path);
+    let second = TABLE.match_path(path);
+    let summary = |m: &Option<crate::routes::PathMatch<'_, '_>>| {
+        m.as_ref()
+            .map(|m| (m.entry.pattern.to_string(), m.workspace.map(str::to_string)))
+    };
+    let got = summary(&first);
+    assert_eq!(
+        got,
+        summary(&second),
+        "matching {path:?} is not deterministic"
+    );
+    let expected = reference_match(path);
+    assert_eq!(
+        got, expected,
+        "route match of {path:?} differs from the reference"
+    );
+}
+
+/// SPEC 5.2 written out directly: `Err` names the first rule broken.
+pub fn reference_canonical(path: &str) -> Result<(), &'static str> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err("not absolute");
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    for (n, seg) in segments.iter().enumerate() {
+        if seg.is_empty() && n + 1 != segments.len() {
+            return Err("empty segment");
+        }
+        if *seg == "." || *seg == ".." {
+            return Err("dot segment");
+        }
+        let mut chars = seg.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                return Err("backslash");
+            }
+            if c.is_ascii_control() {
+                return Err("control character");
+            }
+            if c != '%' {
+                continue;
+            }
+            let hex: String = chars.by_ref().take(2).collect();
+            if hex.len() != 2 || !hex.chars().all(|h| h.is_ascii_hexdigit()) {
+                return Err("invalid percent-encoding");
+            }
+            let byte = u8::from_str_radix(&hex, 16).map_err(|_| "invalid percent-encoding")?;
+            let decoded = char::from(byte);
+            if decoded == '/' || decoded == '\\' || decoded.is_ascii_control() {
+                return Err("encoded separator or control");
+            }
+            if decoded.is_ascii_alphanumeric() || "-._~".contains(decoded) {
+                return Err("encoded unreserved character");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Which pattern a canonical path should match, by brute force over every
+/// pattern: segment counts equal, literals equal, parameters non-empty; of
+/// several, the one with a literal at the first segment where they differ
+/// (what a router with literal-first backtracking picks). Returns the
+/// pattern and the `{workspace_id}` value.
+pub fn reference_match(path: &str) -> Option<(String, Option<String>)> {
+    let segs: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+    let mut best: Option<(Vec<bool>, &str, Option<String>)> = None;
+    for (pattern, psegs) in PATTERNS.iter() {
+        if psegs.len() != segs.len() {
+            continue;
+        }
+        let mut literal_mask = Vec::with_capacity(segs.len());
+        let mut workspace = None;
+        let mut ok = true;
+        for (p, s) in psegs.iter().zip(&segs) {
+            if let Some(name) = p.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                if s.is_empty() {
+                    ok = false;
+                    break;
+                }
+                if name == "workspace_id" {
+                    workspace = Some(s.to_string());
+                }
+                literal_mask.push(false);
+            } else if p == s {
+                literal_mask.push(true);
+            } else {
+                ok = false;
+                break;
+            }
+        }
+        if ok && best.as_ref().is_none_or(|(m, _, _)| literal_mask > *m) {
+            best = Some((literal_mask, pattern, workspace));
+        }
+    }
+    best.map(|(_, p, w)| (p.to_string(), w))
+}
+
+// ---------------------------------------------------------------------------
+// keys_reader
+
+/// Target `keys_reader`: the fast keys-file reader against serde_yaml, and
+/// the whole loader.
+///
+/// The input is read twice: as a keys file, and as the scalars of a plain
+/// keys file ([`keys_template`]), which the fast reader usually accepts.
+///
+/// Invariants: no panic; whatever the fast reader accepts, serde_yaml reads
+/// as the same [`KeysDocument`]; the loader ([`crate::keys::parse_keys_str`])
+/// returns a snapshot only for a text serde_yaml reads whole, and otherwise
+/// at least one diagnostic. Memory is bounded by the fuzzer's
+/// `-rss_limit_mb` (alias bombs, deep nesting).
+pub fn keys_reader(data: &[u8]) {
+    let text = text(data);
+    keys_text(&text);
+    // Mutated files are mostly not plain YAML any more, so the fast reader
+    // gives up on them; the same bytes as the scalars of a plain file reach
+    // its scalar rules (quotes, numbers, `~`, `yes`, `#`, `: `...).
+    keys_text(&keys_template(&text));
+}
+
+/// The input's lines as the scalars of a keys file in the plain form the
+/// fast reader reads.
+pub fn keys_template(input: &str) -> String {
+    let mut parts = input.split('\n');
+    let mut next = || parts.next().unwrap_or("x");
+    let (org, ws, slug, id, name) = (next(), next(), next(), next(), next());
+    let (sha, scope, value, status) = (next(), next(), next(), next());
+    format!(
+        "organisations:\n  - id: {org}\n    workspaces:\n      - id: {ws}\n        slug: {slug}\n\
+         keys:\n  - id: {id}\n    name: {name}\n    type: workspace-service\n    workspace_id: {ws}\n\
+         \x20   sha256: {sha}\n    scopes: [{scope}, completions.write]\n    status: {status}\n\
+         \x20   rate_limits:\n      - {{ type: requests, unit: rpm, value: {value} }}\n"
+    )
+}
+
+fn keys_text(text: &str) {
+    if let Some(fast) = crate::keys::load::fast::read(text) {
+        match serde_yaml::from_str::<KeysDocument>(text) {
+            Ok(slow) => assert_eq!(
+                fast, slow,
+                "fast reader and serde_yaml read {text:?} differently"
+            ),
+            Err(e) => panic!("fast reader accepted {text:?}, serde_yaml refuses it: {e}"),
+        }
+    }
+    let loaded: Result<Snapshot, _> =
+        crate::keys::parse_keys_str(text, Path::new("fuzz.yaml"), TABLE.registry(), None);
+    match loaded {
+        Ok(_) => {
+            let stripped = text.strip_prefix('\u{feff}').unwrap_or(text);
+            assert!(
+                serde_yaml::from_str::<KeysDocument>(stripped).is_ok(),
+                "the loader built a snapshot from {text:?}, which serde_yaml cannot read"
+            );
+        }
+        Err(diagnostics) => assert!(
+            !diagnostics.is_empty(),
+            "the loader refused {text:?} without a diagnostic"
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// json_workspace
+
+/// Target `json_workspace`: the control-plane body reader
+/// ([`request::body_workspace`]).
+///
+/// Invariants: no panic; wherever serde_json reads the body as a
+/// [`serde_json::Value`], the reader agrees with [`reference_body_workspace`]
+/// (a repeated top-level `workspace_id` is an error, escapes are decoded, a
+/// non-string value is an error, a non-object body names nothing).
+pub fn json_workspace(data: &[u8]) {
+    let got = request::body_workspace(data);
+    let Some(expected) = reference_body_workspace(data) else {
+        return;
+    };
+    match (&got, &expected) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "body {:?}", text(data)),
+        (Err(_), Err(_)) => {}
+        _ => panic!(
+            "body {:?}: reader says {got:?}, reference says {expected:?}",
+            text(data)
+        ),
+    }
+}
+
+/// The top-level `workspace_id` by serde_json's own data model: `None` when
+/// serde_json cannot read the body, `Err` for a repeated or non-string
+/// `workspace_id`.
+pub fn reference_body_workspace(body: &[u8]) -> Option<Result<BodyWorkspace, ()>> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if !value.is_object() {
+        return Some(Ok(BodyWorkspace::Absent));
+    }
+    // A `Value` keeps only the last of repeated keys; read the members again
+    // as a list to see them all.
+    let Entries(members) = serde_json::from_slice(body).ok()?;
+    // Every member name an upstream could read as `workspace_id`: Go's
+    // encoding/json folds ASCII case and maps `ſ` to s and the Kelvin sign
+    // to k.
+    let folded = |k: &str| -> String {
+        k.chars()
+            .map(|c| match c {
+                '\u{17f}' => 's',
+                '\u{212a}' => 'k',
+                c => c.to_ascii_lowercase(),
+            })
+            .collect()
+    };
+    let mut named = members
+        .into_iter()
+        .filter(|(k, _)| folded(k) == "workspace_id");
+    Some(match (named.next(), named.next()) {
+        (None, _) => Ok(BodyWorkspace::Absent),
+        (Some((_, serde_json::Value::String(s))), None) => Ok(BodyWorkspace::Named(s)),
+        _ => Err(()),
+    })
+}
+
+/// The members of a JSON object in order, repeats kept.
+struct Entries(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entries, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    out.push(entry);
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(Members)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// query
+
+/// Target `query`: the `workspace_id` query reader
+/// ([`request::query_workspace_ids`]).
+///
+/// Invariants: no panic; it yields exactly the values
+/// [`reference_query_workspace_ids`] yields, in order; no query yields
+/// nothing.
+pub fn query(data: &[u8]) {
+    let q = text(data);
+    let got: Vec<String> = request::query_workspace_ids(Some(&q))
+        .map(Cow::into_owned)
+        .collect();
+    assert_eq!(
+        got,
+        reference_query_workspace_ids(&q),
+        "query {q:?} read differently from the reference"
+    );
+    assert_eq!(request::query_workspace_ids(None).count(), 0);
+}
+
+/// `application/x-www-form-urlencoded` pairs split on `&`, name and value
+/// at the first `=`, `+` as a space, valid `%XX` decoded, anything else
+/// kept, then UTF-8 with replacement; the values of the pairs named
+/// `workspace_id`.
+pub fn reference_query_workspace_ids(query: &str) -> Vec<String> {
+    fn decode(s: &str) -> String {
+        let mut bytes = Vec::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(c) = rest.chars().next() {
+            let hex = rest
+                .get(1..3)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+            match (c, hex) {
+                ('%', Some(h)) => {
+                    bytes.extend(u8::from_str_radix(h, 16).ok());
+                    rest = &rest[3..];
+                }
+                _ => {
+                    if c == '+' {
+                        bytes.push(b' ');
+                    } else {
+                        let mut buf = [0u8; 4];
+                        bytes.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                    }
+                    rest = &rest[c.len_utf8()..];
+                }
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+    // Frameworks split pairs on `&` or `;`, may ignore case (Go folds `ſ`
+    // and the Kelvin sign too) and read `name[]` / `name[0]` as `name`.
+    let reads_as_workspace_id = |name: &str| -> bool {
+        let base = match (name.find('['), name.ends_with(']')) {
+            (Some(i), true) => &name[..i],
+            _ => name,
+        };
+        let folded: String = base
+            .chars()
+            .map(|c| match c {
+                '\u{17f}' => 's',
+                '\u{212a}' => 'k',
+                c => c.to_ascii_lowercase(),
+            })
+            .collect();
+        folded == "workspace_id"
+    };
+    query
+        .split(['&', ';'])
+        .filter_map(|pair| {
+            let mut parts = pair.splitn(2, '=');
+            let name = decode(parts.next().unwrap_or(""));
+            let value = decode(parts.next().unwrap_or(""));
+            reads_as_workspace_id(&name).then_some(value)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn harnesses_accept_ordinary_inputs() {
+        path_route(b"/v1/chat/completions");
+        path_route(b"/w/ws_1/items/meta");
+        path_route(b"/v1//x");
+        keys_reader(b"keys: []\n");
+        json_workspace(br#"{"workspace_id":"ws"}"#);
+        query(b"workspace_id=a&workspace%5Fid=b+c");
+    }
+
+    #[test]
+    fn keys_reader_survives_alias_bombs_and_deep_nesting() {
+        // Nine levels of nine aliases each: 9^9 nodes if expanded.
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
+        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+            .iter()
+            .zip("bcdefghi".chars())
+        {
+            let refs = vec![format!("*{prev}"); 9].join(", ");
+            bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        }
+        keys_reader(bomb.as_bytes());
+        keys_reader(format!("keys: {}{}\n", "[".repeat(5000), "]".repeat(5000)).as_bytes());
+        keys_reader("- ".repeat(5000).as_bytes());
+        keys_reader(format!("keys:\n{}", "  ".repeat(3000) + "- x\n").as_bytes());
+    }
+
+    #[test]
+    fn the_keys_template_is_read_by_the_fast_reader() {
+        let text = keys_template(&format!(
+            "org_a\nws_a\na\nk1\nKey one\n{}\nconfigs.read\n600\nactive",
+            "ab".repeat(32)
+        ));
+        assert!(crate::keys::load::fast::read(&text).is_some(), "{text}");
+        let loaded =
+            crate::keys::parse_keys_str(&text, Path::new("t.yaml"), TABLE.registry(), None);
+        assert!(loaded.is_ok(), "{text}: {loaded:?}");
+    }
+
+    #[test]
+    fn reference_matcher_prefers_literals() {
+        assert_eq!(
+            reference_match("/v1/x/latest"),
+            Some(("/v1/x/latest".into(), None))
+        );
+        assert_eq!(
+            reference_match("/w/fixed/a/meta"),
+            Some(("/w/fixed/{item}/meta".into(), None))
+        );
+        assert_eq!(
+            reference_match("/w/ws/a/meta"),
+            Some(("/w/{workspace_id}/{item}/meta".into(), Some("ws".into())))
+        );
+    }
+}
