@@ -477,3 +477,108 @@ mod tests {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// usage readers (SPEC 9)
+
+/// Target `usage_sse`: the SSE usage reader and filter
+/// ([`crate::usage::response::SseTap`]).
+///
+/// The first byte picks strip mode and a split point. Invariants: no panic;
+/// the bytes out and what was observed do not depend on how the stream is
+/// cut into chunks (whole, two pieces, one byte at a time); without
+/// stripping the output is the input, chunk for chunk.
+pub fn usage_sse(data: &[u8]) {
+    use crate::usage::response::SseTap;
+    let Some((&head, stream)) = data.split_first() else {
+        return;
+    };
+    let strip = head & 1 == 1;
+    let cut = usize::from(head >> 1) % (stream.len() + 1);
+    let run = |pieces: &[&[u8]]| {
+        let mut tap = SseTap::new(strip);
+        let mut out = Vec::new();
+        for p in pieces {
+            let before = out.len();
+            tap.feed(p, &mut out);
+            if !strip {
+                assert_eq!(&out[before..], *p, "pass-through changed a chunk");
+            }
+        }
+        tap.finish(&mut out);
+        (out, tap.observed())
+    };
+    let whole = run(&[stream]);
+    let (a, b) = stream.split_at(cut);
+    assert_eq!(run(&[a, b]), whole, "a split at {cut} changed the result");
+    let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+    assert_eq!(
+        run(&bytes),
+        whole,
+        "byte-by-byte feeding changed the result"
+    );
+}
+
+/// Target `usage_json`: the JSON usage reader, settlement and the
+/// Content-Encoding decoders. Invariants: no panic; the reader's result does
+/// not depend on chunking; a charge is never larger than what was reported
+/// or estimated from the input; decoders never panic on garbage.
+pub fn usage_json(data: &[u8]) {
+    use crate::usage::response::{settle, Decoder, JsonTap};
+    let mut whole = JsonTap::new();
+    whole.feed(data);
+    let observed = whole.finish();
+    let mut split = JsonTap::new();
+    let (a, b) = data.split_at(data.len() / 2);
+    split.feed(a);
+    split.feed(b);
+    assert_eq!(
+        split.finish(),
+        observed,
+        "chunking changed the JSON reading"
+    );
+    for status in [200u16, 429, 500] {
+        let c = settle::settle(100, status, &observed, Some("m"));
+        match observed.reported {
+            Some(r) => assert_eq!((c.input, c.output, c.estimated), (r.input, r.output, false)),
+            None if status >= 400 => assert_eq!((c.input, c.output), (0, 0)),
+            None => assert!(c.estimated && c.input == 100),
+        }
+    }
+    for enc in ["gzip", "deflate", "br", "zstd"] {
+        if let Some(mut d) = Decoder::for_encoding_with_limit(enc, 1 << 20) {
+            let _ = d.feed(data);
+        }
+    }
+}
+
+/// Target `request_body`: the data-plane request readers (SPEC 9.1–9.4).
+/// Invariants: no panic; an injected body parses to the original value with
+/// `stream_options.include_usage` set to `true` and reads back as such.
+pub fn request_body(data: &[u8]) {
+    use crate::usage::body::{
+        inject_include_usage, multipart_models, query_models, read_json_body,
+    };
+    let _ = read_json_body(data);
+    let _ = multipart_models(b"multipart/form-data; boundary=b", data);
+    let _ = query_models(Some(&text(data)));
+    if let Some(injected) = inject_include_usage(data) {
+        let facts = read_json_body(&injected).expect("an injected body reads");
+        assert_eq!(facts.include_usage, Some(true));
+        let mut original: serde_json::Value =
+            serde_json::from_slice(data).expect("only JSON is injected");
+        let after: serde_json::Value = serde_json::from_slice(&injected).expect("injected is JSON");
+        if let Some(obj) = original.as_object_mut() {
+            let opts = obj
+                .entry("stream_options")
+                .or_insert_with(|| serde_json::json!({}));
+            if opts.is_null() {
+                *opts = serde_json::json!({});
+            }
+            if let Some(o) = opts.as_object_mut() {
+                o.insert("include_usage".into(), serde_json::Value::Bool(true));
+            }
+        }
+        assert_eq!(after, original, "injection changed more than include_usage");
+    }
+}

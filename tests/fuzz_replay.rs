@@ -62,3 +62,18 @@ fn json_workspace_corpus_holds() {
 fn query_corpus_holds() {
     replay_corpus("query", scopegate::fuzzing::query);
 }
+
+#[test]
+fn usage_sse_corpus_holds() {
+    replay_corpus("usage_sse", scopegate::fuzzing::usage_sse);
+}
+
+#[test]
+fn usage_json_corpus_holds() {
+    replay_corpus("usage_json", scopegate::fuzzing::usage_json);
+}
+
+#[test]
+fn request_body_corpus_holds() {
+    replay_corpus("request_body", scopegate::fuzzing::request_body);
+}
