@@ -43,6 +43,11 @@ enum Command {
     /// Run the proxy.
     Serve(ConfigArg),
     /// Validate the config and its keys file without serving.
+    ///
+    /// Write keys files atomically (write a new file, then rename it over
+    /// the old one; editors and Kubernetes ConfigMaps do): a running proxy
+    /// loads a file rewritten in place only once its content has been
+    /// unchanged for 1.3 s, so a half-written file is never in force.
     Check(ConfigArg),
     /// Read one key from stdin and print its SHA-256 (for the keys file).
     HashKey,

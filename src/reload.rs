@@ -36,6 +36,13 @@ const FULL_CHECK: Duration = Duration::from_secs(60);
 /// same timestamp tick, invisibly to `stat` (Linux ticks are ≤ 10 ms; some
 /// filesystems keep whole or even two seconds).
 const RACY: Duration = Duration::from_secs(3);
+/// How long a content written in place (same inode) must stay unchanged
+/// before it is loaded: a writer that writes in several steps (issue #12:
+/// two `write()`s 1.2 s apart) must not have its half-written file loaded.
+/// An atomic replacement (new inode: rename, ConfigMap symlink swap) and
+/// SIGHUP load at once. Measured from the file's mtime, so the 2 s bound of
+/// SPEC 6 holds for in-place writers too.
+pub const SETTLE: Duration = Duration::from_millis(1300);
 
 /// Watches the keys file and swaps new snapshots into the store.
 pub struct Reloader {
@@ -123,23 +130,52 @@ impl Reloader {
         let seed = self.store.load().source_digest().copied();
         let mut detector = ChangeDetector::new(seed, FULL_CHECK);
         let mut next_poll = Instant::now() + self.poll;
+        // The file's identity when the keys in force were read.
+        let mut loaded_identity = detector.identity_now(&self.path);
+        // A content written in place, waiting to settle.
+        let mut pending: Option<Pending> = None;
         loop {
-            let wait = next_poll.saturating_duration_since(Instant::now());
+            let mut wait = next_poll.saturating_duration_since(Instant::now());
+            if let Some(p) = &pending {
+                wait = wait.min(p.ready_in());
+            }
             let trigger = match rx.recv_timeout(wait) {
                 Ok(t) => Some(debounce(&rx, t)),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            if trigger.is_none() {
+            if trigger.is_none() && Instant::now() >= next_poll {
                 next_poll = Instant::now() + self.poll;
             }
-            // An event or a signal always reads the content; a timed poll
-            // reads it only when `stat` cannot vouch for it.
-            match detector.look(&self.path, trigger.is_some()) {
-                Look::Read { changed, text } if changed || trigger == Some(Trigger::Signal) => {
-                    self.reload(trigger, text);
+            // An event, a signal or a pending content always reads the
+            // content; a timed poll reads it only when `stat` cannot vouch
+            // for it.
+            let thorough = trigger.is_some() || pending.is_some();
+            match detector.look(&self.path, thorough) {
+                Look::Read { changed, text } => {
+                    let identity = detector.identity();
+                    let signal = trigger == Some(Trigger::Signal);
+                    if signal || (changed && identity != loaded_identity) {
+                        // SIGHUP, or an atomic replacement: complete by
+                        // construction.
+                        pending = None;
+                        loaded_identity = identity;
+                        self.reload(trigger, text);
+                    } else if changed {
+                        pending = Some(Pending {
+                            text,
+                            seen: Instant::now(),
+                            written: detector.changed_at(),
+                            trigger,
+                        });
+                    } else if pending.as_ref().is_some_and(Pending::ready) {
+                        if let Some(p) = pending.take() {
+                            loaded_identity = identity;
+                            self.reload(p.trigger, p.text);
+                        }
+                    }
                 }
-                Look::Read { .. } | Look::Skipped => {}
+                Look::Skipped => {}
             }
         }
     }
@@ -184,6 +220,32 @@ impl Reloader {
                 }
             }
         }
+    }
+}
+
+/// A content written in place that has not yet been unchanged for [`SETTLE`].
+struct Pending {
+    text: Result<String, Diagnostic>,
+    /// When the reloader first read it.
+    seen: Instant,
+    /// When the file says it was written.
+    written: Option<SystemTime>,
+    trigger: Option<Trigger>,
+}
+
+impl Pending {
+    /// Unchanged for [`SETTLE`]: since it was first read, or by its mtime.
+    fn ready(&self) -> bool {
+        self.ready_in().is_zero()
+    }
+
+    fn ready_in(&self) -> Duration {
+        let by_seen = SETTLE.saturating_sub(self.seen.elapsed());
+        let by_mtime = self
+            .written
+            .and_then(|w| SystemTime::now().duration_since(w).ok())
+            .map_or(SETTLE, |age| SETTLE.saturating_sub(age));
+        by_seen.min(by_mtime)
     }
 }
 
@@ -297,6 +359,21 @@ impl ChangeDetector {
         let changed = digest != self.digest;
         self.digest = digest;
         Look::Read { changed, text }
+    }
+
+    /// Device and inode of the file (through symlinks) at the last read.
+    fn identity(&self) -> Option<(u64, u64)> {
+        self.stamp.map(|s| (s.dev, s.ino))
+    }
+
+    /// Device and inode of the file now.
+    fn identity_now(&self, path: &Path) -> Option<(u64, u64)> {
+        read_stamp(path).map(|s| (s.dev, s.ino))
+    }
+
+    /// When the file last changed, by its timestamps, at the last read.
+    fn changed_at(&self) -> Option<SystemTime> {
+        self.stamp.as_ref().and_then(Stamp::changed_at)
     }
 
     /// Whether the file changed so close to the last look that a write

@@ -6,6 +6,8 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use super::client::Conn;
+#[allow(unused_imports)]
+use super::fixtures::keys_yaml_with;
 use super::fixtures::*;
 use super::harness::{expect_forwarded, expect_portkey_error, Proxy, Upstreams};
 
@@ -275,4 +277,54 @@ fn trace_logging_never_prints_a_secret() {
         assert!(!logs.contains(secret), "{secret} in the logs");
     }
     let _ = std::io::empty().read(&mut [0u8; 1]);
+}
+
+/// Issue #12 item 8: a keys file written in place in two steps (1 s apart)
+/// never loads half-written; the finished file is in force soon after.
+#[test]
+fn a_keys_file_written_in_place_in_two_steps_never_loads_half() {
+    use std::io::Write;
+    const LATE: &str = "sk-test-late-revoked";
+    let up = Upstreams::start();
+    let proxy = Proxy::builder(&up)
+        .config("reload_poll_interval_ms: 100")
+        .start();
+    let entry = format!(
+        "  - id: key_late\n    name: late\n    type: workspace-service\n    \
+         workspace_id: ws_research\n    sha256: \"{}\"\n    scopes: [\"completions.write\"]\n",
+        scopegate::keys::digest_hex(LATE.as_bytes())
+    );
+    let full = keys_yaml_with(&format!("{entry}    status: revoked\n"));
+    let half = keys_yaml_with(&entry);
+    assert!(full.starts_with(&half), "the first step must be a prefix");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(proxy.keys_path())
+        .unwrap();
+    file.write_all(half.as_bytes()).unwrap();
+    file.flush().unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1000) {
+        let resp = proxy.chat(LATE);
+        assert_ne!(resp.status, 200, "the half-written keys file was loaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    file.write_all(&full.as_bytes()[half.len()..]).unwrap();
+    file.flush().unwrap();
+    drop(file);
+    let written = Instant::now();
+    loop {
+        let resp = proxy.chat(LATE);
+        assert_ne!(resp.status, 200, "the half-written keys file was loaded");
+        if resp.status == 401 && resp.text().contains("revoked_api_key") {
+            break;
+        }
+        assert!(
+            written.elapsed() < Duration::from_secs(2),
+            "the finished file was not in force within 2 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(up.completions.count(), 0, "key_late reached the upstream");
 }
