@@ -418,66 +418,6 @@ pub fn reference_query_workspace_ids(query: &str) -> Vec<String> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn harnesses_accept_ordinary_inputs() {
-        path_route(b"/v1/chat/completions");
-        path_route(b"/w/ws_1/items/meta");
-        path_route(b"/v1//x");
-        keys_reader(b"keys: []\n");
-        json_workspace(br#"{"workspace_id":"ws"}"#);
-        query(b"workspace_id=a&workspace%5Fid=b+c");
-    }
-
-    #[test]
-    fn keys_reader_survives_alias_bombs_and_deep_nesting() {
-        // Nine levels of nine aliases each: 9^9 nodes if expanded.
-        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
-        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"]
-            .iter()
-            .zip("bcdefghi".chars())
-        {
-            let refs = vec![format!("*{prev}"); 9].join(", ");
-            bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
-        }
-        keys_reader(bomb.as_bytes());
-        keys_reader(format!("keys: {}{}\n", "[".repeat(5000), "]".repeat(5000)).as_bytes());
-        keys_reader("- ".repeat(5000).as_bytes());
-        keys_reader(format!("keys:\n{}", "  ".repeat(3000) + "- x\n").as_bytes());
-    }
-
-    #[test]
-    fn the_keys_template_is_read_by_the_fast_reader() {
-        let text = keys_template(&format!(
-            "org_a\nws_a\na\nk1\nKey one\n{}\nconfigs.read\n600\nactive",
-            "ab".repeat(32)
-        ));
-        assert!(crate::keys::load::fast::read(&text).is_some(), "{text}");
-        let loaded =
-            crate::keys::parse_keys_str(&text, Path::new("t.yaml"), TABLE.registry(), None);
-        assert!(loaded.is_ok(), "{text}: {loaded:?}");
-    }
-
-    #[test]
-    fn reference_matcher_prefers_literals() {
-        assert_eq!(
-            reference_match("/v1/x/latest"),
-            Some(("/v1/x/latest".into(), None))
-        );
-        assert_eq!(
-            reference_match("/w/fixed/a/meta"),
-            Some(("/w/fixed/{item}/meta".into(), None))
-        );
-        assert_eq!(
-            reference_match("/w/ws/a/meta"),
-            Some(("/w/{workspace_id}/{item}/meta".into(), Some("ws".into())))
-        );
-    }
-}
-
 // ---------------------------------------------------------------------------
 // usage readers (SPEC 9)
 
@@ -580,5 +520,65 @@ pub fn request_body(data: &[u8]) {
             }
         }
         assert_eq!(after, original, "injection changed more than include_usage");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn harnesses_accept_ordinary_inputs() {
+        path_route(b"/v1/chat/completions");
+        path_route(b"/w/ws_1/items/meta");
+        path_route(b"/v1//x");
+        keys_reader(b"keys: []\n");
+        json_workspace(br#"{"workspace_id":"ws"}"#);
+        query(b"workspace_id=a&workspace%5Fid=b+c");
+    }
+
+    #[test]
+    fn keys_reader_survives_alias_bombs_and_deep_nesting() {
+        // Nine levels of nine aliases each: 9^9 nodes if expanded.
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
+        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+            .iter()
+            .zip("bcdefghi".chars())
+        {
+            let refs = vec![format!("*{prev}"); 9].join(", ");
+            bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        }
+        keys_reader(bomb.as_bytes());
+        keys_reader(format!("keys: {}{}\n", "[".repeat(5000), "]".repeat(5000)).as_bytes());
+        keys_reader("- ".repeat(5000).as_bytes());
+        keys_reader(format!("keys:\n{}", "  ".repeat(3000) + "- x\n").as_bytes());
+    }
+
+    #[test]
+    fn the_keys_template_is_read_by_the_fast_reader() {
+        let text = keys_template(&format!(
+            "org_a\nws_a\na\nk1\nKey one\n{}\nconfigs.read\n600\nactive",
+            "ab".repeat(32)
+        ));
+        assert!(crate::keys::load::fast::read(&text).is_some(), "{text}");
+        let loaded =
+            crate::keys::parse_keys_str(&text, Path::new("t.yaml"), TABLE.registry(), None);
+        assert!(loaded.is_ok(), "{text}: {loaded:?}");
+    }
+
+    #[test]
+    fn reference_matcher_prefers_literals() {
+        assert_eq!(
+            reference_match("/v1/x/latest"),
+            Some(("/v1/x/latest".into(), None))
+        );
+        assert_eq!(
+            reference_match("/w/fixed/a/meta"),
+            Some(("/w/fixed/{item}/meta".into(), None))
+        );
+        assert_eq!(
+            reference_match("/w/ws/a/meta"),
+            Some(("/w/{workspace_id}/{item}/meta".into(), Some("ws".into())))
+        );
     }
 }
