@@ -397,10 +397,27 @@ fn explain(args: &ExplainArgs) -> ExitCode {
         None => (args.path_and_query.as_str(), None),
     };
     let now = keys::now_millis();
+    let data_plane = table.match_path(path).is_some_and(|m| !m.entry.control);
+    let body_cap = if data_plane {
+        config.max_data_body_bytes
+    } else {
+        config.max_inspect_body_bytes
+    };
     let body_facts = match &body {
         None => crate::policy::Body::Empty,
-        Some(b) if b.len() > config.max_inspect_body_bytes => crate::policy::Body::TooLarge,
+        Some(b) if b.len() > body_cap => crate::policy::Body::TooLarge,
         Some(b) => crate::policy::Body::Read(b),
+    };
+    // Budgets: the usage the running proxy has counted (SPEC 9.5).
+    let usage = usage_cmd::current_usage(&config, &snap);
+    let used_up = |scope: crate::policy::Scope, id: &str, limit: &keys::UsageLimit| {
+        let scope = match scope {
+            crate::policy::Scope::Key => crate::state::Scope::Key,
+            crate::policy::Scope::Workspace => crate::state::Scope::Workspace,
+        };
+        usage
+            .get(&(scope, std::sync::Arc::from(id)))
+            .is_some_and(|u| u.exhausted(limit))
     };
     let facts = crate::policy::RequestFacts {
         method: &method,
@@ -413,8 +430,8 @@ fn explain(args: &ExplainArgs) -> ExitCode {
         body: body_facts,
         now,
         max_body: config.max_inspect_body_bytes,
-        max_data_body: 16 * 1024 * 1024,
-        used_up: &crate::policy::nothing_used,
+        max_data_body: config.max_data_body_bytes,
+        used_up: &used_up,
     };
     let verdict = crate::policy::decide_as(&table, &snap, &facts, key_idx);
     let route = verdict.route.map(|r| table.route(r));

@@ -224,3 +224,30 @@ fn format_amount(v: f64) -> String {
         format!("{v:.6}")
     }
 }
+
+/// Usage of the current period per subject with a usage limit, read from
+/// the store the proxy writes (for `explain`'s budget step). A store that
+/// cannot be read counts as nothing used (with a warning on stderr).
+pub fn current_usage(config: &Config, snap: &Snapshot) -> HashMap<(Scope, Arc<str>), UsageNow> {
+    let now = crate::keys::now_millis();
+    let subjects = subjects(snap, None, None, now);
+    let rows = match read_rows(config, &subjects) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("scopegate explain: usage not read ({e}); budgets count as unused");
+            Vec::new()
+        }
+    };
+    let periods: HashMap<SubjectId, String> = subjects
+        .into_iter()
+        .map(|(s, _, p, _)| (s, p.key))
+        .collect();
+    rows.into_iter()
+        .filter(|r| {
+            periods
+                .get(&r.subject)
+                .is_some_and(|p| **p == *r.usage.period_key)
+        })
+        .map(|r| ((r.subject.scope, r.subject.id.clone()), r.usage))
+        .collect()
+}

@@ -355,3 +355,182 @@ fn max_concurrent_requests_refuses_a_second_request_in_flight_and_recovers() {
         .status
         == 200));
 }
+
+fn usage_json(proxy: &Proxy, key: &str) -> serde_json::Value {
+    let config = proxy.keys_path().with_file_name("scopegate.yaml");
+    let run = run_scopegate(
+        proxy.keys_path().parent().unwrap(),
+        &[
+            "usage",
+            "--config",
+            config.to_str().unwrap(),
+            "--key",
+            key,
+            "--json",
+        ],
+    );
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    serde_json::from_str(&run.stdout).unwrap_or_default()
+}
+
+#[test]
+fn a_gzip_compressed_answer_is_counted_exactly() {
+    use std::io::Write;
+    let up = Upstreams::start();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(USAGE_BODY.as_bytes()).unwrap();
+    let compressed = gz.finish().unwrap();
+    up.completions.reply(
+        200,
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        &compressed,
+    );
+    let proxy = start(&up);
+    let resp = proxy
+        .post("/v1/chat/completions")
+        .key(BUDGET)
+        .json(CHAT)
+        .send();
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.body, compressed,
+        "the client gets the upstream's bytes"
+    );
+    assert!(poll_until(Duration::from_secs(3), || {
+        let v = usage_json(&proxy, "key_budget");
+        v[0]["input_tokens"] == 30 && v[0]["output_tokens"] == 10 && v[0]["estimated_tokens"] == 0
+    }));
+}
+
+#[test]
+fn a_client_that_disconnects_mid_stream_is_charged_an_estimate() {
+    let up = Upstreams::start();
+    let proxy = start(&up);
+    let stream = up.completions.stream("text/event-stream");
+    let (mut conn, status, _) = proxy
+        .post("/v1/chat/completions")
+        .key(BUDGET)
+        .json(r#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#)
+        .send_streaming();
+    assert_eq!(status, 200);
+    // 40 bytes of generated text: 10 output tokens estimated.
+    let text = "x".repeat(40);
+    stream.send(&format!(
+        "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}}}}]}}\n\n"
+    ));
+    conn.read_until(&text);
+    drop(conn);
+    // The upstream keeps going; the proxy notices the client is gone on its
+    // next write and settles what it forwarded.
+    std::thread::sleep(Duration::from_millis(100));
+    stream.send("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"more\"}}]}\n\n");
+    stream.send("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"more\"}}]}\n\n");
+    assert!(
+        poll_until(Duration::from_secs(5), || proxy.metric(
+            "scopegate_tokens_total",
+            &[
+                ("workspace", "ws_prod"),
+                ("kind", "output"),
+                ("source", "estimated")
+            ]
+        ) >= 10.0),
+        "no estimate was charged"
+    );
+    let input = proxy.metric(
+        "scopegate_tokens_total",
+        &[
+            ("workspace", "ws_prod"),
+            ("kind", "input"),
+            ("source", "estimated"),
+        ],
+    );
+    assert!(input > 0.0, "the reserved input was not charged");
+    drop(stream);
+}
+
+#[test]
+fn a_stream_cut_without_usage_is_charged_an_estimate() {
+    let up = Upstreams::start();
+    let proxy = start(&up);
+    let stream = up.completions.stream("text/event-stream");
+    let (mut conn, status, _) = proxy
+        .post("/v1/chat/completions")
+        .key(BUDGET)
+        .json(r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#)
+        .send_streaming();
+    assert_eq!(status, 200);
+    stream.send(&format!(
+        "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
+        "y".repeat(80)
+    ));
+    stream.finish();
+    let _ = conn.read_body();
+    assert!(poll_until(Duration::from_secs(3), || {
+        let v = usage_json(&proxy, "key_budget");
+        v[0]["output_tokens"] == 20 && v[0]["estimated_tokens"].as_u64().unwrap_or(0) >= 20
+    }));
+}
+
+#[test]
+fn explain_reports_budget_and_model_refusals() {
+    let up = Upstreams::start();
+    up.completions.reply(
+        200,
+        &[("content-type", "application/json")],
+        USAGE_BODY.as_bytes(),
+    );
+    let proxy = start(&up);
+    let dir = proxy.keys_path().parent().unwrap().to_path_buf();
+    let config = proxy.keys_path().with_file_name("scopegate.yaml");
+    let explain = |key: &str, body: Option<&str>| {
+        let mut args = vec![
+            "explain",
+            "--config",
+            config.to_str().unwrap(),
+            "--key-id",
+            key,
+        ];
+        let body_path = dir.join("body.json");
+        if let Some(b) = body {
+            std::fs::write(&body_path, b).unwrap();
+            args.extend(["--body", body_path.to_str().unwrap()]);
+        }
+        args.extend(["POST", "/v1/chat/completions"]);
+        run_scopegate(&dir, &args)
+    };
+    let run = explain("key_mini", Some(r#"{"model":"gpt-4o","messages":[]}"#));
+    assert!(run.stdout.contains("model_not_allowed"), "{run:?}");
+    let run = explain("key_budget", Some(CHAT));
+    assert!(run.stdout.contains("decision:  allow"), "{run:?}");
+    // 70 tokens an answer: two requests pass by reservation (0+17, 70+17
+    // <= 90) and use 140, past the 90-token budget.
+    up.completions.reply(
+        200,
+        &[("content-type", "application/json")],
+        USAGE_BODY
+            .replace("\"prompt_tokens\":30", "\"prompt_tokens\":60")
+            .as_bytes(),
+    );
+    for _ in 0..2 {
+        let resp = proxy
+            .post("/v1/chat/completions")
+            .key(BUDGET)
+            .json(CHAT)
+            .send();
+        assert_eq!(resp.status, 200);
+    }
+    assert!(poll_until(Duration::from_secs(3), || {
+        usage_json(&proxy, "key_budget")[0]["used_tokens"] == 140
+    }));
+    let resp = proxy
+        .post("/v1/chat/completions")
+        .key(BUDGET)
+        .json(CHAT)
+        .send();
+    expect_openai_error(&resp, 412, "budget_exhausted");
+    let run = explain("key_budget", Some(CHAT));
+    assert!(run.stdout.contains("deny 412 budget_exhausted"), "{run:?}");
+}
