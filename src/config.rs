@@ -76,6 +76,9 @@ pub struct Config {
     pub max_inspect_body_bytes: usize,
     /// Largest data-plane body read for models and usage (SPEC 9.1).
     pub max_data_body_bytes: usize,
+    /// How long the proxy waits, in all, for a body it reads before
+    /// forwarding (inspection or SPEC 9.1); then 408 `request_timeout`.
+    pub body_read_timeout_ms: u64,
     /// SPEC 9.4: set `stream_options.include_usage` on streams that need counting.
     pub inject_stream_usage: bool,
     /// Where counters and usage live (SPEC 10).
@@ -329,6 +332,8 @@ struct RawConfig {
     max_inspect_body_bytes: u64,
     #[serde(default = "default_data_body")]
     max_data_body_bytes: u64,
+    #[serde(default = "default_body_read_timeout")]
+    body_read_timeout_ms: u64,
     #[serde(default = "yes")]
     inject_stream_usage: bool,
     #[serde(default)]
@@ -350,6 +355,10 @@ fn default_poll() -> u64 {
 fn default_inspect() -> u64 {
     DEFAULT_MAX_INSPECT_BODY_BYTES as u64
 }
+fn default_body_read_timeout() -> u64 {
+    30_000
+}
+
 fn default_data_body() -> u64 {
     DEFAULT_MAX_DATA_BODY_BYTES as u64
 }
@@ -646,6 +655,7 @@ impl Validator<'_> {
             reload_poll_interval_ms: raw.reload_poll_interval_ms,
             max_inspect_body_bytes,
             max_data_body_bytes,
+            body_read_timeout_ms: raw.body_read_timeout_ms.max(1),
             inject_stream_usage: raw.inject_stream_usage,
             state,
             log_format: raw.log_format,

@@ -35,6 +35,8 @@ pub enum ErrorCode {
     MissingScope,
     /// 415: control-plane body that is not JSON.
     UnsupportedMediaType,
+    /// 408: a body the proxy reads before forwarding did not arrive in time.
+    RequestTimeout,
     /// 413: inspected body too large.
     BodyTooLarge,
     /// 400: inspected body not JSON, or bad/repeated `workspace_id`.
@@ -83,6 +85,7 @@ impl ErrorCode {
             RouteNotFound | WorkspaceNotFound => 404,
             MethodNotAllowed => 405,
             BudgetExhausted => 412,
+            RequestTimeout => 408,
             BodyTooLarge => 413,
             UnsupportedMediaType => 415,
             RateLimited | ConcurrencyLimited => 429,
@@ -108,6 +111,7 @@ impl ErrorCode {
             BudgetExhausted => "budget_exhausted",
             MissingScope => "missing_scope",
             UnsupportedMediaType => "unsupported_media_type",
+            RequestTimeout => "request_timeout",
             BodyTooLarge => "body_too_large",
             InvalidJson => "invalid_json",
             ConflictingWorkspace => "conflicting_workspace",
@@ -148,7 +152,7 @@ impl ErrorCode {
     }
 
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 24] = {
+    pub const ALL: [ErrorCode; 25] = {
         use ErrorCode::*;
         [
             InvalidPath,
@@ -163,6 +167,7 @@ impl ErrorCode {
             BudgetExhausted,
             MissingScope,
             UnsupportedMediaType,
+            RequestTimeout,
             BodyTooLarge,
             InvalidJson,
             ConflictingWorkspace,

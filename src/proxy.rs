@@ -106,6 +106,8 @@ pub struct Gateway {
     max_data_body: usize,
     /// `inject_stream_usage`.
     inject_stream_usage: bool,
+    /// `body_read_timeout_ms`.
+    body_read_timeout_ms: u64,
 }
 
 /// What SPEC 9–10 add to a [`Gateway`].
@@ -116,6 +118,8 @@ pub struct Spending {
     pub max_data_body: usize,
     /// `inject_stream_usage`.
     pub inject_stream_usage: bool,
+    /// `body_read_timeout_ms`.
+    pub body_read_timeout_ms: u64,
 }
 
 impl Gateway {
@@ -141,6 +145,7 @@ impl Gateway {
             counters: spending.counters,
             max_data_body: spending.max_data_body,
             inject_stream_usage: spending.inject_stream_usage,
+            body_read_timeout_ms: spending.body_read_timeout_ms,
         }
     }
 
@@ -494,6 +499,7 @@ impl Gateway {
             // A client waiting for `100 Continue` will not send its body:
             // answer now and close.
             let small = !expects_continue(session.req_header())
+                && code != ErrorCode::RequestTimeout
                 && matches!(body_hint(session.req_header()), Body::Unread { declared_len: Some(n) } if n <= self.max_body as u64);
             if !(small && session.as_mut().drain_request_body().await.is_ok()) {
                 session.set_keepalive(None);
@@ -833,7 +839,25 @@ impl ProxyHttp for Gateway {
                 Some(Plane::Data) => self.max_data_body,
                 _ => self.max_body,
             };
-            let body = read_body_capped(session, cap).await?;
+            let deadline = Duration::from_millis(self.body_read_timeout_ms);
+            let Ok(body) = tokio::time::timeout(deadline, read_body_capped(session, cap)).await
+            else {
+                // A body that never ends must not hold the request (and a
+                // worker's attention) forever: per-read timeouts alone let
+                // a client trickle one byte a minute.
+                ctx.shape = verdict.shape;
+                ctx.snapshot = Some(snap.clone());
+                ctx.verdict = Some(verdict);
+                session.set_keepalive(None);
+                let msg = format!(
+                    "The request body did not arrive within {} ms.",
+                    self.body_read_timeout_ms
+                );
+                self.refuse(session, ctx, ErrorCode::RequestTimeout, &msg, None)
+                    .await?;
+                return Ok(true);
+            };
+            let body = body?;
             let facts_body = match &body {
                 Some(b) => Body::Read(b),
                 None => Body::TooLarge,

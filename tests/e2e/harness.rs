@@ -563,7 +563,7 @@ fn openai_type(status: u16) -> &'static str {
     match status {
         401 => "authentication_error",
         403 => "permission_error",
-        400 | 404 | 405 | 413 | 415 => "invalid_request_error",
+        400 | 404 | 405 | 408 | 413 | 415 => "invalid_request_error",
         412 => "insufficient_quota",
         429 => "rate_limit_error",
         502..=504 => "api_error",
@@ -574,7 +574,7 @@ fn openai_type(status: u16) -> &'static str {
 /// Portkey's `errorCode` for a status (SPEC 5.5).
 fn portkey_error_code(status: u16) -> &'static str {
     match status {
-        400 | 405 | 413 | 415 => "AB01",
+        400 | 405 | 408 | 413 | 415 => "AB01",
         401 => "AB05",
         403 => "AB03",
         404 => "AB08",

@@ -328,3 +328,67 @@ fn a_keys_file_written_in_place_in_two_steps_never_loads_half() {
     }
     assert_eq!(up.completions.count(), 0, "key_late reached the upstream");
 }
+
+/// A body the proxy must read that never ends is answered 408 within
+/// `body_read_timeout_ms`, never forwarded, and other clients are served
+/// meanwhile.
+#[test]
+fn a_body_that_never_ends_is_408_and_does_not_slow_others() {
+    let up = Upstreams::start();
+    let proxy = Proxy::builder(&up)
+        .config("body_read_timeout_ms: 800")
+        .start();
+    let mut slow = Conn::open(proxy.addr());
+    let started = Instant::now();
+    slow.send(
+        format!(
+            "POST /v1/configs HTTP/1.1\r\nhost: x\r\nx-portkey-api-key: {BOT}\r\n\
+             content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"a\":"
+        )
+        .as_bytes(),
+    );
+    // Meanwhile another client is served at once.
+    let t = Instant::now();
+    let resp = proxy.get("/v1/configs").key(BOT).send();
+    expect_forwarded(&resp);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    // Trickle a byte now and then: per-read timeouts alone would wait.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(200));
+        slow.send(b" ");
+    }
+    let resp = slow.read_response();
+    expect_portkey_error(&resp, 408, "request_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        up.admin.count(),
+        1,
+        "only the other client's request was forwarded"
+    );
+}
+
+/// Oversized header sections are refused by the HTTP layer (pingora: 400)
+/// and never forwarded; the listener keeps serving.
+#[test]
+fn too_many_headers_are_refused_and_the_listener_keeps_serving() {
+    let up = Upstreams::start();
+    let proxy = Proxy::start(&up);
+    let mut req = format!("GET /v1/configs HTTP/1.1\r\nhost: x\r\nx-portkey-api-key: {BOT}\r\n");
+    for i in 0..10_000 {
+        req.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    req.push_str("\r\n");
+    let resp = proxy.raw(req.as_bytes());
+    assert!(resp.status >= 400 && resp.status < 500, "{}", resp.status);
+    up.assert_untouched();
+    let resp = proxy.get("/v1/configs").key(BOT).send();
+    expect_forwarded(&resp);
+}
