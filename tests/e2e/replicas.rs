@@ -17,10 +17,15 @@ use super::harness::{
     expect_openai_error, poll_until, run_scopegate, Proxy, RedisServer, Upstreams,
 };
 
-/// What SPEC 10 allows a request to wait for Redis (`timeout_ms`) in these
-/// tests, and the margin on top for a debug build on a loaded machine.
+/// `timeout_ms` of the tests where Redis fails: SPEC 10's default. A
+/// request may wait that long for Redis, plus `MARGIN` for a debug build on
+/// a loaded machine.
 const TIMEOUT_MS: u64 = 50;
 const MARGIN: Duration = Duration::from_millis(500);
+/// `timeout_ms` of the tests where Redis stays up: on a loaded test machine
+/// a round trip can exceed 50 ms, and `allow` would then count that request
+/// on the replica alone, which is not what these tests look at.
+const PATIENT_MS: u64 = 2000;
 
 const SIX_PER_HOUR: &str = "sk-test-replicas-six";
 const THREE_PER_HOUR: &str = "sk-test-replicas-three";
@@ -62,10 +67,15 @@ fn replica_keys() -> String {
 }
 
 /// Two replicas in front of `up`, sharing `redis`.
-fn two_replicas(up: &Upstreams, redis: &RedisServer, on_error: &str) -> (Proxy, Proxy) {
+fn two_replicas(
+    up: &Upstreams,
+    redis: &RedisServer,
+    on_error: &str,
+    timeout_ms: u64,
+) -> (Proxy, Proxy) {
     let builder = Proxy::builder(up)
         .keys(&replica_keys())
-        .config(&redis.state_config(on_error, TIMEOUT_MS));
+        .config(&redis.state_config(on_error, timeout_ms));
     (builder.clone().start(), builder.start())
 }
 
@@ -87,7 +97,7 @@ fn two_replicas_let_exactly_the_request_limit_through_together() {
         return;
     };
     let up = Upstreams::start();
-    let (a, b) = two_replicas(&up, &redis, "allow");
+    let (a, b) = two_replicas(&up, &redis, "allow", PATIENT_MS);
     let responses: Vec<Response> = (0..14)
         .map(|i| {
             let replica = if i % 2 == 0 { &a } else { &b };
@@ -146,7 +156,7 @@ fn two_replicas_share_a_token_budget_and_stop_where_one_would() {
         &[("content-type", "application/json")],
         USAGE_BODY.as_bytes(),
     );
-    let (a, b) = two_replicas(&up, &redis, "allow");
+    let (a, b) = two_replicas(&up, &redis, "allow", PATIENT_MS);
     // As in spending.rs with one replica: each request reserves 17 tokens
     // (len/4) and settles the 40 the upstream reports, so 80 + 17 > 90
     // refuses the third. Settlement runs after the response; the test
@@ -177,7 +187,7 @@ fn a_stream_on_one_replica_holds_the_concurrency_slot_of_the_other() {
         return;
     };
     let up = Upstreams::start();
-    let (a, b) = two_replicas(&up, &redis, "allow");
+    let (a, b) = two_replicas(&up, &redis, "allow", PATIENT_MS);
     let stream = up.completions.stream("text/event-stream");
     let (mut conn, status, _) = a
         .post("/v1/chat/completions")
@@ -207,7 +217,7 @@ fn redis_frozen_with_allow_answers_within_the_timeout_and_limits_hold_per_replic
         return;
     };
     let up = Upstreams::start();
-    let (a, b) = two_replicas(&up, &redis, "allow");
+    let (a, b) = two_replicas(&up, &redis, "allow", TIMEOUT_MS);
     // Both replicas are connected and counting in Redis: 2 of 3 used.
     assert_eq!(a.chat(THREE_PER_HOUR).status, 200);
     assert_eq!(b.chat(THREE_PER_HOUR).status, 200);
@@ -229,9 +239,16 @@ fn redis_frozen_with_allow_answers_within_the_timeout_and_limits_hold_per_replic
             _ => expect_rate_limited(&resp),
         }
     }
-    // Each replica's own counters keep the limit: 3 each, not unlimited.
-    assert_eq!(passed, [3, 3], "admitted per replica during the outage");
-    assert_eq!(up.completions.count(), 2 + 6);
+    // Each replica's own counters keep the limit: at most 3 each, never
+    // unlimited. (Exactly 3, as the fallback counts only the outage,
+    // unless a warm-up request itself exceeded 50 ms and was counted there.)
+    for n in passed {
+        assert!(
+            (1..=3).contains(&n),
+            "admitted per replica during the outage: {passed:?}"
+        );
+    }
+    assert_eq!(up.completions.count(), 2 + passed[0] + passed[1]);
     for replica in [&a, &b] {
         assert!(replica.metric("scopegate_state_errors_total", &[]) > 0.0);
     }
@@ -243,8 +260,12 @@ fn redis_killed_with_deny_answers_503_limits_unavailable_and_forwards_nothing() 
         return;
     };
     let up = Upstreams::start();
-    let (a, b) = two_replicas(&up, &redis, "deny");
-    assert_eq!(a.chat(THREE_PER_HOUR).status, 200);
+    let (a, b) = two_replicas(&up, &redis, "deny", TIMEOUT_MS);
+    // (A loaded machine can exceed 50 ms once: that is a 503 too.)
+    assert!(poll_until(Duration::from_secs(5), || a
+        .chat(THREE_PER_HOUR)
+        .status
+        == 200));
     redis.kill();
     let bound = Duration::from_millis(TIMEOUT_MS) + MARGIN;
     for i in 0..6 {
@@ -268,7 +289,7 @@ fn redis_back_on_the_same_port_resumes_sharing_within_seconds() {
         return;
     };
     let up = Upstreams::start();
-    let (a, b) = two_replicas(&up, &redis, "allow");
+    let (a, b) = two_replicas(&up, &redis, "allow", PATIENT_MS);
     for replica in [&a, &b] {
         assert_eq!(replica.chat(PROBE).status, 200);
     }
@@ -313,7 +334,7 @@ fn a_keys_reload_keeps_the_shared_request_count() {
         return;
     };
     let up = Upstreams::start();
-    let (a, b) = two_replicas(&up, &redis, "allow");
+    let (a, b) = two_replicas(&up, &redis, "allow", PATIENT_MS);
     for replica in [&a, &a, &b, &b] {
         assert_eq!(replica.chat(SIX_PER_HOUR).status, 200);
     }
@@ -352,7 +373,7 @@ fn a_killed_replica_frees_its_concurrency_slot_when_the_lease_expires() {
     let up = Upstreams::start();
     let builder = Proxy::builder(&up)
         .keys(&replica_keys())
-        .config(&redis.state_config("allow", TIMEOUT_MS))
+        .config(&redis.state_config("allow", PATIENT_MS))
         .env("SCOPEGATE_TEST_LEASE_MS", &LEASE.as_millis().to_string());
     let a = builder.clone().start();
     let b = builder.start();
@@ -367,6 +388,7 @@ fn a_killed_replica_frees_its_concurrency_slot_when_the_lease_expires() {
     conn.read_until("data:");
     expect_openai_error(&b.chat(ONE_AT_A_TIME), 429, "concurrency_limited");
     // A live replica renews its lease: longer than a lease, still held.
+    // (The one deliberate wait of these tests: time itself is the subject.)
     std::thread::sleep(LEASE + Duration::from_millis(500));
     expect_openai_error(&b.chat(ONE_AT_A_TIME), 429, "concurrency_limited");
 
