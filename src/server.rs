@@ -330,6 +330,16 @@ pub fn open_counters(config: &Config) -> anyhow::Result<Arc<dyn crate::state::Co
                 OnError::Allow
             };
             cfg.key_prefix = r.key_prefix.clone();
+            // For the e2e tests only (not a user setting): a short lease, so
+            // a killed replica's slots free in seconds, renewed 3× per lease.
+            if let Some(ms) = std::env::var("SCOPEGATE_TEST_LEASE_MS")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|ms| *ms >= 100)
+            {
+                cfg.lease = Duration::from_millis(ms);
+                cfg.renew_every = Duration::from_millis(ms / 3);
+            }
             let store = RedisStore::open(cfg, Arc::new(crate::metrics::StateMetricsSink))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             Ok(Arc::new(store))

@@ -24,6 +24,7 @@ mod e2e {
     mod ratelimits;
     mod reload;
     mod reload_triggers;
+    mod replicas;
     mod routes;
     mod shutdown;
     mod spending;

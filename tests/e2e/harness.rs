@@ -9,6 +9,9 @@
 //! then handed to the proxy. Another process may grab it in between; when the
 //! proxy exits early saying the address is in use, the start is retried once
 //! with fresh ports.
+//!
+//! [`RedisServer`] runs a `redis-server` of the test's own (for SPEC 10),
+//! which a test can kill, freeze and restart on the same port.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -712,4 +715,149 @@ pub fn run_scopegate(dir: &Path, args: &[&str]) -> CommandRun {
     };
     assert!(exited, "scopegate did not exit within 20 s: {run:?}");
     run
+}
+
+/// Debian's `redis-server`, which `.ci/run` installs.
+const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
+/// A `redis-server` of the test's own: a temp dir, a free port on
+/// 127.0.0.1, no persistence. Killed on Drop (after a SIGCONT, in case the
+/// test stopped it).
+pub struct RedisServer {
+    child: Child,
+    /// False once killed (and reaped): no signal may go to its old pid.
+    running: bool,
+    port: u16,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it answers PING; `None` (with a printed
+    /// message, so the test passes as skipped) when `redis-server` is not
+    /// installed.
+    pub fn start() -> Option<RedisServer> {
+        if !Path::new(REDIS_SERVER).exists() {
+            eprintln!("{REDIS_SERVER} is not installed: test skipped");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind port probe")
+            .port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = Self::spawn(port, dir.path());
+        let server = RedisServer {
+            child,
+            running: true,
+            port,
+            dir,
+        };
+        server.wait_ready();
+        Some(server)
+    }
+
+    fn spawn(port: u16, dir: &Path) -> Child {
+        Command::new(REDIS_SERVER)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server")
+    }
+
+    #[track_caller]
+    fn wait_ready(&self) {
+        assert!(
+            poll_until(Duration::from_secs(5), || self.ping()),
+            "redis-server on port {} did not answer PING within 5 s",
+            self.port
+        );
+    }
+
+    /// True when the server answers PING within 200 ms.
+    pub fn ping(&self) -> bool {
+        self.command(&["PING"]).as_deref() == Some("+PONG\r\n")
+    }
+
+    /// Sends one command; returns the first reply read within 200 ms, raw
+    /// (RESP), or None on any network error.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .ok()?;
+        let mut request = format!("*{}\r\n", args.len());
+        for a in args {
+            request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut buf = [0u8; 65536];
+        let n = stream.read(&mut buf).ok()?;
+        (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The `state:` config line pointing at this server.
+    pub fn state_config(&self, on_error: &str, timeout_ms: u64) -> String {
+        format!(
+            "state: {{ backend: redis, redis: {{ url: \"{}\", timeout_ms: {timeout_ms}, \
+             on_error: {on_error}, key_prefix: \"e2e:\" }} }}",
+            self.url()
+        )
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if !self.running {
+            return;
+        }
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+
+    /// SIGKILL, and waits until it is gone (connections are refused).
+    pub fn kill(&mut self) {
+        if self.running {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.running = false;
+        }
+    }
+
+    /// SIGSTOP: connections stay open, nothing answers.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`RedisServer::freeze`].
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// Kills it (if running) and starts an empty one on the same port.
+    pub fn restart(&mut self) {
+        self.thaw();
+        self.kill();
+        self.child = Self::spawn(self.port, self.dir.path());
+        self.running = true;
+        self.wait_ready();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.thaw();
+        self.kill();
+    }
 }
