@@ -307,8 +307,6 @@ fn answers_as_this_process(addr: &std::net::SocketAddr) -> bool {
     stream.read_exact(&mut head).is_ok() && &head == b"HTTP/1.1 204"
 }
 
-/// pingora's graceful shutdown always waits the whole grace period; exit as
-/// soon as the in-flight requests are done instead (or when it runs out).
 /// The counter store of `state` (SPEC 10).
 ///
 /// # Errors
@@ -347,6 +345,8 @@ pub fn open_counters(config: &Config) -> anyhow::Result<Arc<dyn crate::state::Co
     }
 }
 
+/// pingora's graceful shutdown always waits the whole grace period; exit as
+/// soon as the in-flight requests are done instead (or when it runs out).
 fn spawn_shutdown_watch(
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
     grace: Duration,
