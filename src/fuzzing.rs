@@ -505,9 +505,15 @@ pub fn request_body(data: &[u8]) {
     if let Some(injected) = inject_include_usage(data) {
         let facts = read_json_body(&injected).expect("an injected body reads");
         assert_eq!(facts.include_usage, Some(true));
-        let mut original: serde_json::Value =
-            serde_json::from_slice(data).expect("only JSON is injected");
-        let after: serde_json::Value = serde_json::from_slice(&injected).expect("injected is JSON");
+        // serde_json's `Value` refuses some texts the grammar allows and the
+        // reader skips (a lone surrogate escape in another field, numbers
+        // out of f64 range): compare values only where it reads both.
+        let (Ok(mut original), Ok(after)) = (
+            serde_json::from_slice::<serde_json::Value>(data),
+            serde_json::from_slice::<serde_json::Value>(&injected),
+        ) else {
+            return;
+        };
         if let Some(obj) = original.as_object_mut() {
             let opts = obj
                 .entry("stream_options")

@@ -146,6 +146,13 @@ struct Scan {
 }
 
 fn scan(body: &[u8]) -> Result<Scan, BodyError> {
+    // JSON is UTF-8; values the scan skips are not otherwise checked.
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(BodyError(format!(
+            "the body is not valid JSON: invalid UTF-8 at byte {}",
+            e.valid_up_to()
+        )));
+    }
     let open = body
         .iter()
         .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))

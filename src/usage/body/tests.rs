@@ -651,3 +651,13 @@ proptest! {
         prop_assert_eq!(multipart_models(CT, &form(&parts)), Ok(expected));
     }
 }
+
+#[test]
+fn invalid_utf8_anywhere_is_not_json() {
+    // Found by the `request_body` fuzz target: a skipped string value.
+    assert!(read_json_body(b"{\"x\":\"\xe7pmini\",\"model\":\"m\"}").is_err());
+    assert_eq!(
+        inject_include_usage(b"{\"stream\":true,\"x\":\"\xff\"}"),
+        None
+    );
+}
