@@ -395,6 +395,11 @@ enum Job {
 struct Inner {
     cfg: RedisConfig,
     conn: ConnectionManager,
+    /// For the per-runtime admission connections (see `runtime_conn`).
+    client: redis::Client,
+    conn_cfg: ConnectionManagerConfig,
+    /// Tells this store's connections from another store's in a thread.
+    uid: u64,
     admit_script: Script,
     settle_script: Script,
     renew_script: Script,
@@ -461,14 +466,18 @@ impl RedisStore {
             .set_max_delay(Duration::from_secs(1));
         let conn = {
             let _guard = runtime.enter();
-            ConnectionManager::new_lazy_with_config(client, conn_cfg)
+            ConnectionManager::new_lazy_with_config(client.clone(), conn_cfg.clone())
                 .map_err(|e| redis_error(&cfg, e))?
         };
+        static STORES: AtomicU64 = AtomicU64::new(1);
         let mut replica = [0u8; 6];
         getrandom::fill(&mut replica).map_err(|e| redis_error(&cfg, e))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             conn,
+            client,
+            conn_cfg,
+            uid: STORES.fetch_add(1, Ordering::Relaxed),
             admit_script: Script::new(ADMIT_LUA),
             settle_script: Script::new(SETTLE_LUA),
             renew_script: Script::new(RENEW_LUA),
@@ -546,8 +555,14 @@ impl RedisStore {
         }
         let task_inner = inner.clone();
         let task_keys = keys.clone();
+        // On a single-threaded runtime (each of pingora's workers), the
+        // admission runs there, on a connection of that runtime's own: no
+        // hop to the store's runtime thread and back (two cross-thread
+        // wake-ups per request). Elsewhere, the store's runtime.
+        let local = runtime_conn(inner);
+        let on_this_runtime = local.is_some();
         let call = async move {
-            let mut conn = task_inner.conn.clone();
+            let mut conn = local.unwrap_or_else(|| task_inner.conn.clone());
             let mut inv = task_inner.admit_script.prepare_invoke();
             for k in &task_keys {
                 inv.key(k);
@@ -557,7 +572,12 @@ impl RedisStore {
             }
             inv.invoke_async::<Vec<Value>>(&mut conn).await
         };
-        let Some(mut handle) = self.spawn(call) else {
+        let handle = if on_this_runtime {
+            Some(tokio::spawn(call))
+        } else {
+            self.spawn(call)
+        };
+        let Some(mut handle) = handle else {
             return Err(());
         };
         let started = Instant::now();
@@ -894,6 +914,34 @@ impl Amount {
 struct Owed {
     limits: SubjectLimits,
     amount: Amount,
+}
+
+thread_local! {
+    /// Admission connections made on this thread's single-threaded runtime,
+    /// by store.
+    static RUNTIME_CONNS: std::cell::RefCell<Vec<(u64, ConnectionManager)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A connection of the current single-threaded runtime for this store,
+/// made on first use (lazily: it connects when first used); `None` off such
+/// a runtime.
+fn runtime_conn(inner: &Inner) -> Option<ConnectionManager> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+        return None;
+    }
+    RUNTIME_CONNS.with(|conns| {
+        let mut conns = conns.borrow_mut();
+        if let Some((_, c)) = conns.iter().find(|(uid, _)| *uid == inner.uid) {
+            return Some(c.clone());
+        }
+        let c =
+            ConnectionManager::new_lazy_with_config(inner.client.clone(), inner.conn_cfg.clone())
+                .ok()?;
+        conns.push((inner.uid, c.clone()));
+        Some(c)
+    })
 }
 
 /// `amount`: `None` adds no usage (a release); its tokens also adjust the
