@@ -7,6 +7,10 @@
 #   pingora       pingora as a plain reverse proxy (examples/plain_pingora.rs: 1 thread, no filters)
 #   scopegate     scopegate serve, threads: 1, 10,000 keys, log_format json, RUST_LOG=warn
 #   scopegate+log the same with the access log on (RUST_LOG=info, output to /dev/null)
+#   scopegate+usage the same proxy and keys file as `scopegate`, presenting key_limited,
+#                 which has a token rate limit and a usage budget (issue 10: accounting on)
+# and, with SSE=1, SSE first-event latency with accounting off and on, then SSE_HOLD
+# concurrent accounted streams held open, through examples/sse_first_event.rs.
 # then counts user-space instructions per request of nginx, pingora and scopegate under
 # callgrind (repeatable whatever else the machine does), and prints a Markdown table (also
 # written to benches/load/results-<date>.md).
@@ -20,6 +24,10 @@
 #        WARMUP=2      seconds of warm-up load before each target's measurements
 #        KEYS=10000 WORKSPACES=100   size of the generated keys file
 #        LOG_RUN=1     0: skip the scopegate+log target
+#        USAGE_RUN=1   0: skip the scopegate+usage target
+#        TARGETS="..." run only these targets (e.g. "scopegate scopegate+usage")
+#        SSE=0         1: the SSE phase (needs target/release/examples/sse_first_event)
+#        SSE_STREAMS=2000 SSE_HOLD=1000  sequential streams per key; streams held at once
 #        PINGORA_RUN=1 0: skip the plain pingora target
 #        INSTR=1       0: skip the callgrind instruction counts
 #        INSTR_REQUESTS=5000  requests counted per target under callgrind
@@ -36,6 +44,10 @@ WARMUP=${WARMUP:-2}
 KEYS=${KEYS:-10000}
 WORKSPACES=${WORKSPACES:-100}
 LOG_RUN=${LOG_RUN:-1}
+USAGE_RUN=${USAGE_RUN:-1}
+SSE=${SSE:-0}
+SSE_STREAMS=${SSE_STREAMS:-2000}
+SSE_HOLD=${SSE_HOLD:-1000}
 PINGORA_RUN=${PINGORA_RUN:-1}
 INSTR=${INSTR:-1}
 INSTR_REQUESTS=${INSTR_REQUESTS:-5000}
@@ -49,12 +61,13 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 BIN="$REPO/target/release/scopegate"
 PLAIN="$REPO/target/release/examples/plain_pingora"
+SSE_EX="$REPO/target/release/examples/sse_first_event"
 HOST=127.0.0.1   # the only address this script ever sends traffic to
 
 log() { printf '[run.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { printf '\nrun.sh: FAILED: %s\n' "$*" >&2; exit 1; }
 
-for v in ROUNDS DURATION RATE CONNS WARMUP KEYS WORKSPACES BASE_PORT INSTR_REQUESTS; do
+for v in ROUNDS DURATION RATE CONNS WARMUP KEYS WORKSPACES BASE_PORT INSTR_REQUESTS SSE_STREAMS SSE_HOLD; do
   [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
 done
 [[ $(nproc) -ge 2 ]] || die "needs at least 2 CPUs (proxy on CPU $PROXY_CPU, load on CPU $LOAD_CPU)"
@@ -162,7 +175,7 @@ if [[ $SKIP_BUILD != 1 ]]; then
   log "cargo build --release (SKIP_BUILD=1 skips)"
   ok=0
   for attempt in 1 2 3; do
-    if (cd "$REPO" && cargo build --release --bin scopegate --example plain_pingora >&2); then ok=1; break; fi
+    if (cd "$REPO" && cargo build --release --bin scopegate --example plain_pingora --example sse_first_event >&2); then ok=1; break; fi
     log "build failed (attempt $attempt); retrying in 20 s"; sleep 20
   done
   ((ok)) || die "cargo build --release failed"
@@ -171,18 +184,22 @@ fi
 if [[ $PINGORA_RUN == 1 || $INSTR == 1 ]]; then
   [[ -x $PLAIN ]] || die "$PLAIN not found (cargo build --release --example plain_pingora, or drop SKIP_BUILD=1)"
 fi
+if [[ $SSE == 1 ]]; then
+  [[ -x $SSE_EX ]] || die "$SSE_EX not found (cargo build --release --example sse_first_event)"
+fi
 
 TMP=$(mktemp -d /tmp/scopegate-load.XXXXXX)
 mkdir -p "$TMP/raw" "$TMP/upstream" "$TMP/proxy" "$TMP/sg"
 log "raw outputs go to $TMP"
 NEXT_PORT=$BASE_PORT
 pick_port UP_PORT; pick_port NGX_PORT; pick_port SG_PORT; pick_port SG_MPORT; pick_port PP_PORT
+pick_port SSE_UP_PORT
 log "ports: upstream $UP_PORT, nginx proxy $NGX_PORT, pingora $PP_PORT, scopegate $SG_PORT (metrics $SG_MPORT)"
 
 NGINX=$(command -v nginx)
 USER_LINE=""; [[ $EUID -eq 0 ]] && USER_LINE="user root;"
 REQ_BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in five short words, please."}]}'
-RESP_BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, nice to meet you!"},"finish_reason":"stop"}]}'
+RESP_BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, nice to meet you!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":9,"total_tokens":28}}'
 
 # keepalive_requests is raised everywhere so that no side closes a kept-alive
 # connection after nginx's default 1000 requests (that would add reconnects to every
@@ -241,8 +258,11 @@ EOF
 "$NGINX" -t -q -p "$TMP/proxy" -c "$TMP/proxy/nginx.conf" 2>"$TMP/proxy/t.log" || die "proxy nginx.conf invalid: $(cat "$TMP/proxy/t.log")"
 
 log "generating $KEYS keys in $WORKSPACES workspaces"
-USED=$(python3 "$HERE/gen_keys.py" "$TMP/sg/keys.yaml" "$TMP/sg/secret" --keys "$KEYS" --workspaces "$WORKSPACES")
+GEN_ARGS=(); [[ $USAGE_RUN == 1 || $SSE == 1 ]] && GEN_ARGS=(--limited-secret-out "$TMP/sg/secret-limited")
+USED=$(python3 "$HERE/gen_keys.py" "$TMP/sg/keys.yaml" "$TMP/sg/secret" --keys "$KEYS" --workspaces "$WORKSPACES" "${GEN_ARGS[@]}")
 SG_KEY=$(cat "$TMP/sg/secret"); export SG_KEY
+PLAIN_KEY=$SG_KEY; LIMITED_KEY=""; NKEYS=$KEYS
+if ((${#GEN_ARGS[@]})); then LIMITED_KEY=$(cat "$TMP/sg/secret-limited"); NKEYS=$((KEYS + 1)); fi
 log "the benchmark presents ${USED% *} (workspace ${USED#* })"
 cat >"$TMP/sg/scopegate.yaml" <<EOF
 listen: ["$HOST:$SG_PORT"]
@@ -253,6 +273,7 @@ reload_poll_interval_ms: 1000
 max_inspect_body_bytes: 65536
 log_format: json
 shutdown_grace_period_seconds: 1
+state: { path: state.db }
 upstreams:
   completions: { url: "http://$HOST:$UP_PORT", connect_timeout_ms: 2000, read_timeout_ms: 60000 }
   admin: { url: "http://$HOST:$UP_PORT" }
@@ -277,7 +298,7 @@ FACTS="$TMP/facts.md"
   echo "- oha: $OHA_VER"
   echo "- rustc: $(rustc --version 2>/dev/null || echo unknown)"
   echo "- scopegate: $GIT_REV, target/release/scopegate"
-  echo "- settings: ROUNDS=$ROUNDS DURATION=${DURATION}s RATE=$RATE CONNS=$CONNS WARMUP=${WARMUP}s KEYS=$KEYS WORKSPACES=$WORKSPACES"
+  echo "- settings: ROUNDS=$ROUNDS DURATION=${DURATION}s RATE=$RATE CONNS=$CONNS WARMUP=${WARMUP}s KEYS=$KEYS WORKSPACES=$WORKSPACES USAGE_RUN=$USAGE_RUN SSE=$SSE"
   echo "- pinning: proxy under test on CPU $PROXY_CPU; wrk/oha and the upstream nginx on CPU $LOAD_CPU"
 } >"$FACTS"
 cat "$FACTS" >&2
@@ -289,15 +310,29 @@ UP_PID=$!; PIDS+=("$UP_PID")
 wait_http "http://$HOST:$UP_PORT/v1/chat/completions" "$UP_PID" "upstream nginx" -X POST -d "$REQ_BODY"
 
 # ---------------------------------------------------------------- targets
-TARGETS=(direct nginx)
-[[ $PINGORA_RUN == 1 ]] && TARGETS+=(pingora)
-TARGETS+=(scopegate)
-[[ $LOG_RUN == 1 ]] && TARGETS+=(scopegate+log)
+if [[ -n ${TARGETS:-} ]]; then
+  read -r -a TARGETS <<<"$TARGETS"
+else
+  TARGETS=(direct nginx)
+  [[ $PINGORA_RUN == 1 ]] && TARGETS+=(pingora)
+  TARGETS+=(scopegate)
+  [[ $LOG_RUN == 1 ]] && TARGETS+=(scopegate+log)
+  [[ $USAGE_RUN == 1 ]] && TARGETS+=(scopegate+usage)
+fi
+for t in "${TARGETS[@]}"; do
+  case $t in
+    direct | nginx | pingora | scopegate | scopegate+log) ;;
+    scopegate+usage) [[ -n $LIMITED_KEY ]] || die "scopegate+usage needs USAGE_RUN=1" ;;
+    *) die "unknown target '$t'" ;;
+  esac
+done
 PROXY_PID=""
 
 start_target() {  # start_target NAME ROUND -> sets URL, PROXY_PID
   local t=$1 r=$2
   PROXY_PID=""
+  # the key wrk (post.lua reads SG_KEY), oha and the smoke test present
+  SG_KEY=$PLAIN_KEY; [[ $t == scopegate+usage ]] && SG_KEY=$LIMITED_KEY
   case $t in
     direct) URL="http://$HOST:$UP_PORT" ;;
     nginx)
@@ -310,7 +345,7 @@ start_target() {  # start_target NAME ROUND -> sets URL, PROXY_PID
       taskset -c "$PROXY_CPU" "$PLAIN" "$HOST:$PP_PORT" "$HOST:$UP_PORT" >"$TMP/proxy/pingora-r$r.log" 2>&1 &
       PROXY_PID=$!; PIDS+=("$PROXY_PID"); URL="http://$HOST:$PP_PORT"
       wait_http "$URL/v1/chat/completions" "$PROXY_PID" "pingora proxy" -X POST -d "$REQ_BODY" ;;
-    scopegate | scopegate+log)
+    scopegate | scopegate+log | scopegate+usage)
       local level=warn out="$TMP/sg/stderr-r$r.log"
       [[ $t == scopegate+log ]] && { level=info; out=/dev/null; }
       need_free "$SG_PORT" scopegate; need_free "$SG_MPORT" "scopegate metrics"
@@ -330,7 +365,7 @@ smoke() {  # smoke NAME: one correct request through the target; scopegate also 
     [[ $code == 401 ]] || die "$t: a wrong key got $code, expected 401"
     local nkeys
     nkeys=$(curl -s "http://$HOST:$SG_MPORT/metrics" | awk '/^scopegate_keys[{ ]/ {s += $NF} END {print s + 0}')
-    if [[ $nkeys != 0 && $nkeys != "$KEYS" ]]; then die "$t: scopegate_keys sums to $nkeys, expected $KEYS"; fi
+    if [[ $nkeys != 0 && $nkeys != "$NKEYS" ]]; then die "$t: scopegate_keys sums to $nkeys, expected $NKEYS"; fi
     [[ $nkeys == 0 ]] && log "warning: no scopegate_keys gauge on /metrics; key count not checked"
   fi
   return 0
@@ -445,11 +480,42 @@ if [[ $INSTR == 1 ]]; then
     "$PLAIN" "$HOST:$PP_PORT" "$HOST:$UP_PORT"
   count_instructions scopegate "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
     "$BIN" serve --config "$TMP/sg/callgrind.yaml"
+  if [[ -n $LIMITED_KEY ]]; then
+    SG_KEY=$LIMITED_KEY count_instructions scopegate+usage "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
+      "$BIN" serve --config "$TMP/sg/callgrind.yaml"
+  fi
+fi
+
+# ---------------------------------------------------------------- SSE first event (issue 10)
+# examples/sse_first_event.rs runs its own upstream (CPU 0, with the client) that answers every
+# stream with its first event at once; scopegate (CPU 1, threads: 1, the same keys file) points
+# its completions upstream at it. Sequential streams alternate the plain and the limited key
+# (first-event latency, accounting off vs on), then SSE_HOLD accounted streams are held open at
+# once while scopegate's VmRSS is read, then all are finished and checked.
+SSE_TSV="$TMP/sse.tsv"
+if [[ $SSE == 1 ]]; then
+  sed "s|http://$HOST:$UP_PORT|http://$HOST:$SSE_UP_PORT|" "$TMP/sg/scopegate.yaml" >"$TMP/sg/sse.yaml"
+  # two sockets per held stream in each process, plus slack
+  want=$((SSE_HOLD * 3 + 1024)); hard=$(ulimit -Hn)
+  [[ $hard != unlimited ]] && ((want > hard)) && want=$hard
+  ulimit -n "$want" 2>/dev/null || log "warning: could not raise the open-files limit to $want"
+  need_free "$SG_PORT" scopegate; need_free "$SG_MPORT" "scopegate metrics"
+  RUST_LOG=warn taskset -c "$PROXY_CPU" "$BIN" serve --config "$TMP/sg/sse.yaml" >"$TMP/sg/stderr-sse.log" 2>&1 &
+  SSE_PID=$!; PIDS+=("$SSE_PID")
+  wait_http "http://$HOST:$SG_MPORT/readyz" "$SSE_PID" "scopegate (SSE)"
+  log "SSE: $SSE_STREAMS streams per key, then $SSE_HOLD held at once"
+  taskset -c "$LOAD_CPU" "$SSE_EX" --proxy "$HOST:$SG_PORT" --upstream "$HOST:$SSE_UP_PORT" \
+    --plain-key "$PLAIN_KEY" --limited-key "$LIMITED_KEY" --streams "$SSE_STREAMS" \
+    --hold "$SSE_HOLD" --proxy-pid "$SSE_PID" --tsv "$SSE_TSV" >"$TMP/raw/sse.txt" 2>&1 \
+    || die "sse_first_event failed: $(tail -5 "$TMP/raw/sse.txt")"
+  cat "$TMP/raw/sse.txt" >&2
+  if grep -qi 'error' "$TMP/sg/stderr-sse.log"; then log "warning: scopegate logged errors during SSE (see $TMP/sg/stderr-sse.log)"; fi
+  stop_pid "$SSE_PID"
 fi
 
 # ---------------------------------------------------------------- report
 OUT="$HERE/results-$(date +%Y-%m-%d-%H%M).md"
-python3 "$HERE/summarize.py" "$RESULTS" "$FACTS" "$TMP" "$INSTR_TSV" >"$TMP/results.md" || die "summarize failed"
+python3 "$HERE/summarize.py" "$RESULTS" "$FACTS" "$TMP" "$INSTR_TSV" "$SSE_TSV" >"$TMP/results.md" || die "summarize failed"
 cp "$TMP/results.md" "$OUT"
 cat "$TMP/results.md"
 log "written to $OUT"
