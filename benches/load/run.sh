@@ -31,6 +31,9 @@
 #        PINGORA_RUN=1 0: skip the plain pingora target
 #        INSTR=1       0: skip the callgrind instruction counts
 #        INSTR_REQUESTS=5000  requests counted per target under callgrind
+#        OHA=1         0: no oha (not installed, no time to build it): no fixed-rate latency
+#                      run, and callgrind is driven by wrk for INSTR_SECS seconds instead
+#        INSTR_SECS=10 seconds of wrk load counted under callgrind when OHA=0
 #        SKIP_BUILD=1  do not run `cargo build --release` first
 #        BASE_PORT=18080  first port tried; free ports are picked upward from it
 #        KEEP_TMP=1    keep the raw-output dir (default: kept; set 0 to delete)
@@ -51,6 +54,8 @@ SSE_HOLD=${SSE_HOLD:-1000}
 PINGORA_RUN=${PINGORA_RUN:-1}
 INSTR=${INSTR:-1}
 INSTR_REQUESTS=${INSTR_REQUESTS:-5000}
+OHA=${OHA:-1}
+INSTR_SECS=${INSTR_SECS:-10}
 SKIP_BUILD=${SKIP_BUILD:-0}
 BASE_PORT=${BASE_PORT:-18080}
 KEEP_TMP=${KEEP_TMP:-1}
@@ -92,7 +97,7 @@ ensure_tools() {
   export PATH="$PATH:/usr/sbin:$HOME/.cargo/bin"
   command -v python3 >/dev/null || die "python3 is needed (keys file generation, summaries)"
   # Fixed-rate latency: Debian has no wrk2, and wrk 4 cannot hold a rate, so oha -q.
-  if ! command -v oha >/dev/null; then
+  if [[ $OHA == 1 ]] && ! command -v oha >/dev/null; then
     log "installing oha (cargo install oha --locked; a few minutes the first time)"
     cargo install oha --locked >&2 || die "cargo install oha failed"
   fi
@@ -283,7 +288,7 @@ log "scopegate check: $(head -1 "$TMP/sg/check.out")"
 
 # ---------------------------------------------------------------- facts
 WRK_VER=$(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//' || true)
-OHA_VER=$(oha --version 2>&1 | head -1)
+OHA_VER="not used (OHA=0)"; [[ $OHA == 1 ]] && OHA_VER=$(oha --version 2>&1 | head -1)
 GIT_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ -n $(git -C "$REPO" status --porcelain -- src examples benches Cargo.toml Cargo.lock 2>/dev/null) ]] && GIT_REV="$GIT_REV (+ uncommitted changes in src/examples/benches/Cargo)"
 FACTS="$TMP/facts.md"
@@ -410,12 +415,15 @@ measure() {  # measure NAME ROUND
   w=$(run_wrk "$TMP/raw/$tag-wrk.txt" "$DURATION")
   [[ -n $PROXY_PID ]] && c1=$(cpu_ticks "${pids[@]}")
   local requests duration_us wp50 wp99; read -r requests duration_us wp50 wp99 <<<"$w"
-  log "round $r: $t: fixed rate, oha -q $RATE for ${DURATION}s"
-  local o p50 p99; o=$(run_oha "$TMP/raw/$tag-oha.json"); read -r p50 p99 <<<"$o"
+  [[ $OHA == 1 ]] && log "round $r: $t: fixed rate, oha -q $RATE for ${DURATION}s"
+  local o p50=NA p99=NA
+  if [[ $OHA == 1 ]]; then o=$(run_oha "$TMP/raw/$tag-oha.json"); read -r p50 p99 <<<"$o"; fi
   local cpu=NA busy=NA rss=NA
   if [[ -n $PROXY_PID ]]; then
     mapfile -t pids < <(tree_pids "$PROXY_PID")
     rss=$(awk -v k="$(rss_kib "${pids[@]}")" 'BEGIN {printf "%.1f", k / 1024}')
+    # what scopegate counted (scopegate+usage: reported tokens, no refusals)
+    [[ $t == scopegate* ]] && { curl -s "http://$HOST:$SG_MPORT/metrics" | grep -E '^scopegate_(tokens_total|requests_total|usage_limit_ratio)' >"$TMP/raw/$tag-metrics.txt" || true; }
     cpu=$(awk -v d=$((c1 - c0)) -v t="$TCK" -v n="$requests" 'BEGIN {printf "%.3f", d / t / n * 100000}')
     busy=$(awk -v d=$((c1 - c0)) -v t="$TCK" -v us="$duration_us" 'BEGIN {printf "%.0f", d / t / (us / 1e6) * 100}')
     stop_pid "$PROXY_PID"; PROXY_PID=""
@@ -452,22 +460,34 @@ count_instructions() {  # count_instructions NAME URL READY_URL CMD...
   pid=$!; PIDS+=("$pid")
   # valgrind start-up (and scopegate's keys load) is slow
   WAIT_SECS=120 wait_http "$ready" "$pid" "$t under valgrind"
-  local oha_args=(--no-tui --output-format json -c 8 -m POST -T application/json
-    -H "Authorization: Bearer $SG_KEY" -d "$REQ_BODY" "$url/v1/chat/completions")
-  taskset -c "$LOAD_CPU" oha -n 500 "${oha_args[@]}" >/dev/null 2>&1 || die "$t: oha warm-up failed"
-  callgrind_control -i on "$pid" >/dev/null || die "callgrind_control failed for $t"
-  taskset -c "$LOAD_CPU" oha -n "$INSTR_REQUESTS" "${oha_args[@]}" >"$TMP/raw/callgrind-$t-oha.json" 2>&1 \
-    || die "$t: oha failed under callgrind"
+  local counted=$INSTR_REQUESTS
+  if [[ $OHA == 1 ]]; then
+    local oha_args=(--no-tui --output-format json -c 8 -m POST -T application/json
+      -H "Authorization: Bearer $SG_KEY" -d "$REQ_BODY" "$url/v1/chat/completions")
+    taskset -c "$LOAD_CPU" oha -n 500 "${oha_args[@]}" >/dev/null 2>&1 || die "$t: oha warm-up failed"
+    callgrind_control -i on "$pid" >/dev/null || die "callgrind_control failed for $t"
+    taskset -c "$LOAD_CPU" oha -n "$INSTR_REQUESTS" "${oha_args[@]}" >"$TMP/raw/callgrind-$t-oha.json" 2>&1 \
+      || die "$t: oha failed under callgrind"
+  else
+    # wrk for a fixed time; its count of completed requests is the divisor (the few in
+    # flight when counting stops are within a request or two of 8 connections)
+    URL=$url run_wrk "$TMP/raw/callgrind-$t-warmup.txt" 2 >/dev/null
+    callgrind_control -i on "$pid" >/dev/null || die "callgrind_control failed for $t"
+    local w; w=$(URL=$url CONNS=8 run_wrk "$TMP/raw/callgrind-$t-wrk.txt" "$INSTR_SECS")
+    counted=${w%% *}
+  fi
   callgrind_control -i off "$pid" >/dev/null || die "callgrind_control -i off failed for $t"
   callgrind_control -d "$pid" >/dev/null || die "callgrind_control -d failed for $t"
-  python3 "$HERE/oha_summary.py" "$TMP/raw/callgrind-$t-oha.json" "$INSTR_REQUESTS" >/dev/null \
-    || die "$t: not every counted request was 2xx (see $TMP/raw/callgrind-$t-oha.json)"
+  if [[ $OHA == 1 ]]; then
+    python3 "$HERE/oha_summary.py" "$TMP/raw/callgrind-$t-oha.json" "$INSTR_REQUESTS" >/dev/null \
+      || die "$t: not every counted request was 2xx (see $TMP/raw/callgrind-$t-oha.json)"
+  fi
   stop_pid "$pid"
   local total
   total=$(awk '/^totals:/ {print $2}' "$out".* 2>/dev/null | tail -1 || true)
   [[ $total =~ ^[0-9]+$ ]] && ((total > 0)) || die "$t: no callgrind totals in $out.* (see $TMP/raw/callgrind-$t.log)"
-  printf '%s\t%s\t%s\n' "$t" "$INSTR_REQUESTS" "$total" >>"$INSTR_TSV"
-  log "instructions: $t: $((total / INSTR_REQUESTS)) per request"
+  printf '%s\t%s\t%s\n' "$t" "$counted" "$total" >>"$INSTR_TSV"
+  log "instructions: $t: $((total / counted)) per request ($counted requests)"
 }
 
 if [[ $INSTR == 1 ]]; then
@@ -509,6 +529,7 @@ if [[ $SSE == 1 ]]; then
     --hold "$SSE_HOLD" --proxy-pid "$SSE_PID" --tsv "$SSE_TSV" >"$TMP/raw/sse.txt" 2>&1 \
     || die "sse_first_event failed: $(tail -5 "$TMP/raw/sse.txt")"
   cat "$TMP/raw/sse.txt" >&2
+  curl -s "http://$HOST:$SG_MPORT/metrics" | grep -E '^scopegate_(tokens_total|requests_total)' >"$TMP/raw/sse-metrics.txt" || true
   if grep -qi 'error' "$TMP/sg/stderr-sse.log"; then log "warning: scopegate logged errors during SSE (see $TMP/sg/stderr-sse.log)"; fi
   stop_pid "$SSE_PID"
 fi
