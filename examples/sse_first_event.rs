@@ -20,10 +20,12 @@
 //! 2. Held: `--hold` accounted streams opened at once (each its own
 //!    connection); when every one has its first event, scopegate's VmRSS is
 //!    read from /proc (`--proxy-pid`); then all are released and each must
-//!    finish as above.
+//!    finish as above. `--hold-with plain` holds streams of the plain key
+//!    instead (accounting off), to compare (run it against a fresh proxy).
 //!
 //! usage: sse_first_event --proxy HOST:PORT --upstream HOST:PORT --plain-key K
-//!        --limited-key K [--streams 2000] [--hold 1000] [--proxy-pid PID] [--tsv PATH]
+//!        --limited-key K [--streams 2000 (0: no latency part)] [--hold 1000]
+//!        [--hold-with limited|plain] [--proxy-pid PID] [--tsv PATH]
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -216,33 +218,20 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Res<()> {
-    let mut args: HashMap<String, String> = HashMap::new();
-    let mut it = std::env::args().skip(1);
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        args.insert(k.trim_start_matches("--").to_string(), v);
-    }
-    let get = |k: &str| args.get(k).cloned().ok_or(format!("--{k} is required"));
-    let proxy = get("proxy")?;
-    let upstream_addr = get("upstream")?;
-    let plain = get("plain-key")?;
-    let limited = get("limited-key")?;
-    let streams: usize = args.get("streams").map_or(Ok(2000), |v| v.parse())?;
-    let hold: usize = args.get("hold").map_or(Ok(1000), |v| v.parse())?;
-    let pid: Option<u32> = args.get("proxy-pid").and_then(|v| v.parse().ok());
-    let tsv = args.get("tsv").cloned();
-
-    let (release_tx, release_rx) = watch::channel(false);
-    let listener = TcpListener::bind(&upstream_addr).await?;
-    tokio::spawn(upstream(listener, release_rx));
-
-    // 1. sequential first-event latency, three kinds interleaved
+/// Part 1: sequential first-event latency, three kinds interleaved.
+async fn latency(
+    proxy: &str,
+    upstream_addr: &str,
+    plain: &str,
+    limited: &str,
+    streams: usize,
+    out: &mut String,
+) -> Res<()> {
     let kinds = ["direct", "accounting_off", "accounting_on"];
     let mut clients = vec![
-        Client::connect(&upstream_addr, None, false).await?,
-        Client::connect(&proxy, Some(&plain), false).await?,
-        Client::connect(&proxy, Some(&limited), false).await?,
+        Client::connect(upstream_addr, None, false).await?,
+        Client::connect(proxy, Some(plain), false).await?,
+        Client::connect(proxy, Some(limited), false).await?,
     ];
     let warmup = 200;
     let mut lat: Vec<Vec<f64>> = vec![Vec::new(); 3];
@@ -257,7 +246,6 @@ async fn main() -> Res<()> {
             }
         }
     }
-    let mut out = String::from("kind\tstreams\tmin_us\tp50_us\tp90_us\tp99_us\tmax_us\tmean_us\n");
     println!("first-event latency, µs ({streams} streams per kind after {warmup} warm-up, sequential, kept-alive):");
     println!("{:<16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}", "kind", "min", "p50", "p90", "p99", "max", "mean");
     let mut med = [0.0; 3];
@@ -276,18 +264,52 @@ async fn main() -> Res<()> {
         ));
     }
     println!("accounting on − off, p50: {:+.1} µs", med[2] - med[1]);
-    drop(clients);
+    Ok(())
 
-    // 2. held accounted streams
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Res<()> {
+    let mut args: HashMap<String, String> = HashMap::new();
+    let mut it = std::env::args().skip(1);
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        args.insert(k.trim_start_matches("--").to_string(), v);
+    }
+    let get = |k: &str| args.get(k).cloned().ok_or(format!("--{k} is required"));
+    let proxy = get("proxy")?;
+    let upstream_addr = get("upstream")?;
+    let plain = get("plain-key")?;
+    let limited = get("limited-key")?;
+    let streams: usize = args.get("streams").map_or(Ok(2000), |v| v.parse())?;
+    let hold: usize = args.get("hold").map_or(Ok(1000), |v| v.parse())?;
+    let pid: Option<u32> = args.get("proxy-pid").and_then(|v| v.parse().ok());
+    let tsv = args.get("tsv").cloned();
+    let hold_plain = args.get("hold-with").is_some_and(|v| v == "plain");
+    let (hold_key, hold_tag) = if hold_plain {
+        (plain.clone(), "held_accounting_off")
+    } else {
+        (limited.clone(), "held_accounting_on")
+    };
+
+    let (release_tx, release_rx) = watch::channel(false);
+    let listener = TcpListener::bind(&upstream_addr).await?;
+    tokio::spawn(upstream(listener, release_rx));
+
+    let mut out = String::from("kind\tstreams\tmin_us\tp50_us\tp90_us\tp99_us\tmax_us\tmean_us\n");
+    if streams > 0 {
+        latency(&proxy, &upstream_addr, &plain, &limited, streams, &mut out).await?;
+    }
+
+    // 2. held streams
     let rss_before = rss_kib(pid);
     let firsts = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(hold);
     for _ in 0..hold {
-        let (proxy, limited, firsts) = (proxy.clone(), limited.clone(), firsts.clone());
+        let (proxy, key, firsts) = (proxy.clone(), hold_key.clone(), firsts.clone());
         let mut go = release_tx.subscribe();
         tasks.push(tokio::spawn(async move {
-            let mut c = Client::connect(&proxy, Some(&limited), true).await?;
+            let mut c = Client::connect(&proxy, Some(&key), true).await?;
             let (_, got) = c.first_event().await?;
             firsts.fetch_add(1, Ordering::Relaxed);
             go.wait_for(|g| *g).await?;
@@ -319,7 +341,7 @@ async fn main() -> Res<()> {
     let rss_after = rss_kib(pid);
     let mib = |k: Option<u64>| k.map_or("NA".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
     println!(
-        "held streams: {hold} opened at once, {opened} had their first event after {open_ms} ms, {ok} finished cleanly, {} errors",
+        "held streams ({hold_tag}): {hold} opened at once, {opened} had their first event after {open_ms} ms, {ok} finished cleanly, {} errors",
         hold - ok
     );
     for (e, n) in &errors {
@@ -332,7 +354,7 @@ async fn main() -> Res<()> {
         mib(rss_after)
     );
     out.push_str(&format!(
-        "held\t{hold}\topened={opened}\tok={ok}\terrors={}\trss_before_mib={}\trss_held_mib={}\trss_after_mib={}\n",
+        "{hold_tag}\t{hold}\topened={opened}\tok={ok}\terrors={}\trss_before_mib={}\trss_held_mib={}\trss_after_mib={}\n",
         hold - ok,
         mib(rss_before),
         mib(rss_held),

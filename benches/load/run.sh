@@ -263,6 +263,11 @@ EOF
 "$NGINX" -t -q -p "$TMP/proxy" -c "$TMP/proxy/nginx.conf" 2>"$TMP/proxy/t.log" || die "proxy nginx.conf invalid: $(cat "$TMP/proxy/t.log")"
 
 log "generating $KEYS keys in $WORKSPACES workspaces"
+# STATE_APART=1 (default) keeps state.db out of the keys file's folder: scopegate watches
+# that folder, and every write-behind of state.db (once a second) would make it re-read and
+# hash the whole keys file (see docs/benchmarks.md, 2026-11-30). 0: state.db beside it.
+STATE_PATH=../state/state.db; mkdir -p "$TMP/state"
+[[ ${STATE_APART:-1} == 0 ]] && STATE_PATH=state.db
 GEN_ARGS=(); [[ $USAGE_RUN == 1 || $SSE == 1 ]] && GEN_ARGS=(--limited-secret-out "$TMP/sg/secret-limited")
 USED=$(python3 "$HERE/gen_keys.py" "$TMP/sg/keys.yaml" "$TMP/sg/secret" --keys "$KEYS" --workspaces "$WORKSPACES" "${GEN_ARGS[@]}")
 SG_KEY=$(cat "$TMP/sg/secret"); export SG_KEY
@@ -278,7 +283,7 @@ reload_poll_interval_ms: 1000
 max_inspect_body_bytes: 65536
 log_format: json
 shutdown_grace_period_seconds: 1
-state: { path: state.db }
+state: { path: $STATE_PATH }
 upstreams:
   completions: { url: "http://$HOST:$UP_PORT", connect_timeout_ms: 2000, read_timeout_ms: 60000 }
   admin: { url: "http://$HOST:$UP_PORT" }
@@ -531,6 +536,17 @@ if [[ $SSE == 1 ]]; then
   cat "$TMP/raw/sse.txt" >&2
   curl -s "http://$HOST:$SG_MPORT/metrics" | grep -E '^scopegate_(tokens_total|requests_total)' >"$TMP/raw/sse-metrics.txt" || true
   if grep -qi 'error' "$TMP/sg/stderr-sse.log"; then log "warning: scopegate logged errors during SSE (see $TMP/sg/stderr-sse.log)"; fi
+  stop_pid "$SSE_PID"
+  # the same number of streams held with the plain key, on a fresh scopegate, to compare RSS
+  RUST_LOG=warn taskset -c "$PROXY_CPU" "$BIN" serve --config "$TMP/sg/sse.yaml" >"$TMP/sg/stderr-sse-plain.log" 2>&1 &
+  SSE_PID=$!; PIDS+=("$SSE_PID")
+  wait_http "http://$HOST:$SG_MPORT/readyz" "$SSE_PID" "scopegate (SSE, plain key)"
+  taskset -c "$LOAD_CPU" "$SSE_EX" --proxy "$HOST:$SG_PORT" --upstream "$HOST:$SSE_UP_PORT" \
+    --plain-key "$PLAIN_KEY" --limited-key "$LIMITED_KEY" --streams 0 --hold-with plain \
+    --hold "$SSE_HOLD" --proxy-pid "$SSE_PID" --tsv "$TMP/sse-plain.tsv" >"$TMP/raw/sse-plain.txt" 2>&1 \
+    || die "sse_first_event (plain key) failed: $(tail -5 "$TMP/raw/sse-plain.txt")"
+  cat "$TMP/raw/sse-plain.txt" >&2
+  tail -n +2 "$TMP/sse-plain.tsv" >>"$SSE_TSV"
   stop_pid "$SSE_PID"
 fi
 

@@ -172,15 +172,17 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         p50 = {}
         for r in srows[1:]:
-            if r[0] != "held":
+            if not r[0].startswith("held"):
                 p50[r[0]] = float(r[3])
                 print("| " + " | ".join(r) + " |")
         if "accounting_on" in p50 and "accounting_off" in p50:
             print(f"\nAccounting on − off, p50: {p50['accounting_on'] - p50['accounting_off']:+.1f} µs "
                   "(target ≤ +20 µs).")
         for r in srows[1:]:
-            if r[0] == "held":
-                print(f"\nHeld accounted streams: {r[1]} opened at once; " + ", ".join(r[2:]) + ".")
+            if r[0].startswith("held"):
+                what = "accounted" if r[0] == "held_accounting_on" else "plain-key (accounting off)"
+                print(f"\nHeld {what} streams, one scopegate each: {r[1]} opened at once; "
+                      + ", ".join(r[2:]) + ".")
         print()
     print(f"""Columns:
 - **max req/s**: `wrk -t1 -c{st.get('CONNS', '?')} -d{st.get('DURATION', '?')}`, POST /v1/chat/completions (~100-byte JSON body,
