@@ -497,6 +497,7 @@ count_instructions() {  # count_instructions NAME URL READY_URL CMD...
 
 if [[ $INSTR == 1 ]]; then
   log "instructions per request under callgrind ($INSTR_REQUESTS requests each)"
+  SG_KEY=$PLAIN_KEY   # the rounds leave the last target's key here
   need_free "$NGX_PORT" "nginx proxy"; need_free "$PP_PORT" "pingora proxy"
   need_free "$SG_PORT" scopegate; need_free "$SG_MPORT" "scopegate metrics"
   count_instructions nginx "http://$HOST:$NGX_PORT" "http://$HOST:$NGX_PORT/v1/chat/completions" \
