@@ -80,13 +80,14 @@ ROWS=$(sqlite3 -readonly "$TMP/state.db" "SELECT count(*) FROM usage WHERE scope
 
 # a sanity check of what the command prints
 "$BIN" usage --config "$TMP/scopegate.yaml" --key key_50000 >"$TMP/one.txt" 2>&1 || die "scopegate usage --key failed: $(cat "$TMP/one.txt")"
-grep -q '51000\|51,000\|51 000' "$TMP/one.txt" || log "warning: key_50000's usage (51000 input) not visible in: $(head -5 "$TMP/one.txt")"
+# key_50000: 51,000 input + 650 output tokens
+grep -qw '51650' "$TMP/one.txt" || die "key_50000's usage (51650 tokens) not in: $(head -5 "$TMP/one.txt")"
 LINES=$("$BIN" usage --config "$TMP/scopegate.yaml" | wc -l)
 log "scopegate usage prints $LINES lines"
 
 OUT="$HERE/results-usage-$(date -u +%Y-%m-%d-%H%M).md"
 cd "$TMP"
-hyperfine --warmup 2 --runs "$RUNS" --export-markdown "$TMP/hyperfine.md" \
+hyperfine --warmup 2 --runs "$RUNS" --export-markdown "$TMP/hyperfine.md" --export-json "$TMP/hyperfine.json" \
   -n "scopegate check (keys load only)" "$BIN check --config $TMP/scopegate.yaml" \
   -n "scopegate usage" "$BIN usage --config $TMP/scopegate.yaml" \
   -n "scopegate usage --json" "$BIN usage --config $TMP/scopegate.yaml --json" \
@@ -102,6 +103,8 @@ hyperfine --warmup 2 --runs "$RUNS" --export-markdown "$TMP/hyperfine.md" \
   echo "- keys file: $KEYS workspace keys with usage_limits ($(du -h "$TMP/keys.yaml" | cut -f1)); state.db: $ROWS rows for $PERIOD ($(du -h "$TMP/state.db" | cut -f1))"
   echo "- output: $LINES lines"
   echo "- hyperfine --warmup 2 --runs $RUNS"
+  echo
+  python3 "$HERE/hyperfine_medians.py" "$TMP/hyperfine.json"
   echo
   cat "$TMP/hyperfine.md"
   echo
