@@ -251,7 +251,9 @@ fn bench_key_headers(c: &mut Criterion) {
     let in_file = "sgk-bench-5003".to_string();
     let provider = "sk-ant-api03-0123456789abcdefghijklmnopq".to_string();
     assert_eq!(provider.len(), 40);
-    assert!(snap.lookup(&scopegate::keys::digest(in_file.as_bytes())).is_some());
+    assert!(snap
+        .lookup(&scopegate::keys::digest(in_file.as_bytes()))
+        .is_some());
     let mut group = c.benchmark_group("strip_check_other_header");
     group.bench_function("digest_40_bytes", |b| {
         b.iter(|| scopegate::keys::digest(black_box(provider.as_bytes())))

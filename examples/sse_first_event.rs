@@ -172,7 +172,11 @@ impl Client {
         loop {
             let n = self.tcp.read(&mut tmp).await?;
             if n == 0 {
-                return Err(format!("closed before the first event: {:?}", String::from_utf8_lossy(&got)).into());
+                return Err(format!(
+                    "closed before the first event: {:?}",
+                    String::from_utf8_lossy(&got)
+                )
+                .into());
             }
             got.extend_from_slice(&tmp[..n]);
             if let Some(h) = find(&got, b"\r\n\r\n") {
@@ -194,7 +198,11 @@ impl Client {
             got.extend_from_slice(&tmp[..n]);
         }
         if !got.starts_with(b"HTTP/1.1 200") {
-            return Err(format!("not 200: {}", String::from_utf8_lossy(&got[..got.len().min(200)])).into());
+            return Err(format!(
+                "not 200: {}",
+                String::from_utf8_lossy(&got[..got.len().min(200)])
+            )
+            .into());
         }
         if find(&got, b"data: [DONE]").is_none() {
             return Err("no [DONE]".into());
@@ -228,7 +236,7 @@ async fn latency(
     out: &mut String,
 ) -> Res<()> {
     let kinds = ["direct", "accounting_off", "accounting_on"];
-    let mut clients = vec![
+    let mut clients = [
         Client::connect(upstream_addr, None, false).await?,
         Client::connect(proxy, Some(plain), false).await?,
         Client::connect(proxy, Some(limited), false).await?,
@@ -239,15 +247,23 @@ async fn latency(
         for j in 0..3 {
             let k = (round + j) % 3;
             let c = &mut clients[k];
-            let (t, got) = c.first_event().await.map_err(|e| format!("{}: {e}", kinds[k]))?;
-            c.finish(got).await.map_err(|e| format!("{}: {e}", kinds[k]))?;
+            let (t, got) = c
+                .first_event()
+                .await
+                .map_err(|e| format!("{}: {e}", kinds[k]))?;
+            c.finish(got)
+                .await
+                .map_err(|e| format!("{}: {e}", kinds[k]))?;
             if round >= warmup {
                 lat[k].push(t.as_secs_f64() * 1e6);
             }
         }
     }
     println!("first-event latency, µs ({streams} streams per kind after {warmup} warm-up, sequential, kept-alive):");
-    println!("{:<16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}", "kind", "min", "p50", "p90", "p99", "max", "mean");
+    println!(
+        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "kind", "min", "p50", "p90", "p99", "max", "mean"
+    );
     let mut med = [0.0; 3];
     for k in 0..3 {
         let v = &mut lat[k];
@@ -256,16 +272,28 @@ async fn latency(
         med[k] = pct(v, 0.5);
         println!(
             "{:<16} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
-            kinds[k], v[0], pct(v, 0.5), pct(v, 0.9), pct(v, 0.99), v[v.len() - 1], mean
+            kinds[k],
+            v[0],
+            pct(v, 0.5),
+            pct(v, 0.9),
+            pct(v, 0.99),
+            v[v.len() - 1],
+            mean
         );
         out.push_str(&format!(
             "{}\t{}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\n",
-            kinds[k], v.len(), v[0], pct(v, 0.5), pct(v, 0.9), pct(v, 0.99), v[v.len() - 1], mean
+            kinds[k],
+            v.len(),
+            v[0],
+            pct(v, 0.5),
+            pct(v, 0.9),
+            pct(v, 0.99),
+            v[v.len() - 1],
+            mean
         ));
     }
     println!("accounting on − off, p50: {:+.1} µs", med[2] - med[1]);
     Ok(())
-
 }
 
 #[tokio::main(flavor = "current_thread")]
