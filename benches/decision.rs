@@ -1,7 +1,10 @@
 //! Criterion benches of the pure core: the decision (hash + lookup + route +
 //! scopes + workspace) at 10, 10,000 and 1,000,000 keys, route matching
-//! alone, keys-file load at 100,000 keys, and the rate-limit check under
-//! contention from two threads.
+//! alone, keys-file load at 100,000 keys, the rate-limit check under
+//! contention from two threads, and (issue 14) which header carries the key:
+//! the lookup order over the four key headers, the whole decision for a key
+//! sent in each of them, and the upstream-stripping check that hashes another
+//! key header's value to tell a keys-file key from a provider key.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -14,7 +17,7 @@ use http::Method;
 use scopegate::keys::{build_snapshot, digest_hex, parse_keys_str, KeysDocument, Snapshot};
 use scopegate::policy::{decide, Body, Outcome, RequestFacts};
 use scopegate::ratelimit::{monotonic_ns, KeyLimiter, RateLimit};
-use scopegate::request::Presented;
+use scopegate::request::{presented_key, secret_in, KeyHeaders, Presented};
 use scopegate::routes::RouteTable;
 
 const NOW: i64 = 1_800_000_000_000;
@@ -182,9 +185,94 @@ fn bench_ratelimit(c: &mut Criterion) {
     group.finish();
 }
 
+/// The key headers of one request with `value` in header `which` (an index
+/// into `scopegate::request::KEY_HEADERS`).
+fn headers_with<'h, 'a>(which: usize, one: &'h [&'a [u8]]) -> KeyHeaders<'h, 'a> {
+    let mut h = KeyHeaders::default();
+    match which {
+        0 => h.portkey = one,
+        1 => h.authorization = one,
+        2 => h.x_api_key = one,
+        _ => h.api_key = one,
+    }
+    h
+}
+
+/// Issue 14: the key presented in each of the four headers. `key_lookup_order`
+/// is `presented_key` alone (which header wins, SPEC 5.1); `decision_by_header`
+/// is `presented_key` + `decide` for an allowed completion at 10,000 keys.
+fn bench_key_headers(c: &mut Criterion) {
+    let table = RouteTable::build(&[], true).expect("routes");
+    let snap = snapshot(&table, 10_000);
+    let secret = format!("sgk-bench-{}", 5_002);
+    let bearer = format!("Bearer {secret}");
+    let post = Method::POST;
+    let cases: [(&str, usize, &[u8]); 4] = [
+        ("x-portkey-api-key", 0, secret.as_bytes()),
+        ("authorization_bearer", 1, bearer.as_bytes()),
+        ("x-api-key", 2, secret.as_bytes()),
+        ("api-key", 3, secret.as_bytes()),
+    ];
+
+    let mut group = c.benchmark_group("key_lookup_order");
+    for (name, which, value) in cases {
+        let one = [value];
+        let h = headers_with(which, &one);
+        assert!(matches!(presented_key(&h).0, Presented::Secret(_)));
+        group.bench_with_input(BenchmarkId::from_parameter(name), &h, |b, h| {
+            b.iter(|| presented_key(black_box(h)))
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("decision_by_header");
+    for (name, which, value) in cases {
+        let one = [value];
+        let h = headers_with(which, &one);
+        let run = |h: &KeyHeaders<'_, '_>| {
+            let (key, _source) = presented_key(h);
+            let mut f = facts(&post, "/v1/chat/completions", None, b"");
+            f.key = key;
+            decide(&table, &snap, &f).outcome
+        };
+        assert_eq!(run(&h), Outcome::Allow);
+        group.bench_with_input(BenchmarkId::new(name, 10_000), &h, |b, h| {
+            b.iter(|| run(black_box(h)))
+        });
+    }
+    group.finish();
+
+    // The check `strip_client_headers` (src/proxy.rs, private) makes for a key
+    // header that did not carry the key: its secret, hashed, looked up. The
+    // same three calls here, once for a 40-byte provider key that is not in
+    // the file (the lookup misses) and once for a keys-file key (a hit; its
+    // secret is 14 bytes, but SHA-256 hashes anything up to 55 bytes as one
+    // 64-byte block, so the hash costs the same).
+    let in_file = "sgk-bench-5003".to_string();
+    let provider = "sk-ant-api03-0123456789abcdefghijklmnopq".to_string();
+    assert_eq!(provider.len(), 40);
+    assert!(snap
+        .lookup(&scopegate::keys::digest(in_file.as_bytes()))
+        .is_some());
+    let mut group = c.benchmark_group("strip_check_other_header");
+    group.bench_function("digest_40_bytes", |b| {
+        b.iter(|| scopegate::keys::digest(black_box(provider.as_bytes())))
+    });
+    for (name, value) in [("provider_key", &provider), ("keys_file_key", &in_file)] {
+        group.bench_with_input(BenchmarkId::new("x-api-key", name), value, |b, v| {
+            b.iter(|| {
+                secret_in("x-api-key", black_box(v.as_bytes()))
+                    .is_some_and(|s| snap.lookup(&scopegate::keys::digest(s)).is_some())
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_decision,
+    bench_key_headers,
     bench_routes,
     bench_keys_load,
     bench_ratelimit

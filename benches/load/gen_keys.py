@@ -7,12 +7,24 @@ random (secrets.token_urlsafe), hashed with SHA-256 exactly like
 `scopegate hash-key` (no trailing newline). Only hashes go into the keys file;
 the secret of the one key the benchmark uses is written to SECRET_OUT (mode 0600).
 
+With --limited-secret-out, one more key, key_limited (in the presented key's
+workspace, same scope), carries a token rate limit and a usage budget so large
+that nothing is refused (issue 10: the accounted path, measured beside the same
+proxy with the plain key); its secret goes to that file. With --usage-limits,
+every key carries such a budget (for `scopegate usage` at scale).
+
 usage: gen_keys.py KEYS_YAML SECRET_OUT [--keys 10000] [--workspaces 100] [--use-index N]
+                   [--limited-secret-out PATH] [--usage-limits]
 """
 import argparse
 import hashlib
 import os
 import secrets
+
+
+# A budget no benchmark reaches: a trillion tokens a month.
+BUDGET = ("    usage_limits: { type: tokens, credit_limit: 1000000000000, "
+          "alert_threshold: 900000000000, periodic_reset: monthly }")
 
 
 def main() -> None:
@@ -23,6 +35,10 @@ def main() -> None:
     ap.add_argument("--workspaces", type=int, default=100)
     ap.add_argument("--use-index", type=int, default=None,
                     help="which key the benchmark presents (default: the middle one)")
+    ap.add_argument("--limited-secret-out", default=None,
+                    help="also write key_limited (token rate limit + usage budget); its secret here")
+    ap.add_argument("--usage-limits", action="store_true",
+                    help="give every key a (never reached) monthly token budget")
     a = ap.parse_args()
     use = a.keys // 2 if a.use_index is None else a.use_index
     if not 0 <= use < a.keys:
@@ -44,11 +60,28 @@ def main() -> None:
                 f"    workspace_id: ws_{i % a.workspaces}",
                 f'    sha256: "{digest}"',
                 '    scopes: ["completions.write"]']
+        if a.usage_limits:
+            out += [BUDGET]
+    limited = None
+    if a.limited_secret_out:
+        limited = "sgk-bench-" + secrets.token_urlsafe(32)
+        out += ["  - id: key_limited",
+                "    type: workspace-service",
+                f"    workspace_id: ws_{use % a.workspaces}",
+                f'    sha256: "{hashlib.sha256(limited.encode()).hexdigest()}"',
+                '    scopes: ["completions.write"]',
+                "    rate_limits:",
+                "      - { type: tokens, unit: rpm, value: 1000000000000 }",
+                BUDGET]
     with open(a.keys_yaml, "w") as f:
         f.write("\n".join(out) + "\n")
     fd = os.open(a.secret_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(chosen)
+    if limited is not None:
+        fd = os.open(a.limited_secret_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(limited)
     print(f"key_{use} ws_{use % a.workspaces}")
 
 

@@ -7,6 +7,10 @@
 #   pingora       pingora as a plain reverse proxy (examples/plain_pingora.rs: 1 thread, no filters)
 #   scopegate     scopegate serve, threads: 1, 10,000 keys, log_format json, RUST_LOG=warn
 #   scopegate+log the same with the access log on (RUST_LOG=info, output to /dev/null)
+#   scopegate+usage the same proxy and keys file as `scopegate`, presenting key_limited,
+#                 which has a token rate limit and a usage budget (issue 10: accounting on)
+# and, with SSE=1, SSE first-event latency with accounting off and on, then SSE_HOLD
+# concurrent accounted streams held open, through examples/sse_first_event.rs.
 # then counts user-space instructions per request of nginx, pingora and scopegate under
 # callgrind (repeatable whatever else the machine does), and prints a Markdown table (also
 # written to benches/load/results-<date>.md).
@@ -20,9 +24,16 @@
 #        WARMUP=2      seconds of warm-up load before each target's measurements
 #        KEYS=10000 WORKSPACES=100   size of the generated keys file
 #        LOG_RUN=1     0: skip the scopegate+log target
+#        USAGE_RUN=1   0: skip the scopegate+usage target
+#        TARGETS="..." run only these targets (e.g. "scopegate scopegate+usage")
+#        SSE=0         1: the SSE phase (needs target/release/examples/sse_first_event)
+#        SSE_STREAMS=2000 SSE_HOLD=1000  sequential streams per key; streams held at once
 #        PINGORA_RUN=1 0: skip the plain pingora target
 #        INSTR=1       0: skip the callgrind instruction counts
 #        INSTR_REQUESTS=5000  requests counted per target under callgrind
+#        OHA=1         0: no oha (not installed, no time to build it): no fixed-rate latency
+#                      run, and callgrind is driven by wrk for INSTR_SECS seconds instead
+#        INSTR_SECS=10 seconds of wrk load counted under callgrind when OHA=0
 #        SKIP_BUILD=1  do not run `cargo build --release` first
 #        BASE_PORT=18080  first port tried; free ports are picked upward from it
 #        KEEP_TMP=1    keep the raw-output dir (default: kept; set 0 to delete)
@@ -36,9 +47,15 @@ WARMUP=${WARMUP:-2}
 KEYS=${KEYS:-10000}
 WORKSPACES=${WORKSPACES:-100}
 LOG_RUN=${LOG_RUN:-1}
+USAGE_RUN=${USAGE_RUN:-1}
+SSE=${SSE:-0}
+SSE_STREAMS=${SSE_STREAMS:-2000}
+SSE_HOLD=${SSE_HOLD:-1000}
 PINGORA_RUN=${PINGORA_RUN:-1}
 INSTR=${INSTR:-1}
 INSTR_REQUESTS=${INSTR_REQUESTS:-5000}
+OHA=${OHA:-1}
+INSTR_SECS=${INSTR_SECS:-10}
 SKIP_BUILD=${SKIP_BUILD:-0}
 BASE_PORT=${BASE_PORT:-18080}
 KEEP_TMP=${KEEP_TMP:-1}
@@ -49,12 +66,13 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 BIN="$REPO/target/release/scopegate"
 PLAIN="$REPO/target/release/examples/plain_pingora"
+SSE_EX="$REPO/target/release/examples/sse_first_event"
 HOST=127.0.0.1   # the only address this script ever sends traffic to
 
 log() { printf '[run.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { printf '\nrun.sh: FAILED: %s\n' "$*" >&2; exit 1; }
 
-for v in ROUNDS DURATION RATE CONNS WARMUP KEYS WORKSPACES BASE_PORT INSTR_REQUESTS; do
+for v in ROUNDS DURATION RATE CONNS WARMUP KEYS WORKSPACES BASE_PORT INSTR_REQUESTS SSE_STREAMS SSE_HOLD; do
   [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
 done
 [[ $(nproc) -ge 2 ]] || die "needs at least 2 CPUs (proxy on CPU $PROXY_CPU, load on CPU $LOAD_CPU)"
@@ -79,7 +97,7 @@ ensure_tools() {
   export PATH="$PATH:/usr/sbin:$HOME/.cargo/bin"
   command -v python3 >/dev/null || die "python3 is needed (keys file generation, summaries)"
   # Fixed-rate latency: Debian has no wrk2, and wrk 4 cannot hold a rate, so oha -q.
-  if ! command -v oha >/dev/null; then
+  if [[ $OHA == 1 ]] && ! command -v oha >/dev/null; then
     log "installing oha (cargo install oha --locked; a few minutes the first time)"
     cargo install oha --locked >&2 || die "cargo install oha failed"
   fi
@@ -162,7 +180,7 @@ if [[ $SKIP_BUILD != 1 ]]; then
   log "cargo build --release (SKIP_BUILD=1 skips)"
   ok=0
   for attempt in 1 2 3; do
-    if (cd "$REPO" && cargo build --release --bin scopegate --example plain_pingora >&2); then ok=1; break; fi
+    if (cd "$REPO" && cargo build --release --bin scopegate --example plain_pingora --example sse_first_event >&2); then ok=1; break; fi
     log "build failed (attempt $attempt); retrying in 20 s"; sleep 20
   done
   ((ok)) || die "cargo build --release failed"
@@ -171,18 +189,22 @@ fi
 if [[ $PINGORA_RUN == 1 || $INSTR == 1 ]]; then
   [[ -x $PLAIN ]] || die "$PLAIN not found (cargo build --release --example plain_pingora, or drop SKIP_BUILD=1)"
 fi
+if [[ $SSE == 1 ]]; then
+  [[ -x $SSE_EX ]] || die "$SSE_EX not found (cargo build --release --example sse_first_event)"
+fi
 
 TMP=$(mktemp -d /tmp/scopegate-load.XXXXXX)
 mkdir -p "$TMP/raw" "$TMP/upstream" "$TMP/proxy" "$TMP/sg"
 log "raw outputs go to $TMP"
 NEXT_PORT=$BASE_PORT
 pick_port UP_PORT; pick_port NGX_PORT; pick_port SG_PORT; pick_port SG_MPORT; pick_port PP_PORT
+pick_port SSE_UP_PORT
 log "ports: upstream $UP_PORT, nginx proxy $NGX_PORT, pingora $PP_PORT, scopegate $SG_PORT (metrics $SG_MPORT)"
 
 NGINX=$(command -v nginx)
 USER_LINE=""; [[ $EUID -eq 0 ]] && USER_LINE="user root;"
 REQ_BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in five short words, please."}]}'
-RESP_BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, nice to meet you!"},"finish_reason":"stop"}]}'
+RESP_BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, nice to meet you!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":9,"total_tokens":28}}'
 
 # keepalive_requests is raised everywhere so that no side closes a kept-alive
 # connection after nginx's default 1000 requests (that would add reconnects to every
@@ -241,8 +263,16 @@ EOF
 "$NGINX" -t -q -p "$TMP/proxy" -c "$TMP/proxy/nginx.conf" 2>"$TMP/proxy/t.log" || die "proxy nginx.conf invalid: $(cat "$TMP/proxy/t.log")"
 
 log "generating $KEYS keys in $WORKSPACES workspaces"
-USED=$(python3 "$HERE/gen_keys.py" "$TMP/sg/keys.yaml" "$TMP/sg/secret" --keys "$KEYS" --workspaces "$WORKSPACES")
+# STATE_APART=1 (default) keeps state.db out of the keys file's folder: scopegate watches
+# that folder, and every write-behind of state.db (once a second) would make it re-read and
+# hash the whole keys file (see docs/benchmarks.md, 2026-11-30). 0: state.db beside it.
+STATE_PATH=../state/state.db; mkdir -p "$TMP/state"
+[[ ${STATE_APART:-1} == 0 ]] && STATE_PATH=state.db
+GEN_ARGS=(); [[ $USAGE_RUN == 1 || $SSE == 1 ]] && GEN_ARGS=(--limited-secret-out "$TMP/sg/secret-limited")
+USED=$(python3 "$HERE/gen_keys.py" "$TMP/sg/keys.yaml" "$TMP/sg/secret" --keys "$KEYS" --workspaces "$WORKSPACES" "${GEN_ARGS[@]}")
 SG_KEY=$(cat "$TMP/sg/secret"); export SG_KEY
+PLAIN_KEY=$SG_KEY; LIMITED_KEY=""; NKEYS=$KEYS
+if ((${#GEN_ARGS[@]})); then LIMITED_KEY=$(cat "$TMP/sg/secret-limited"); NKEYS=$((KEYS + 1)); fi
 log "the benchmark presents ${USED% *} (workspace ${USED#* })"
 cat >"$TMP/sg/scopegate.yaml" <<EOF
 listen: ["$HOST:$SG_PORT"]
@@ -253,6 +283,7 @@ reload_poll_interval_ms: 1000
 max_inspect_body_bytes: 65536
 log_format: json
 shutdown_grace_period_seconds: 1
+state: { path: $STATE_PATH }
 upstreams:
   completions: { url: "http://$HOST:$UP_PORT", connect_timeout_ms: 2000, read_timeout_ms: 60000 }
   admin: { url: "http://$HOST:$UP_PORT" }
@@ -262,7 +293,7 @@ log "scopegate check: $(head -1 "$TMP/sg/check.out")"
 
 # ---------------------------------------------------------------- facts
 WRK_VER=$(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//' || true)
-OHA_VER=$(oha --version 2>&1 | head -1)
+OHA_VER="not used (OHA=0)"; [[ $OHA == 1 ]] && OHA_VER=$(oha --version 2>&1 | head -1)
 GIT_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ -n $(git -C "$REPO" status --porcelain -- src examples benches Cargo.toml Cargo.lock 2>/dev/null) ]] && GIT_REV="$GIT_REV (+ uncommitted changes in src/examples/benches/Cargo)"
 FACTS="$TMP/facts.md"
@@ -277,7 +308,7 @@ FACTS="$TMP/facts.md"
   echo "- oha: $OHA_VER"
   echo "- rustc: $(rustc --version 2>/dev/null || echo unknown)"
   echo "- scopegate: $GIT_REV, target/release/scopegate"
-  echo "- settings: ROUNDS=$ROUNDS DURATION=${DURATION}s RATE=$RATE CONNS=$CONNS WARMUP=${WARMUP}s KEYS=$KEYS WORKSPACES=$WORKSPACES"
+  echo "- settings: ROUNDS=$ROUNDS DURATION=${DURATION}s RATE=$RATE CONNS=$CONNS WARMUP=${WARMUP}s KEYS=$KEYS WORKSPACES=$WORKSPACES USAGE_RUN=$USAGE_RUN SSE=$SSE"
   echo "- pinning: proxy under test on CPU $PROXY_CPU; wrk/oha and the upstream nginx on CPU $LOAD_CPU"
 } >"$FACTS"
 cat "$FACTS" >&2
@@ -289,15 +320,29 @@ UP_PID=$!; PIDS+=("$UP_PID")
 wait_http "http://$HOST:$UP_PORT/v1/chat/completions" "$UP_PID" "upstream nginx" -X POST -d "$REQ_BODY"
 
 # ---------------------------------------------------------------- targets
-TARGETS=(direct nginx)
-[[ $PINGORA_RUN == 1 ]] && TARGETS+=(pingora)
-TARGETS+=(scopegate)
-[[ $LOG_RUN == 1 ]] && TARGETS+=(scopegate+log)
+if [[ -n ${TARGETS:-} ]]; then
+  read -r -a TARGETS <<<"$TARGETS"
+else
+  TARGETS=(direct nginx)
+  [[ $PINGORA_RUN == 1 ]] && TARGETS+=(pingora)
+  TARGETS+=(scopegate)
+  [[ $LOG_RUN == 1 ]] && TARGETS+=(scopegate+log)
+  [[ $USAGE_RUN == 1 ]] && TARGETS+=(scopegate+usage)
+fi
+for t in "${TARGETS[@]}"; do
+  case $t in
+    direct | nginx | pingora | scopegate | scopegate+log) ;;
+    scopegate+usage) [[ -n $LIMITED_KEY ]] || die "scopegate+usage needs USAGE_RUN=1" ;;
+    *) die "unknown target '$t'" ;;
+  esac
+done
 PROXY_PID=""
 
 start_target() {  # start_target NAME ROUND -> sets URL, PROXY_PID
   local t=$1 r=$2
   PROXY_PID=""
+  # the key wrk (post.lua reads SG_KEY), oha and the smoke test present
+  SG_KEY=$PLAIN_KEY; [[ $t == scopegate+usage ]] && SG_KEY=$LIMITED_KEY
   case $t in
     direct) URL="http://$HOST:$UP_PORT" ;;
     nginx)
@@ -310,7 +355,7 @@ start_target() {  # start_target NAME ROUND -> sets URL, PROXY_PID
       taskset -c "$PROXY_CPU" "$PLAIN" "$HOST:$PP_PORT" "$HOST:$UP_PORT" >"$TMP/proxy/pingora-r$r.log" 2>&1 &
       PROXY_PID=$!; PIDS+=("$PROXY_PID"); URL="http://$HOST:$PP_PORT"
       wait_http "$URL/v1/chat/completions" "$PROXY_PID" "pingora proxy" -X POST -d "$REQ_BODY" ;;
-    scopegate | scopegate+log)
+    scopegate | scopegate+log | scopegate+usage)
       local level=warn out="$TMP/sg/stderr-r$r.log"
       [[ $t == scopegate+log ]] && { level=info; out=/dev/null; }
       need_free "$SG_PORT" scopegate; need_free "$SG_MPORT" "scopegate metrics"
@@ -330,7 +375,7 @@ smoke() {  # smoke NAME: one correct request through the target; scopegate also 
     [[ $code == 401 ]] || die "$t: a wrong key got $code, expected 401"
     local nkeys
     nkeys=$(curl -s "http://$HOST:$SG_MPORT/metrics" | awk '/^scopegate_keys[{ ]/ {s += $NF} END {print s + 0}')
-    if [[ $nkeys != 0 && $nkeys != "$KEYS" ]]; then die "$t: scopegate_keys sums to $nkeys, expected $KEYS"; fi
+    if [[ $nkeys != 0 && $nkeys != "$NKEYS" ]]; then die "$t: scopegate_keys sums to $nkeys, expected $NKEYS"; fi
     [[ $nkeys == 0 ]] && log "warning: no scopegate_keys gauge on /metrics; key count not checked"
   fi
   return 0
@@ -375,12 +420,15 @@ measure() {  # measure NAME ROUND
   w=$(run_wrk "$TMP/raw/$tag-wrk.txt" "$DURATION")
   [[ -n $PROXY_PID ]] && c1=$(cpu_ticks "${pids[@]}")
   local requests duration_us wp50 wp99; read -r requests duration_us wp50 wp99 <<<"$w"
-  log "round $r: $t: fixed rate, oha -q $RATE for ${DURATION}s"
-  local o p50 p99; o=$(run_oha "$TMP/raw/$tag-oha.json"); read -r p50 p99 <<<"$o"
+  [[ $OHA == 1 ]] && log "round $r: $t: fixed rate, oha -q $RATE for ${DURATION}s"
+  local o p50=NA p99=NA
+  if [[ $OHA == 1 ]]; then o=$(run_oha "$TMP/raw/$tag-oha.json"); read -r p50 p99 <<<"$o"; fi
   local cpu=NA busy=NA rss=NA
   if [[ -n $PROXY_PID ]]; then
     mapfile -t pids < <(tree_pids "$PROXY_PID")
     rss=$(awk -v k="$(rss_kib "${pids[@]}")" 'BEGIN {printf "%.1f", k / 1024}')
+    # what scopegate counted (scopegate+usage: reported tokens, no refusals)
+    [[ $t == scopegate* ]] && { curl -s "http://$HOST:$SG_MPORT/metrics" | grep -E '^scopegate_(tokens_total|requests_total|usage_limit_ratio)' >"$TMP/raw/$tag-metrics.txt" || true; }
     cpu=$(awk -v d=$((c1 - c0)) -v t="$TCK" -v n="$requests" 'BEGIN {printf "%.3f", d / t / n * 100000}')
     busy=$(awk -v d=$((c1 - c0)) -v t="$TCK" -v us="$duration_us" 'BEGIN {printf "%.0f", d / t / (us / 1e6) * 100}')
     stop_pid "$PROXY_PID"; PROXY_PID=""
@@ -417,26 +465,39 @@ count_instructions() {  # count_instructions NAME URL READY_URL CMD...
   pid=$!; PIDS+=("$pid")
   # valgrind start-up (and scopegate's keys load) is slow
   WAIT_SECS=120 wait_http "$ready" "$pid" "$t under valgrind"
-  local oha_args=(--no-tui --output-format json -c 8 -m POST -T application/json
-    -H "Authorization: Bearer $SG_KEY" -d "$REQ_BODY" "$url/v1/chat/completions")
-  taskset -c "$LOAD_CPU" oha -n 500 "${oha_args[@]}" >/dev/null 2>&1 || die "$t: oha warm-up failed"
-  callgrind_control -i on "$pid" >/dev/null || die "callgrind_control failed for $t"
-  taskset -c "$LOAD_CPU" oha -n "$INSTR_REQUESTS" "${oha_args[@]}" >"$TMP/raw/callgrind-$t-oha.json" 2>&1 \
-    || die "$t: oha failed under callgrind"
+  local counted=$INSTR_REQUESTS
+  if [[ $OHA == 1 ]]; then
+    local oha_args=(--no-tui --output-format json -c 8 -m POST -T application/json
+      -H "Authorization: Bearer $SG_KEY" -d "$REQ_BODY" "$url/v1/chat/completions")
+    taskset -c "$LOAD_CPU" oha -n 500 "${oha_args[@]}" >/dev/null 2>&1 || die "$t: oha warm-up failed"
+    callgrind_control -i on "$pid" >/dev/null || die "callgrind_control failed for $t"
+    taskset -c "$LOAD_CPU" oha -n "$INSTR_REQUESTS" "${oha_args[@]}" >"$TMP/raw/callgrind-$t-oha.json" 2>&1 \
+      || die "$t: oha failed under callgrind"
+  else
+    # wrk for a fixed time; its count of completed requests is the divisor (the few in
+    # flight when counting stops are within a request or two of 8 connections)
+    URL=$url run_wrk "$TMP/raw/callgrind-$t-warmup.txt" 2 >/dev/null
+    callgrind_control -i on "$pid" >/dev/null || die "callgrind_control failed for $t"
+    local w; w=$(URL=$url CONNS=8 run_wrk "$TMP/raw/callgrind-$t-wrk.txt" "$INSTR_SECS")
+    counted=${w%% *}
+  fi
   callgrind_control -i off "$pid" >/dev/null || die "callgrind_control -i off failed for $t"
   callgrind_control -d "$pid" >/dev/null || die "callgrind_control -d failed for $t"
-  python3 "$HERE/oha_summary.py" "$TMP/raw/callgrind-$t-oha.json" "$INSTR_REQUESTS" >/dev/null \
-    || die "$t: not every counted request was 2xx (see $TMP/raw/callgrind-$t-oha.json)"
+  if [[ $OHA == 1 ]]; then
+    python3 "$HERE/oha_summary.py" "$TMP/raw/callgrind-$t-oha.json" "$INSTR_REQUESTS" >/dev/null \
+      || die "$t: not every counted request was 2xx (see $TMP/raw/callgrind-$t-oha.json)"
+  fi
   stop_pid "$pid"
   local total
   total=$(awk '/^totals:/ {print $2}' "$out".* 2>/dev/null | tail -1 || true)
   [[ $total =~ ^[0-9]+$ ]] && ((total > 0)) || die "$t: no callgrind totals in $out.* (see $TMP/raw/callgrind-$t.log)"
-  printf '%s\t%s\t%s\n' "$t" "$INSTR_REQUESTS" "$total" >>"$INSTR_TSV"
-  log "instructions: $t: $((total / INSTR_REQUESTS)) per request"
+  printf '%s\t%s\t%s\n' "$t" "$counted" "$total" >>"$INSTR_TSV"
+  log "instructions: $t: $((total / counted)) per request ($counted requests)"
 }
 
 if [[ $INSTR == 1 ]]; then
   log "instructions per request under callgrind ($INSTR_REQUESTS requests each)"
+  SG_KEY=$PLAIN_KEY   # the rounds leave the last target's key here
   need_free "$NGX_PORT" "nginx proxy"; need_free "$PP_PORT" "pingora proxy"
   need_free "$SG_PORT" scopegate; need_free "$SG_MPORT" "scopegate metrics"
   count_instructions nginx "http://$HOST:$NGX_PORT" "http://$HOST:$NGX_PORT/v1/chat/completions" \
@@ -445,11 +506,54 @@ if [[ $INSTR == 1 ]]; then
     "$PLAIN" "$HOST:$PP_PORT" "$HOST:$UP_PORT"
   count_instructions scopegate "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
     "$BIN" serve --config "$TMP/sg/callgrind.yaml"
+  if [[ -n $LIMITED_KEY ]]; then
+    SG_KEY=$LIMITED_KEY count_instructions scopegate+usage "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
+      "$BIN" serve --config "$TMP/sg/callgrind.yaml"
+  fi
+fi
+
+# ---------------------------------------------------------------- SSE first event (issue 10)
+# examples/sse_first_event.rs runs its own upstream (CPU 0, with the client) that answers every
+# stream with its first event at once; scopegate (CPU 1, threads: 1, the same keys file) points
+# its completions upstream at it. Sequential streams alternate the plain and the limited key
+# (first-event latency, accounting off vs on), then SSE_HOLD accounted streams are held open at
+# once while scopegate's VmRSS is read, then all are finished and checked.
+SSE_TSV="$TMP/sse.tsv"
+if [[ $SSE == 1 ]]; then
+  sed "s|http://$HOST:$UP_PORT|http://$HOST:$SSE_UP_PORT|" "$TMP/sg/scopegate.yaml" >"$TMP/sg/sse.yaml"
+  # two sockets per held stream in each process, plus slack
+  want=$((SSE_HOLD * 3 + 1024)); hard=$(ulimit -Hn)
+  [[ $hard != unlimited ]] && ((want > hard)) && want=$hard
+  ulimit -n "$want" 2>/dev/null || log "warning: could not raise the open-files limit to $want"
+  need_free "$SG_PORT" scopegate; need_free "$SG_MPORT" "scopegate metrics"
+  RUST_LOG=warn taskset -c "$PROXY_CPU" "$BIN" serve --config "$TMP/sg/sse.yaml" >"$TMP/sg/stderr-sse.log" 2>&1 &
+  SSE_PID=$!; PIDS+=("$SSE_PID")
+  wait_http "http://$HOST:$SG_MPORT/readyz" "$SSE_PID" "scopegate (SSE)"
+  log "SSE: $SSE_STREAMS streams per key, then $SSE_HOLD held at once"
+  taskset -c "$LOAD_CPU" "$SSE_EX" --proxy "$HOST:$SG_PORT" --upstream "$HOST:$SSE_UP_PORT" \
+    --plain-key "$PLAIN_KEY" --limited-key "$LIMITED_KEY" --streams "$SSE_STREAMS" \
+    --hold "$SSE_HOLD" --proxy-pid "$SSE_PID" --tsv "$SSE_TSV" >"$TMP/raw/sse.txt" 2>&1 \
+    || die "sse_first_event failed: $(tail -5 "$TMP/raw/sse.txt")"
+  cat "$TMP/raw/sse.txt" >&2
+  curl -s "http://$HOST:$SG_MPORT/metrics" | grep -E '^scopegate_(tokens_total|requests_total)' >"$TMP/raw/sse-metrics.txt" || true
+  if grep -qi 'error' "$TMP/sg/stderr-sse.log"; then log "warning: scopegate logged errors during SSE (see $TMP/sg/stderr-sse.log)"; fi
+  stop_pid "$SSE_PID"
+  # the same number of streams held with the plain key, on a fresh scopegate, to compare RSS
+  RUST_LOG=warn taskset -c "$PROXY_CPU" "$BIN" serve --config "$TMP/sg/sse.yaml" >"$TMP/sg/stderr-sse-plain.log" 2>&1 &
+  SSE_PID=$!; PIDS+=("$SSE_PID")
+  wait_http "http://$HOST:$SG_MPORT/readyz" "$SSE_PID" "scopegate (SSE, plain key)"
+  taskset -c "$LOAD_CPU" "$SSE_EX" --proxy "$HOST:$SG_PORT" --upstream "$HOST:$SSE_UP_PORT" \
+    --plain-key "$PLAIN_KEY" --limited-key "$LIMITED_KEY" --streams 0 --hold-with plain \
+    --hold "$SSE_HOLD" --proxy-pid "$SSE_PID" --tsv "$TMP/sse-plain.tsv" >"$TMP/raw/sse-plain.txt" 2>&1 \
+    || die "sse_first_event (plain key) failed: $(tail -5 "$TMP/raw/sse-plain.txt")"
+  cat "$TMP/raw/sse-plain.txt" >&2
+  tail -n +2 "$TMP/sse-plain.tsv" >>"$SSE_TSV"
+  stop_pid "$SSE_PID"
 fi
 
 # ---------------------------------------------------------------- report
 OUT="$HERE/results-$(date +%Y-%m-%d-%H%M).md"
-python3 "$HERE/summarize.py" "$RESULTS" "$FACTS" "$TMP" "$INSTR_TSV" >"$TMP/results.md" || die "summarize failed"
+python3 "$HERE/summarize.py" "$RESULTS" "$FACTS" "$TMP" "$INSTR_TSV" "$SSE_TSV" >"$TMP/results.md" || die "summarize failed"
 cp "$TMP/results.md" "$OUT"
 cat "$TMP/results.md"
 log "written to $OUT"

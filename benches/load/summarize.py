@@ -1,23 +1,26 @@
 #!/usr/bin/env python3
 """Turn benches/load/run.sh's results.tsv into the Markdown report.
 
-usage: summarize.py RESULTS_TSV FACTS_MD RAW_DIR [INSTRUCTIONS_TSV]
+usage: summarize.py RESULTS_TSV FACTS_MD RAW_DIR [INSTRUCTIONS_TSV] [SSE_TSV]
 Each cell is the median over the rounds, with the min–max spread in brackets when
 there was more than one round. "Added" latency is computed per round (proxy minus
 direct in the same round), then summarised the same way; so is the cost of scopegate
-over plain pingora (scopegate minus pingora in the same round).
+over plain pingora (scopegate minus pingora in the same round), and the cost of
+accounting (scopegate+usage minus scopegate in the same round, issue 10).
 """
+import os
 import csv
 import statistics
 import sys
 
-ORDER = ["direct", "nginx", "pingora", "scopegate", "scopegate+log"]
+ORDER = ["direct", "nginx", "pingora", "scopegate", "scopegate+log", "scopegate+usage"]
 LABEL = {
     "direct": "direct (no proxy)",
     "nginx": "nginx proxy",
     "pingora": "pingora proxy, no filters (examples/plain_pingora.rs)",
     "scopegate": "scopegate (RUST_LOG=warn)",
     "scopegate+log": "scopegate, access log on (info → /dev/null)",
+    "scopegate+usage": "scopegate, key with token limit + usage budget (accounting on)",
 }
 
 
@@ -54,6 +57,7 @@ def signed(v):
 def main() -> None:
     tsv, facts, raw = sys.argv[1:4]
     instr = sys.argv[4] if len(sys.argv) > 4 else None
+    sse = sys.argv[5] if len(sys.argv) > 5 and os.path.exists(sys.argv[5]) else None
     rows = list(csv.DictReader(open(tsv), delimiter="\t"))
     rounds = sorted({int(r["round"]) for r in rows})
     by = {}
@@ -117,6 +121,26 @@ def main() -> None:
             cell(minus("scopegate", "pingora", "p99_us"), signed),
         ]) + " |")
         print()
+    if "scopegate" in by and "scopegate+usage" in by:
+        print("What accounting costs (scopegate+usage minus scopegate, the same proxy binary, "
+              "config and keys file, within each round; issue 10's target: CPU ≤ +10 %):\n")
+        print("| | CPU-s per 100k req | CPU % | max req/s | p50 µs | p99 µs |")
+        print("|---|---:|---:|---:|---:|---:|")
+        pct = []
+        for k in rounds:
+            if k in by["scopegate"] and k in by["scopegate+usage"]:
+                a = num(by["scopegate+usage"][k]["cpu_s_per_100k"])
+                b = num(by["scopegate"][k]["cpu_s_per_100k"])
+                if a is not None and b:
+                    pct.append((a - b) / b * 100)
+        print("| scopegate+usage − scopegate | " + " | ".join([
+            cell(minus("scopegate+usage", "scopegate", "cpu_s_per_100k"), lambda v: f"{v:+.3f}"),
+            cell(pct, lambda v: f"{v:+.1f} %"),
+            cell(minus("scopegate+usage", "scopegate", "rps"), signed),
+            cell(minus("scopegate+usage", "scopegate", "p50_us"), signed),
+            cell(minus("scopegate+usage", "scopegate", "p99_us"), signed),
+        ]) + " |")
+        print()
     if instr:
         irows = list(csv.DictReader(open(instr), delimiter="\t"))
         if irows and any(int(r["requests"]) > 0 and int(r["instructions"]) > 0 for r in irows):
@@ -134,7 +158,32 @@ def main() -> None:
                 print(f"\nscopegate − pingora: {d:+,.0f} instructions per request "
                       f"({d / per['pingora'] * 100:+.0f} % of pingora's own). Under valgrind "
                       "SHA-256 takes its portable path (no SHA-NI), about 3,500 of them.")
+            if "scopegate" in per and "scopegate+usage" in per:
+                d = per["scopegate+usage"] - per["scopegate"]
+                print(f"\nscopegate+usage − scopegate: {d:+,.0f} instructions per request "
+                      f"({d / per['scopegate'] * 100:+.1f} %): what accounting adds in user space.")
             print()
+    if sse:
+        srows = [line.rstrip("\n").split("\t") for line in open(sse)]
+        print("SSE first event (examples/sse_first_event.rs; from writing the request to the read "
+              "that brings the first `data:` byte; sequential streams on kept-alive connections, "
+              "the three kinds interleaved):\n")
+        print("| kind | streams | min µs | p50 µs | p90 µs | p99 µs | max µs | mean µs |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        p50 = {}
+        for r in srows[1:]:
+            if not r[0].startswith("held"):
+                p50[r[0]] = float(r[3])
+                print("| " + " | ".join(r) + " |")
+        if "accounting_on" in p50 and "accounting_off" in p50:
+            print(f"\nAccounting on − off, p50: {p50['accounting_on'] - p50['accounting_off']:+.1f} µs "
+                  "(target ≤ +20 µs).")
+        for r in srows[1:]:
+            if r[0].startswith("held"):
+                what = "accounted" if r[0] == "held_accounting_on" else "plain-key (accounting off)"
+                print(f"\nHeld {what} streams, one scopegate each: {r[1]} opened at once; "
+                      + ", ".join(r[2:]) + ".")
+        print()
     print(f"""Columns:
 - **max req/s**: `wrk -t1 -c{st.get('CONNS', '?')} -d{st.get('DURATION', '?')}`, POST /v1/chat/completions (~100-byte JSON body,
   `Authorization: Bearer <valid workspace key>`), completed requests / elapsed time. Every response
