@@ -79,9 +79,12 @@ impl Reloader {
                 .map(Path::to_path_buf)
                 .filter(|d| !d.as_os_str().is_empty())
                 .unwrap_or_else(|| PathBuf::from("."));
+            let name = self.path.file_name().map(|n| n.to_os_string());
             let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                 if let Ok(ev) = res {
-                    if !matches!(ev.kind, notify::EventKind::Access(_)) {
+                    if !matches!(ev.kind, notify::EventKind::Access(_))
+                        && concerns_keys_file(&ev.paths, name.as_deref())
+                    {
                         let _ = tx.send(Trigger::FsEvent);
                     }
                 }
@@ -247,6 +250,19 @@ impl Pending {
             .map_or(SETTLE, |age| SETTLE.saturating_sub(age));
         by_seen.min(by_mtime)
     }
+}
+
+/// Whether an event in the keys file's folder may have changed the keys
+/// file: it names the file, a Kubernetes ConfigMap/Secret swap entry
+/// (`..data`, `..2026_11_30_…`), or nothing at all. Other files there (the
+/// usage database written every second, editors' swap files) are not
+/// worth re-reading a large keys file for.
+fn concerns_keys_file(paths: &[PathBuf], name: Option<&std::ffi::OsStr>) -> bool {
+    paths.is_empty()
+        || paths.iter().any(|p| match p.file_name() {
+            None => true,
+            Some(n) => Some(n) == name || n.to_string_lossy().starts_with(".."),
+        })
 }
 
 /// Collects the rest of a burst of triggers; a signal in the burst wins.
@@ -426,6 +442,25 @@ mod tests {
             Look::Skipped => None,
             Look::Read { changed, .. } => Some(changed),
         }
+    }
+
+    #[test]
+    fn only_events_about_the_keys_file_trigger() {
+        let name = Some(std::ffi::OsStr::new("keys.yaml"));
+        let p = |s: &str| vec![PathBuf::from(s)];
+        assert!(concerns_keys_file(&p("/c/keys.yaml"), name));
+        assert!(concerns_keys_file(&p("/c/..data"), name));
+        assert!(concerns_keys_file(&p("/c/..2026_11_30_10_00_00.123"), name));
+        assert!(concerns_keys_file(&[], name));
+        assert!(concerns_keys_file(
+            &[
+                PathBuf::from("/c/keys.yaml.tmp"),
+                PathBuf::from("/c/keys.yaml")
+            ],
+            name
+        ));
+        assert!(!concerns_keys_file(&p("/c/state.db-wal"), name));
+        assert!(!concerns_keys_file(&p("/c/.keys.yaml.swp"), name));
     }
 
     #[test]
