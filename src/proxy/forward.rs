@@ -58,6 +58,10 @@ pub async fn exchange(
             Ok(s) => s,
             Err(e) => return Exchange::Failed(e),
         };
+        // The upstream's timeouts apply here as on pingora's own path
+        // (a hung upstream is 504, not a request that never ends).
+        up.set_read_timeout(peer.options.read_timeout);
+        up.set_write_timeout(peer.options.write_timeout);
         match send_request(&mut up, &req, &body).await {
             Ok(()) => break up,
             Err(_) if reused && attempt == 1 => continue,

@@ -32,7 +32,7 @@ fn spending_keys() -> String {
     workspace_id: ws_prod
     sha256: "{}"
     scopes: ["completions.write"]
-    usage_limits: {{ type: tokens, credit_limit: 90, periodic_reset: monthly }}
+    usage_limits: {{ type: tokens, credit_limit: 90, alert_threshold: 50, periodic_reset: monthly }}
   - id: key_tpm
     name: Tokens per minute
     type: workspace-service
@@ -533,4 +533,123 @@ fn explain_reports_budget_and_model_refusals() {
     expect_openai_error(&resp, 412, "budget_exhausted");
     let run = explain("key_budget", Some(CHAT));
     assert!(run.stdout.contains("deny 412 budget_exhausted"), "{run:?}");
+}
+
+#[test]
+fn concurrent_requests_never_pass_a_budget_by_reservation() {
+    let up = Upstreams::start();
+    up.completions.hang();
+    let proxy = Proxy::builder(&up)
+        .keys(&keys_yaml_with(&spending_keys()))
+        .completions_yaml("read_timeout_ms: 1500")
+        .start();
+    // Each request reserves 17 tokens and none settles while the upstream
+    // holds them: 90 tokens admit exactly 5 at once.
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|_| {
+                s.spawn(|| {
+                    proxy
+                        .post("/v1/chat/completions")
+                        .key(BUDGET)
+                        .json(CHAT)
+                        .send()
+                        .status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let refused = statuses.iter().filter(|s| **s == 412).count();
+    let timed_out = statuses.iter().filter(|s| **s == 504).count();
+    assert_eq!((refused, timed_out), (15, 5), "{statuses:?}");
+    assert_eq!(up.completions.count(), 5);
+    // The timed-out requests charged nothing and gave their reservations back.
+    up.completions.reply(
+        200,
+        &[("content-type", "application/json")],
+        USAGE_BODY.as_bytes(),
+    );
+    let resp = proxy
+        .post("/v1/chat/completions")
+        .key(BUDGET)
+        .json(CHAT)
+        .send();
+    assert_eq!(resp.status, 200);
+}
+
+#[test]
+fn an_oversized_or_non_object_data_body_is_refused_and_never_forwarded() {
+    let up = Upstreams::start();
+    let proxy = Proxy::builder(&up)
+        .keys(&keys_yaml_with(&spending_keys()))
+        .config("max_data_body_bytes: 1000")
+        .start();
+    let big = format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(1000)
+    );
+    let resp = proxy
+        .post("/v1/chat/completions")
+        .key(BUDGET)
+        .json(&big)
+        .send();
+    expect_openai_error(&resp, 413, "body_too_large");
+    let resp = proxy
+        .post("/v1/chat/completions")
+        .key(BUDGET)
+        .header("content-type", "application/json")
+        .chunked([big.as_bytes()])
+        .send();
+    expect_openai_error(&resp, 413, "body_too_large");
+    let resp = proxy
+        .post("/v1/chat/completions")
+        .key(BUDGET)
+        .json("not json")
+        .send();
+    expect_openai_error(&resp, 400, "invalid_json");
+    up.assert_untouched();
+}
+
+#[test]
+fn a_corrupt_or_locked_state_file_stops_the_start_naming_the_file() {
+    let up = Upstreams::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("usage.db");
+    std::fs::write(&state, b"this is not an SQLite database, not at all").unwrap();
+    let config = Proxy::builder(&up)
+        .config(&format!(
+            "state: {{ backend: local, path: \"{}\" }}",
+            state.display()
+        ))
+        .write_files(dir.path(), super::harness::free_port_pair());
+    let out = std::process::Command::new(super::harness::scopegate_bin())
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("usage.db"), "{stderr}");
+    // Locked: a second proxy on the same state file refuses to start.
+    let good = dir.path().join("good.db");
+    let first = Proxy::builder(&up)
+        .config(&format!(
+            "state: {{ backend: local, path: \"{}\" }}",
+            good.display()
+        ))
+        .start();
+    let dir2 = tempfile::tempdir().unwrap();
+    let config2 = Proxy::builder(&up)
+        .config(&format!(
+            "state: {{ backend: local, path: \"{}\" }}",
+            good.display()
+        ))
+        .write_files(dir2.path(), super::harness::free_port_pair());
+    let out = std::process::Command::new(super::harness::scopegate_bin())
+        .args(["serve", "--config", config2.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("good.db"));
+    drop(first);
 }
