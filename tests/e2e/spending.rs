@@ -653,3 +653,29 @@ fn a_corrupt_or_locked_state_file_stops_the_start_naming_the_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("good.db"));
     drop(first);
 }
+
+#[test]
+fn a_client_that_asked_for_usage_still_gets_its_usage_chunk() {
+    let up = Upstreams::start();
+    let proxy = start(&up);
+    let u = r#"{"id":"x","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":30,"completion_tokens":10,"total_tokens":40}}"#;
+    let c1 = r#"{"id":"x","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}"#;
+    let stream = up.completions.stream("text/event-stream");
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+    let (mut conn, status, _) = proxy
+        .post("/v1/chat/completions")
+        .key(BUDGET)
+        .json(body)
+        .send_streaming();
+    assert_eq!(status, 200);
+    let sent = format!("data: {c1}\n\ndata: {u}\n\ndata: [DONE]\n\n");
+    stream.send(&sent);
+    stream.finish();
+    let got = String::from_utf8_lossy(&conn.read_body()).into_owned();
+    assert_eq!(got, sent, "the stream the client asked for, byte for byte");
+    assert_eq!(
+        up.completions.only_request().body,
+        body.as_bytes(),
+        "nothing injected"
+    );
+}
