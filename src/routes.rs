@@ -164,6 +164,23 @@ fn control(methods: &'static [&'static str], path: &str, any: &[&str]) -> Builti
     }
 }
 
+/// The inference routes: the `POST` routes of the first two rows of SPEC
+/// 4.1's data-plane table (completion, embedding, image and audio calls).
+pub const INFERENCE_ROUTES: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/rerank",
+    "/v1/moderations",
+    "/v1/messages",
+    "/v1/responses",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/images/variations",
+    "/v1/audio/speech",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+];
 /// The built-in table of SPEC 4.1.
 fn builtin_routes() -> Vec<Builtin> {
     const POST: &[&str] = &["POST"];
@@ -174,22 +191,11 @@ fn builtin_routes() -> Vec<Builtin> {
     const GET_DELETE: &[&str] = &["GET", "DELETE"];
     const CW: &[&str] = &["completions.write"];
     let mut r = Vec::new();
-    for p in [
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-        "/v1/rerank",
-        "/v1/moderations",
-        "/v1/messages",
-        "/v1/responses",
-        "/v1/images/generations",
-        "/v1/images/edits",
-        "/v1/images/variations",
-        "/v1/audio/speech",
-        "/v1/audio/transcriptions",
-        "/v1/audio/translations",
-        "/v1/prompts/{id}/completions",
-    ] {
+    for p in INFERENCE_ROUTES
+        .iter()
+        .copied()
+        .chain(["/v1/prompts/{id}/completions"])
+    {
         r.push(data(POST, p, CW));
     }
     for p in ["/v1/files", "/v1/batches", "/v1/fine_tuning/jobs"] {

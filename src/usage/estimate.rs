@@ -14,23 +14,9 @@ const COUNTED: &[&str] = &[
     "/v1/messages",
 ];
 
-/// The inference routes (the `POST` routes of the first two rows of SPEC
-/// 4.1): a request to them must name a model when models are restricted.
-const INFERENCE: &[&str] = &[
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/rerank",
-    "/v1/moderations",
-    "/v1/messages",
-    "/v1/responses",
-    "/v1/images/generations",
-    "/v1/images/edits",
-    "/v1/images/variations",
-    "/v1/audio/speech",
-    "/v1/audio/transcriptions",
-    "/v1/audio/translations",
-];
+/// The inference routes: a request to them must name a model when models
+/// are restricted.
+const INFERENCE: &[&str] = crate::routes::INFERENCE_ROUTES;
 
 /// Routes whose streams get `stream_options.include_usage` (SPEC 9.4).
 const STREAM_USAGE: &[&str] = &["/v1/chat/completions", "/v1/completions"];

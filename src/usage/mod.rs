@@ -13,7 +13,8 @@
 //!   streams (any `Content-Encoding`), the injected usage chunk removed, and
 //!   settlement (SPEC 9.3, 9.4).
 //!
-//! May import `crate::keys::limits` and `crate::request`; nothing else of the crate.
+//! May import `crate::keys::limits`, `crate::request` and `crate::routes` (the
+//! inference route list); nothing else of the crate.
 
 pub mod body;
 pub mod estimate;

@@ -164,40 +164,8 @@ fn a_token_budget_admits_by_reservation_then_answers_412() {
     }
     assert_eq!(statuses, vec![200, 200, 412, 412]);
     assert_eq!(up.completions.count(), 2);
-    let run = run_scopegate(
-        proxy.keys_path().parent().unwrap(),
-        &[
-            "usage",
-            "--config",
-            proxy
-                .keys_path()
-                .with_file_name("scopegate.yaml")
-                .to_str()
-                .unwrap(),
-            "--key",
-            "key_budget",
-            "--json",
-        ],
-    );
-    assert_eq!(run.status.code(), Some(0), "{run:?}");
     let poll = poll_until(Duration::from_secs(3), || {
-        let run = run_scopegate(
-            proxy.keys_path().parent().unwrap(),
-            &[
-                "usage",
-                "--config",
-                proxy
-                    .keys_path()
-                    .with_file_name("scopegate.yaml")
-                    .to_str()
-                    .unwrap(),
-                "--key",
-                "key_budget",
-                "--json",
-            ],
-        );
-        let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_default();
-        v[0]["used_tokens"] == 80
+        usage_json(&proxy, "key_budget")[0]["used_tokens"] == 80
     });
     assert!(poll, "usage did not reach 80 tokens in the state file");
     let m = proxy.metric(
