@@ -376,23 +376,12 @@ fn anthropic_message(request: &Map<String, Value>, identity: &Identity) -> Respo
 
 /// An SSE response of named events (`event:` + `data:`), as Anthropic sends.
 fn named_sse_response(events: Vec<(String, Value)>) -> Response<DemoBody> {
-    let (sender, receiver) = mpsc::channel::<Bytes>(4);
-    tokio::spawn(async move {
-        for (index, (name, data)) in events.iter().enumerate() {
-            if index > 0 {
-                tokio::time::sleep(STREAM_CHUNK_DELAY).await;
-            }
-            let frame = format!("event: {name}\ndata: {data}\n\n");
-            if sender.send(Bytes::from(frame)).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut response = Response::new(ChannelBody { receiver }.boxed());
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+    sse_frames(
+        events
+            .iter()
+            .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+            .collect(),
+    )
 }
 
 fn text_completion(request: &Map<String, Value>, identity: &Identity) -> Response<DemoBody> {
@@ -519,13 +508,19 @@ fn split_words(text: &str, pieces: usize) -> Vec<String> {
 /// so each event leaves as soon as it is produced; the task stops when the
 /// client goes away (the body, and with it the receiver, is dropped).
 fn sse_response(events: Vec<Value>) -> Response<DemoBody> {
+    let frames = events
+        .iter()
+        .map(|event| format!("data: {event}\n\n"))
+        .chain(std::iter::once("data: [DONE]\n\n".to_owned()))
+        .collect();
+    sse_frames(frames)
+}
+
+/// An SSE response that sends each prepared frame, `STREAM_CHUNK_DELAY` apart.
+fn sse_frames(frames: Vec<String>) -> Response<DemoBody> {
     let (sender, receiver) = mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {
-        let frames = events
-            .iter()
-            .map(|event| format!("data: {event}\n\n"))
-            .chain(std::iter::once("data: [DONE]\n\n".to_owned()));
-        for (index, frame) in frames.enumerate() {
+        for (index, frame) in frames.into_iter().enumerate() {
             if index > 0 {
                 tokio::time::sleep(STREAM_CHUNK_DELAY).await;
             }

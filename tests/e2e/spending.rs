@@ -189,12 +189,7 @@ fn usage_survives_a_restart() {
     );
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("usage.db");
-    let builder = Proxy::builder(&up)
-        .keys(&keys_yaml_with(&spending_keys()))
-        .config(&format!(
-            "state: {{ backend: local, path: \"{}\" }}",
-            state.display()
-        ));
+    let builder = with_state(&up, &state).keys(&keys_yaml_with(&spending_keys()));
     let mut proxy = builder.clone().start();
     for _ in 0..2 {
         let resp = proxy
@@ -579,46 +574,39 @@ fn an_oversized_or_non_object_data_body_is_refused_and_never_forwarded() {
     up.assert_untouched();
 }
 
+/// A proxy whose usage lives in `state`.
+fn with_state(up: &Upstreams, state: &std::path::Path) -> super::harness::ProxyBuilder {
+    Proxy::builder(up).config(&format!(
+        "state: {{ backend: local, path: \"{}\" }}",
+        state.display()
+    ))
+}
+
+/// Runs `serve` on `builder`'s files in a new folder; it must fail. Returns stderr.
+fn serve_fails(builder: super::harness::ProxyBuilder) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let config = builder.write_files(dir.path(), super::harness::free_port_pair());
+    let out = std::process::Command::new(super::harness::scopegate_bin())
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_corrupt_or_locked_state_file_stops_the_start_naming_the_file() {
     let up = Upstreams::start();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("usage.db");
     std::fs::write(&state, b"this is not an SQLite database, not at all").unwrap();
-    let config = Proxy::builder(&up)
-        .config(&format!(
-            "state: {{ backend: local, path: \"{}\" }}",
-            state.display()
-        ))
-        .write_files(dir.path(), super::harness::free_port_pair());
-    let out = std::process::Command::new(super::harness::scopegate_bin())
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = serve_fails(with_state(&up, &state));
     assert!(stderr.contains("usage.db"), "{stderr}");
     // Locked: a second proxy on the same state file refuses to start.
     let good = dir.path().join("good.db");
-    let first = Proxy::builder(&up)
-        .config(&format!(
-            "state: {{ backend: local, path: \"{}\" }}",
-            good.display()
-        ))
-        .start();
-    let dir2 = tempfile::tempdir().unwrap();
-    let config2 = Proxy::builder(&up)
-        .config(&format!(
-            "state: {{ backend: local, path: \"{}\" }}",
-            good.display()
-        ))
-        .write_files(dir2.path(), super::harness::free_port_pair());
-    let out = std::process::Command::new(super::harness::scopegate_bin())
-        .args(["serve", "--config", config2.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("good.db"));
+    let first = with_state(&up, &good).start();
+    let stderr = serve_fails(with_state(&up, &good));
+    assert!(stderr.contains("good.db"), "{stderr}");
     drop(first);
 }
 
