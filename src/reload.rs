@@ -107,16 +107,7 @@ impl Reloader {
             }
         };
 
-        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
-        std::thread::Builder::new()
-            .name("scopegate-sighup".into())
-            .spawn(move || {
-                for _ in signals.forever() {
-                    if tx.send(Trigger::Signal).is_err() {
-                        return;
-                    }
-                }
-            })?;
+        forward_sighup("scopegate-sighup", tx, Trigger::Signal)?;
 
         std::thread::Builder::new()
             .name("scopegate-reload".into())
@@ -250,6 +241,30 @@ impl Pending {
             .map_or(SETTLE, |age| SETTLE.saturating_sub(age));
         by_seen.min(by_mtime)
     }
+}
+
+/// Sends `message` on `tx` at every SIGHUP, from a thread named `name`,
+/// until the receiver is gone (signal-hook lets several watchers coexist:
+/// the keys reloader and the certificate reloader each have one).
+///
+/// # Errors
+/// When the handler or the thread cannot be set up.
+pub fn forward_sighup<T: Clone + Send + 'static>(
+    name: &str,
+    tx: mpsc::Sender<T>,
+    message: T,
+) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if tx.send(message.clone()).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(())
 }
 
 /// Whether an event in the keys file's folder may have changed the keys

@@ -528,16 +528,7 @@ impl CertWatcher {
         }
         let (tx, rx) = mpsc::channel::<Trigger>();
         let watcher = self.watch_folders(tx.clone());
-        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
-        std::thread::Builder::new()
-            .name("scopegate-tls-sighup".into())
-            .spawn(move || {
-                for _ in signals.forever() {
-                    if tx.send(Trigger::Signal).is_err() {
-                        return;
-                    }
-                }
-            })?;
+        crate::reload::forward_sighup("scopegate-tls-sighup", tx, Trigger::Signal)?;
         std::thread::Builder::new()
             .name("scopegate-tls-reload".into())
             .spawn(move || {
