@@ -51,7 +51,7 @@ fn keys_yaml(n: usize) -> String {
 
 fn snapshot(table: &RouteTable, n: usize) -> Snapshot {
     let doc: KeysDocument = serde_yaml::from_str(&keys_yaml(n)).expect("bench keys parse");
-    build_snapshot(&doc, table.registry(), None).expect("bench keys valid")
+    build_snapshot(&doc, table.registry()).expect("bench keys valid")
 }
 
 fn facts<'a>(
@@ -143,7 +143,6 @@ fn bench_keys_load(c: &mut Criterion) {
                 black_box(&text),
                 Path::new("bench.yaml"),
                 table.registry(),
-                None,
             )
             .map(|s| s.keys().len())
             .unwrap_or(0)

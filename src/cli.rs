@@ -151,7 +151,7 @@ fn print_problems(problems: &[Diagnostic]) {
 pub fn load_all(path: &Path) -> Result<(Config, RouteTable, Snapshot), Vec<Diagnostic>> {
     let config = config::load_config(path)?;
     let table = crate::server::route_table(&config)?;
-    let snap = crate::server::load_keys(&config.keys_file, &table, None)?;
+    let snap = crate::server::load_keys(&config.keys_file, &table)?;
     Ok((config, table, snap))
 }
 
@@ -326,7 +326,7 @@ fn validate_new_key(spec: &keys::KeySpec, config: Option<&Path>) -> Result<(), V
     };
     let index = doc.keys.len();
     doc.keys.push(spec.clone());
-    match keys::build_snapshot(&doc, table.registry(), None) {
+    match keys::build_snapshot(&doc, table.registry()) {
         Ok(_) => Ok(()),
         Err(problems) => {
             let prefix = format!("keys[{index}]");

@@ -238,7 +238,7 @@ fn keys_text(text: &str) {
         }
     }
     let loaded: Result<Snapshot, _> =
-        crate::keys::parse_keys_str(text, Path::new("fuzz.yaml"), TABLE.registry(), None);
+        crate::keys::parse_keys_str(text, Path::new("fuzz.yaml"), TABLE.registry());
     match loaded {
         Ok(_) => {
             let stripped = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -568,7 +568,7 @@ mod tests {
         ));
         assert!(crate::keys::load::fast::read(&text).is_some(), "{text}");
         let loaded =
-            crate::keys::parse_keys_str(&text, Path::new("t.yaml"), TABLE.registry(), None);
+            crate::keys::parse_keys_str(&text, Path::new("t.yaml"), TABLE.registry());
         assert!(loaded.is_ok(), "{text}: {loaded:?}");
     }
 

@@ -178,9 +178,8 @@ impl Reloader {
     /// loaded is what was seen.
     fn reload(&self, trigger: Option<Trigger>, text: Result<String, Diagnostic>) {
         let started = Instant::now();
-        let previous = self.store.load();
         let result = text.map_err(|d| vec![d]).and_then(|text| {
-            crate::server::load_keys_text(&text, &self.path, &self.table, Some(&previous))
+            crate::server::load_keys_text(&text, &self.path, &self.table)
         });
         let how = match trigger {
             Some(Trigger::Signal) => "sighup",

@@ -45,10 +45,9 @@ pub fn route_table(config: &Config) -> Result<RouteTable, Vec<Diagnostic>> {
 pub fn load_keys(
     keys_file: &Path,
     table: &RouteTable,
-    previous: Option<&Snapshot>,
 ) -> Result<Snapshot, Vec<Diagnostic>> {
     let text = keys::read_keys_file(keys_file).map_err(|d| vec![d])?;
-    load_keys_text(&text, keys_file, table, previous)
+    load_keys_text(&text, keys_file, table)
 }
 
 /// [`load_keys`] for text already read from `keys_file` (the reloader
@@ -60,9 +59,8 @@ pub fn load_keys_text(
     text: &str,
     keys_file: &Path,
     table: &RouteTable,
-    previous: Option<&Snapshot>,
 ) -> Result<Snapshot, Vec<Diagnostic>> {
-    let snap = keys::parse_keys_str(text, keys_file, table.registry(), previous)?;
+    let snap = keys::parse_keys_str(text, keys_file, table.registry())?;
     let missing: Vec<Diagnostic> = table
         .custom_scopes()
         .filter(|s| !snap.custom_scopes().iter().any(|c| c == s))

@@ -115,7 +115,7 @@ keys:
     ];
     let table = RouteTable::build(&extra, true).expect("routes build");
     let doc: KeysDocument = serde_yaml::from_str(&yaml).expect("keys yaml");
-    let snap = build_snapshot(&doc, table.registry(), None).expect("keys valid");
+    let snap = build_snapshot(&doc, table.registry()).expect("keys valid");
     World { table, snap }
 });
 

@@ -17,12 +17,21 @@
 # And the round trips: redis-benchmark -t ping -c 1 (one connection, closed loop) → p50, and the
 # same for the admission script alone (EVALSHA with the rate key's arguments, read from
 # src/state/redis.rs), so the added latency can be set against what Redis itself takes.
+# A closed loop on one core keeps both ends awake; the admissions meet another situation (a
+# paced open loop, across cores, beside the HTTP load), so each round also measures the round
+# trip as they meet it: while the local-mode load runs, benches/redis_rtt.rs (the redis crate's
+# ConnectionManager on a single-threaded runtime, like a pingora worker) on scopegate's CPU
+# starts a PING — then, in a second run, the admission EVALSHA — every 1/RATE s, RATE = that
+# load's req/s. Those loads' own HTTP figures are not used.
 # Every response must be 2xx, else it fails; scopegate_state_errors_total (round trips over
 # timeout_ms = 50, answered from the replica's own counters under on_error: allow) is reported.
 #
 # usage: benches/load/redis.sh   (BIN=target/release/scopegate by default; nginx, wrk,
 #        redis-server, redis-benchmark, redis-cli, python3, curl, taskset)
+#        and benches/redis_rtt.rs (built here with cargo bench --no-run unless RTT_BIN is given)
 # env:   ROUNDS=3 DURATION=10 CONNS=20 DELAY_MS=10 KEYS=10000 BASE_PORT=38080 PIN=1 BIN=...
+#        REDIS_CPU=<cpu> puts redis-server elsewhere than the load's CPU (e.g. REDIS_CPU=1: on
+#        scopegate's CPU)
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -36,6 +45,7 @@ PROXY_CPU=1
 LOAD_CPU=0
 # PIN=0: nothing pinned (taskset over both CPUs), to see what pinning does to the hops
 [[ $PIN == 1 ]] || { PROXY_CPU=0,1; LOAD_CPU=0,1; }
+REDIS_CPU=${REDIS_CPU:-$LOAD_CPU}
 HOST=127.0.0.1
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -46,6 +56,15 @@ export PATH="$PATH:/usr/sbin"
 log() { printf '[redis.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { printf '\nredis.sh: FAILED: %s\n' "$*" >&2; exit 1; }
 [[ -x $BIN ]] || die "$BIN not found: cargo build --release --bin scopegate (or BIN=target/debug/scopegate)"
+if [[ -z ${RTT_BIN:-} ]]; then
+  RTT_BIN=$(cd "$REPO" && cargo bench --bench redis_rtt --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "redis_rtt" and m.get("executable"):
+        print(m["executable"])') || true
+fi
+[[ -x ${RTT_BIN:-} ]] || die "benches/redis_rtt.rs did not build (cargo bench --bench redis_rtt --no-run)"
 for t in nginx wrk redis-server redis-benchmark redis-cli python3 curl taskset; do
   command -v "$t" >/dev/null || die "$t missing"
 done
@@ -128,7 +147,7 @@ echo "state: { backend: redis, redis: { url: \"redis://$HOST:$REDIS/0\", timeout
 
 taskset -c $LOAD_CPU "$NGINX" -p "$TMP/up" -c "$TMP/up/nginx.conf" 2>>"$TMP/up/stderr" &
 UP_PID=$!; PIDS+=("$UP_PID")
-taskset -c $LOAD_CPU redis-server --bind $HOST --port "$REDIS" --save "" --appendonly no \
+taskset -c $REDIS_CPU redis-server --bind $HOST --port "$REDIS" --save "" --appendonly no \
   --dir "$TMP/redis" >"$TMP/redis/log" 2>&1 &
 REDIS_PID=$!; PIDS+=("$REDIS_PID")
 wait_url -X POST -d "$REQ" "http://$HOST:$UP/v1/chat/completions"
@@ -168,6 +187,7 @@ ADMIT_ARGS=(evalsha "$ADMIT_SHA" 4 'bench:{ws_0}:key:bench:rate:1' 'bench:{ws_0}
 
 RESULTS="$TMP/results.txt"; : >"$RESULTS"
 RTT="$TMP/rtt.txt"; : >"$RTT"
+PACED_RTT="$TMP/paced-rtt.txt"; : >"$PACED_RTT"
 ADMIT_RTT="$TMP/admit-rtt.txt"; : >"$ADMIT_RTT"
 for round in $(seq "$ROUNDS"); do
   ((round % 2 == 0)) && MODES=(redis local) || MODES=(local redis)
@@ -202,13 +222,31 @@ for round in $(seq "$ROUNDS"); do
       evalsha=$(rcli info commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\).*/\1/p')
       [[ $mode == redis ]] || { redis_cpu=0; evalsha=0; }
       echo "$round $mode $v ${m% *} $redis_cpu ${evalsha:-0} $((e_after - e_before)) $req" >>"$RESULTS"
+      if [[ $mode == local && $v == rate ]]; then RATE=$(awk '{print $1}' <<<"$m"); fi
     done
+    if [[ $mode == local ]]; then
+      # The round trip as the admissions meet it: paced, from scopegate's CPU, beside this load.
+      for what in ping admit; do
+        [[ $what == ping ]] && CMD=(ping) || CMD=("${ADMIT_ARGS[@]}")
+        SG_KEY=${SECRET[rate]} DELAY_MS=$DELAY_MS taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" \
+          -d"$((DURATION + 1))s" -s "$HERE/paced.lua" "http://$HOST:$SG/v1/chat/completions" \
+          >/dev/null 2>&1 &
+        WRK=$!
+        sleep 0.5
+        out=$(taskset -c $PROXY_CPU "$RTT_BIN" "redis://$HOST:$REDIS/0" "$RATE" "$((DURATION - 1))" \
+          "${CMD[@]}") || die "redis_rtt: $out"
+        wait "$WRK" || true
+        line=$(grep RTTRESULT <<<"$out") || die "no RTTRESULT: $out"
+        grep -q ' errors=0 ' <<<"$line" || die "redis_rtt errors: $line"
+        echo "$round $what $line" >>"$PACED_RTT"
+      done
+    fi
     stop "$PID"
     log "round $round $mode done"
   done
 done
 
-python3 - "$RESULTS" "$RTT" "$ADMIT_RTT" <<'PY'
+python3 - "$RESULTS" "$RTT" "$ADMIT_RTT" "$PACED_RTT" <<'PY'
 import csv, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -245,10 +283,22 @@ print(f"- loopback round trip to this Redis (redis-benchmark -t ping -c 1, PING_
       f"{med(rtt):.0f} µs (rounds {', '.join(f'{x:.0f}' for x in rtt)}); "
       f"the admission script alone (EVALSHA, -c 1, p50): {med(admit):.0f} µs "
       f"(rounds {', '.join(f'{x:.0f}' for x in admit)})")
+paced = {}
+for line in open(sys.argv[4]):
+    r, what, _, *kv = line.split()
+    paced.setdefault(what, []).append(dict(p.split("=") for p in kv))
+for what, label in (("ping", "PING"), ("admit", "the admission EVALSHA")):
+    xs = paced.get(what, [])
+    if xs:
+        p50 = [int(x["p50_us"]) for x in xs]
+        print(f"- round trip as the admissions meet it ({label}, paced at the local run's req/s from scopegate's CPU "
+              f"during the local-mode load, redis crate ConnectionManager on a current-thread runtime): "
+              f"p50 {med(p50):.0f} µs (rounds {', '.join(str(x) for x in p50)}), "
+              f"p90 {med([int(x['p90_us']) for x in xs]):.0f}, p99 {med([int(x['p99_us']) for x in xs]):.0f} µs")
 PY
 echo "- rounds: $ROUNDS (median shown, min–max of p50 in brackets), $DURATION s per run after a 2 s warm-up;"
 echo "  wrk -t1 -c$CONNS with $DELAY_MS ms between a connection's requests; scopegate on CPU $PROXY_CPU,"
-echo "  wrk, the upstream nginx and redis-server on CPU $LOAD_CPU; all responses 2xx"
+echo "  wrk and the upstream nginx on CPU $LOAD_CPU, redis-server on CPU $REDIS_CPU; all responses 2xx"
 echo "- binary: $BIN"
 echo "- machine: $(nproc) CPUs, load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "- raw outputs: $TMP"

@@ -9,9 +9,6 @@
 //! path into the document (`keys[3].scopes[1]`), so that an operator fixes a
 //! file in one round; the loader turns paths into `FILE:LINE:COL`.
 //!
-//! It is also the one place where rate-limit state is carried across a
-//! reload: a key whose id and limits are unchanged keeps its limiter.
-//!
 //! It runs on every reload of files with 100k keys, so the happy path avoids
 //! per-key scans and formatting: uniqueness is checked with hash maps, scope
 //! expansions are cached per (scope, key type), and paths are only formatted
@@ -30,7 +27,7 @@ use super::snapshot::{
     Digest, DigestMap, Key, KeyIdx, KeyStatus, OrgIdx, Organisation, SecretEntry, Snapshot,
     UnixMillis, Workspace, WsIdx,
 };
-use crate::ratelimit::{KeyLimiter, RateLimit};
+use crate::ratelimit::RateLimit;
 use crate::scopes::{KeyType, ScopeError, ScopeRegistry, ScopeSet};
 
 /// One problem in a keys document.
@@ -210,10 +207,9 @@ impl Problems {
 /// Validates a keys document and builds its snapshot.
 ///
 /// `registry` is the scope vocabulary in force (the route table's, which
-/// includes the custom scopes that extra routes name). `previous` is the
-/// snapshot being replaced, if any: a key whose id and request rate limits are
-/// unchanged keeps its limiter, so a reload neither refills nor empties a
-/// quota (SPEC 6).
+/// includes the custom scopes that extra routes name). Rate and usage state
+/// lives in the counter store (`state`), keyed by key id and limits, so a
+/// reload neither refills nor empties a quota (SPEC 6) without this knowing.
 ///
 /// Workspace keys take their organisation from their workspace, so they may
 /// omit `organisation_id` even when the file has several organisations (when
@@ -226,7 +222,6 @@ impl Problems {
 pub fn build_snapshot(
     doc: &KeysDocument,
     registry: &ScopeRegistry,
-    previous: Option<&Snapshot>,
 ) -> Result<Snapshot, Vec<Problem>> {
     let mut problems = Problems::default();
     let custom = check_custom_scopes(&doc.custom_scopes, registry, &mut problems);
@@ -235,7 +230,6 @@ pub fn build_snapshot(
     let mut keys = KeysBuilder {
         doc,
         registry,
-        previous,
         custom: &custom,
         orgs: &orgs,
         problems: &mut problems,
@@ -454,7 +448,6 @@ fn build_organisations(doc: &KeysDocument, problems: &mut Problems) -> Orgs {
 struct KeysBuilder<'a> {
     doc: &'a KeysDocument,
     registry: &'a ScopeRegistry,
-    previous: Option<&'a Snapshot>,
     custom: &'a [&'a str],
     orgs: &'a Orgs,
     problems: &'a mut Problems,
@@ -534,10 +527,6 @@ impl<'a> KeysBuilder<'a> {
                 .ok()
         });
         let (rate_limits, limits) = self.limits(i, spec);
-        let limiter = match self.previous.and_then(|p| p.key_by_id(&spec.id)) {
-            Some((_, old)) if old.rate_limits == rate_limits => old.limiter.clone(),
-            _ => KeyLimiter::new(&rate_limits).map(Arc::new),
-        };
 
         self.keys.push(Key {
             id,
@@ -550,7 +539,6 @@ impl<'a> KeysBuilder<'a> {
             expires_at,
             status,
             rate_limits,
-            limiter,
             limits,
         });
     }

@@ -44,10 +44,6 @@ pub const MAX_KEYS_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Reads, validates and indexes a keys file.
 ///
-/// `previous` is the snapshot being replaced on a reload: rate-limit state of
-/// keys whose id and limits are unchanged carries over (see
-/// [`build_snapshot`]).
-///
 /// # Errors
 /// The file is missing, not a regular file, larger than
 /// [`MAX_KEYS_FILE_BYTES`], not UTF-8, empty, not valid YAML, or breaks any
@@ -55,10 +51,9 @@ pub const MAX_KEYS_FILE_BYTES: u64 = 64 * 1024 * 1024;
 pub fn load_keys_file(
     path: &Path,
     registry: &ScopeRegistry,
-    previous: Option<&Snapshot>,
 ) -> Result<Snapshot, Vec<Diagnostic>> {
     let text = read_keys_file(path).map_err(|d| vec![d])?;
-    parse_keys_str(&text, path, registry, previous)
+    parse_keys_str(&text, path, registry)
 }
 
 /// Reads a keys file's text with the checks of [`load_keys_file`] (through
@@ -78,9 +73,8 @@ pub fn parse_keys_str(
     text: &str,
     file: &Path,
     registry: &ScopeRegistry,
-    previous: Option<&Snapshot>,
 ) -> Result<Snapshot, Vec<Diagnostic>> {
-    let mut snap = parse_text(text, file, registry, previous)?;
+    let mut snap = parse_text(text, file, registry)?;
     snap.source_digest = Some(super::digest(text.as_bytes()));
     Ok(snap)
 }
@@ -89,14 +83,13 @@ fn parse_text(
     text: &str,
     file: &Path,
     registry: &ScopeRegistry,
-    previous: Option<&Snapshot>,
 ) -> Result<Snapshot, Vec<Diagnostic>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
         return Err(vec![Diagnostic::file(file, "keys file is empty")]);
     }
     let build_whole = |doc: &KeysDocument| {
-        build_snapshot(doc, registry, previous).map_err(|problems| {
+        build_snapshot(doc, registry).map_err(|problems| {
             let found = problems.into_iter().map(Found::from_problem).collect();
             Report::new(file, text, doc).render(found)
         })
@@ -120,7 +113,7 @@ fn parse_text(
         Ok(doc) => doc,
         Err(whole_file) => return Err(vec![whole_file.into_diagnostic(file, text)]),
     };
-    if let Err(problems) = build_snapshot(&doc.doc, registry, None) {
+    if let Err(problems) = build_snapshot(&doc.doc, registry) {
         found.extend(
             problems
                 .into_iter()

@@ -10,7 +10,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use super::limits::{Limits, PriceTable};
-use crate::ratelimit::{KeyLimiter, RateLimit};
+use crate::ratelimit::RateLimit;
 use crate::scopes::{KeyType, ScopeSet};
 
 /// Unix time in milliseconds; the decision takes "now" as input.
@@ -125,9 +125,6 @@ pub struct Key {
     pub status: KeyStatus,
     /// The limits as configured (empty: unlimited).
     pub rate_limits: Vec<RateLimit>,
-    /// Shared limiter state; carried over a reload when id and limits are
-    /// unchanged.
-    pub limiter: Option<Arc<KeyLimiter>>,
     /// SPEC 9 limits: models, token rates, usage limit, concurrency.
     pub limits: Limits,
 }

@@ -41,7 +41,7 @@ use super::Snapshot;
 ///     scopes: vec!["completions.write".into()],
 ///     ..KeySpec::default()
 /// });
-/// let store = KeyStore::new(build_snapshot(&doc, table.registry(), None).unwrap());
+/// let store = KeyStore::new(build_snapshot(&doc, table.registry()).unwrap());
 ///
 /// // What the proxy does for each request: load once, decide against it.
 /// let snap = store.load();
@@ -64,7 +64,7 @@ use super::Snapshot;
 /// // Revoke the key in code and swap: new requests see it at once, while
 /// // `snap` (a request in flight) keeps the keys it started with.
 /// doc.keys[0].status = Some("revoked".into());
-/// store.swap(build_snapshot(&doc, table.registry(), Some(&store.load())).unwrap());
+/// store.swap(build_snapshot(&doc, table.registry()).unwrap());
 /// assert!(matches!(decide(&table, &store.load(), &facts).outcome, Outcome::Deny(_)));
 /// assert_eq!(decide(&table, &snap, &facts).outcome, Outcome::Allow);
 ///

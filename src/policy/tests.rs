@@ -99,7 +99,7 @@ fn world() -> World {
     }];
     let table = RouteTable::build(&extra, true).expect("routes");
     let doc: KeysDocument = serde_yaml::from_str(&keys_yaml()).expect("yaml");
-    let snap = build_snapshot(&doc, table.registry(), None).expect("valid keys");
+    let snap = build_snapshot(&doc, table.registry()).expect("valid keys");
     World { table, snap }
 }
 

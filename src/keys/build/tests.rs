@@ -38,7 +38,7 @@ fn parse(yaml: &str) -> KeysDocument {
 }
 
 fn build(yaml: &str) -> Result<Snapshot, Vec<Problem>> {
-    build_snapshot(&parse(yaml), &ScopeRegistry::builtin(), None)
+    build_snapshot(&parse(yaml), &ScopeRegistry::builtin())
 }
 
 fn snapshot(yaml: &str) -> Snapshot {
@@ -85,7 +85,6 @@ fn valid_document_builds_an_indexed_snapshot() {
     assert_eq!(s.organisation(bot.organisation).id.as_ref(), "org_a");
     let (_, admin) = s.key_by_id("k_admin").expect("admin");
     assert_eq!(admin.workspace, None);
-    assert!(admin.limiter.is_none());
     assert!(s.lookup(&digest(b"nobody")).is_none());
 }
 
@@ -510,7 +509,7 @@ fn custom_scopes_are_valid_scopes_for_keys() {
     assert!(s.key_by_id("k3").expect("k3").1.scopes.is_empty());
     // Used by a route: the registry knows it, and the key holds it.
     let reg = ScopeRegistry::with_custom(["reports.read"]).expect("registry");
-    let s = build_snapshot(&parse(&yaml), &reg, None).expect("valid");
+    let s = build_snapshot(&parse(&yaml), &reg).expect("valid");
     let id = reg.id("reports.read").expect("custom id");
     assert!(s.key_by_id("k3").expect("k3").1.scopes.contains(id));
 }
@@ -612,83 +611,6 @@ fn rate_limits_are_parsed() {
             },
         ]
     );
-    assert_eq!(
-        k.limiter.as_ref().expect("limiter").limits(),
-        &k.rate_limits[..]
-    );
-}
-
-#[test]
-fn limiter_survives_a_reload_when_id_and_limits_are_unchanged() {
-    let reg = ScopeRegistry::builtin();
-    let rpm = "[{type: requests, unit: rpm, value: 600}]";
-    let first = build_snapshot(&parse(&limited(rpm)), &reg, None).expect("valid");
-    let old = first
-        .key_by_id("k3")
-        .expect("k3")
-        .1
-        .limiter
-        .clone()
-        .expect("limited");
-
-    // Same id, same limits (other fields changed): the same state.
-    let renamed = limited(rpm).replace("scopes: [logs.view]", "scopes: [logs.view, logs.list]");
-    let second = build_snapshot(&parse(&renamed), &reg, Some(&first)).expect("valid");
-    let kept = second
-        .key_by_id("k3")
-        .expect("k3")
-        .1
-        .limiter
-        .clone()
-        .expect("limited");
-    assert!(Arc::ptr_eq(&old, &kept));
-
-    // Changed limits: fresh state.
-    let changed = limited("[{type: requests, unit: rpm, value: 60}]");
-    let third = build_snapshot(&parse(&changed), &reg, Some(&second)).expect("valid");
-    let fresh = third
-        .key_by_id("k3")
-        .expect("k3")
-        .1
-        .limiter
-        .clone()
-        .expect("limited");
-    assert!(!Arc::ptr_eq(&old, &fresh));
-
-    // Without a previous snapshot: fresh state.
-    let again = build_snapshot(&parse(&limited(rpm)), &reg, None).expect("valid");
-    let other = again
-        .key_by_id("k3")
-        .expect("k3")
-        .1
-        .limiter
-        .clone()
-        .expect("limited");
-    assert!(!Arc::ptr_eq(&old, &other));
-}
-
-#[test]
-fn limiter_is_not_carried_to_another_key_id() {
-    let reg = ScopeRegistry::builtin();
-    let rpm = "[{type: requests, unit: rpm, value: 600}]";
-    let first = build_snapshot(&parse(&limited(rpm)), &reg, None).expect("valid");
-    let old = first
-        .key_by_id("k3")
-        .expect("k3")
-        .1
-        .limiter
-        .clone()
-        .expect("limited");
-    let renamed = limited(rpm).replace("id: k3", "id: k9");
-    let second = build_snapshot(&parse(&renamed), &reg, Some(&first)).expect("valid");
-    let new = second
-        .key_by_id("k9")
-        .expect("k9")
-        .1
-        .limiter
-        .clone()
-        .expect("limited");
-    assert!(!Arc::ptr_eq(&old, &new));
 }
 
 #[test]

@@ -56,7 +56,7 @@ fn file() -> &'static Path {
 }
 
 fn load(text: &str) -> Result<Snapshot, Vec<Diagnostic>> {
-    parse_keys_str(text, file(), &ScopeRegistry::builtin(), None)
+    parse_keys_str(text, file(), &ScopeRegistry::builtin())
 }
 
 /// The diagnostics as printed.
@@ -272,7 +272,7 @@ fn load_follows_symlinks_to_regular_files() {
     std::os::unix::fs::symlink(&real, &link).expect("symlink");
     let reg = ScopeRegistry::builtin();
     assert_eq!(
-        load_keys_file(&link, &reg, None)
+        load_keys_file(&link, &reg)
             .expect("loads")
             .keys()
             .len(),
@@ -281,17 +281,17 @@ fn load_follows_symlinks_to_regular_files() {
 
     let dangling = dir.path().join("dangling.yaml");
     std::os::unix::fs::symlink(dir.path().join("gone.yaml"), &dangling).expect("symlink");
-    let e = load_keys_file(&dangling, &reg, None).expect_err("dangling");
+    let e = load_keys_file(&dangling, &reg).expect_err("dangling");
     assert!(
         e[0].message
             .contains("symlink to a file that does not exist"),
         "{e:?}"
     );
 
-    let e = load_keys_file(&dir.path().join("missing.yaml"), &reg, None).expect_err("missing");
+    let e = load_keys_file(&dir.path().join("missing.yaml"), &reg).expect_err("missing");
     assert!(e[0].message.contains("keys file not found"), "{e:?}");
 
-    let e = load_keys_file(dir.path(), &reg, None).expect_err("dir");
+    let e = load_keys_file(dir.path(), &reg).expect_err("dir");
     assert_eq!(
         e[0].message,
         "keys file must be a regular file, but this is a directory"
@@ -305,7 +305,7 @@ fn oversized_and_non_utf8_files_are_refused() {
     let f = fs::File::create(&big).expect("create");
     f.set_len(MAX_KEYS_FILE_BYTES + 1).expect("sparse file");
     let reg = ScopeRegistry::builtin();
-    let e = load_keys_file(&big, &reg, None).expect_err("too big");
+    let e = load_keys_file(&big, &reg).expect_err("too big");
     assert_eq!(
         e[0].message,
         "keys file is larger than 64 MiB, the most scopegate reads"
@@ -313,24 +313,11 @@ fn oversized_and_non_utf8_files_are_refused() {
 
     let bad = dir.path().join("bad.yaml");
     fs::write(&bad, b"keys: []\n# caf\xc3\xa9 \xff\n").expect("write");
-    let e = load_keys_file(&bad, &reg, None).expect_err("not utf-8");
+    let e = load_keys_file(&bad, &reg).expect_err("not utf-8");
     assert_eq!(
         e[0].to_string(),
         format!("{}:2:8: keys file is not valid UTF-8", bad.display())
     );
-}
-
-#[test]
-fn reload_carries_limiters_over() {
-    let reg = ScopeRegistry::builtin();
-    let first = parse_keys_str(&valid(), file(), &reg, None).expect("valid");
-    let second = parse_keys_str(&valid(), file(), &reg, Some(&first)).expect("valid");
-    let limiter = |s: &Snapshot| s.key_by_id("key_bot").and_then(|(_, k)| k.limiter.clone());
-    let (a, b) = (
-        limiter(&first).expect("limited"),
-        limiter(&second).expect("limited"),
-    );
-    assert!(std::sync::Arc::ptr_eq(&a, &b));
 }
 
 #[test]
@@ -367,7 +354,7 @@ fn load_many(n: usize) {
     let text = big_file(n);
     let reg = ScopeRegistry::builtin();
     let start = Instant::now();
-    let s = parse_keys_str(&text, file(), &reg, None).expect("valid");
+    let s = parse_keys_str(&text, file(), &reg).expect("valid");
     println!(
         "parsed, validated and indexed {n} keys ({} MB) in {:?}",
         text.len() / 1_000_000,
@@ -376,7 +363,7 @@ fn load_many(n: usize) {
     assert_eq!(s.keys().len(), n);
     assert!(s.lookup(&digest((n - 1).to_string().as_bytes())).is_some());
     let start = Instant::now();
-    let again = parse_keys_str(&text, file(), &reg, Some(&s)).expect("valid");
+    let again = parse_keys_str(&text, file(), &reg).expect("valid");
     println!("reloaded {n} keys in {:?}", start.elapsed());
     assert_eq!(again.keys().len(), n);
 }
