@@ -139,13 +139,9 @@ fn bench_keys_load(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(20));
     group.bench_function("parse_validate_index_100k", |b| {
         b.iter(|| {
-            parse_keys_str(
-                black_box(&text),
-                Path::new("bench.yaml"),
-                table.registry(),
-            )
-            .map(|s| s.keys().len())
-            .unwrap_or(0)
+            parse_keys_str(black_box(&text), Path::new("bench.yaml"), table.registry())
+                .map(|s| s.keys().len())
+                .unwrap_or(0)
         })
     });
     group.finish();

@@ -58,7 +58,15 @@ fn build(command: &[String]) -> redis::Cmd {
 }
 
 async fn run(url: String, rate: f64, seconds: f64, command: Vec<String>) {
-    let client = match redis::Client::open(url.as_str()) {
+    // As scopegate's `state::redis` opens it: TCP_NODELAY on.
+    let info = match redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+        Ok(i) => i.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)),
+        Err(e) => {
+            eprintln!("redis_rtt: {e}");
+            std::process::exit(1);
+        }
+    };
+    let client = match redis::Client::open(info) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("redis_rtt: {e}");

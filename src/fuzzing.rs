@@ -567,8 +567,7 @@ mod tests {
             "ab".repeat(32)
         ));
         assert!(crate::keys::load::fast::read(&text).is_some(), "{text}");
-        let loaded =
-            crate::keys::parse_keys_str(&text, Path::new("t.yaml"), TABLE.registry());
+        let loaded = crate::keys::parse_keys_str(&text, Path::new("t.yaml"), TABLE.registry());
         assert!(loaded.is_ok(), "{text}: {loaded:?}");
     }
 

@@ -178,9 +178,9 @@ impl Reloader {
     /// loaded is what was seen.
     fn reload(&self, trigger: Option<Trigger>, text: Result<String, Diagnostic>) {
         let started = Instant::now();
-        let result = text.map_err(|d| vec![d]).and_then(|text| {
-            crate::server::load_keys_text(&text, &self.path, &self.table)
-        });
+        let result = text
+            .map_err(|d| vec![d])
+            .and_then(|text| crate::server::load_keys_text(&text, &self.path, &self.table));
         let how = match trigger {
             Some(Trigger::Signal) => "sighup",
             Some(Trigger::FsEvent) => "fs-event",

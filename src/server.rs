@@ -42,10 +42,7 @@ pub fn route_table(config: &Config) -> Result<RouteTable, Vec<Diagnostic>> {
 ///
 /// # Errors
 /// Every problem of the keys file.
-pub fn load_keys(
-    keys_file: &Path,
-    table: &RouteTable,
-) -> Result<Snapshot, Vec<Diagnostic>> {
+pub fn load_keys(keys_file: &Path, table: &RouteTable) -> Result<Snapshot, Vec<Diagnostic>> {
     let text = keys::read_keys_file(keys_file).map_err(|d| vec![d])?;
     load_keys_text(&text, keys_file, table)
 }

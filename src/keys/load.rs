@@ -48,10 +48,7 @@ pub const MAX_KEYS_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// The file is missing, not a regular file, larger than
 /// [`MAX_KEYS_FILE_BYTES`], not UTF-8, empty, not valid YAML, or breaks any
 /// rule of SPEC 3; every problem is listed, with its position when known.
-pub fn load_keys_file(
-    path: &Path,
-    registry: &ScopeRegistry,
-) -> Result<Snapshot, Vec<Diagnostic>> {
+pub fn load_keys_file(path: &Path, registry: &ScopeRegistry) -> Result<Snapshot, Vec<Diagnostic>> {
     let text = read_keys_file(path).map_err(|d| vec![d])?;
     parse_keys_str(&text, path, registry)
 }

@@ -364,6 +364,21 @@ fn subject_keys(prefix: &str, s: &SubjectLimits, fingerprint: u64) -> SubjectKey
     }
 }
 
+/// A client for `cfg.url` whose TCP connections set `TCP_NODELAY` (the
+/// `redis` crate leaves Nagle's algorithm on by default): several
+/// admissions share one multiplexed connection, and with Nagle on, one
+/// written while another awaits its reply would wait for that reply's ACK.
+fn open_client(cfg: &RedisConfig) -> Result<redis::Client, StateError> {
+    use redis::IntoConnectionInfo as _;
+    let info = cfg
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| redis_error(cfg, e))?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    redis::Client::open(info).map_err(|e| redis_error(cfg, e))
+}
+
 fn micros(d: Duration) -> u64 {
     d.as_micros() as u64
 }
@@ -453,7 +468,7 @@ impl RedisStore {
         cfg: RedisConfig,
         metrics: Arc<dyn StateMetrics>,
     ) -> Result<RedisStore, StateError> {
-        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| redis_error(&cfg, e))?;
+        let client = open_client(&cfg)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("scopegate-redis")
@@ -1234,7 +1249,7 @@ pub async fn read_usage_report(
     cfg: &RedisConfig,
     subjects: &[SubjectLimits],
 ) -> Result<Vec<UsageRow>, StateError> {
-    let client = redis::Client::open(cfg.url.as_str()).map_err(|e| redis_error(cfg, e))?;
+    let client = open_client(cfg)?;
     let wait = cfg.timeout.max(Duration::from_secs(2));
     let mut conn = tokio::time::timeout(wait, client.get_multiplexed_async_connection())
         .await

@@ -271,13 +271,7 @@ fn load_follows_symlinks_to_regular_files() {
     let link = dir.path().join("keys.yaml");
     std::os::unix::fs::symlink(&real, &link).expect("symlink");
     let reg = ScopeRegistry::builtin();
-    assert_eq!(
-        load_keys_file(&link, &reg)
-            .expect("loads")
-            .keys()
-            .len(),
-        3
-    );
+    assert_eq!(load_keys_file(&link, &reg).expect("loads").keys().len(), 3);
 
     let dangling = dir.path().join("dangling.yaml");
     std::os::unix::fs::symlink(dir.path().join("gone.yaml"), &dangling).expect("symlink");

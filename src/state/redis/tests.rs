@@ -632,3 +632,16 @@ async fn cost_budgets_are_per_period_expire_after_it_and_hold_in_the_fallback() 
     ));
     server.signal(libc::SIGCONT);
 }
+
+#[test]
+fn connections_disable_nagle_and_keep_the_url() {
+    for url in ["redis://127.0.0.1:6390/3", "rediss://cache.internal:6380/0"] {
+        let client = open_client(&RedisConfig::new(url)).expect("valid url");
+        let info = client.get_connection_info();
+        assert!(info.tcp_settings().nodelay(), "{url}");
+        assert_eq!(
+            info.redis_settings().db(),
+            if url.ends_with("/3") { 3 } else { 0 }
+        );
+    }
+}

@@ -49,11 +49,7 @@ model_prices:
 }
 
 fn load(text: &str) -> Result<Snapshot, Vec<Diagnostic>> {
-    parse_keys_str(
-        text,
-        Path::new("keys.yaml"),
-        &ScopeRegistry::builtin(),
-    )
+    parse_keys_str(text, Path::new("keys.yaml"), &ScopeRegistry::builtin())
 }
 
 /// The diagnostics as printed.
