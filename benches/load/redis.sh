@@ -53,8 +53,8 @@ REPO=$(cd "$HERE/../.." && pwd)
 BIN=${BIN:-$REPO/target/release/scopegate}
 export PATH="$PATH:/usr/sbin"
 
-log() { printf '[redis.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { printf '\nredis.sh: FAILED: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=common.sh
+source "$HERE/common.sh"
 [[ -x $BIN ]] || die "$BIN not found: cargo build --release --bin scopegate (or BIN=target/debug/scopegate)"
 if [[ -z ${RTT_BIN:-} ]]; then
   RTT_BIN=$(cd "$REPO" && cargo bench --bench redis_rtt --no-run --message-format=json 2>/dev/null |
@@ -72,26 +72,7 @@ NGINX=$(command -v nginx)
 
 TMP=$(mktemp -d /tmp/scopegate-redis.XXXXXX)
 mkdir -p "$TMP/up" "$TMP/sg" "$TMP/redis"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-stop() {
-  kill -TERM "$1" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true
-}
-port_free() { ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-NEXT=$BASE_PORT
-pick() { while ! port_free "$NEXT"; do NEXT=$((NEXT + 1)); done; printf -v "$1" '%s' "$NEXT"; NEXT=$((NEXT + 1)); }
 pick UP; pick SG; pick SG_M; pick REDIS
-cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}'))); done; echo "$t"; }
-TCK=$(getconf CLK_TCK)
-wait_url() {
-  for _ in $(seq 300); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "$@") == 200 ]] && return 0; sleep 0.1
-  done
-  die "not ready: $*"
-}
 rcli() { redis-cli -h $HOST -p "$REDIS" "$@"; }
 # scopegate_state_errors_total summed over `op` (round trips that failed or exceeded timeout_ms)
 state_errors() { curl -s "http://$HOST:$SG_M/metrics" | awk '/^scopegate_state_errors_total/ {s += $NF} END {print s + 0}'; }

@@ -33,33 +33,14 @@ EXAMPLE=${EXAMPLE:-$REPO/target/debug/examples/h2_sse_streams}
 export PATH="$PATH:/usr/sbin"
 NGINX=$(command -v nginx)
 
-log() { printf '[tls.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { printf '\ntls.sh: FAILED: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=common.sh
+source "$HERE/common.sh"
 [[ -x $BIN ]] || die "$BIN not found: cargo build --release --bin scopegate"
 for t in wrk openssl python3 curl taskset; do command -v "$t" >/dev/null || die "$t missing"; done
 
 TMP=$(mktemp -d /tmp/scopegate-tls.XXXXXX)
 mkdir -p "$TMP/up" "$TMP/ngx" "$TMP/sg"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-stop() {
-  kill -TERM "$1" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true
-}
-port_free() { ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-NEXT=$BASE_PORT
-pick() { while ! port_free "$NEXT"; do NEXT=$((NEXT + 1)); done; printf -v "$1" '%s' "$NEXT"; NEXT=$((NEXT + 1)); }
 pick UP; pick NGX_HTTP; pick NGX_TLS; pick SG_HTTP; pick SG_TLS; pick SG_M
-cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}'))); done; echo "$t"; }
-TCK=$(getconf CLK_TCK)
-wait_url() {
-  for _ in $(seq 300); do
-    [[ $(curl -sk -o /dev/null -w '%{http_code}' "$@") == 200 ]] && return 0; sleep 0.1
-  done
-  die "not ready: $*"
-}
 
 USER_LINE=""; [[ $EUID -eq 0 ]] && USER_LINE="user root;"
 RESP='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, nice to meet you!"},"finish_reason":"stop"}]}'
