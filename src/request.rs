@@ -512,7 +512,10 @@ mod tests {
 
     #[test]
     fn queries_with_raw_non_ascii_or_control_bytes_are_refused() {
-        assert_eq!(invalid_query_reason("workspace_id=ws_\u{85}"), Some(RAW_NON_ASCII));
+        assert_eq!(
+            invalid_query_reason("workspace_id=ws_\u{85}"),
+            Some(RAW_NON_ASCII)
+        );
         assert_eq!(invalid_query_reason("a=\u{e9}"), Some(RAW_NON_ASCII));
         assert!(invalid_query_reason("a=b\x01").is_some());
         assert!(invalid_query_reason("a=b\x7f").is_some());
@@ -528,7 +531,10 @@ mod tests {
         assert_eq!(upgrade_of(&[b"websocket"], false), Upgrade::Other);
         assert_eq!(upgrade_of(&[b"h2c"], true), Upgrade::Other);
         assert_eq!(upgrade_of(&[b"websocket, h2c"], true), Upgrade::Other);
-        assert_eq!(upgrade_of(&[b"websocket", b"websocket"], true), Upgrade::Other);
+        assert_eq!(
+            upgrade_of(&[b"websocket", b"websocket"], true),
+            Upgrade::Other
+        );
         assert_eq!(upgrade_of(&[b""], true), Upgrade::Other);
     }
 

@@ -559,8 +559,8 @@ impl RouteTable {
                     ));
                 }
             }
-            let websocket = check_upgrade(spec.upgrade.as_deref(), &spec.methods)
-                .unwrap_or_else(|m| {
+            let websocket =
+                check_upgrade(spec.upgrade.as_deref(), &spec.methods).unwrap_or_else(|m| {
                     bad(m);
                     false
                 });
@@ -858,8 +858,8 @@ mod tests {
             scopes_all: vec![],
             upgrade: upgrade.map(str::to_string),
         };
-        let t = RouteTable::build(&[spec(&["GET", "POST"], Some("websocket"))], true)
-            .expect("builds");
+        let t =
+            RouteTable::build(&[spec(&["GET", "POST"], Some("websocket"))], true).expect("builds");
         let m = t.match_path("/v1/rt").expect("matches");
         let get = t.route(m.entry.route_for(&Method::GET).expect("get"));
         let post = t.route(m.entry.route_for(&Method::POST).expect("post"));

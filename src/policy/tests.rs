@@ -468,7 +468,11 @@ fn upgrade_world() -> World {
     };
     let extra = vec![
         route("/v1/realtime", Plane::Data, "completions.write"),
-        route("/v1/admin/live/{workspace_id}", Plane::Control, "configs.read"),
+        route(
+            "/v1/admin/live/{workspace_id}",
+            Plane::Control,
+            "configs.read",
+        ),
     ];
     let table = RouteTable::build(&extra, true).expect("routes");
     let yaml = format!(
