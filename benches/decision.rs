@@ -67,7 +67,7 @@ fn facts<'a>(
         key: Presented::Secret(key),
         content_type: None,
         content_type_repeated: false,
-        upgrade: false,
+        upgrade: scopegate::request::Upgrade::None,
         body: Body::Empty,
         now: NOW,
         max_body: 65536,

@@ -965,6 +965,9 @@ impl Validator<'_> {
                 ),
                 _ => {}
             }
+            if let Err(m) = crate::routes::check_upgrade(r.upgrade.as_deref(), &r.methods) {
+                self.problem(format!("{at}.upgrade"), format!("{at}.upgrade: {m}"));
+            }
             for (field, list) in [("scopes", &r.scopes), ("scopes_all", &r.scopes_all)] {
                 for (j, s) in list.iter().enumerate() {
                     if !is_scope_shaped(s) {

@@ -28,6 +28,7 @@ static TABLE: LazyLock<RouteTable> = LazyLock::new(|| {
         plane,
         scopes: vec!["x.read".into()],
         scopes_all: vec![],
+        upgrade: None,
     };
     let routes = [
         extra(&["GET"], "/v1/x/{id}", Plane::Control),
@@ -119,6 +120,12 @@ pub fn reference_canonical(path: &str) -> Result<(), &'static str> {
         if seg.is_empty() && n + 1 != segments.len() {
             return Err("empty segment");
         }
+        // A C1 control (U+0080–U+009F) percent-encoded as UTF-8: `%C2%8X`
+        // or `%C2%9X`, hex digits in either case.
+        let lower = seg.to_ascii_lowercase();
+        if lower.contains("%c2%8") || lower.contains("%c2%9") {
+            return Err("encoded C1 control");
+        }
         if *seg == "." || *seg == ".." {
             return Err("dot segment");
         }
@@ -129,6 +136,9 @@ pub fn reference_canonical(path: &str) -> Result<(), &'static str> {
             }
             if c.is_ascii_control() {
                 return Err("control character");
+            }
+            if !c.is_ascii() {
+                return Err("raw non-ASCII character");
             }
             if c != '%' {
                 continue;

@@ -6,7 +6,7 @@ use http::Method;
 
 use crate::errors::{Denial, ErrorCode, ErrorShape};
 use crate::keys::{KeyIdx, KeyStatus, Limits, Snapshot, UnixMillis, UsageLimit, WsIdx};
-use crate::request::{self, BodyWorkspace, Presented};
+use crate::request::{self, BodyWorkspace, Presented, Upgrade};
 use crate::routes::{Plane, RouteIdx, RouteTable};
 use crate::usage;
 
@@ -43,9 +43,10 @@ pub struct RequestFacts<'a> {
     /// inspected is then refused (415), since upstream frameworks differ on
     /// which one they read.
     pub content_type_repeated: bool,
-    /// The request asks for a protocol upgrade (`Upgrade` header, e.g.
-    /// WebSocket): the tunnel after a `101` would carry unchecked traffic.
-    pub upgrade: bool,
+    /// What the `Upgrade` header asks for ([`request::upgrade_of`]): the
+    /// tunnel after a `101` carries unchecked traffic, so only a WebSocket
+    /// upgrade on a route that opts in passes.
+    pub upgrade: Upgrade,
     /// The body, as far as known.
     pub body: Body<'a>,
     /// Wall-clock time, for expiry.
@@ -165,8 +166,10 @@ fn decide_inner(
         spend: None,
     };
 
-    // 1. Canonical path.
-    if let Some(reason) = request::non_canonical_reason(facts.path) {
+    // 1. Canonical path (and a query of ASCII without controls).
+    if let Some(reason) = request::non_canonical_reason(facts.path)
+        .or_else(|| facts.query.and_then(request::invalid_query_reason))
+    {
         return v.deny(ErrorCode::InvalidPath, format!("Invalid path: {reason}."));
     }
     let path_match = table.match_path(facts.path);
@@ -247,11 +250,22 @@ fn decide_inner(
         Plane::Data if m.entry.control => ErrorShape::Portkey,
         Plane::Data => ErrorShape::OpenAi,
     };
-    if facts.upgrade {
-        return v.deny(
-            ErrorCode::UpgradeNotAllowed,
-            "Protocol upgrades (WebSocket) are not forwarded on this route.",
-        );
+    match facts.upgrade {
+        Upgrade::None => {}
+        Upgrade::WebSocket if route.websocket => {}
+        Upgrade::WebSocket => {
+            return v.deny(
+                ErrorCode::UpgradeNotAllowed,
+                "Protocol upgrades (WebSocket) are not forwarded on this route.",
+            )
+        }
+        Upgrade::Other => {
+            return v.deny(
+                ErrorCode::UpgradeNotAllowed,
+                "Only WebSocket upgrades (one `Upgrade: websocket` on an HTTP/1.1 GET) are \
+                 forwarded, and only on routes that allow them.",
+            )
+        }
     }
 
     // 4. Key type, status and scopes.
@@ -299,6 +313,19 @@ fn decide_inner(
                 "This API key lacks the permission for {} {}: it needs {}.",
                 facts.method, route.pattern, route.needs
             ),
+        );
+    }
+
+    // What passes a tunnel is never read, so its tokens cannot be counted:
+    // a key whose limits (or whose workspace's) count tokens gets no tunnel.
+    if facts.upgrade == Upgrade::WebSocket
+        && (key_limits.counts_tokens() || ws_limits.is_some_and(Limits::counts_tokens))
+    {
+        return v.deny(
+            ErrorCode::UpgradeNotAllowed,
+            "This API key or its workspace has token rate limits or a token or cost usage \
+             limit, and the traffic of an upgraded (WebSocket) connection cannot be counted: \
+             upgrades are refused for it.",
         );
     }
 

@@ -193,7 +193,10 @@ impl Gateway {
             key,
             content_type,
             content_type_repeated: content_types.next().is_some(),
-            upgrade: req.headers.contains_key(http::header::UPGRADE),
+            upgrade: request::upgrade_of(
+                &values(http::header::UPGRADE.as_str()),
+                req.version == http::Version::HTTP_11,
+            ),
             body,
             now: crate::keys::now_millis(),
             max_body: self.max_body,

@@ -19,19 +19,23 @@ pub fn non_canonical_reason(path: &str) -> Option<&'static str> {
         if b < 0x20 || b == 0x7f {
             return Some("the path contains a control character");
         }
+        if b >= 0x80 {
+            return Some(RAW_NON_ASCII);
+        }
         if b == b'%' {
-            let (Some(h), Some(l)) = (
-                bytes.get(i + 1).and_then(|c| hex_val(*c)),
-                bytes.get(i + 2).and_then(|c| hex_val(*c)),
-            ) else {
+            let Some(decoded) = percent_byte(bytes, i) else {
                 return Some("the path contains invalid percent-encoding");
             };
-            let decoded = h * 16 + l;
             match decoded {
                 b'/' => return Some("the path contains a percent-encoded `/`"),
                 b'\\' => return Some("the path contains a percent-encoded backslash"),
                 b'.' => return Some("the path contains a percent-encoded `.`"),
                 0x00..=0x1f | 0x7f => {
+                    return Some("the path contains a percent-encoded control character")
+                }
+                // U+0080–U+009F in UTF-8: C1 controls (U+0085 is a line
+                // break to several runtimes), refused like C0 controls.
+                0xc2 if percent_byte(bytes, i + 3).is_some_and(|n| (0x80..=0x9f).contains(&n)) => {
                     return Some("the path contains a percent-encoded control character")
                 }
                 c if is_unreserved(c) => {
@@ -58,6 +62,33 @@ pub fn non_canonical_reason(path: &str) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// The reason for a raw byte ≥ 0x80 in a request target.
+const RAW_NON_ASCII: &str =
+    "the request target contains a raw non-ASCII byte (HTTP request targets are ASCII: percent-encode it)";
+
+/// The byte `%XX` at `bytes[i..]` stands for, if `bytes[i..]` starts with
+/// valid percent-encoding.
+fn percent_byte(bytes: &[u8], i: usize) -> Option<u8> {
+    if bytes.get(i) != Some(&b'%') {
+        return None;
+    }
+    let h = bytes.get(i + 1).and_then(|c| hex_val(*c))?;
+    let l = bytes.get(i + 2).and_then(|c| hex_val(*c))?;
+    Some(h * 16 + l)
+}
+
+/// Why a raw query is refused, if it is (400 `invalid_path`, SPEC 5.2): a
+/// raw byte ≥ 0x80 or a control character. RFC 9112 request targets are
+/// ASCII; frameworks disagree on how to read anything else. Percent-encoded
+/// bytes are the query's own business and pass.
+pub fn invalid_query_reason(query: &str) -> Option<&'static str> {
+    query.bytes().find_map(|b| match b {
+        0x00..=0x1f | 0x7f => Some("the query contains a control character"),
+        0x80..=0xff => Some(RAW_NON_ASCII),
+        _ => None,
+    })
 }
 
 fn hex_val(c: u8) -> Option<u8> {
@@ -180,6 +211,30 @@ pub enum KeySource {
     XApiKey,
     /// `api-key` (Azure OpenAI's clients).
     ApiKey,
+}
+
+/// What a request's `Upgrade` header asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upgrade {
+    /// No `Upgrade` header.
+    None,
+    /// One `Upgrade: websocket` (any case) on HTTP/1.1.
+    WebSocket,
+    /// Anything else: another protocol (`h2c`), a list, a repeated header,
+    /// or an upgrade on a version other than HTTP/1.1.
+    Other,
+}
+
+/// Reads the `Upgrade` header values of a request (`http11`: the request
+/// is HTTP/1.1, the only version whose upgrades pingora tunnels).
+pub fn upgrade_of(values: &[&[u8]], http11: bool) -> Upgrade {
+    match values {
+        [] => Upgrade::None,
+        [one] if http11 && one.trim_ascii().eq_ignore_ascii_case(b"websocket") => {
+            Upgrade::WebSocket
+        }
+        _ => Upgrade::Other,
+    }
 }
 
 /// The headers that can carry a key, in order of precedence.
@@ -421,6 +476,66 @@ mod tests {
         ] {
             assert!(non_canonical_reason(p).is_some(), "{p:?}");
         }
+    }
+
+    #[test]
+    fn raw_non_ascii_bytes_in_the_path_are_refused() {
+        for p in [
+            "/v1/files/\u{85}",
+            "/v1/files/caf\u{e9}",
+            "/v1/\u{2028}",
+            "/v1/files/\u{fffd}",
+        ] {
+            assert_eq!(non_canonical_reason(p), Some(RAW_NON_ASCII), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn percent_encoded_c1_controls_are_refused_other_utf8_passes() {
+        for p in ["/v1/files/%C2%85", "/v1/files/a%c2%80b", "/v1/files/%C2%9F"] {
+            assert_eq!(
+                non_canonical_reason(p),
+                Some("the path contains a percent-encoded control character"),
+                "{p:?}"
+            );
+        }
+        for p in [
+            "/v1/files/%C2%A0",
+            "/v1/files/%C2%20",
+            "/v1/files/%C2",
+            "/v1/files/%E2%80%A8",
+            "/v1/files/%FF",
+        ] {
+            assert_eq!(non_canonical_reason(p), None, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn queries_with_raw_non_ascii_or_control_bytes_are_refused() {
+        assert_eq!(
+            invalid_query_reason("workspace_id=ws_\u{85}"),
+            Some(RAW_NON_ASCII)
+        );
+        assert_eq!(invalid_query_reason("a=\u{e9}"), Some(RAW_NON_ASCII));
+        assert!(invalid_query_reason("a=b\x01").is_some());
+        assert!(invalid_query_reason("a=b\x7f").is_some());
+        assert_eq!(invalid_query_reason("a=%C2%85&b=%E9&c=x+y"), None);
+        assert_eq!(invalid_query_reason(""), None);
+    }
+
+    #[test]
+    fn only_one_websocket_token_on_http11_is_a_websocket_upgrade() {
+        assert_eq!(upgrade_of(&[], true), Upgrade::None);
+        assert_eq!(upgrade_of(&[b"websocket"], true), Upgrade::WebSocket);
+        assert_eq!(upgrade_of(&[b" WebSocket "], true), Upgrade::WebSocket);
+        assert_eq!(upgrade_of(&[b"websocket"], false), Upgrade::Other);
+        assert_eq!(upgrade_of(&[b"h2c"], true), Upgrade::Other);
+        assert_eq!(upgrade_of(&[b"websocket, h2c"], true), Upgrade::Other);
+        assert_eq!(
+            upgrade_of(&[b"websocket", b"websocket"], true),
+            Upgrade::Other
+        );
+        assert_eq!(upgrade_of(&[b""], true), Upgrade::Other);
     }
 
     #[test]

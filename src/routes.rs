@@ -38,6 +38,34 @@ pub struct RouteSpec {
     /// All-of.
     #[serde(default)]
     pub scopes_all: Vec<String>,
+    /// `websocket`: the route's `GET` may take `Upgrade: websocket`
+    /// requests (then tunnelled, unchecked, after the upstream's `101`).
+    /// Any other value is a config error; absent: no upgrades.
+    #[serde(default)]
+    pub upgrade: Option<String>,
+}
+
+/// The one `upgrade` value a route may name.
+pub const UPGRADE_WEBSOCKET: &str = "websocket";
+
+/// Checks a route's `upgrade` against its methods: `Ok(true)` when the
+/// route's `GET` takes WebSocket upgrades.
+///
+/// # Errors
+/// An unknown value, or a route without `GET`.
+pub(crate) fn check_upgrade(upgrade: Option<&str>, methods: &[String]) -> Result<bool, String> {
+    match upgrade {
+        None => Ok(false),
+        Some(UPGRADE_WEBSOCKET) if methods.iter().any(|m| m == "GET") => Ok(true),
+        Some(UPGRADE_WEBSOCKET) => Err(
+            "`upgrade: websocket` needs GET among the route's methods (a WebSocket handshake is a GET)"
+                .to_string(),
+        ),
+        Some(other) => Err(format!(
+            "`{}` is not an upgrade this proxy forwards: the only value is `websocket`",
+            other.escape_debug()
+        )),
+    }
 }
 
 use std::collections::HashMap;
@@ -84,6 +112,9 @@ pub struct Route {
     /// "scope `a`", "one of the scopes `a`, `b`", "all of the scopes ...":
     /// precomputed so a denial costs no formatting of the table.
     pub needs: Arc<str>,
+    /// This (`GET`) route takes `Upgrade: websocket` requests (an extra
+    /// route with `upgrade: websocket`); built-in routes never do.
+    pub websocket: bool,
 }
 
 /// Everything served on one path pattern.
@@ -448,6 +479,7 @@ struct Pending {
     plane: Plane,
     any: Vec<String>,
     all: Vec<String>,
+    websocket: bool,
 }
 
 impl RouteTable {
@@ -477,6 +509,7 @@ impl RouteTable {
                         plane: b.plane,
                         any: b.any,
                         all: b.all,
+                        websocket: false,
                     }),
                     Err(message) => problems.push(RouteProblem {
                         index: None,
@@ -526,6 +559,11 @@ impl RouteTable {
                     ));
                 }
             }
+            let websocket =
+                check_upgrade(spec.upgrade.as_deref(), &spec.methods).unwrap_or_else(|m| {
+                    bad(m);
+                    false
+                });
             if let Some(parsed) = parsed {
                 pending.push(Pending {
                     methods,
@@ -534,6 +572,7 @@ impl RouteTable {
                     plane: spec.plane,
                     any: spec.scopes.clone(),
                     all: spec.scopes_all.clone(),
+                    websocket,
                 });
             }
         }
@@ -610,6 +649,7 @@ impl RouteTable {
                     plane: p.plane,
                     requirement,
                     needs: needs.clone(),
+                    websocket: p.websocket && method == Method::GET,
                 });
                 let entry = &mut table.entries[entry_idx];
                 // Later routes (extra) replace earlier ones (built-in).
@@ -744,6 +784,7 @@ mod tests {
                 plane: Plane::Data,
                 scopes: vec!["files.read".into()],
                 scopes_all: vec![],
+                upgrade: None,
             },
             RouteSpec {
                 methods: vec!["GET".into()],
@@ -751,6 +792,7 @@ mod tests {
                 plane: Plane::Control,
                 scopes: vec![],
                 scopes_all: vec!["x.read".into(), "configs.read".into()],
+                upgrade: None,
             },
         ];
         let t = RouteTable::build(&extra, true).expect("builds");
@@ -774,6 +816,7 @@ mod tests {
             plane: Plane::Data,
             scopes: vec!["completions.write".into()],
             scopes_all: vec![],
+            upgrade: None,
         }];
         let t = RouteTable::build(&extra, false).expect("builds");
         assert!(t.match_path("/v1/chat/completions").is_some());
@@ -789,6 +832,7 @@ mod tests {
                 plane: Plane::Data,
                 scopes: vec![],
                 scopes_all: vec![],
+                upgrade: None,
             },
             RouteSpec {
                 methods: vec!["GET".into()],
@@ -796,11 +840,40 @@ mod tests {
                 plane: Plane::Data,
                 scopes: vec!["a.b".into()],
                 scopes_all: vec!["c.d".into()],
+                upgrade: None,
             },
         ];
         let problems = RouteTable::build(&extra, true).expect_err("invalid");
         assert!(problems.len() >= 4, "{problems:?}");
         assert!(problems.iter().all(|p| p.index.is_some()));
+    }
+
+    #[test]
+    fn upgrade_websocket_marks_only_the_get_route_of_its_spec() {
+        let spec = |methods: &[&str], upgrade: Option<&str>| RouteSpec {
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            path: "/v1/rt".into(),
+            plane: Plane::Data,
+            scopes: vec!["completions.write".into()],
+            scopes_all: vec![],
+            upgrade: upgrade.map(str::to_string),
+        };
+        let t =
+            RouteTable::build(&[spec(&["GET", "POST"], Some("websocket"))], true).expect("builds");
+        let m = t.match_path("/v1/rt").expect("matches");
+        let get = t.route(m.entry.route_for(&Method::GET).expect("get"));
+        let post = t.route(m.entry.route_for(&Method::POST).expect("post"));
+        assert!(get.websocket);
+        assert!(!post.websocket);
+        assert!(table().routes().iter().all(|r| !r.websocket));
+        for bad in [
+            spec(&["GET"], Some("h2c")),
+            spec(&["GET"], Some("WebSocket")),
+            spec(&["POST"], Some("websocket")),
+        ] {
+            let problems = RouteTable::build(&[bad], true).expect_err("invalid");
+            assert_eq!(problems.len(), 1, "{problems:?}");
+        }
     }
 
     #[test]

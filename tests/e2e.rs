@@ -31,5 +31,6 @@ mod e2e {
     mod streaming;
     mod tls;
     mod tls_listener;
+    mod upgrade;
     mod workspaces;
 }

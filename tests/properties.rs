@@ -90,6 +90,7 @@ keys:
         plane,
         scopes: vec![scope.into()],
         scopes_all: vec![],
+        upgrade: None,
     };
     let extra = vec![
         route(&["GET"], "/v1/x/{id}", Plane::Control, "x.read"),
@@ -330,7 +331,7 @@ fn run(r: &Request) -> (scopegate::policy::Verdict, scopegate::policy::Verdict) 
         key,
         content_type,
         content_type_repeated: false,
-        upgrade: false,
+        upgrade: scopegate::request::Upgrade::None,
         body,
         now: NOW,
         max_body: MAX_BODY,

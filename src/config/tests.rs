@@ -531,6 +531,32 @@ fn extra_routes_get_light_checks_with_positions() {
 }
 
 #[test]
+fn route_upgrade_is_websocket_on_a_get_route_or_an_error() {
+    let text = format!(
+        "{MINIMAL}routes:
+  - {{ methods: [GET], path: \"/v1/rt\", plane: data, scopes: [x.read], upgrade: websocket }}
+"
+    );
+    assert_eq!(
+        config(&text).routes[0].upgrade.as_deref(),
+        Some("websocket")
+    );
+    let text = format!(
+        "{MINIMAL}routes:
+  - {{ methods: [GET], path: \"/v1/a\", plane: data, scopes: [x.read], upgrade: h2c }}
+  - {{ methods: [POST], path: \"/v1/b\", plane: data, scopes: [x.read], upgrade: websocket }}
+"
+    );
+    assert_eq!(
+        errors(&text),
+        vec![
+            "config/scopegate.yaml:9:78: routes[0].upgrade: `h2c` is not an upgrade this proxy forwards: the only value is `websocket`",
+            "config/scopegate.yaml:10:79: routes[1].upgrade: `upgrade: websocket` needs GET among the route's methods (a WebSocket handshake is a GET)",
+        ]
+    );
+}
+
+#[test]
 fn builtin_routes_off_needs_routes() {
     let text = format!("{MINIMAL}builtin_routes: false\n");
     assert_eq!(

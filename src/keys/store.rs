@@ -52,7 +52,7 @@ use super::Snapshot;
 ///     key: Presented::Secret(b"sgk-secret"),
 ///     content_type: None,
 ///     content_type_repeated: false,
-///     upgrade: false,
+///     upgrade: scopegate::request::Upgrade::None,
 ///     body: Body::Empty,
 ///     now: 0,
 ///     max_body: 65536,

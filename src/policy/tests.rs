@@ -96,6 +96,7 @@ fn world() -> World {
         plane: Plane::Control,
         scopes: vec!["x.read".into()],
         scopes_all: vec![],
+        upgrade: None,
     }];
     let table = RouteTable::build(&extra, true).expect("routes");
     let doc: KeysDocument = serde_yaml::from_str(&keys_yaml()).expect("yaml");
@@ -148,7 +149,7 @@ fn run(w: &World, r: &Req<'_>) -> Verdict {
         key: r.key,
         content_type: r.content_type,
         content_type_repeated: false,
-        upgrade: false,
+        upgrade: Upgrade::None,
         body: r.body,
         now: NOW,
         max_body: 1024,
@@ -442,7 +443,7 @@ fn decide_as_skips_the_secret_but_not_the_rules() {
         key: Presented::Missing,
         content_type: None,
         content_type_repeated: false,
-        upgrade: false,
+        upgrade: Upgrade::None,
         body: Body::Empty,
         now: NOW,
         max_body: 1024,
@@ -451,4 +452,195 @@ fn decide_as_skips_the_secret_but_not_the_rules() {
     };
     let v = decide_as(&w.table, &w.snap, &facts, idx);
     assert_eq!(code(&v), "admin_key_not_allowed");
+}
+
+/// A table with WebSocket routes on both planes, and keys with and without
+/// limits that count tokens.
+fn upgrade_world() -> World {
+    let h = |s: &str| digest_hex(s.as_bytes());
+    let route = |path: &str, plane: Plane, scope: &str| RouteSpec {
+        methods: vec!["GET".into(), "POST".into()],
+        path: path.into(),
+        plane,
+        scopes: vec![scope.into()],
+        scopes_all: vec![],
+        upgrade: Some("websocket".into()),
+    };
+    let extra = vec![
+        route("/v1/realtime", Plane::Data, "completions.write"),
+        route(
+            "/v1/admin/live/{workspace_id}",
+            Plane::Control,
+            "configs.read",
+        ),
+    ];
+    let table = RouteTable::build(&extra, true).expect("routes");
+    let yaml = format!(
+        r#"
+organisations:
+  - id: org_a
+    workspaces:
+      - id: ws_research
+      - id: ws_budget
+        usage_limits: {{ type: tokens, credit_limit: 1000 }}
+      - id: ws_other
+keys:
+  - id: bot
+    type: workspace-service
+    workspace_id: ws_research
+    sha256: "{bot}"
+    scopes: ["completions.write", "configs.read"]
+    max_concurrent_requests: 1
+    rate_limits: [{{ type: requests, unit: rpm, value: 5 }}]
+  - id: lister
+    type: workspace-service
+    workspace_id: ws_research
+    sha256: "{lister}"
+    scopes: ["virtual_keys.list"]
+  - id: tokens
+    type: workspace-service
+    workspace_id: ws_research
+    sha256: "{tokens}"
+    scopes: ["completions.write", "configs.read"]
+    rate_limits: [{{ type: tokens, unit: rpm, value: 1000 }}]
+  - id: costly
+    type: workspace-service
+    workspace_id: ws_research
+    sha256: "{costly}"
+    scopes: ["completions.write"]
+    usage_limits: {{ type: tokens, credit_limit: 1000 }}
+  - id: in_budget_ws
+    type: workspace-service
+    workspace_id: ws_budget
+    sha256: "{in_budget_ws}"
+    scopes: ["completions.write"]
+  - id: admin
+    type: organisation-service
+    sha256: "{admin}"
+    scopes: ["configs.*"]
+"#,
+        bot = h("bot"),
+        lister = h("lister"),
+        tokens = h("tokens"),
+        costly = h("costly"),
+        in_budget_ws = h("in-budget-ws"),
+        admin = h("admin"),
+    );
+    let doc: KeysDocument = serde_yaml::from_str(&yaml).expect("yaml");
+    let snap = build_snapshot(&doc, table.registry(), None).expect("valid keys");
+    World { table, snap }
+}
+
+fn run_upgrade(w: &World, method: Method, path: &str, key: &str, upgrade: Upgrade) -> Verdict {
+    let facts = RequestFacts {
+        method: &method,
+        path,
+        query: None,
+        key: if key.is_empty() {
+            Presented::Missing
+        } else {
+            Presented::Secret(key.as_bytes())
+        },
+        content_type: None,
+        content_type_repeated: false,
+        upgrade,
+        body: Body::Empty,
+        now: NOW,
+        max_body: 1024,
+        max_data_body: 16 * 1024 * 1024,
+        used_up: &crate::policy::nothing_used,
+    };
+    decide(&w.table, &w.snap, &facts)
+}
+
+#[test]
+fn websocket_upgrade_passes_only_on_an_opted_in_get_route() {
+    let w = upgrade_world();
+    let ws = Upgrade::WebSocket;
+    let v = run_upgrade(&w, Method::GET, "/v1/realtime", "bot", ws);
+    assert_eq!(code(&v), "allow");
+    assert_eq!(v.plane, Some(Plane::Data));
+    assert_eq!(ws_id(&w, &v).as_deref(), Some("ws_research"));
+    let v = run_upgrade(&w, Method::GET, "/v1/admin/live/ws_research", "bot", ws);
+    assert_eq!(code(&v), "allow");
+    assert_eq!(v.plane, Some(Plane::Control));
+    // The route's POST does not take upgrades; nor do built-in routes.
+    for (method, path) in [
+        (Method::POST, "/v1/realtime"),
+        (Method::GET, "/v1/models"),
+        (Method::GET, "/v1/files"),
+    ] {
+        let v = run_upgrade(&w, method, path, "bot", ws);
+        assert_eq!(code(&v), "upgrade_not_allowed", "{path}");
+    }
+    // Without an upgrade the route is an ordinary route.
+    let v = run_upgrade(&w, Method::POST, "/v1/realtime", "bot", Upgrade::None);
+    assert_eq!(code(&v), "allow");
+}
+
+#[test]
+fn other_upgrades_are_refused_even_on_an_opted_in_route() {
+    let w = upgrade_world();
+    let v = run_upgrade(&w, Method::GET, "/v1/realtime", "bot", Upgrade::Other);
+    assert_eq!(code(&v), "upgrade_not_allowed");
+    let Outcome::Deny(d) = &v.outcome else {
+        panic!("denied")
+    };
+    assert!(d.message.contains("Only WebSocket"), "{}", d.message);
+}
+
+#[test]
+fn an_upgrade_is_decided_like_any_request_first() {
+    let w = upgrade_world();
+    let ws = Upgrade::WebSocket;
+    let cases = [
+        ("/v1/realtime", "", "missing_api_key"),
+        ("/v1/realtime", "nobody", "invalid_api_key"),
+        ("/v1/realtime", "lister", "missing_scope"),
+        ("/v1/realtime", "admin", "admin_key_not_allowed"),
+        ("/v1/admin/live/ws_other", "bot", "workspace_mismatch"),
+        ("/v1//realtime", "bot", "invalid_path"),
+    ];
+    for (path, key, want) in cases {
+        let v = run_upgrade(&w, Method::GET, path, key, ws);
+        assert_eq!(code(&v), want, "{path} as {key:?}");
+    }
+}
+
+#[test]
+fn keys_whose_limits_count_tokens_get_no_tunnel() {
+    let w = upgrade_world();
+    for key in ["tokens", "costly", "in-budget-ws"] {
+        let v = run_upgrade(&w, Method::GET, "/v1/realtime", key, Upgrade::WebSocket);
+        assert_eq!(code(&v), "upgrade_not_allowed", "{key}");
+        let Outcome::Deny(d) = &v.outcome else {
+            panic!("denied")
+        };
+        assert!(d.message.contains("cannot be counted"), "{}", d.message);
+        // The same key's plain requests pass.
+        let v = run_upgrade(&w, Method::GET, "/v1/realtime", key, Upgrade::None);
+        assert_eq!(code(&v), "allow", "{key}");
+    }
+    // Request rate limits and max_concurrent_requests do not stop a tunnel:
+    // it is one request and holds one slot.
+    let v = run_upgrade(&w, Method::GET, "/v1/realtime", "bot", Upgrade::WebSocket);
+    assert_eq!(code(&v), "allow");
+}
+
+#[test]
+fn raw_non_ascii_in_path_or_query_is_invalid_path_before_the_key() {
+    let w = world();
+    for pq in [
+        "/v1/files/\u{85}",
+        "/v1/files/caf\u{e9}",
+        "/v1/files/%C2%85",
+        "/v1/files/a?x=\u{85}",
+        "/v1/files/a?x=\x01",
+    ] {
+        let v = run(&w, &req("GET", pq, "nobody"));
+        assert_eq!(code(&v), "invalid_path", "{pq:?}");
+        assert_eq!(v.key, None);
+    }
+    let v = run(&w, &req("GET", "/v1/files/caf%C3%A9?x=%C2%85", "bot"));
+    assert_eq!(code(&v), "allow");
 }

@@ -207,3 +207,58 @@ fn trailing_slash_is_a_different_path() {
     expect_openai_error(&workspaces, 404, "route_not_found");
     up.assert_untouched();
 }
+
+/// `GET <target bytes> HTTP/1.1` with `key`, written byte for byte.
+fn raw_get(proxy: &Proxy, target: &[u8], key: &str) -> super::client::Response {
+    let mut request = b"GET ".to_vec();
+    request.extend_from_slice(target);
+    request.extend_from_slice(b" HTTP/1.1\r\nhost: scopegate\r\n");
+    request.extend_from_slice(format!("x-portkey-api-key: {key}\r\n\r\n").as_bytes());
+    proxy.raw(&request)
+}
+
+#[test]
+fn raw_non_ascii_bytes_in_path_or_query_are_invalid_path_and_use_no_quota() {
+    let up = Upstreams::start();
+    let proxy = Proxy::builder(&up)
+        .keys(&keys_yaml_with(&limited_key_entry()))
+        .start();
+    // U+0085 (NEL), U+00E9, U+2028 raw as UTF-8, in the path and the query;
+    // on a data-plane and a control-plane path.
+    for target in [
+        &b"/v1/files/\xc2\x85"[..],
+        b"/v1/files/caf\xc3\xa9",
+        b"/v1/files/a\xe2\x80\xa8b",
+        b"/v1/models?x=\xc2\x85",
+        b"/v1/models?workspace_id=caf\xc3\xa9",
+        b"/v1/configs/\xc2\x85",
+    ] {
+        let resp = raw_get(&proxy, target, LIMITED);
+        let message = expect_openai_error(&resp, 400, "invalid_path");
+        assert!(message.contains("non-ASCII"), "{target:?}: {message}");
+        assert_eq!(resp.header("x-ratelimit-remaining-requests"), None);
+    }
+    // Bytes that are not UTF-8 never reach the decision: any 400 will do.
+    for target in [&b"/v1/files/\xff"[..], b"/v1/files/a\x85b"] {
+        let resp = raw_get(&proxy, target, LIMITED);
+        assert_eq!(resp.status, 400, "{target:?}: {}", resp.text());
+    }
+    // Percent-encoded C1 controls are control characters too.
+    for target in ["/v1/files/%C2%85", "/v1/files/a%c2%9fb"] {
+        let resp = proxy.get(target).key(LIMITED).send();
+        expect_openai_error(&resp, 400, "invalid_path");
+    }
+    up.assert_untouched();
+    // None of the refusals used the key's two requests an hour.
+    for target in ["/v1/files/caf%C3%A9", "/v1/models?x=%C2%85"] {
+        let resp = proxy.get(target).key(LIMITED).send();
+        expect_forwarded(&resp);
+    }
+    let seen: Vec<_> = up
+        .completions
+        .requests()
+        .into_iter()
+        .map(|r| r.target)
+        .collect();
+    assert_eq!(seen, ["/v1/files/caf%C3%A9", "/v1/models?x=%C2%85"]);
+}
