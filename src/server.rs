@@ -196,7 +196,12 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
+    // pingora's proxy app, with a deadline on each HTTP/1 request header.
+    let app = crate::conn_guard::GuardedApp::new(
+        pingora::proxy::http_proxy(&server.configuration, gateway),
+        Duration::from_millis(config.header_read_timeout_ms),
+    );
+    let mut proxy = pingora::services::listening::Service::new("scopegate proxy".to_string(), app);
     let tls_of = |address: &str| tls.iter().find(|t| t.address() == address).cloned();
     for l in &config.listen {
         match tls_of(&l.address) {
