@@ -153,6 +153,52 @@ pub fn mark_request_done(session: &mut ServerSession) {
     }
 }
 
+/// A `tracing` layer that drops pingora's ERROR line for each connection
+/// that ended in the middle of a request header (`Fail to proxy: … while
+/// reading request headers`). Those are counted and logged at debug here
+/// instead: a client must not be able to write an ERROR line per
+/// connection it opens.
+pub struct QuietHeaderErrors;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietHeaderErrors {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        if *event.metadata().level() != tracing::Level::ERROR {
+            return true;
+        }
+        let mut seen = HeaderReadFailure {
+            // pingora logs through `log`: the target is then a field.
+            from_pingora: event.metadata().target().starts_with("pingora_proxy"),
+            message: false,
+        };
+        event.record(&mut seen);
+        !(seen.from_pingora && seen.message)
+    }
+}
+
+/// Whether an event is pingora's header-read failure.
+struct HeaderReadFailure {
+    from_pingora: bool,
+    message: bool,
+}
+
+impl tracing::field::Visit for HeaderReadFailure {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "log.target" {
+            self.from_pingora |= value.starts_with("pingora_proxy");
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message |= format!("{value:?}").contains("while reading request headers");
+        }
+    }
+}
+
 fn guard_of(session: &ServerSession) -> Option<&HeaderGuard> {
     session.stream()?.as_ref().as_any().downcast_ref()
 }

@@ -94,7 +94,10 @@ pub fn init_logging(format: LogFormat) {
         *meta.level() <= tracing::Level::INFO || !dumps_headers(meta.target())
     });
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter).with(cap);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(cap)
+        .with(crate::conn_guard::QuietHeaderErrors);
     let _ = match format {
         LogFormat::Json => registry
             .with(layer.json().flatten_event(true).with_current_span(false))

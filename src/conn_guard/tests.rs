@@ -252,3 +252,31 @@ fn reasons_are_the_metric_labels() {
         .collect();
     assert_eq!(labels, crate::metrics::HEADER_ERROR_REASONS);
 }
+
+/// Counts the events that reach the layers under the filter.
+struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+    fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn pingora_header_read_failures_are_not_logged_as_errors() {
+    use tracing_subscriber::prelude::*;
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let subscriber = tracing_subscriber::registry()
+        .with(QuietHeaderErrors)
+        .with(Count(seen.clone()));
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::error!(
+            target: "pingora_proxy",
+            "Fail to proxy: Downstream ReadError context: while reading request headers"
+        );
+        tracing::error!(target: "pingora_proxy", "Fail to proxy: upstream refused");
+        tracing::error!(target: "scopegate", "while reading request headers");
+        tracing::info!(target: "pingora_proxy", "while reading request headers");
+    });
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+}

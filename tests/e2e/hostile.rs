@@ -459,6 +459,9 @@ fn a_header_trickled_one_byte_at_a_time_is_408_at_the_deadline_and_never_forward
     expect_cut_at_the_deadline(&mut conn, Instant::now());
     up.assert_untouched();
     assert_eq!(header_errors(&proxy, "timeout"), 1.0);
+    // Counted, not an ERROR line per connection (pingora's is dropped).
+    let logs = proxy.logs();
+    assert!(!logs.contains("while reading request headers"), "{logs}");
 }
 
 #[test]
