@@ -45,6 +45,11 @@ pub const DEFAULT_SHUTDOWN_GRACE_PERIOD_SECONDS: u64 = 30;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2000;
 /// Default upstream `read_timeout_ms`: LLM streams are long.
 pub const DEFAULT_READ_TIMEOUT_MS: u64 = 600_000;
+/// Default `header_read_timeout_ms`.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Largest `header_read_timeout_ms`: pingora already ends a connection
+/// whose single read waits 60 s (its keep-alive timeout).
+pub const MAX_HEADER_READ_TIMEOUT_MS: u64 = 60_000;
 
 /// Where the config is read from when no `--config` is given:
 /// `$SCOPEGATE_CONFIG` when set and non-empty, else `config/scopegate.yaml`.
@@ -79,6 +84,11 @@ pub struct Config {
     /// How long the proxy waits, in all, for a body it reads before
     /// forwarding (inspection or SPEC 9.1); then 408 `request_timeout`.
     pub body_read_timeout_ms: u64,
+    /// How long an HTTP/1 request header may take to arrive, in all: from
+    /// the connection's hand-over (first request) or the first byte of the
+    /// request (later keep-alive requests); then 408 and the connection
+    /// closes (`conn_guard`). 1 to [`MAX_HEADER_READ_TIMEOUT_MS`].
+    pub header_read_timeout_ms: u64,
     /// SPEC 9.4: set `stream_options.include_usage` on streams that need counting.
     pub inject_stream_usage: bool,
     /// Where counters and usage live (SPEC 10).
@@ -334,6 +344,8 @@ struct RawConfig {
     max_data_body_bytes: u64,
     #[serde(default = "default_body_read_timeout")]
     body_read_timeout_ms: u64,
+    #[serde(default = "default_header_read_timeout")]
+    header_read_timeout_ms: u64,
     #[serde(default = "yes")]
     inject_stream_usage: bool,
     #[serde(default)]
@@ -357,6 +369,9 @@ fn default_inspect() -> u64 {
 }
 fn default_body_read_timeout() -> u64 {
     30_000
+}
+fn default_header_read_timeout() -> u64 {
+    DEFAULT_HEADER_READ_TIMEOUT_MS
 }
 
 fn default_data_body() -> u64 {
@@ -633,6 +648,16 @@ impl Validator<'_> {
                 0
             }
         };
+        if !(1..=MAX_HEADER_READ_TIMEOUT_MS).contains(&raw.header_read_timeout_ms) {
+            self.problem(
+                "header_read_timeout_ms",
+                format!(
+                    "header_read_timeout_ms: must be between 1 and {MAX_HEADER_READ_TIMEOUT_MS} \
+                     (60 s): the header deadline cannot be turned off, and pingora already ends \
+                     a connection whose single read waits 60 s"
+                ),
+            );
+        }
         let state = self.state(raw.state);
         let upstreams = Upstreams {
             completions: self.upstream(raw.upstreams.completions, "upstreams.completions"),
@@ -656,6 +681,7 @@ impl Validator<'_> {
             max_inspect_body_bytes,
             max_data_body_bytes,
             body_read_timeout_ms: raw.body_read_timeout_ms.max(1),
+            header_read_timeout_ms: raw.header_read_timeout_ms,
             inject_stream_usage: raw.inject_stream_usage,
             state,
             log_format: raw.log_format,

@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod cli;
 pub mod config;
+pub mod conn_guard;
 pub mod demo;
 pub mod demo_cmd;
 pub mod diag;

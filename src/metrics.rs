@@ -53,11 +53,16 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     /// `scopegate_tls_certificate_expiry_timestamp_seconds`.
     pub tls_expiry: GaugeVec,
+    /// `scopegate_downstream_header_errors_total{reason}`.
+    pub header_errors: IntCounterVec,
     /// Set once keys are loaded.
     pub ready: AtomicBool,
     /// Set once the proxy listeners accept connections; `/readyz` needs both.
     pub listening: AtomicBool,
 }
+
+/// The `reason` values of `scopegate_downstream_header_errors_total`.
+pub const HEADER_ERROR_REASONS: [&str; 3] = ["timeout", "rejected", "closed"];
 
 static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
 
@@ -127,6 +132,13 @@ impl Metrics {
                 "Unix time at which the certificate a TLS listener serves expires.",
                 &["listener"]
             )?,
+            header_errors: register_int_counter_vec!(
+                "scopegate_downstream_header_errors_total",
+                "HTTP/1 connections that ended before a whole request header arrived, by reason: \
+                 timeout (answered 408), rejected (answered 400 by the HTTP layer), closed (by \
+                 the client).",
+                &["reason"]
+            )?,
             ready: AtomicBool::new(false),
             listening: AtomicBool::new(false),
         };
@@ -136,6 +148,9 @@ impl Metrics {
         for r in ["success", "failure"] {
             m.reloads.with_label_values(&[r]).inc_by(0);
             m.tls_reloads.with_label_values(&[r]).inc_by(0);
+        }
+        for r in HEADER_ERROR_REASONS {
+            m.header_errors.with_label_values(&[r]).inc_by(0);
         }
         Ok(m)
     }
@@ -168,6 +183,12 @@ impl Metrics {
         self.tls_expiry
             .with_label_values(&[listener])
             .set(not_after as f64);
+    }
+
+    /// Records a connection that ended before its request header was
+    /// whole; `reason` is one of [`HEADER_ERROR_REASONS`].
+    pub fn header_error(&self, reason: &'static str) {
+        self.header_errors.with_label_values(&[reason]).inc();
     }
 
     /// Records a certificate pair that was refused (the old one stays).

@@ -810,6 +810,12 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// The request header is whole: its deadline (`conn_guard`) is met.
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        crate::conn_guard::mark_header_done(session.as_downstream());
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if session
             .req_header()
@@ -1011,6 +1017,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        crate::conn_guard::mark_request_done(session.as_downstream_mut());
         if ctx.probe {
             return;
         }

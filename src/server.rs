@@ -89,7 +89,10 @@ pub fn init_logging(format: LogFormat) {
         *meta.level() <= tracing::Level::INFO || !dumps_headers(meta.target())
     });
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter).with(cap);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(cap)
+        .with(crate::conn_guard::QuietHeaderErrors);
     let _ = match format {
         LogFormat::Json => registry
             .with(layer.json().flatten_event(true).with_current_span(false))
@@ -191,7 +194,12 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
+    // pingora's proxy app, with a deadline on each HTTP/1 request header.
+    let app = crate::conn_guard::GuardedApp::new(
+        pingora::proxy::http_proxy(&server.configuration, gateway),
+        Duration::from_millis(config.header_read_timeout_ms),
+    );
+    let mut proxy = pingora::services::listening::Service::new("scopegate proxy".to_string(), app);
     let tls_of = |address: &str| tls.iter().find(|t| t.address() == address).cloned();
     for l in &config.listen {
         match tls_of(&l.address) {

@@ -52,6 +52,7 @@ fn defaults_fill_what_is_not_written() {
     assert_eq!(c.max_inspect_body_bytes, 65536);
     assert_eq!(c.log_format, LogFormat::Pretty);
     assert_eq!(c.shutdown_grace_period_seconds, 30);
+    assert_eq!(c.header_read_timeout_ms, 10_000);
     assert!(c.routes.is_empty());
     assert!(c.builtin_routes);
     let up = &c.upstreams.completions;
@@ -491,6 +492,27 @@ fn limits_are_checked() {
         errors(&timeouts),
         vec!["config/scopegate.yaml:8:25: upstreams.admin.connect_timeout_ms: must be at least 1"]
     );
+}
+
+#[test]
+fn header_read_timeout_is_read_and_cannot_be_off_or_beyond_a_minute() {
+    let c = config(&format!("{MINIMAL}header_read_timeout_ms: 1500\n"));
+    assert_eq!(c.header_read_timeout_ms, 1500);
+    assert_eq!(
+        config(&format!("{MINIMAL}header_read_timeout_ms: 60000\n")).header_read_timeout_ms,
+        60_000
+    );
+    for bad in ["0", "60001"] {
+        assert_eq!(
+            errors(&format!("{MINIMAL}header_read_timeout_ms: {bad}\n")),
+            vec![
+                "config/scopegate.yaml:8:25: header_read_timeout_ms: must be between 1 and \
+                  60000 (60 s): the header deadline cannot be turned off, and pingora already \
+                  ends a connection whose single read waits 60 s"
+            ],
+            "{bad}"
+        );
+    }
 }
 
 #[test]

@@ -200,6 +200,37 @@ impl Conn {
         }
     }
 
+    /// Sends `bytes` one at a time, `every` apart, until the peer starts
+    /// answering or closes (or all are sent); returns how many were sent.
+    /// Stops writing as soon as anything arrives, so that a reset cannot
+    /// destroy the answer before it is read.
+    pub fn trickle(&mut self, bytes: &[u8], every: Duration) -> usize {
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(every))
+            .expect("read timeout");
+        let mut sent = 0;
+        for b in bytes {
+            if self.reader.get_mut().write_all(&[*b]).is_err() {
+                break;
+            }
+            sent += 1;
+            match self.reader.fill_buf() {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                _ => break,
+            }
+        }
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .expect("read timeout");
+        sent
+    }
+
     /// True when the peer has closed the connection (EOF or reset).
     pub fn is_closed_by_peer(&mut self) -> bool {
         match self.reader.fill_buf() {

@@ -9,7 +9,9 @@ use super::client::Conn;
 #[allow(unused_imports)]
 use super::fixtures::keys_yaml_with;
 use super::fixtures::*;
-use super::harness::{expect_forwarded, expect_portkey_error, Proxy, Upstreams};
+use super::harness::{
+    expect_forwarded, expect_openai_error, expect_portkey_error, Proxy, Upstreams,
+};
 
 /// A JSON body of exactly `len` bytes that names `ws_research`.
 fn json_of_len(len: usize) -> Vec<u8> {
@@ -387,8 +389,188 @@ fn too_many_headers_are_refused_and_the_listener_keeps_serving() {
     }
     req.push_str("\r\n");
     let resp = proxy.raw(req.as_bytes());
-    assert!(resp.status >= 400 && resp.status < 500, "{}", resp.status);
+    assert_eq!(resp.status, 400, "{}", resp.text());
     up.assert_untouched();
+    assert_eq!(header_errors(&proxy, "rejected"), 1.0);
     let resp = proxy.get("/v1/configs").key(BOT).send();
     expect_forwarded(&resp);
+}
+
+// ---------------------------------------------------------------------------
+// The request header deadline (`header_read_timeout_ms`, `conn_guard`).
+
+/// The header deadline the tests below run with.
+const HEADER_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How late after its deadline a connection may be cut.
+const CUT_SLACK: Duration = Duration::from_millis(500);
+/// The pace of a trickling client.
+const TRICKLE_EVERY: Duration = Duration::from_millis(100);
+
+fn header_errors(proxy: &Proxy, reason: &str) -> f64 {
+    proxy.metric(
+        "scopegate_downstream_header_errors_total",
+        &[("reason", reason)],
+    )
+}
+
+fn header_deadline_proxy(up: &Upstreams) -> Proxy {
+    Proxy::builder(up)
+        .config(&format!(
+            "header_read_timeout_ms: {}",
+            HEADER_TIMEOUT.as_millis()
+        ))
+        .start()
+}
+
+/// A whole keep-alive request for the admin upstream.
+fn configs_request() -> Vec<u8> {
+    format!("GET /v1/configs HTTP/1.1\r\nhost: x\r\nx-portkey-api-key: {BOT}\r\n\r\n").into_bytes()
+}
+
+/// Trickles `configs_request()` on `conn` until the proxy answers; checks
+/// that the answer is the 408 and came at the deadline (counted from
+/// `since`), and that the connection is then closed.
+#[track_caller]
+fn expect_cut_at_the_deadline(conn: &mut Conn, since: Instant) {
+    let request = configs_request();
+    let sent = conn.trickle(&request, TRICKLE_EVERY);
+    let at = since.elapsed();
+    assert!(sent < request.len(), "the whole header went through");
+    let resp = conn.read_response();
+    expect_openai_error(&resp, 408, "request_timeout");
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert!(
+        at >= HEADER_TIMEOUT - TRICKLE_EVERY && at < HEADER_TIMEOUT + CUT_SLACK,
+        "cut after {at:?}"
+    );
+    assert!(conn.is_closed_by_peer(), "the connection stayed open");
+}
+
+#[test]
+fn a_header_trickled_one_byte_at_a_time_is_408_at_the_deadline_and_never_forwarded() {
+    let up = Upstreams::start();
+    let proxy = header_deadline_proxy(&up);
+    let text = proxy.metrics_get("/metrics").text();
+    for reason in ["timeout", "rejected", "closed"] {
+        let line = format!("scopegate_downstream_header_errors_total{{reason=\"{reason}\"}} 0");
+        assert!(text.contains(&line), "{line} missing:\n{text}");
+    }
+    let mut conn = Conn::open(proxy.addr());
+    expect_cut_at_the_deadline(&mut conn, Instant::now());
+    up.assert_untouched();
+    assert_eq!(header_errors(&proxy, "timeout"), 1.0);
+    // Counted, not an ERROR line per connection (pingora's is dropped).
+    let logs = proxy.logs();
+    assert!(!logs.contains("while reading request headers"), "{logs}");
+}
+
+#[test]
+fn a_connection_that_sends_nothing_is_closed_at_the_header_deadline() {
+    let up = Upstreams::start();
+    let proxy = header_deadline_proxy(&up);
+    let mut conn = Conn::open(proxy.addr());
+    let started = Instant::now();
+    let resp = conn.read_response();
+    let at = started.elapsed();
+    expect_openai_error(&resp, 408, "request_timeout");
+    assert!(
+        at >= HEADER_TIMEOUT - TRICKLE_EVERY && at < HEADER_TIMEOUT + CUT_SLACK,
+        "cut after {at:?}"
+    );
+    assert!(conn.is_closed_by_peer());
+    assert_eq!(header_errors(&proxy, "timeout"), 1.0);
+}
+
+#[test]
+fn an_idle_keep_alive_gap_is_not_cut_but_a_trickled_next_header_is() {
+    let up = Upstreams::start();
+    let proxy = header_deadline_proxy(&up);
+    let mut conn = Conn::open(proxy.addr());
+    conn.send(&configs_request());
+    expect_forwarded(&conn.read_response());
+    // Idle longer than the header deadline: keep-alive, not a header, is
+    // what is awaited (the gap is the behaviour under test).
+    std::thread::sleep(HEADER_TIMEOUT + Duration::from_millis(500));
+    conn.send(&configs_request());
+    expect_forwarded(&conn.read_response());
+    // The third request is trickled: cut from its first byte.
+    expect_cut_at_the_deadline(&mut conn, Instant::now());
+    assert_eq!(up.admin.count(), 2);
+    assert_eq!(header_errors(&proxy, "timeout"), 1.0);
+}
+
+#[test]
+fn normal_requests_are_served_promptly_during_a_trickling_attack() {
+    let up = Upstreams::start();
+    let proxy = header_deadline_proxy(&up);
+    let addr = proxy.addr();
+    let attackers: Vec<_> = (0..20)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(addr);
+                let since = Instant::now();
+                expect_cut_at_the_deadline(&mut conn, since);
+            })
+        })
+        .collect();
+    for _ in 0..10 {
+        let t = Instant::now();
+        expect_forwarded(&proxy.get("/v1/configs").key(BOT).send());
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "a normal request took {:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for a in attackers {
+        a.join().expect("an attacker was not cut as expected");
+    }
+    assert_eq!(up.admin.count(), 10);
+    assert_eq!(header_errors(&proxy, "timeout"), 20.0);
+}
+
+#[test]
+fn a_100_continue_body_sent_long_after_the_header_deadline_succeeds() {
+    let up = Upstreams::start();
+    let proxy = Proxy::builder(&up)
+        .config("header_read_timeout_ms: 500")
+        .config("body_read_timeout_ms: 5000")
+        .start();
+    let body = br#"{"workspace_id":"ws_research"}"#;
+    let mut conn = Conn::open(proxy.addr());
+    conn.send(
+        format!(
+            "POST /v1/configs HTTP/1.1\r\nhost: x\r\nx-portkey-api-key: {BOT}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let (status, _) = conn.read_head();
+    assert_eq!(status, 100);
+    // Twice the header deadline after the 100 (the delay is the test).
+    std::thread::sleep(Duration::from_millis(1000));
+    conn.send(body);
+    let resp = conn.read_response();
+    expect_forwarded(&resp);
+    assert_eq!(up.admin.only_request().body, body);
+    assert_eq!(header_errors(&proxy, "timeout"), 0.0);
+}
+
+#[test]
+fn a_client_closing_in_the_middle_of_a_header_is_counted_as_closed() {
+    let up = Upstreams::start();
+    let proxy = header_deadline_proxy(&up);
+    let mut conn = Conn::open(proxy.addr());
+    conn.send(b"GET /v1/configs HTTP/1.1\r\nhost: x\r\n");
+    drop(conn);
+    assert!(
+        super::harness::poll_until(Duration::from_secs(2), || header_errors(&proxy, "closed")
+            == 1.0),
+        "closed = {}",
+        header_errors(&proxy, "closed")
+    );
+    assert_eq!(header_errors(&proxy, "timeout"), 0.0);
+    up.assert_untouched();
 }

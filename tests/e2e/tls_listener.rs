@@ -730,3 +730,126 @@ fn check_validates_the_tls_files_and_serve_refuses_a_bad_pair() {
     let garbage = check();
     assert!(garbage.stderr.contains("no PEM certificate"), "{garbage:?}");
 }
+
+/// A blocking TLS connection to `proxy` trusting `ca`, offering only
+/// ALPN `http/1.1`, with the handshake done.
+fn http1_tls_conn(
+    ca: &Ca,
+    proxy: &Proxy,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.pem().as_bytes()).expect("CA"))
+        .expect("add CA");
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+    let sock = TcpStream::connect(proxy.addr()).expect("connect");
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).expect("handshake");
+    }
+    tls
+}
+
+/// The header deadline (`conn_guard`) holds on HTTPS listeners too, timed
+/// from the end of the handshake.
+#[test]
+fn a_header_trickled_over_https_is_cut_at_the_header_deadline() {
+    let up = Upstreams::start();
+    let ca = Ca::new("test CA");
+    let files = TlsFiles::with(&ca.server("one", 30));
+    let proxy = https_builder(&up, &files, None)
+        .config("header_read_timeout_ms: 1000")
+        .start();
+    let mut tls = http1_tls_conn(&ca, &proxy);
+    let started = Instant::now();
+    let every = Duration::from_millis(100);
+    tls.sock.set_read_timeout(Some(every)).expect("timeout");
+    let request =
+        format!("GET /v1/configs HTTP/1.1\r\nhost: localhost\r\nx-portkey-api-key: {BOT}\r\n\r\n");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut answered_at = None;
+    // One byte per `every`, until the proxy says something.
+    for b in request.bytes() {
+        if tls.write_all(&[b]).and_then(|()| tls.flush()).is_err() {
+            break;
+        }
+        match tls.read(&mut buf) {
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                answered_at = Some(started.elapsed());
+                break;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("TLS read: {e}"),
+        }
+    }
+    tls.sock
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    while let Ok(n) = tls.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(text.contains(r#""code":"request_timeout""#), "{text}");
+    let at = answered_at.expect("no answer while trickling");
+    assert!(
+        at >= Duration::from_millis(900) && at < Duration::from_millis(1500),
+        "cut after {at:?}"
+    );
+    up.assert_untouched();
+    assert_eq!(
+        proxy.metric(
+            "scopegate_downstream_header_errors_total",
+            &[("reason", "timeout")]
+        ),
+        1.0
+    );
+}
+
+/// HTTP/2 has its own framing: its connections carry no header deadline
+/// and stay up between requests.
+#[test]
+fn http2_connections_are_not_cut_by_the_header_deadline() {
+    let up = Upstreams::start();
+    let ca = Ca::new("test CA");
+    let files = TlsFiles::with(&ca.server("one", 30));
+    let proxy = https_builder(&up, &files, None)
+        .config("header_read_timeout_ms: 300")
+        .start();
+    let c = client(&ca, Proto::H2Only, None, proxy.addr());
+    block_on(async {
+        let first = exchange(chat(&c, &proxy, BOT)).await;
+        assert_eq!(first.version, reqwest::Version::HTTP_2);
+        expect_forwarded(&first.response);
+        // Longer than the header deadline (the gap is the test).
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let second = exchange(chat(&c, &proxy, BOT)).await;
+        expect_forwarded(&second.response);
+    });
+    assert_eq!(
+        proxy.metric(
+            "scopegate_downstream_header_errors_total",
+            &[("reason", "timeout")]
+        ),
+        0.0
+    );
+}
