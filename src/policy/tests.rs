@@ -527,7 +527,7 @@ keys:
         admin = h("admin"),
     );
     let doc: KeysDocument = serde_yaml::from_str(&yaml).expect("yaml");
-    let snap = build_snapshot(&doc, table.registry(), None).expect("valid keys");
+    let snap = build_snapshot(&doc, table.registry()).expect("valid keys");
     World { table, snap }
 }
 
