@@ -33,7 +33,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -355,28 +355,11 @@ fn timeout_reply(timeout: Duration) -> Vec<u8> {
         "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nx-request-id: {}\r\nconnection: close\r\n\r\n",
         body.len(),
-        request_id()
+        crate::request_id::next()
     )
     .into_bytes();
     out.extend_from_slice(&body);
     out
-}
-
-/// A unique id for a response no request was read for: a random process
-/// prefix and a counter, like the proxy's.
-fn request_id() -> String {
-    static IDS: OnceLock<(u64, AtomicU64)> = OnceLock::new();
-    let (prefix, next) = IDS.get_or_init(|| {
-        let mut seed = [0u8; 16];
-        let _ = getrandom::fill(&mut seed);
-        let [a, b] = [&seed[..8], &seed[8..]].map(|s| {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(s);
-            u64::from_le_bytes(word)
-        });
-        (a, AtomicU64::new(b))
-    });
-    format!("{prefix:016x}{:016x}", next.fetch_add(1, Ordering::Relaxed))
 }
 
 impl AsyncRead for HeaderGuard {

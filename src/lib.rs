@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
 pub mod request;
+pub mod request_id;
 pub mod routes;
 pub mod scopes;
 pub mod server;

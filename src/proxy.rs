@@ -8,7 +8,7 @@
 //! 502/504, and `logging` counts and writes the access log.
 
 use std::net::ToSocketAddrs;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,7 +96,6 @@ pub struct Gateway {
     admin: Upstream,
     max_body: usize,
     in_flight: Arc<AtomicUsize>,
-    request_ids: RequestIds,
     /// Upstream connections for requests whose body the proxy read (see
     /// `forward`).
     connector: pingora::connectors::http::Connector,
@@ -140,7 +139,6 @@ impl Gateway {
             admin,
             max_body,
             in_flight,
-            request_ids: RequestIds::new(),
             connector: pingora::connectors::http::Connector::new(None),
             counters: spending.counters,
             max_data_body: spending.max_data_body,
@@ -570,29 +568,6 @@ impl Drop for InFlightPlane {
     }
 }
 
-/// Fast unique request ids: a random process prefix and a counter.
-struct RequestIds {
-    prefix: u64,
-    next: AtomicU64,
-}
-
-impl RequestIds {
-    fn new() -> RequestIds {
-        let mut seed = [0u8; 16];
-        let _ = getrandom::fill(&mut seed);
-        RequestIds {
-            prefix: u64::from_le_bytes(seed[..8].try_into().unwrap_or_default()),
-            next: AtomicU64::new(u64::from_le_bytes(seed[8..].try_into().unwrap_or_default())),
-        }
-    }
-
-    fn generate(&self) -> HeaderValue {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let s = format!("{:016x}{:016x}", self.prefix, n);
-        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("0"))
-    }
-}
-
 /// A per-process secret the readiness probe sends, so that it knows the
 /// listener that answered is this process's (a port taken by another
 /// process would otherwise look ready).
@@ -832,7 +807,8 @@ impl ProxyHttp for Gateway {
         }
         ctx.request_id = match session.req_header().headers.get("x-request-id") {
             Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
-            _ => self.request_ids.generate(),
+            _ => HeaderValue::from_str(&crate::request_id::next())
+                .unwrap_or_else(|_| HeaderValue::from_static("0")),
         };
         let snap = self.store.load();
         let hint = h2_body_hint(session);
