@@ -10,13 +10,24 @@
 //! round trip" is measured under the conditions the admissions meet — not
 //! only by `redis-benchmark`'s closed loop on an otherwise idle core.
 //!
+//! `store` goes through scopegate's own `RedisStore::admit` instead (a key
+//! with one request limit, as benches/load/redis.sh's `rate` key), so the
+//! store's admission can be set against the bare round trip.
+//!
 //! usage: redis_rtt URL RATE SECONDS ping
 //!        redis_rtt URL RATE SECONDS evalsha SHA NUMKEYS KEY... ARG...
+//!        redis_rtt URL RATE SECONDS store
 //! prints: RTTRESULT n=.. p50_us=.. p90_us=.. p99_us=.. max_us=.. errors=..
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
+use scopegate::ratelimit::RateLimit;
+use scopegate::state::{
+    AdmitRequest, AdmitResult, CounterStore, NoMetrics, RedisConfig, RedisStore, SubjectId,
+    SubjectLimits,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -24,7 +35,7 @@ fn main() {
     // run from `cargo bench` without arguments: nothing to measure.
     let args: Vec<String> = args.into_iter().filter(|a| a != "--bench").collect();
     if args.len() < 4 {
-        eprintln!("usage: redis_rtt URL RATE SECONDS ping|evalsha SHA NUMKEYS KEY... ARG...");
+        eprintln!("usage: redis_rtt URL RATE SECONDS ping|store|evalsha SHA NUMKEYS KEY... ARG...");
         return;
     }
     let url = args[0].clone();
@@ -81,6 +92,23 @@ async fn run(url: String, rate: f64, seconds: f64, command: Vec<String>) {
         }
     };
     let cmd = build(&command);
+    let store = match command[0].as_str() {
+        "store" => match RedisStore::open(RedisConfig::new(url.as_str()), Arc::new(NoMetrics)) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                eprintln!("redis_rtt: store: {e}");
+                std::process::exit(1);
+            }
+        },
+        _ => None,
+    };
+    let mut subject = SubjectLimits::new(SubjectId::key("key_rtt_rate"));
+    subject.workspace = Some(Arc::from("ws_rtt"));
+    subject.requests = vec![RateLimit {
+        value: 1_000_000,
+        period: Duration::from_secs(60),
+    }];
+    let subjects = Arc::new([subject]);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<u64>>();
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now();
@@ -92,11 +120,31 @@ async fn run(url: String, rate: f64, seconds: f64, command: Vec<String>) {
         let mut c = conn.clone();
         let cmd = cmd.clone();
         let tx = tx.clone();
+        let store = store.clone();
+        let subjects = subjects.clone();
         tokio::spawn(async move {
             let t0 = Instant::now();
-            let r: redis::RedisResult<redis::Value> = cmd.query_async(&mut c).await;
+            let ok = match store {
+                Some(store) => {
+                    let req = AdmitRequest {
+                        subjects: &subjects[..],
+                        estimate: None,
+                    };
+                    match store.admit(&req).await {
+                        AdmitResult::Admitted { admission, .. } => {
+                            store.release(admission);
+                            true
+                        }
+                        _ => false,
+                    }
+                }
+                None => {
+                    let r: redis::RedisResult<redis::Value> = cmd.query_async(&mut c).await;
+                    r.is_ok()
+                }
+            };
             let us = t0.elapsed().as_micros() as u64;
-            let _ = tx.send(r.ok().map(|_| us));
+            let _ = tx.send(ok.then_some(us));
         });
         sent += 1;
         next += interval;

@@ -131,7 +131,8 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Returns {status, subject index, which (1 requests, 2 tokens), wait_us,
 /// larger, req limit, req remaining, req reset_us, tok limit, tok remaining,
 /// tok reset_us, then per subject: in, out, cost, est, reserved tokens,
-/// reserved cost}; status 0 admitted, 1 budget, 2 rate, 3 concurrency;
+/// reserved cost (0 for a subject without a usage limit: read only where a
+/// limit needs them)}; status 0 admitted, 1 budget, 2 rate, 3 concurrency;
 /// limit -1: no such limit.
 pub const ADMIT_LUA: &str = r#"
 local t = redis.call('TIME')
@@ -153,23 +154,31 @@ for i = 1, n do
   for j = 1, s.nreq do s.req[j] = {v = tonumber(ARGV[a]), p = tonumber(ARGV[a+1])}; a = a + 2 end
   s.tok = {}
   for j = 1, s.ntok do s.tok[j] = {v = tonumber(ARGV[a]), p = tonumber(ARGV[a+1])}; a = a + 2 end
-  local dead = redis.call('ZRANGEBYSCORE', s.lease, '-inf', now_ms)
-  for _, m in ipairs(dead) do
-    redis.call('ZREM', s.lease, m)
-    redis.call('HDEL', s.res, m)
-  end
-  s.inflight = redis.call('ZCARD', s.lease)
-  s.rt = 0; s.rc = 0
-  for _, v in ipairs(redis.call('HVALS', s.res)) do
-    local sp = string.find(v, ' ', 1, true)
-    if sp then
-      s.rt = s.rt + (tonumber(string.sub(v, 1, sp - 1)) or 0)
-      s.rc = s.rc + (tonumber(string.sub(v, sp + 1)) or 0)
+  -- Leases and reservations matter only to a concurrency limit or a usage
+  -- limit, and usage only to a usage limit: a subject with request limits
+  -- alone costs no reads beyond its rate hash (each call costs the script).
+  s.inflight = 0; s.rt = 0; s.rc = 0
+  if s.maxc >= 0 or s.kind > 0 then
+    local dead = redis.call('ZRANGEBYSCORE', s.lease, '-inf', now_ms)
+    for _, m in ipairs(dead) do
+      redis.call('ZREM', s.lease, m)
+      redis.call('HDEL', s.res, m)
+    end
+    s.inflight = redis.call('ZCARD', s.lease)
+    for _, v in ipairs(redis.call('HVALS', s.res)) do
+      local sp = string.find(v, ' ', 1, true)
+      if sp then
+        s.rt = s.rt + (tonumber(string.sub(v, 1, sp - 1)) or 0)
+        s.rc = s.rc + (tonumber(string.sub(v, sp + 1)) or 0)
+      end
     end
   end
-  local u = redis.call('HMGET', s.usage, 'in', 'out', 'cost', 'est')
-  s.uin = tonumber(u[1]) or 0; s.uout = tonumber(u[2]) or 0
-  s.ucost = tonumber(u[3]) or 0; s.uest = tonumber(u[4]) or 0
+  s.uin = 0; s.uout = 0; s.ucost = 0; s.uest = 0
+  if s.kind > 0 then
+    local u = redis.call('HMGET', s.usage, 'in', 'out', 'cost', 'est')
+    s.uin = tonumber(u[1]) or 0; s.uout = tonumber(u[2]) or 0
+    s.ucost = tonumber(u[3]) or 0; s.uest = tonumber(u[4]) or 0
+  end
   s.rtat = {}; s.ttat = {}
   for j = 1, s.nreq do s.rtat[j] = tonumber(redis.call('HGET', s.rate, 'r' .. j)) or 0 end
   for j = 1, s.ntok do s.ttat[j] = tonumber(redis.call('HGET', s.rate, 't' .. j)) or 0 end
@@ -696,6 +705,11 @@ impl RedisStore {
         }
         let est = req.estimate;
         for (i, s) in req.subjects.iter().enumerate() {
+            if s.usage.is_none() {
+                // The script reads usage only for a usage limit; nothing
+                // reads the cache for a subject without one.
+                continue;
+            }
             let b = 11 + i * 6;
             let now = UsageNow {
                 tokens_in: at(b).max(0) as u64,

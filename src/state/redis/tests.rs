@@ -22,6 +22,11 @@ struct Server {
 impl Server {
     fn start() -> Option<Server> {
         if !Path::new(REDIS).exists() {
+            // `.ci/run` installs it: under CI a missing server is a failure.
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{REDIS} is not installed, and CI must run the Redis tests"
+            );
             eprintln!("{REDIS} not installed: redis test skipped");
             return None;
         }
@@ -644,4 +649,72 @@ fn connections_disable_nagle_and_keep_the_url() {
             if url.ends_with("/3") { 3 } else { 0 }
         );
     }
+}
+
+#[tokio::test]
+async fn a_subject_with_request_limits_alone_reads_only_its_rate_hash() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let s = store(&config(&server));
+    let mut k = bot();
+    k.requests = vec![RateLimit {
+        value: 100,
+        period: Duration::from_secs(60),
+    }];
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    // The script is loaded (and its first call made) before the count.
+    assert!(is_admitted(
+        &admit(&s, std::slice::from_ref(&k), None).await
+    ));
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut c)
+        .await
+        .expect("resetstat");
+    assert!(is_admitted(
+        &admit(&s, std::slice::from_ref(&k), None).await
+    ));
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .expect("info");
+    assert!(stats.contains("cmdstat_hget:calls=1,"), "{stats}");
+    for unneeded in ["zrangebyscore", "zcard", "hvals", "hmget", "zadd"] {
+        assert!(
+            !stats.contains(&format!("cmdstat_{unneeded}:")),
+            "{unneeded} called for a subject with request limits alone: {stats}"
+        );
+    }
+
+    // With a concurrency limit, its leases are read (and one taken).
+    k.max_concurrent = Some(2);
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut c)
+        .await
+        .expect("resetstat");
+    assert!(is_admitted(
+        &admit(&s, std::slice::from_ref(&k), None).await
+    ));
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .expect("info");
+    for needed in ["zcard", "hvals", "zadd"] {
+        assert!(
+            stats.contains(&format!("cmdstat_{needed}:")),
+            "{needed}: {stats}"
+        );
+    }
+    assert!(
+        !stats.contains("cmdstat_hmget:"),
+        "usage read without a usage limit: {stats}"
+    );
 }
