@@ -11,7 +11,9 @@
 #          also sends a settlement (off the response path) to give its slot back
 # Per round, for each mode (order alternates by round) and key:
 #   a paced load: wrk -t1 -c$CONNS with a $DELAY_MS pause per connection between requests
-#   (≈ CONNS × 1000 / DELAY_MS req/s; 20 × 10 ms ≈ 2,000 req/s) for $DURATION s →
+#   (≈ CONNS × 1000 / DELAY_MS req/s; 20 × 10 ms ≈ 2,000 req/s) for $DURATION s; ARRIVALS=spread
+#   (default) draws each pause from 0..2×DELAY_MS so arrivals are independent, ARRIVALS=sync
+#   keeps the connections in step (bursts of CONNS requests at once; see paced.lua) →
 #   p50/p90/p99 latency, req/s, proxy CPU-µs per request (utime+stime from /proc), and in Redis
 #   mode redis-server's CPU-µs per request and its server-side µs per EVALSHA (commandstats).
 # And the round trips: redis-benchmark -t ping -c 1 (one connection, closed loop) → p50, and the
@@ -41,6 +43,8 @@ DELAY_MS=${DELAY_MS:-10}
 KEYS=${KEYS:-10000}
 BASE_PORT=${BASE_PORT:-38080}
 PIN=${PIN:-1}
+ARRIVALS=${ARRIVALS:-spread}
+export ARRIVALS
 PROXY_CPU=1
 LOAD_CPU=0
 # PIN=0: nothing pinned (taskset over both CPUs), to see what pinning does to the hops
@@ -278,7 +282,7 @@ for what, label in (("ping", "PING"), ("admit", "the admission EVALSHA")):
               f"p90 {med([int(x['p90_us']) for x in xs]):.0f}, p99 {med([int(x['p99_us']) for x in xs]):.0f} µs")
 PY
 echo "- rounds: $ROUNDS (median shown, min–max of p50 in brackets), $DURATION s per run after a 2 s warm-up;"
-echo "  wrk -t1 -c$CONNS with $DELAY_MS ms between a connection's requests; scopegate on CPU $PROXY_CPU,"
+echo "  wrk -t1 -c$CONNS, $DELAY_MS ms on average between a connection's requests (ARRIVALS=$ARRIVALS); scopegate on CPU $PROXY_CPU,"
 echo "  wrk and the upstream nginx on CPU $LOAD_CPU, redis-server on CPU $REDIS_CPU; all responses 2xx"
 echo "- binary: $BIN"
 echo "- machine: $(nproc) CPUs, load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -16,8 +16,9 @@ Two phases of --duration seconds each, one after the other in the same run:
      per --trickle-every seconds (default 1); each one cut is reopened, so
      that many are always trickling;
    - --flood connections (default 50) each send, in a loop, requests with
-     64 KiB of headers (64 headers of 1 KiB) and an unknown key (answered
-     401 by the proxy itself, no upstream involved), reading each answer;
+     64 KiB of headers (--flood-header-bytes; 1 KiB header lines up to that
+     size) and an unknown key (answered 401 by the proxy itself, no upstream
+     involved), reading each answer;
    - --many-headers connections (default 5) each send, in a loop, a request
      with 10,000 headers (pingora answers 400 and closes).
 
@@ -51,6 +52,11 @@ def parse_args():
     p.add_argument("--trickle", type=int, default=200, help="trickling-header connections (default 200)")
     p.add_argument("--trickle-every", type=float, default=1.0, help="seconds between trickled bytes")
     p.add_argument("--flood", type=int, default=50, help="64 KiB-header connections (default 50)")
+    p.add_argument("--flood-header-bytes", type=int, default=65536,
+                   help="header bytes per flood request (default 65536; e.g. 512 for the same flood "
+                        "with ordinary headers, to compare)")
+    p.add_argument("--pid", type=int, default=0,
+                   help="scopegate's process id (same machine): report its CPU use per phase")
     p.add_argument("--many-headers", type=int, default=5, help="10,000-header connections (default 5)")
     return p.parse_args()
 
@@ -278,11 +284,14 @@ def hostile_process(url, args, ready, stop, out):
     target = Target(url)
     endings = []
     t_stop = threading.Event()
-    big = (
-        b"GET /v1/configs HTTP/1.1\r\nhost: x\r\nx-portkey-api-key: sk-unknown-flood-key\r\n"
-        + b"".join(b"x-pad-%02d: %s\r\n" % (i, b"a" * 1010) for i in range(64))
-        + b"\r\n"
-    )
+    head = b"GET /v1/configs HTTP/1.1\r\nhost: x\r\nx-portkey-api-key: sk-unknown-flood-key\r\n"
+    pads, left, i = [], args.flood_header_bytes - len(head) - 2, 0
+    while left > 12:
+        value = min(1010, left - 12)
+        pads.append(b"x-pad-%02d: %s\r\n" % (i, b"a" * value))
+        left -= len(pads[-1])
+        i += 1
+    big = head + b"".join(pads) + b"\r\n"
     many = (
         b"GET /v1/configs HTTP/1.1\r\nhost: x\r\n"
         + b"".join(b"x-h%d: v\r\n" % i for i in range(10_000))
@@ -294,7 +303,7 @@ def hostile_process(url, args, ready, stop, out):
         )
     ]
     threads += [
-        threading.Thread(target=looper, args=(target, big, "64KiB headers", t_stop, endings), daemon=True)
+        threading.Thread(target=looper, args=(target, big, f"{len(big)} B header", t_stop, endings), daemon=True)
         for _ in range(args.flood)
     ]
     threads += [
@@ -340,6 +349,16 @@ def summarize_endings(endings):
     return "\n".join(lines)
 
 
+def cpu_seconds(pid):
+    """utime + stime of a process and its threads, in seconds (0 without --pid)."""
+    if not pid:
+        return 0.0
+    import os
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main():
     args = parse_args()
     target = Target(args.proxy_url)
@@ -351,7 +370,9 @@ def main():
 
     print(f"# slow_clients: {args.proxy_url} ({args.upstream}), {args.duration:g} s per phase, "
           f"{args.rate:g} req/s over {args.conns} connections")
+    c0 = cpu_seconds(args.pid)
     base = paced_normal(target, request, args.rate, args.conns, args.duration)
+    c1 = cpu_seconds(args.pid)
 
     ctx = multiprocessing.get_context("spawn")
     ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
@@ -359,17 +380,23 @@ def main():
     proc.start()
     ready.wait(30)
     time.sleep(min(2.0, args.duration / 5))  # let the attackers connect
+    c2 = cpu_seconds(args.pid)
     attack = paced_normal(target, request, args.rate, args.conns, args.duration)
+    c3 = cpu_seconds(args.pid)
     stop.set()
     endings = out.get(timeout=60)
     proc.join(timeout=30)
 
     print(f"# hostile: {args.trickle} trickling (1 byte/{args.trickle_every:g} s), "
-          f"{args.flood} × 64 KiB headers, {args.many_headers} × 10,000 headers")
+          f"{args.flood} × {args.flood_header_bytes:,} B headers in a loop, "
+          f"{args.many_headers} × 10,000 headers in a loop")
     print(f"{'phase':<10} {'ok':>7} {'failed':>6} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} "
           f"{'p99 ms':>8} {'max ms':>8}")
     print(phase_line("baseline", *base, args.duration))
     print(phase_line("attack", *attack, args.duration))
+    if args.pid:
+        print(f"# scopegate CPU: baseline {100 * (c1 - c0) / args.duration:.0f} %, "
+              f"attack {100 * (c3 - c2) / args.duration:.0f} % of one core")
     print("# how the hostile connections ended (count; time from connect or send to the end):")
     print(summarize_endings(endings))
 
