@@ -48,6 +48,8 @@
 //! speak.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -596,25 +598,31 @@ impl RedisStore {
             }
             inv.invoke_async::<Vec<Value>>(&mut conn).await
         };
-        let handle = if on_this_runtime {
-            Some(tokio::spawn(call))
-        } else {
-            self.spawn(call)
-        };
-        let Some(mut handle) = handle else {
-            return Err(());
-        };
+        // On this runtime the call is awaited in place (no task to spawn
+        // and wake per request); elsewhere it runs on the store's runtime.
+        // Either way it is a boxed future, so that a call that outlives its
+        // timeout can be handed to a task and still be cleaned up after.
+        let mut call: Pin<Box<dyn Future<Output = redis::RedisResult<Vec<Value>>> + Send>> =
+            if on_this_runtime {
+                Box::pin(call)
+            } else {
+                let Some(handle) = self.spawn(call) else {
+                    return Err(());
+                };
+                Box::pin(async move {
+                    match handle.await {
+                        Ok(r) => r,
+                        Err(e) => Err(std::io::Error::other(e.to_string()).into()),
+                    }
+                })
+            };
         let started = Instant::now();
-        let outcome = tokio::time::timeout(inner.cfg.timeout, &mut handle).await;
+        let outcome = tokio::time::timeout(inner.cfg.timeout, &mut call).await;
         inner
             .metrics
             .round_trip("admit", started.elapsed().as_secs_f64());
         let values = match outcome {
-            Ok(Ok(Ok(v))) => v,
-            Ok(Ok(Err(e))) => {
-                self.note_failure("admit", &e.to_string());
-                return Err(());
-            }
+            Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 self.note_failure("admit", &e.to_string());
                 return Err(());
@@ -625,7 +633,7 @@ impl RedisStore {
                 let cleanup_inner = inner.clone();
                 let subjects = req.subjects.to_vec();
                 self.spawn(async move {
-                    if let Ok(Ok(values)) = handle.await {
+                    if let Ok(values) = call.await {
                         if values.first().map(int) == Some(0) {
                             let parts = parts_of(&subjects, &fps, est.map(|e| (e.tokens, e.cost)));
                             let job = settle_job(&cleanup_inner, &member, &parts, None);
