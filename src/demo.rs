@@ -38,8 +38,8 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Map, Value};
-use tokio::net::TcpListener;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -293,8 +293,14 @@ fn realtime(mut request: Request<Incoming>) -> Response<DemoBody> {
     let mut response = Response::new(Full::new(Bytes::new()).boxed());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let out = response.headers_mut();
-    out.insert(hyper::header::UPGRADE, HeaderValue::from_static("websocket"));
-    out.insert(hyper::header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    out.insert(
+        hyper::header::UPGRADE,
+        HeaderValue::from_static("websocket"),
+    );
+    out.insert(
+        hyper::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
     if let Ok(accept) = HeaderValue::from_str(&websocket_accept(key.as_bytes())) {
         out.insert(hyper::header::SEC_WEBSOCKET_ACCEPT, accept);
     }
@@ -336,11 +342,7 @@ async fn echo_after_greeting<S>(mut io: S, greeting: &str)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    if io
-        .write_all(&websocket_text_frame(greeting))
-        .await
-        .is_err()
-    {
+    if io.write_all(&websocket_text_frame(greeting)).await.is_err() {
         return;
     }
     let mut buffer = [0_u8; 8192];
@@ -1316,12 +1318,25 @@ mod tests {
         );
         let greeting = read_text_frame(&mut client).await;
         assert!(
-            greeting.contains("x-scopegate-key-id: key_alice and x-scopegate-workspace-id: ws_prod"),
+            greeting
+                .contains("x-scopegate-key-id: key_alice and x-scopegate-workspace-id: ws_prod"),
             "{greeting}"
         );
 
         // Whatever the client sends comes back as it is.
-        let masked_hello = [0x81, 0x85, 1, 2, 3, 4, b'h' ^ 1, b'e' ^ 2, b'l' ^ 3, b'l' ^ 4, b'o' ^ 1];
+        let masked_hello = [
+            0x81,
+            0x85,
+            1,
+            2,
+            3,
+            4,
+            b'h' ^ 1,
+            b'e' ^ 2,
+            b'l' ^ 3,
+            b'l' ^ 4,
+            b'o' ^ 1,
+        ];
         client.stream.write_all(&masked_hello).await.expect("write");
         let (_, echoed) = client.take(masked_hello.len()).await;
         assert_eq!(echoed, masked_hello);

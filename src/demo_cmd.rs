@@ -161,7 +161,9 @@ fn print_walkthrough(listen: &str, metrics: Option<&str>) {
     println!("# 9. WebSocket on the opted-in route /v1/realtime: 101, then the mock's first frame (tunnelled bytes are not inspected; curl stops after 2 s)");
     println!("curl -si -N --max-time 2 {base}/v1/realtime -H 'Authorization: Bearer {ALICE}' {ws}");
     println!("#    A key whose limits count tokens gets no tunnel (400 upgrade_not_allowed)");
-    println!("curl -si -N --max-time 2 {base}/v1/realtime -H 'Authorization: Bearer {BUDGET}' {ws}");
+    println!(
+        "curl -si -N --max-time 2 {base}/v1/realtime -H 'Authorization: Bearer {BUDGET}' {ws}"
+    );
     if let Some(m) = metrics {
         println!();
         println!("# Metrics (tokens, cost, budgets): curl -s http://{m}/metrics | grep scopegate_");
