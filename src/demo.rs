@@ -7,7 +7,10 @@
 //!   plane). It answers chat completions, legacy completions, embeddings and the
 //!   model list with canned JSON, streams chat completions as server-sent events
 //!   when asked to, and tells the caller which scopegate identity headers
-//!   (`x-scopegate-key-id`, `x-scopegate-workspace-id`) reached it.
+//!   (`x-scopegate-key-id`, `x-scopegate-workspace-id`) reached it. `GET
+//!   /v1/realtime` takes a WebSocket upgrade (the route the example config opts
+//!   in with `upgrade: websocket`): after the `101` it sends one text frame and
+//!   echoes the client's bytes.
 //! - [`serve_admin_echo`]: an admin service (the control plane) that answers every
 //!   request with 200 and a Portkey-shaped echo of the method, path, `x-scopegate-*`
 //!   headers and body, so the demo shows exactly what the proxy forwarded.
@@ -35,8 +38,9 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Map, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 /// Largest request body either demo upstream reads; larger bodies get 413.
@@ -71,8 +75,20 @@ const KEY_ID_HEADER: &str = "x-scopegate-key-id";
 const WORKSPACE_ID_HEADER: &str = "x-scopegate-workspace-id";
 const SCOPEGATE_HEADER_PREFIX: &str = "x-scopegate-";
 
+/// The path of the mock's WebSocket fixture.
+const REALTIME_PATH: &str = "/v1/realtime";
+
+/// RFC 6455 4.2.2: appended to `Sec-WebSocket-Key` before hashing.
+const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
 /// Response body of both servers: a whole buffer or a channel-fed stream.
 type DemoBody = BoxBody<Bytes, Infallible>;
+
+/// Put in each request's extensions by [`serve`]: `changed()` returns once the
+/// server's future is dropped, so work that outlives its connection (an upgraded
+/// tunnel) ends with the server too.
+#[derive(Clone)]
+struct ServerStopped(watch::Receiver<()>);
 
 /// Serves the OpenAI-compatible completions mock on `listener`.
 ///
@@ -82,6 +98,7 @@ type DemoBody = BoxBody<Bytes, Infallible>;
 /// | `POST /v1/completions` | a `text_completion` |
 /// | `POST /v1/embeddings` | a `list` of deterministic `embedding`s, one per input |
 /// | `GET /v1/models` | a `list` of `model`s |
+/// | `GET /v1/realtime` with `Upgrade: websocket` | `101 Switching Protocols`, then one WebSocket text frame naming the identity headers, then an echo of the client's bytes until it closes (see [`realtime`]); without the upgrade headers, 400 |
 /// | anything else under `/v1/` | 200 `{"object": "mock", "method": ..., "path": ...}` |
 /// | outside `/v1/` | 404, in `OpenAI`'s error shape |
 ///
@@ -130,6 +147,9 @@ where
     F: Future<Output = Response<DemoBody>> + Send + 'static,
 {
     let mut connections = JoinSet::new();
+    // Dropped with this future: tells upgraded tunnels (no longer connections
+    // of the set) to end.
+    let (_running, stopped) = watch::channel(());
     loop {
         // Reap finished connections so the set only holds live ones.
         while connections.try_join_next().is_some() {}
@@ -145,14 +165,18 @@ where
                 continue;
             }
         };
+        let stopped = ServerStopped(stopped.clone());
         connections.spawn(async move {
-            let service =
-                service_fn(move |request| async move { Ok::<_, Infallible>(handler(request).await) });
+            let service = service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(stopped.clone());
+                async move { Ok::<_, Infallible>(handler(request).await) }
+            });
             let result = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
                 .await;
             if let Err(err) = result {
                 tracing::debug!(server = name, %peer, error = %err, "demo upstream: connection ended with an error");
@@ -178,6 +202,9 @@ fn is_connection_error(err: &io::Error) -> bool {
 // ---------------------------------------------------------------------------
 
 async fn completions_mock(request: Request<Incoming>) -> Response<DemoBody> {
+    if request.method() == Method::GET && request.uri().path() == REALTIME_PATH {
+        return realtime(request);
+    }
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     if !path.starts_with("/v1/") {
@@ -219,6 +246,118 @@ async fn completions_mock(request: Request<Incoming>) -> Response<DemoBody> {
     }
 }
 
+/// `GET /v1/realtime`: a WebSocket handshake answered `101 Switching Protocols`
+/// (`Sec-WebSocket-Accept` computed per RFC 6455), after which a task sends one
+/// unmasked text frame naming the identity headers the handshake carried, then
+/// writes back whatever bytes the client sends until it closes (or the server
+/// stops). A demo fixture, not a WebSocket implementation: the client's frames
+/// are echoed as they are (masked, so not valid server frames), close frames
+/// are not answered, and nothing is parsed. A request without `Upgrade:
+/// websocket` and a `Sec-WebSocket-Key` answers 400 in OpenAI's error shape.
+fn realtime(mut request: Request<Incoming>) -> Response<DemoBody> {
+    let headers = request.headers();
+    let wants_websocket = headers
+        .get(hyper::header::UPGRADE)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let key = headers.get(hyper::header::SEC_WEBSOCKET_KEY).cloned();
+    let (true, Some(key)) = (wants_websocket, key) else {
+        return openai_error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "{REALTIME_PATH} is a WebSocket endpoint: send `Connection: Upgrade`, \
+                 `Upgrade: websocket` and a `Sec-WebSocket-Key`."
+            ),
+        );
+    };
+    let greeting = Identity::from_headers(headers).websocket_greeting();
+    let stopped = request.extensions_mut().remove::<ServerStopped>();
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let tunnel = async move {
+            let Ok(upgraded) = upgrade.await else {
+                return;
+            };
+            echo_after_greeting(TokioIo::new(upgraded), &greeting).await;
+        };
+        match stopped {
+            Some(ServerStopped(mut stopped)) => {
+                tokio::select! {
+                    () = tunnel => {}
+                    _ = stopped.changed() => {}
+                }
+            }
+            None => tunnel.await,
+        }
+    });
+
+    let mut response = Response::new(Full::new(Bytes::new()).boxed());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let out = response.headers_mut();
+    out.insert(
+        hyper::header::UPGRADE,
+        HeaderValue::from_static("websocket"),
+    );
+    out.insert(
+        hyper::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(accept) = HeaderValue::from_str(&websocket_accept(key.as_bytes())) {
+        out.insert(hyper::header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+/// RFC 6455 4.2.2: base64(SHA-1(key + GUID)).
+fn websocket_accept(key: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut sha1 = sha1_smol::Sha1::new();
+    sha1.update(key);
+    sha1.update(WEBSOCKET_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sha1.digest().bytes())
+}
+
+/// One unmasked, final WebSocket text frame carrying `text` (RFC 6455 5.2).
+fn websocket_text_frame(text: &str) -> Vec<u8> {
+    let payload = text.as_bytes();
+    let mut frame = vec![0x81];
+    match payload.len() {
+        len @ 0..=125 => frame.push(len as u8),
+        len => match u16::try_from(len) {
+            Ok(len) => {
+                frame.push(126);
+                frame.extend_from_slice(&len.to_be_bytes());
+            }
+            Err(_) => {
+                frame.push(127);
+                frame.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        },
+    }
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Sends the greeting frame, then echoes the client's bytes until it closes.
+async fn echo_after_greeting<S>(mut io: S, greeting: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if io.write_all(&websocket_text_frame(greeting)).await.is_err() {
+        return;
+    }
+    let mut buffer = [0_u8; 8192];
+    loop {
+        match io.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => {
+                if io.write_all(&buffer[..read]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// The scopegate identity headers a request reached the mock with.
 struct Identity {
     key_id: Option<String>,
@@ -240,10 +379,26 @@ impl Identity {
 
     /// The canned assistant answer, naming what scopegate told the upstream.
     fn assistant_text(&self) -> String {
+        format!(
+            "Hello from the scopegate demo completions mock! This request arrived with {}.",
+            self.described()
+        )
+    }
+
+    /// The first frame of a [`realtime`] tunnel.
+    fn websocket_greeting(&self) -> String {
+        // Kept under 126 bytes for the demo's keys, so the frame's header is two
+        // bytes and the text reads cleanly in a terminal.
+        format!(
+            "Demo mock, WebSocket open: the upgrade arrived with {}.",
+            self.described()
+        )
+    }
+
+    fn described(&self) -> String {
         let show = |value: &Option<String>| value.clone().unwrap_or_else(|| "(absent)".to_owned());
         format!(
-            "Hello from the scopegate demo completions mock! This request arrived with \
-             {KEY_ID_HEADER}: {} and {WORKSPACE_ID_HEADER}: {}.",
+            "{KEY_ID_HEADER}: {} and {WORKSPACE_ID_HEADER}: {}",
             show(&self.key_id),
             show(&self.workspace_id),
         )
@@ -1123,6 +1278,137 @@ mod tests {
             read.is_err() || rest.is_empty(),
             "unexpected bytes {rest:?}"
         );
+    }
+
+    /// Reads one unmasked server text frame (7- or 16-bit length) off `client`.
+    async fn read_text_frame(client: &mut RawClient) -> String {
+        let (_, head) = client.take(2).await;
+        assert_eq!(head[0], 0x81, "a final text frame");
+        assert!(head[1] < 127, "unmasked, with a 7- or 16-bit length");
+        let len = match head[1] {
+            126 => {
+                let (_, len) = client.take(2).await;
+                usize::from(u16::from_be_bytes([len[0], len[1]]))
+            }
+            len => usize::from(len),
+        };
+        let (_, payload) = client.take(len).await;
+        String::from_utf8(payload).expect("UTF-8 text")
+    }
+
+    #[tokio::test]
+    async fn realtime_switches_protocols_greets_with_the_identity_and_echoes() {
+        let server = start(serve_completions_mock).await;
+        let mut client = RawClient::connect(server.addr).await;
+        let response = client
+            .request(
+                "GET /v1/realtime HTTP/1.1\r\nhost: demo\r\nconnection: Upgrade\r\n\
+                 upgrade: websocket\r\nsec-websocket-version: 13\r\n\
+                 sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                 x-scopegate-key-id: key_alice\r\nx-scopegate-workspace-id: ws_prod\r\n\r\n",
+            )
+            .await;
+
+        assert_eq!(response.status, 101);
+        assert_eq!(response.header("upgrade"), Some("websocket"));
+        // RFC 6455 1.3's worked example.
+        assert_eq!(
+            response.header("sec-websocket-accept"),
+            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        );
+        let greeting = read_text_frame(&mut client).await;
+        assert!(
+            greeting
+                .contains("x-scopegate-key-id: key_alice and x-scopegate-workspace-id: ws_prod"),
+            "{greeting}"
+        );
+
+        // Whatever the client sends comes back as it is.
+        let masked_hello = [
+            0x81,
+            0x85,
+            1,
+            2,
+            3,
+            4,
+            b'h' ^ 1,
+            b'e' ^ 2,
+            b'l' ^ 3,
+            b'l' ^ 4,
+            b'o' ^ 1,
+        ];
+        client.stream.write_all(&masked_hello).await.expect("write");
+        let (_, echoed) = client.take(masked_hello.len()).await;
+        assert_eq!(echoed, masked_hello);
+
+        client.stream.shutdown().await.expect("shutdown");
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.stream.read_to_end(&mut rest),
+        )
+        .await
+        .expect("the mock closes after the client does");
+        assert!(read.is_ok_and(|n| n == 0), "{rest:?}");
+    }
+
+    #[tokio::test]
+    async fn realtime_without_the_upgrade_is_400_and_keeps_the_connection() {
+        let server = start(serve_completions_mock).await;
+        let mut client = RawClient::connect(server.addr).await;
+        let plain = client
+            .request("GET /v1/realtime HTTP/1.1\r\nhost: demo\r\n\r\n")
+            .await;
+        assert_eq!(plain.status, 400);
+        assert_eq!(plain.json()["error"]["type"], "invalid_request_error");
+
+        let keyless = client
+            .request("GET /v1/realtime HTTP/1.1\r\nhost: demo\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
+            .await;
+        assert_eq!(keyless.status, 400);
+
+        let models = client
+            .request("GET /v1/models HTTP/1.1\r\nhost: demo\r\n\r\n")
+            .await;
+        assert_eq!(models.status, 200);
+    }
+
+    #[tokio::test]
+    async fn aborting_the_server_ends_its_open_tunnels() {
+        let mut server = start(serve_completions_mock).await;
+        let mut client = RawClient::connect(server.addr).await;
+        let response = client
+            .request(
+                "GET /v1/realtime HTTP/1.1\r\nhost: demo\r\nconnection: Upgrade\r\n\
+                 upgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            )
+            .await;
+        assert_eq!(response.status, 101);
+        read_text_frame(&mut client).await;
+
+        server.task.abort();
+        let _ = (&mut server.task).await;
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.stream.read_to_end(&mut rest),
+        )
+        .await
+        .expect("tunnel closed within 10 s");
+        assert!(
+            read.is_err() || rest.is_empty(),
+            "unexpected bytes {rest:?}"
+        );
+    }
+
+    #[test]
+    fn websocket_text_frames_use_the_7_16_and_64_bit_lengths() {
+        assert_eq!(websocket_text_frame("hi"), [0x81, 2, b'h', b'i']);
+        let medium = websocket_text_frame(&"a".repeat(300));
+        assert_eq!(&medium[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(medium.len(), 4 + 300);
+        let large = websocket_text_frame(&"a".repeat(70_000));
+        assert_eq!(&large[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
     }
 
     #[test]

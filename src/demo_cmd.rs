@@ -14,6 +14,7 @@ const ADMIN: &str = "sgk-demo-admin";
 const BOT: &str = "sgk-demo-research-bot";
 const BUDGET: &str = "sgk-demo-budget";
 const MINI: &str = "sgk-demo-mini";
+const ALICE: &str = "sgk-demo-alice";
 
 /// Finds the shipped example, or writes the copy built into the binary to a
 /// temporary folder (so `demo` works from any directory).
@@ -124,6 +125,7 @@ pub fn run() -> ExitCode {
 fn print_walkthrough(listen: &str, metrics: Option<&str>) {
     let base = format!("http://{listen}");
     let chat = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
+    let ws = "-H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=='";
     let stream =
         r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello"}]}"#;
     println!(
@@ -155,6 +157,13 @@ fn print_walkthrough(listen: &str, metrics: Option<&str>) {
     println!("# 8. A key restricted to gpt-4o-mini asks for gpt-4o (403 model_not_allowed), in the body or ?model=");
     println!("curl -s {base}/v1/chat/completions -H 'x-portkey-api-key: {MINI}' -H 'Content-Type: application/json' -d '{{\"model\":\"gpt-4o\",\"messages\":[]}}'");
     println!("curl -s '{base}/v1/chat/completions?model=gpt-4o' -H 'x-portkey-api-key: {MINI}' -H 'Content-Type: application/json' -d '{chat}'");
+    println!();
+    println!("# 9. WebSocket on the opted-in route /v1/realtime: 101, then the mock's first frame (tunnelled bytes are not inspected; curl stops after 2 s)");
+    println!("curl -si -N --max-time 2 {base}/v1/realtime -H 'Authorization: Bearer {ALICE}' {ws}");
+    println!("#    A key whose limits count tokens gets no tunnel (400 upgrade_not_allowed)");
+    println!(
+        "curl -si -N --max-time 2 {base}/v1/realtime -H 'Authorization: Bearer {BUDGET}' {ws}"
+    );
     if let Some(m) = metrics {
         println!();
         println!("# Metrics (tokens, cost, budgets): curl -s http://{m}/metrics | grep scopegate_");

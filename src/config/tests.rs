@@ -81,6 +81,10 @@ fn the_shipped_example_is_valid() {
     assert_eq!(c.keys_file, Path::new("config/keys.yaml"));
     assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.1:9464"));
     assert_eq!(c.threads, Some(2));
+    // The demo's WebSocket step (docs/demo.md 9) needs this opted-in route.
+    assert_eq!(c.routes.len(), 1);
+    assert_eq!(c.routes[0].path, "/v1/realtime");
+    assert_eq!(c.routes[0].upgrade.as_deref(), Some("websocket"));
 }
 
 #[test]
