@@ -486,8 +486,13 @@ impl RedisStore {
             .enable_all()
             .build()
             .map_err(|e| redis_error(&cfg, format!("cannot start its runtime: {e}")))?;
+        // No response timeout of the crate's own (500 ms by default): every
+        // call here is bounded by this store (`timeout_ms` for admissions,
+        // SETTLE_TIMEOUT for settlements), and a second timer per command
+        // would cut settlements short of theirs.
         let conn_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.timeout.max(Duration::from_millis(500))))
+            .set_response_timeout(None)
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         let conn = {
