@@ -651,6 +651,31 @@ fn connections_disable_nagle_and_keep_the_url() {
     }
 }
 
+/// Redis' per-command counts of the calls `admit` makes (after one call
+/// that loads the script, so only the counted call shows).
+async fn commands_of_one_admission(
+    s: &RedisStore,
+    c: &mut redis::aio::MultiplexedConnection,
+    subject: &SubjectLimits,
+) -> String {
+    assert!(is_admitted(
+        &admit(s, std::slice::from_ref(subject), None).await
+    ));
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(c)
+        .await
+        .expect("resetstat");
+    assert!(is_admitted(
+        &admit(s, std::slice::from_ref(subject), None).await
+    ));
+    redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(c)
+        .await
+        .expect("info")
+}
+
 #[tokio::test]
 async fn a_subject_with_request_limits_alone_reads_only_its_rate_hash() {
     let Some(server) = Server::start() else {
@@ -667,23 +692,7 @@ async fn a_subject_with_request_limits_alone_reads_only_its_rate_hash() {
         .get_multiplexed_async_connection()
         .await
         .expect("connection");
-    // The script is loaded (and its first call made) before the count.
-    assert!(is_admitted(
-        &admit(&s, std::slice::from_ref(&k), None).await
-    ));
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut c)
-        .await
-        .expect("resetstat");
-    assert!(is_admitted(
-        &admit(&s, std::slice::from_ref(&k), None).await
-    ));
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut c)
-        .await
-        .expect("info");
+    let stats = commands_of_one_admission(&s, &mut c, &k).await;
     assert!(stats.contains("cmdstat_hget:calls=1,"), "{stats}");
     for unneeded in ["zrangebyscore", "zcard", "hvals", "hmget", "zadd"] {
         assert!(
@@ -694,19 +703,7 @@ async fn a_subject_with_request_limits_alone_reads_only_its_rate_hash() {
 
     // With a concurrency limit, its leases are read (and one taken).
     k.max_concurrent = Some(2);
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut c)
-        .await
-        .expect("resetstat");
-    assert!(is_admitted(
-        &admit(&s, std::slice::from_ref(&k), None).await
-    ));
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut c)
-        .await
-        .expect("info");
+    let stats = commands_of_one_admission(&s, &mut c, &k).await;
     for needed in ["zcard", "hvals", "zadd"] {
         assert!(
             stats.contains(&format!("cmdstat_{needed}:")),
