@@ -211,14 +211,7 @@ fn expect_100_continue_gets_continue_before_an_inspected_body_is_read() {
     let proxy = Proxy::start(&up);
     let body = br#"{"workspace_id":"ws_research"}"#;
     let mut conn = Conn::open(proxy.addr());
-    conn.send(
-        format!(
-            "POST /v1/configs HTTP/1.1\r\nhost: x\r\nx-portkey-api-key: {BOT}\r\n\
-             content-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
-    );
+    send_continue_head(&mut conn, body.len());
     let (status, _) = conn.read_head();
     assert_eq!(status, 100, "no 100 Continue before the body");
     conn.send(body);
@@ -539,14 +532,7 @@ fn a_100_continue_body_sent_long_after_the_header_deadline_succeeds() {
         .start();
     let body = br#"{"workspace_id":"ws_research"}"#;
     let mut conn = Conn::open(proxy.addr());
-    conn.send(
-        format!(
-            "POST /v1/configs HTTP/1.1\r\nhost: x\r\nx-portkey-api-key: {BOT}\r\n\
-             content-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
-    );
+    send_continue_head(&mut conn, body.len());
     let (status, _) = conn.read_head();
     assert_eq!(status, 100);
     // Twice the header deadline after the 100 (the delay is the test).
@@ -573,4 +559,16 @@ fn a_client_closing_in_the_middle_of_a_header_is_counted_as_closed() {
     );
     assert_eq!(header_errors(&proxy, "timeout"), 0.0);
     up.assert_untouched();
+}
+
+/// The head of an inspected `POST /v1/configs` of `len` bytes with
+/// `Expect: 100-continue`, without its body.
+fn send_continue_head(conn: &mut Conn, len: usize) {
+    conn.send(
+        format!(
+            "POST /v1/configs HTTP/1.1\r\nhost: x\r\nx-portkey-api-key: {BOT}\r\n\
+             content-type: application/json\r\ncontent-length: {len}\r\nexpect: 100-continue\r\n\r\n"
+        )
+        .as_bytes(),
+    );
 }
