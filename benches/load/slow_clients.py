@@ -52,6 +52,9 @@ def parse_args():
     p.add_argument("--trickle", type=int, default=200, help="trickling-header connections (default 200)")
     p.add_argument("--trickle-every", type=float, default=1.0, help="seconds between trickled bytes")
     p.add_argument("--flood", type=int, default=50, help="64 KiB-header connections (default 50)")
+    p.add_argument("--flood-rate", type=float, default=0.0,
+                   help="flood requests per second over all flood connections (default 0: each "
+                        "connection sends its next request as soon as it has the answer)")
     p.add_argument("--flood-header-bytes", type=int, default=65536,
                    help="header bytes per flood request (default 65536; e.g. 512 for the same flood "
                         "with ordinary headers, to compare)")
@@ -254,10 +257,17 @@ def trickler(target, n, every, stop, endings):
         end(s, "still open at the end")
 
 
-def looper(target, request, label, stop, endings):
-    """Sends `request` in a loop on one connection (reopened when closed)."""
+def looper(target, request, label, stop, endings, interval=0.0):
+    """Sends `request` in a loop on one connection (reopened when closed),
+    one every `interval` seconds when it is set."""
     sock, f, opened = None, None, 0.0
+    next_at = time.monotonic()
     while not stop.is_set():
+        if interval:
+            next_at += interval
+            pause = next_at - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
         try:
             if sock is None:
                 sock = target.connect()
@@ -303,7 +313,12 @@ def hostile_process(url, args, ready, stop, out):
         )
     ]
     threads += [
-        threading.Thread(target=looper, args=(target, big, f"{len(big)} B header", t_stop, endings), daemon=True)
+        threading.Thread(
+            target=looper,
+            args=(target, big, f"{len(big)} B header", t_stop, endings,
+                  args.flood / args.flood_rate if args.flood_rate else 0.0),
+            daemon=True,
+        )
         for _ in range(args.flood)
     ]
     threads += [
@@ -388,7 +403,8 @@ def main():
     proc.join(timeout=30)
 
     print(f"# hostile: {args.trickle} trickling (1 byte/{args.trickle_every:g} s), "
-          f"{args.flood} × {args.flood_header_bytes:,} B headers in a loop, "
+          f"{args.flood} × {args.flood_header_bytes:,} B headers "
+          f"{f'at {args.flood_rate:g} req/s in all' if args.flood_rate else 'in a closed loop'}, "
           f"{args.many_headers} × 10,000 headers in a loop")
     print(f"{'phase':<10} {'ok':>7} {'failed':>6} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} "
           f"{'p99 ms':>8} {'max ms':>8}")
