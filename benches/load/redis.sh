@@ -81,9 +81,6 @@ rcli() { redis-cli -h $HOST -p "$REDIS" "$@"; }
 # scopegate_state_errors_total summed over `op` (round trips that failed or exceeded timeout_ms)
 state_errors() { curl -s "http://$HOST:$SG_M/metrics" | awk '/^scopegate_state_errors_total/ {s += $NF} END {print s + 0}'; }
 
-USER_LINE=""; [[ $EUID -eq 0 ]] && USER_LINE="user root;"
-RESP='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, nice to meet you!"},"finish_reason":"stop"}]}'
-REQ='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in five short words, please."}]}'
 
 python3 "$HERE/gen_keys.py" "$TMP/sg/keys.yaml" "$TMP/secret" --keys "$KEYS" >/dev/null
 declare -A SECRET=([rate]="sgk-bench-redis-rate-$RANDOM$RANDOM" [conc]="sgk-bench-redis-conc-$RANDOM$RANDOM")
@@ -104,17 +101,7 @@ cat >>"$TMP/sg/keys.yaml" <<EOF
     max_concurrent_requests: 1000
 EOF
 
-cat >"$TMP/up/nginx.conf" <<EOF
-$USER_LINE
-worker_processes 1; daemon off; pid $TMP/up/nginx.pid; error_log $TMP/up/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off; keepalive_requests 10000000; keepalive_timeout 120s;
-  client_body_temp_path $TMP/up/body;
-  server { listen $HOST:$UP;
-    location = /v1/chat/completions { default_type application/json; return 200 '$RESP'; } }
-}
-EOF
+upstream_conf "$TMP/up" "$UP"
 for mode in local redis; do
   cat >"$TMP/sg/$mode.yaml" <<EOF
 listen: ["$HOST:$SG"]

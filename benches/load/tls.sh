@@ -42,9 +42,6 @@ TMP=$(mktemp -d /tmp/scopegate-tls.XXXXXX)
 mkdir -p "$TMP/up" "$TMP/ngx" "$TMP/sg"
 pick UP; pick NGX_HTTP; pick NGX_TLS; pick SG_HTTP; pick SG_TLS; pick SG_M
 
-USER_LINE=""; [[ $EUID -eq 0 ]] && USER_LINE="user root;"
-RESP='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, nice to meet you!"},"finish_reason":"stop"}]}'
-REQ='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in five short words, please."}]}'
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
   -keyout "$TMP/key.pem" -out "$TMP/cert.pem" -days 30 -subj /CN=localhost \
@@ -52,17 +49,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
 python3 "$HERE/gen_keys.py" "$TMP/sg/keys.yaml" "$TMP/secret" --keys "$KEYS" >/dev/null
 export SG_KEY; SG_KEY=$(cat "$TMP/secret")
 
-cat >"$TMP/up/nginx.conf" <<EOF
-$USER_LINE
-worker_processes 1; daemon off; pid $TMP/up/nginx.pid; error_log $TMP/up/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off; keepalive_requests 10000000; keepalive_timeout 120s;
-  client_body_temp_path $TMP/up/body;
-  server { listen $HOST:$UP;
-    location = /v1/chat/completions { default_type application/json; return 200 '$RESP'; } }
-}
-EOF
+upstream_conf "$TMP/up" "$UP"
 cat >"$TMP/ngx/nginx.conf" <<EOF
 $USER_LINE
 worker_processes 1; daemon off; pid $TMP/ngx/nginx.pid; error_log $TMP/ngx/error.log warn;
