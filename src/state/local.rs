@@ -104,16 +104,14 @@ impl LocalStore {
         for row in rows {
             let cell = subjects.entry(row.subject.clone()).or_default().clone();
             let mut st = cell.lock();
-            let u = row.usage;
             st.periods.push(PeriodUsage {
-                key: u.period_key,
+                // Reservations belong to the process that made them.
+                usage: UsageNow {
+                    reserved_tokens: 0,
+                    reserved_cost: 0.0,
+                    ..row.usage
+                },
                 end_ms: row.period_end_ms,
-                tokens_in: u.tokens_in,
-                tokens_out: u.tokens_out,
-                cost: u.cost,
-                estimated_tokens: u.estimated_tokens,
-                reserved_tokens: 0,
-                reserved_cost: 0.0,
                 dirty: false,
             });
         }
@@ -248,7 +246,11 @@ impl Inner {
             for r in &rows {
                 let cell = self.cell(&r.subject);
                 let mut st = cell.lock();
-                if let Some(p) = st.periods.iter_mut().find(|p| p.key == r.usage.period_key) {
+                if let Some(p) = st
+                    .periods
+                    .iter_mut()
+                    .find(|p| p.usage.period_key == r.usage.period_key)
+                {
                     p.dirty = true;
                 }
             }

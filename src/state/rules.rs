@@ -16,17 +16,13 @@ use super::{
     TokenQuota, UsageNow,
 };
 
-/// Usage of one subject in one period.
+/// Usage of one subject in one period: what [`UsageNow`] reports, plus
+/// when the period ends and whether it is yet to be written.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct PeriodUsage {
-    pub key: Arc<str>,
+    /// The counters; `usage.period_key` names the period.
+    pub usage: UsageNow,
     pub end_ms: Option<i64>,
-    pub tokens_in: u64,
-    pub tokens_out: u64,
-    pub cost: f64,
-    pub estimated_tokens: u64,
-    pub reserved_tokens: u64,
-    pub reserved_cost: f64,
     /// Changed since the last write to the database.
     pub dirty: bool,
 }
@@ -34,26 +30,21 @@ pub(crate) struct PeriodUsage {
 impl PeriodUsage {
     pub fn new(key: Arc<str>, end_ms: Option<i64>) -> PeriodUsage {
         PeriodUsage {
-            key,
+            usage: UsageNow {
+                period_key: key,
+                ..UsageNow::default()
+            },
             end_ms,
-            ..PeriodUsage::default()
+            dirty: false,
         }
     }
 
     pub fn now(&self) -> UsageNow {
-        UsageNow {
-            tokens_in: self.tokens_in,
-            tokens_out: self.tokens_out,
-            cost: self.cost,
-            estimated_tokens: self.estimated_tokens,
-            reserved_tokens: self.reserved_tokens,
-            reserved_cost: self.reserved_cost,
-            period_key: self.key.clone(),
-        }
+        self.usage.clone()
     }
 
     fn reserved(&self) -> bool {
-        self.reserved_tokens > 0 || self.reserved_cost > 0.0
+        self.usage.reserved_tokens > 0 || self.usage.reserved_cost > 0.0
     }
 }
 
@@ -87,7 +78,7 @@ impl SubjectState {
     }
 
     pub fn period_mut(&mut self, key: &Arc<str>, end_ms: Option<i64>) -> &mut PeriodUsage {
-        let i = match self.periods.iter().position(|p| p.key == *key) {
+        let i = match self.periods.iter().position(|p| p.usage.period_key == *key) {
             Some(i) => i,
             None => {
                 self.periods.push(PeriodUsage::new(key.clone(), end_ms));
@@ -98,13 +89,13 @@ impl SubjectState {
     }
 
     pub fn period(&self, key: &str) -> Option<&PeriodUsage> {
-        self.periods.iter().find(|p| &*p.key == key)
+        self.periods.iter().find(|p| &*p.usage.period_key == key)
     }
 
     /// Forgets periods other than `current` that hold nothing pending.
     fn prune(&mut self, current: &str) {
         self.periods
-            .retain(|p| &*p.key == current || p.reserved() || p.dirty);
+            .retain(|p| &*p.usage.period_key == current || p.reserved() || p.dirty);
     }
 }
 
@@ -208,13 +199,13 @@ pub(crate) fn admit(
             let p = st.period(&s.period_key);
             let (used, reserved, this) = match limit.kind {
                 UsageKind::Tokens => (
-                    p.map_or(0.0, |p| (p.tokens_in + p.tokens_out) as f64),
-                    p.map_or(0.0, |p| p.reserved_tokens as f64),
+                    p.map_or(0.0, |p| (p.usage.tokens_in + p.usage.tokens_out) as f64),
+                    p.map_or(0.0, |p| p.usage.reserved_tokens as f64),
                     e.tokens as f64,
                 ),
                 UsageKind::Cost => (
-                    p.map_or(0.0, |p| p.cost),
-                    p.map_or(0.0, |p| p.reserved_cost),
+                    p.map_or(0.0, |p| p.usage.cost),
+                    p.map_or(0.0, |p| p.usage.reserved_cost),
                     e.cost,
                 ),
             };
@@ -307,8 +298,8 @@ pub(crate) fn admit(
                 part.token_estimate = Some(e.tokens);
             }
             let p = st.period_mut(&s.period_key, s.period_end_ms);
-            p.reserved_tokens += e.tokens;
-            p.reserved_cost += e.cost;
+            p.usage.reserved_tokens += e.tokens;
+            p.usage.reserved_cost += e.cost;
             p.dirty = true;
             part.reserved_tokens = e.tokens;
             part.reserved_cost = e.cost;
@@ -354,18 +345,19 @@ pub(crate) fn settle_part(
     }
     if has_estimate || charge.is_some_and(|c| c.input + c.output > 0 || c.cost > 0.0) {
         let p = st.period_mut(&part.limits.period_key, part.limits.period_end_ms);
-        p.reserved_tokens = p.reserved_tokens.saturating_sub(part.reserved_tokens);
-        p.reserved_cost = (p.reserved_cost - part.reserved_cost).max(0.0);
-        if p.reserved_tokens == 0 {
+        let u = &mut p.usage;
+        u.reserved_tokens = u.reserved_tokens.saturating_sub(part.reserved_tokens);
+        u.reserved_cost = (u.reserved_cost - part.reserved_cost).max(0.0);
+        if u.reserved_tokens == 0 {
             // Float sums of reservations need not come back to exactly 0.
-            p.reserved_cost = 0.0;
+            u.reserved_cost = 0.0;
         }
         if let Some(c) = charge {
-            p.tokens_in += c.input;
-            p.tokens_out += c.output;
-            p.cost += c.cost;
+            u.tokens_in += c.input;
+            u.tokens_out += c.output;
+            u.cost += c.cost;
             if c.estimated {
-                p.estimated_tokens += c.input + c.output;
+                u.estimated_tokens += c.input + c.output;
             }
         }
         p.dirty = true;
