@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use scopegate::keys::digest_hex;
 
-use super::client::Response;
+use super::client::{Conn, Response};
 use super::fixtures::*;
 use super::harness::{
     expect_openai_error, poll_until, run_scopegate, Proxy, RedisServer, Upstreams,
 };
+use super::upstream::StreamControl;
 
 /// `timeout_ms` of the tests where Redis fails: SPEC 10's default. A
 /// request may wait that long for Redis, plus `MARGIN` for a debug build on
@@ -80,6 +81,24 @@ fn two_replicas(
 }
 
 /// Sends `f` and measures how long the answer took.
+/// Opens a stream of `ONE_AT_A_TIME` through replica `a` and waits for its
+/// first event, so that it holds the key's one concurrency slot; checks
+/// that replica `b` is then refused 429. Returns the client's connection
+/// and the upstream's control of the stream.
+fn hold_the_slot(a: &Proxy, b: &Proxy, up: &Upstreams) -> (Conn, StreamControl) {
+    let stream = up.completions.stream("text/event-stream");
+    let (mut conn, status, _) = a
+        .post("/v1/chat/completions")
+        .key(ONE_AT_A_TIME)
+        .json(CHAT)
+        .send_streaming();
+    assert_eq!(status, 200);
+    stream.send("data: {}\n\n");
+    conn.read_until("data:");
+    expect_openai_error(&b.chat(ONE_AT_A_TIME), 429, "concurrency_limited");
+    (conn, stream)
+}
+
 fn timed(f: impl FnOnce() -> Response) -> (Response, Duration) {
     let started = Instant::now();
     let resp = f();
@@ -188,16 +207,7 @@ fn a_stream_on_one_replica_holds_the_concurrency_slot_of_the_other() {
     };
     let up = Upstreams::start();
     let (a, b) = two_replicas(&up, &redis, "allow", PATIENT_MS);
-    let stream = up.completions.stream("text/event-stream");
-    let (mut conn, status, _) = a
-        .post("/v1/chat/completions")
-        .key(ONE_AT_A_TIME)
-        .json(CHAT)
-        .send_streaming();
-    assert_eq!(status, 200);
-    stream.send("data: {}\n\n");
-    conn.read_until("data:");
-    expect_openai_error(&b.chat(ONE_AT_A_TIME), 429, "concurrency_limited");
+    let (mut conn, stream) = hold_the_slot(&a, &b, &up);
     expect_openai_error(&a.chat(ONE_AT_A_TIME), 429, "concurrency_limited");
     assert_eq!(up.completions.count(), 1);
 
@@ -377,16 +387,7 @@ fn a_killed_replica_frees_its_concurrency_slot_when_the_lease_expires() {
         .env("SCOPEGATE_TEST_LEASE_MS", &LEASE.as_millis().to_string());
     let a = builder.clone().start();
     let b = builder.start();
-    let stream = up.completions.stream("text/event-stream");
-    let (mut conn, status, _) = a
-        .post("/v1/chat/completions")
-        .key(ONE_AT_A_TIME)
-        .json(CHAT)
-        .send_streaming();
-    assert_eq!(status, 200);
-    stream.send("data: {}\n\n");
-    conn.read_until("data:");
-    expect_openai_error(&b.chat(ONE_AT_A_TIME), 429, "concurrency_limited");
+    let (_conn, stream) = hold_the_slot(&a, &b, &up);
     // A live replica renews its lease: longer than a lease, still held.
     // (The one deliberate wait of these tests: time itself is the subject.)
     std::thread::sleep(LEASE + Duration::from_millis(500));
