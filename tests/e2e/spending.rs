@@ -75,41 +75,41 @@ fn a_model_outside_the_allowlist_is_403_and_never_forwarded() {
     let msg = expect_openai_error(&resp, 403, "model_not_allowed");
     assert!(msg.contains("gpt-4o"), "{msg}");
     assert!(!msg.contains("text-embedding"), "the list leaked: {msg}");
-    // The query parameter cannot smuggle a model past the check.
-    let resp = proxy
-        .post("/v1/chat/completions?model=gpt-4o")
-        .key(MINI_ONLY)
-        .json(r#"{"model":"gpt-4o-mini","messages":[]}"#)
-        .send();
-    expect_openai_error(&resp, 403, "model_not_allowed");
-    // Case variants of the field are refused, not ignored.
-    let resp = proxy
-        .post("/v1/chat/completions")
-        .key(MINI_ONLY)
-        .json(r#"{"model":"gpt-4o-mini","Model":"gpt-4o","messages":[]}"#)
-        .send();
-    expect_openai_error(&resp, 400, "invalid_json");
-    // No model on an inference route.
-    let resp = proxy
-        .post("/v1/chat/completions")
-        .key(MINI_ONLY)
-        .json(r#"{"messages":[]}"#)
-        .send();
-    expect_openai_error(&resp, 400, "missing_model");
-    // A route whose model cannot be seen fails closed.
-    let resp = proxy
-        .post("/v1/batches")
-        .key(MINI_ONLY)
-        .json(r#"{"input_file_id":"f"}"#)
-        .send();
-    expect_openai_error(&resp, 403, "model_not_allowed");
-    // A body that is not a JSON object.
-    let resp = proxy
-        .post("/v1/chat/completions")
-        .key(MINI_ONLY)
-        .json("[1,2]")
-        .send();
-    expect_openai_error(&resp, 400, "invalid_json");
+    for (path, body, status, code) in [
+        // The query parameter cannot smuggle a model past the check.
+        (
+            "/v1/chat/completions?model=gpt-4o",
+            r#"{"model":"gpt-4o-mini","messages":[]}"#,
+            403,
+            "model_not_allowed",
+        ),
+        // Case variants of the field are refused, not ignored.
+        (
+            "/v1/chat/completions",
+            r#"{"model":"gpt-4o-mini","Model":"gpt-4o","messages":[]}"#,
+            400,
+            "invalid_json",
+        ),
+        // No model on an inference route.
+        (
+            "/v1/chat/completions",
+            r#"{"messages":[]}"#,
+            400,
+            "missing_model",
+        ),
+        // A route whose model cannot be seen fails closed.
+        (
+            "/v1/batches",
+            r#"{"input_file_id":"f"}"#,
+            403,
+            "model_not_allowed",
+        ),
+        // A body that is not a JSON object.
+        ("/v1/chat/completions", "[1,2]", 400, "invalid_json"),
+    ] {
+        let resp = proxy.post(path).key(MINI_ONLY).json(body).send();
+        expect_openai_error(&resp, status, code);
+    }
     up.assert_untouched();
     // The allowed model passes, byte for byte.
     let body = r#"{"model":"gpt-4o-mini", "messages":[{"role":"user","content":"hi"}]}"#;
