@@ -63,6 +63,15 @@ fn start(up: &Upstreams) -> Proxy {
 
 const USAGE_BODY: &str = r#"{"id":"c1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":30,"completion_tokens":10,"total_tokens":40}}"#;
 
+/// The completions upstream answers every request with [`USAGE_BODY`].
+fn answers_with_usage(up: &Upstreams) {
+    up.completions.reply(
+        200,
+        &[("content-type", "application/json")],
+        USAGE_BODY.as_bytes(),
+    );
+}
+
 #[test]
 fn a_model_outside_the_allowlist_is_403_and_never_forwarded() {
     let up = Upstreams::start();
@@ -141,11 +150,7 @@ fn a_multipart_model_is_checked() {
 #[test]
 fn a_token_budget_admits_by_reservation_then_answers_412() {
     let up = Upstreams::start();
-    up.completions.reply(
-        200,
-        &[("content-type", "application/json")],
-        USAGE_BODY.as_bytes(),
-    );
+    answers_with_usage(&up);
     let proxy = start(&up);
     // Each request reserves len/4 = 17 tokens and settles the 40 the
     // upstream reports: after two (80 used), 80 + 17 > 90 refuses the third
@@ -182,11 +187,7 @@ fn a_token_budget_admits_by_reservation_then_answers_412() {
 #[test]
 fn usage_survives_a_restart() {
     let up = Upstreams::start();
-    up.completions.reply(
-        200,
-        &[("content-type", "application/json")],
-        USAGE_BODY.as_bytes(),
-    );
+    answers_with_usage(&up);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("usage.db");
     let builder = with_state(&up, &state).keys(&keys_yaml_with(&spending_keys()));
@@ -260,11 +261,7 @@ fn a_stream_gets_usage_upstream_and_the_client_sees_the_stream_it_asked_for() {
 #[test]
 fn a_token_rate_limit_refuses_with_headers_and_says_when_a_request_can_never_pass() {
     let up = Upstreams::start();
-    up.completions.reply(
-        200,
-        &[("content-type", "application/json")],
-        USAGE_BODY.as_bytes(),
-    );
+    answers_with_usage(&up);
     let proxy = start(&up);
     let resp = proxy
         .post("/v1/chat/completions")
@@ -305,11 +302,7 @@ fn max_concurrent_requests_refuses_a_second_request_in_flight_and_recovers() {
     stream.send("data: [DONE]\n\n");
     stream.finish();
     drop(_conn);
-    up.completions.reply(
-        200,
-        &[("content-type", "application/json")],
-        USAGE_BODY.as_bytes(),
-    );
+    answers_with_usage(&up);
     assert!(poll_until(Duration::from_secs(3), || proxy
         .post("/v1/chat/completions")
         .key(ONE_AT_A_TIME)
@@ -440,11 +433,7 @@ fn a_stream_cut_without_usage_is_charged_an_estimate() {
 #[test]
 fn explain_reports_budget_and_model_refusals() {
     let up = Upstreams::start();
-    up.completions.reply(
-        200,
-        &[("content-type", "application/json")],
-        USAGE_BODY.as_bytes(),
-    );
+    answers_with_usage(&up);
     let proxy = start(&up);
     let dir = proxy.keys_path().parent().unwrap().to_path_buf();
     let config = proxy.keys_path().with_file_name("scopegate.yaml");
@@ -528,11 +517,7 @@ fn concurrent_requests_never_pass_a_budget_by_reservation() {
     assert_eq!((refused, timed_out), (15, 5), "{statuses:?}");
     assert_eq!(up.completions.count(), 5);
     // The timed-out requests charged nothing and gave their reservations back.
-    up.completions.reply(
-        200,
-        &[("content-type", "application/json")],
-        USAGE_BODY.as_bytes(),
-    );
+    answers_with_usage(&up);
     let resp = proxy
         .post("/v1/chat/completions")
         .key(BUDGET)
