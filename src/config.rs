@@ -50,6 +50,14 @@ pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// Largest `header_read_timeout_ms`: pingora already ends a connection
 /// whose single read waits 60 s (its keep-alive timeout).
 pub const MAX_HEADER_READ_TIMEOUT_MS: u64 = 60_000;
+/// Default `idle_timeout_ms`.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Largest `idle_timeout_ms` (an hour).
+pub const MAX_IDLE_TIMEOUT_MS: u64 = 3_600_000;
+/// Default `max_client_connections`.
+pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 10_000;
+/// Largest `max_client_connections`.
+pub const MAX_CLIENT_CONNECTIONS_LIMIT: usize = 1_000_000;
 
 /// Where the config is read from when no `--config` is given:
 /// `$SCOPEGATE_CONFIG` when set and non-empty, else `config/scopegate.yaml`.
@@ -89,6 +97,14 @@ pub struct Config {
     /// request (later keep-alive requests); then 408 and the connection
     /// closes (`conn_guard`). 1 to [`MAX_HEADER_READ_TIMEOUT_MS`].
     pub header_read_timeout_ms: u64,
+    /// How long a client connection may sit idle before it is closed: an
+    /// HTTP/1.1 connection between requests, an HTTP/2 connection with no
+    /// open stream (`conn_guard`). 1 to [`MAX_IDLE_TIMEOUT_MS`].
+    pub idle_timeout_ms: u64,
+    /// Open client connections at most, across every listener; beyond it
+    /// a new connection is closed at once (`conn_guard`). 1 to
+    /// [`MAX_CLIENT_CONNECTIONS_LIMIT`].
+    pub max_client_connections: usize,
     /// SPEC 9.4: set `stream_options.include_usage` on streams that need counting.
     pub inject_stream_usage: bool,
     /// Where counters and usage live (SPEC 10).
@@ -346,6 +362,10 @@ struct RawConfig {
     body_read_timeout_ms: u64,
     #[serde(default = "default_header_read_timeout")]
     header_read_timeout_ms: u64,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout_ms: u64,
+    #[serde(default = "default_max_client_connections")]
+    max_client_connections: u64,
     #[serde(default = "yes")]
     inject_stream_usage: bool,
     #[serde(default)]
@@ -372,6 +392,12 @@ fn default_body_read_timeout() -> u64 {
 }
 fn default_header_read_timeout() -> u64 {
     DEFAULT_HEADER_READ_TIMEOUT_MS
+}
+fn default_idle_timeout() -> u64 {
+    DEFAULT_IDLE_TIMEOUT_MS
+}
+fn default_max_client_connections() -> u64 {
+    DEFAULT_MAX_CLIENT_CONNECTIONS as u64
 }
 
 fn default_data_body() -> u64 {
@@ -658,6 +684,29 @@ impl Validator<'_> {
                 ),
             );
         }
+        if !(1..=MAX_IDLE_TIMEOUT_MS).contains(&raw.idle_timeout_ms) {
+            self.problem(
+                "idle_timeout_ms",
+                format!(
+                    "idle_timeout_ms: must be between 1 and {MAX_IDLE_TIMEOUT_MS} (1 hour): an \
+                     idle client connection cannot be kept for ever"
+                ),
+            );
+        }
+        let max_client_connections = match usize::try_from(raw.max_client_connections) {
+            Ok(n) if (1..=MAX_CLIENT_CONNECTIONS_LIMIT).contains(&n) => n,
+            _ => {
+                self.problem(
+                    "max_client_connections",
+                    format!(
+                        "max_client_connections: must be between 1 and \
+                         {MAX_CLIENT_CONNECTIONS_LIMIT}: the bound on open client connections \
+                         cannot be turned off"
+                    ),
+                );
+                0
+            }
+        };
         let state = self.state(raw.state);
         let upstreams = Upstreams {
             completions: self.upstream(raw.upstreams.completions, "upstreams.completions"),
@@ -682,6 +731,8 @@ impl Validator<'_> {
             max_data_body_bytes,
             body_read_timeout_ms: raw.body_read_timeout_ms.max(1),
             header_read_timeout_ms: raw.header_read_timeout_ms,
+            idle_timeout_ms: raw.idle_timeout_ms,
+            max_client_connections,
             inject_stream_usage: raw.inject_stream_usage,
             state,
             log_format: raw.log_format,

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub tls_expiry: GaugeVec,
     /// `scopegate_downstream_header_errors_total{reason}`.
     pub header_errors: IntCounterVec,
+    /// `scopegate_downstream_connections_refused_total{listener}`.
+    pub connections_refused: IntCounterVec,
     /// Set once keys are loaded.
     pub ready: AtomicBool,
     /// Set once the proxy listeners accept connections; `/readyz` needs both.
@@ -139,6 +141,12 @@ impl Metrics {
                  the client).",
                 &["reason"]
             )?,
+            connections_refused: register_int_counter_vec!(
+                "scopegate_downstream_connections_refused_total",
+                "Client connections closed at once because max_client_connections were open, by \
+                 listener (the listen address as written in the config).",
+                &["listener"]
+            )?,
             ready: AtomicBool::new(false),
             listening: AtomicBool::new(false),
         };
@@ -189,6 +197,12 @@ impl Metrics {
     /// whole; `reason` is one of [`HEADER_ERROR_REASONS`].
     pub fn header_error(&self, reason: &'static str) {
         self.header_errors.with_label_values(&[reason]).inc();
+    }
+
+    /// The refused-connections counter of `listener` (its address as
+    /// written in the config), present from now on at 0.
+    pub fn refused_connections_of(&self, listener: &str) -> IntCounter {
+        self.connections_refused.with_label_values(&[listener])
     }
 
     /// Records a certificate pair that was refused (the old one stays).

@@ -6,10 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 
 use crate::config::{Config, LogFormat};
+use crate::conn_guard::{ConnLimit, Deadlines, GuardedApp, ListenerGate};
 use crate::diag::Diagnostic;
 use crate::keys::{self, KeyStore, Snapshot};
 use crate::metrics::metrics;
@@ -163,6 +165,7 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
             m.tls_loaded(l.address(), l.resolver().current().not_after);
         }
     }
+    check_open_file_limit(config.max_client_connections);
     let completions = Upstream::from_config("completions", &config.upstreams.completions)?;
     let admin = Upstream::from_config("admin", &config.upstreams.admin)?;
     let gateway = Gateway::new(
@@ -194,18 +197,44 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    // pingora's proxy app, with a deadline on each HTTP/1 request header.
-    let app = crate::conn_guard::GuardedApp::new(
-        pingora::proxy::http_proxy(&server.configuration, gateway),
-        Duration::from_millis(config.header_read_timeout_ms),
+    let tls_of = |address: &str| tls.iter().find(|t| t.address() == address).cloned();
+    // pingora listens on plain TCP everywhere: the app takes each
+    // connection's slot under max_client_connections first and does the TLS
+    // handshake of an HTTPS listener itself, within header_read_timeout_ms.
+    let mut gates = Vec::with_capacity(config.listen.len());
+    for l in &config.listen {
+        let address = l
+            .address
+            .parse()
+            .map_err(|e| anyhow::anyhow!("listen `{}`: {e}", l.address))?;
+        let tls = match tls_of(&l.address) {
+            Some(t) => Some(Arc::new(t.settings()?.build())),
+            None => None,
+        };
+        gates.push(ListenerGate {
+            address,
+            label: l.address.clone(),
+            tls,
+        });
+    }
+    let idle = Duration::from_millis(config.idle_timeout_ms);
+    let mut http = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let mut options = HttpServerOptions::default();
+    // An HTTP/2 connection with no open stream closes after idle_timeout_ms.
+    options.h2_idle_timeout = Some(idle);
+    http.server_options = Some(options);
+    let app = GuardedApp::new(
+        http,
+        Deadlines {
+            header: Duration::from_millis(config.header_read_timeout_ms),
+            idle,
+        },
+        ConnLimit::new(config.max_client_connections),
+        gates,
     );
     let mut proxy = pingora::services::listening::Service::new("scopegate proxy".to_string(), app);
-    let tls_of = |address: &str| tls.iter().find(|t| t.address() == address).cloned();
     for l in &config.listen {
-        match tls_of(&l.address) {
-            Some(t) => proxy.add_tls_with_settings(&l.address, None, t.settings()?),
-            None => proxy.add_tcp(&l.address),
-        }
+        proxy.add_tcp(&l.address);
     }
     server.add_service(proxy);
 
@@ -241,6 +270,44 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
         "scopegate serving"
     );
     server.run_forever()
+}
+
+/// Every client connection is a file descriptor, and so is every upstream
+/// connection of a request in flight: `max_client_connections` protects the
+/// proxy only below the open-file limit. Raises the soft limit to the hard
+/// one (the soft default, often 1024, is for `select()`, which is not used
+/// here) and warns when the limit leaves less than one upstream connection
+/// per client connection.
+fn check_open_file_limit(max_client_connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for the call's duration.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit; only the soft limit changes.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    let limit: u64 = lim.rlim_cur;
+    let needed = (max_client_connections as u64).saturating_mul(2);
+    if limit < needed {
+        tracing::warn!(
+            open_file_limit = limit,
+            max_client_connections,
+            "the open-file limit is below twice max_client_connections: clients could use up \
+             the file descriptors upstream connections need; raise the limit (ulimit -n, \
+             LimitNOFILE) or lower max_client_connections"
+        );
+    }
 }
 
 /// `/readyz` turns 200 only once every proxy listener answers, and answers

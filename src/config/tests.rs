@@ -53,6 +53,8 @@ fn defaults_fill_what_is_not_written() {
     assert_eq!(c.log_format, LogFormat::Pretty);
     assert_eq!(c.shutdown_grace_period_seconds, 30);
     assert_eq!(c.header_read_timeout_ms, 10_000);
+    assert_eq!(c.idle_timeout_ms, 60_000);
+    assert_eq!(c.max_client_connections, 10_000);
     assert!(c.routes.is_empty());
     assert!(c.builtin_routes);
     let up = &c.upstreams.completions;
@@ -513,6 +515,42 @@ fn header_read_timeout_is_read_and_cannot_be_off_or_beyond_a_minute() {
                 "config/scopegate.yaml:8:25: header_read_timeout_ms: must be between 1 and \
                   60000 (60 s): the header deadline cannot be turned off, and pingora already \
                   ends a connection whose single read waits 60 s"
+            ],
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn idle_timeout_is_read_and_cannot_be_off_or_beyond_an_hour() {
+    let c = config(&format!("{MINIMAL}idle_timeout_ms: 300\n"));
+    assert_eq!(c.idle_timeout_ms, 300);
+    assert_eq!(
+        config(&format!("{MINIMAL}idle_timeout_ms: 3600000\n")).idle_timeout_ms,
+        3_600_000
+    );
+    for bad in ["0", "3600001"] {
+        assert_eq!(
+            errors(&format!("{MINIMAL}idle_timeout_ms: {bad}\n")),
+            vec![
+                "config/scopegate.yaml:8:18: idle_timeout_ms: must be between 1 and 3600000 \
+                 (1 hour): an idle client connection cannot be kept for ever"
+            ],
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn max_client_connections_is_read_and_cannot_be_off() {
+    let c = config(&format!("{MINIMAL}max_client_connections: 2\n"));
+    assert_eq!(c.max_client_connections, 2);
+    for bad in ["0", "1000001"] {
+        assert_eq!(
+            errors(&format!("{MINIMAL}max_client_connections: {bad}\n")),
+            vec![
+                "config/scopegate.yaml:8:25: max_client_connections: must be between 1 and \
+                 1000000: the bound on open client connections cannot be turned off"
             ],
             "{bad}"
         );

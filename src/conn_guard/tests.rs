@@ -1,5 +1,5 @@
-//! The header guard's state machine over an in-memory connection (real
-//! time, short deadlines).
+//! The guard's state machine over an in-memory connection (real time,
+//! short deadlines).
 
 use std::time::Duration;
 
@@ -12,10 +12,32 @@ const DEADLINE: Duration = Duration::from_millis(200);
 /// Scheduling slack allowed past a deadline.
 const SLACK: Duration = Duration::from_millis(150);
 
+/// The idle timeout of tests that do not look at it: out of their way.
+const LONG_IDLE: Duration = Duration::from_secs(30);
+
 fn guarded() -> (HeaderGuard, DuplexStream) {
-    let (server, client) = tokio::io::duplex(64 * 1024);
-    (HeaderGuard::new(Box::new(server), DEADLINE), client)
+    guarded_with(LONG_IDLE)
 }
+
+fn guarded_with(idle: Duration) -> (HeaderGuard, DuplexStream) {
+    let (server, client) = tokio::io::duplex(64 * 1024);
+    let deadlines = Deadlines {
+        header: DEADLINE,
+        idle,
+    };
+    (HeaderGuard::http1(Box::new(server), deadlines), client)
+}
+
+fn guarded_h2() -> (HeaderGuard, DuplexStream) {
+    let (server, client) = tokio::io::duplex(64 * 1024);
+    let deadlines = Deadlines {
+        header: DEADLINE,
+        idle: LONG_IDLE,
+    };
+    (HeaderGuard::h2(Box::new(server), deadlines), client)
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Reads from the guard until it fails; panics on EOF.
 async fn read_until_error(guard: &mut HeaderGuard) -> io::Error {
@@ -147,9 +169,8 @@ async fn a_body_after_the_header_is_not_timed() {
     drop(late.await);
 }
 
-#[tokio::test]
-async fn idle_keep_alive_is_not_timed_but_the_next_header_is_from_its_first_byte() {
-    let (mut guard, mut client) = guarded();
+/// Serves one whole request on `guard` and marks it done.
+async fn serve_one(guard: &mut HeaderGuard, client: &mut DuplexStream) {
     client
         .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
@@ -159,7 +180,14 @@ async fn idle_keep_alive_is_not_timed_but_the_next_header_is_from_its_first_byte
     guard.header_done();
     guard.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
     guard.request_done();
-    // Idle for twice the deadline: no error (pingora's keep-alive decides).
+}
+
+#[tokio::test]
+async fn an_idle_gap_is_not_header_time_and_the_next_header_is_timed_from_its_first_byte() {
+    let (mut guard, mut client) = guarded();
+    serve_one(&mut guard, &mut client).await;
+    let mut buf = [0u8; 256];
+    // Idle for twice the header deadline: no error (the idle clock runs).
     let idle = timeout(DEADLINE * 2, guard.read(&mut buf)).await;
     assert!(idle.is_err(), "the idle read ended: {idle:?}");
     // The next header's clock starts at its first byte.
@@ -174,6 +202,135 @@ async fn idle_keep_alive_is_not_timed_but_the_next_header_is_from_its_first_byte
         "{elapsed:?}"
     );
     assert_eq!(guard.ending(), Some(Ending::Timeout));
+    assert!(!guard.idle_closed());
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_closes_quietly_at_the_idle_timeout() {
+    let idle = Duration::from_millis(300);
+    let (mut guard, client) = guarded_with(idle);
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    client_tx
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    assert!(guard.read(&mut buf).await.unwrap() > 0);
+    guard.header_done();
+    guard.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+    guard.flush().await.unwrap();
+    guard.request_done();
+    let idle_from = Instant::now();
+    let err = guard.read(&mut buf).await.expect_err("closed for idleness");
+    let elapsed = idle_from.elapsed();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert!(elapsed >= idle && elapsed < idle + SLACK, "{elapsed:?}");
+    assert!(guard.idle_closed());
+    assert_eq!(guard.ending(), None, "idleness is not a header error");
+    // The client got its response and nothing after it (no 408).
+    assert_eq!(received(&mut client_rx).await, "HTTP/1.1 200 OK\r\n\r\n");
+    assert!(guard.read(&mut buf).await.is_err(), "stays closed");
+}
+
+#[tokio::test]
+async fn a_request_already_in_when_the_idle_clock_runs_out_is_still_read() {
+    let idle = Duration::from_millis(100);
+    let (mut guard, mut client) = guarded_with(idle);
+    serve_one(&mut guard, &mut client).await;
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    sleep(idle * 2).await;
+    let mut buf = [0u8; 256];
+    assert!(guard.read(&mut buf).await.expect("the waiting request") > 0);
+    assert!(!guard.idle_closed());
+}
+
+#[tokio::test]
+async fn the_idle_clock_starts_again_after_every_request() {
+    let idle = Duration::from_millis(300);
+    let (mut guard, mut client) = guarded_with(idle);
+    for _ in 0..3 {
+        serve_one(&mut guard, &mut client).await;
+        // Two thirds of the idle timeout between requests, three times.
+        sleep(idle * 2 / 3).await;
+    }
+    assert!(!guard.idle_closed());
+    assert_eq!(guard.ending(), None);
+}
+
+#[test]
+fn pingoras_keep_alive_is_set_past_both_clocks() {
+    let backstop = |header_ms, idle_ms| {
+        HeaderGuard::http1(
+            Box::new(tokio::io::duplex(64).0),
+            Deadlines {
+                header: Duration::from_millis(header_ms),
+                idle: Duration::from_millis(idle_ms),
+            },
+        )
+        .keepalive_backstop_secs()
+    };
+    assert_eq!(backstop(10_000, 60_000), 61);
+    assert_eq!(backstop(10_000, 300), 11);
+    assert_eq!(backstop(10_000, 120_500), 121);
+}
+
+#[tokio::test]
+async fn an_http2_preface_that_is_late_fails_the_read_without_a_reply() {
+    let (mut guard, client) = guarded_h2();
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    // The server's SETTINGS go out before the client's preface is in.
+    guard.write_all(b"\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    guard.flush().await.unwrap();
+    client_tx.write_all(&H2_PREFACE[..10]).await.unwrap();
+    let started = Instant::now();
+    let err = read_until_error(&mut guard).await;
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert!(
+        started.elapsed() < DEADLINE + SLACK,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(guard.ending(), Some(Ending::Timeout));
+    let seen = received(&mut client_rx).await;
+    assert_eq!(seen, "\0\0\0\x04\0\0\0\0\0", "no 408 on HTTP/2");
+}
+
+#[tokio::test]
+async fn an_http2_connection_is_not_timed_once_its_preface_is_in() {
+    let (mut guard, mut client) = guarded_h2();
+    guard.write_all(b"\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    client.write_all(H2_PREFACE).await.unwrap();
+    let mut buf = [0u8; 64];
+    let mut got = 0;
+    while got < H2_PREFACE.len() {
+        got += guard.read(&mut buf).await.unwrap();
+    }
+    let late = tokio::spawn(async move {
+        sleep(DEADLINE * 2).await;
+        client.write_all(b"frames").await.unwrap();
+        client
+    });
+    let n = guard
+        .read(&mut buf)
+        .await
+        .expect("read long after the deadline");
+    assert_eq!(&buf[..n], b"frames");
+    assert_eq!(guard.ending(), None);
+    drop(late.await);
+}
+
+#[tokio::test]
+async fn a_guard_gives_its_connection_slot_back_when_dropped() {
+    let limit = ConnLimit::new(1);
+    let (guard, _client) = guarded();
+    let guard = guard.holding(limit.try_acquire().expect("a slot"));
+    assert!(limit.try_acquire().is_none());
+    drop(guard);
+    assert_eq!(limit.open(), 0);
+    assert!(limit.try_acquire().is_some());
 }
 
 #[tokio::test]
@@ -263,7 +420,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
 }
 
 #[test]
-fn pingora_header_read_failures_are_not_logged_as_errors() {
+fn pingoras_client_caused_errors_are_not_logged_as_errors() {
     use tracing_subscriber::prelude::*;
     let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let subscriber = tracing_subscriber::registry()
@@ -275,6 +432,10 @@ fn pingora_header_read_failures_are_not_logged_as_errors() {
             "Fail to proxy: Downstream ReadError context: while reading request headers"
         );
         tracing::error!(target: "pingora_proxy", "Fail to proxy: upstream refused");
+        tracing::error!(
+            target: "pingora_core::apps",
+            "H2 handshake error HandshakeError context: while h2 handshaking with client"
+        );
         tracing::error!(target: "scopegate", "while reading request headers");
         tracing::info!(target: "pingora_proxy", "while reading request headers");
     });
