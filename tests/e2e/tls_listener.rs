@@ -21,9 +21,10 @@ use rcgen::{
 use tempfile::TempDir;
 
 use super::client::Response;
+use super::connections::closed_after;
 use super::fixtures::{ADMIN, BOT, CHAT};
 use super::harness::{
-    expect_forwarded, expect_openai_error, expect_portkey_error, run_scopegate, Proxy,
+    expect_forwarded, expect_openai_error, expect_portkey_error, poll_until, run_scopegate, Proxy,
     ProxyBuilder, Upstreams,
 };
 
@@ -731,12 +732,8 @@ fn check_validates_the_tls_files_and_serve_refuses_a_bad_pair() {
     assert!(garbage.stderr.contains("no PEM certificate"), "{garbage:?}");
 }
 
-/// A blocking TLS connection to `proxy` trusting `ca`, offering only
-/// ALPN `http/1.1`, with the handshake done.
-fn http1_tls_conn(
-    ca: &Ca,
-    proxy: &Proxy,
-) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+/// A rustls client config trusting `ca`, offering ALPN `alpn`.
+fn rustls_client(ca: &Ca, alpn: &[u8]) -> std::sync::Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -749,15 +746,34 @@ fn http1_tls_conn(
     .expect("versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
+    std::sync::Arc::new(config)
+}
+
+/// A blocking TLS connection to `proxy` trusting `ca`, offering only
+/// ALPN `alpn`, with the handshake done.
+fn tls_conn(
+    ca: &Ca,
+    proxy: &Proxy,
+    alpn: &[u8],
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+    let conn = rustls::ClientConnection::new(rustls_client(ca, alpn), name).expect("client");
     let sock = TcpStream::connect(proxy.addr()).expect("connect");
     let mut tls = rustls::StreamOwned::new(conn, sock);
     while tls.conn.is_handshaking() {
         tls.conn.complete_io(&mut tls.sock).expect("handshake");
     }
     tls
+}
+
+/// A blocking TLS connection to `proxy` trusting `ca`, offering only
+/// ALPN `http/1.1`, with the handshake done.
+fn http1_tls_conn(
+    ca: &Ca,
+    proxy: &Proxy,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    tls_conn(ca, proxy, b"http/1.1")
 }
 
 /// The header deadline (`conn_guard`) holds on HTTPS listeners too, timed
@@ -852,4 +868,206 @@ fn http2_connections_are_not_cut_by_the_header_deadline() {
         ),
         0.0
     );
+}
+
+// ---------------------------------------------------------------------------
+// Connections cannot be held for free: the handshake deadline, HTTP/2
+// idleness, the bound on open connections.
+
+/// The idle timeout the HTTP/2 tests run with.
+const IDLE: Duration = Duration::from_millis(300);
+/// How late after its deadline a connection may be closed.
+const CLOSE_SLACK: Duration = Duration::from_millis(700);
+
+/// The client connection preface, then an empty SETTINGS frame.
+const H2_HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+/// A SETTINGS frame with the ACK flag.
+const H2_SETTINGS_ACK: &[u8] = b"\0\0\0\x04\x01\0\0\0\0";
+
+#[test]
+fn a_tls_handshake_that_does_not_finish_is_cut_at_the_header_deadline() {
+    let up = Upstreams::start();
+    let ca = Ca::new("test CA");
+    let files = TlsFiles::with(&ca.server("one", 30));
+    let deadline = Duration::from_millis(500);
+    let proxy = https_builder(&up, &files, None)
+        .config(&format!("header_read_timeout_ms: {}", deadline.as_millis()))
+        .start();
+
+    // One client says nothing; one sends its ClientHello, reads what the
+    // server answers and never sends its Finished.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(proxy.addr()).expect("connect");
+    let mut half = TcpStream::connect(proxy.addr()).expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut hello = rustls::ClientConnection::new(rustls_client(&ca, b"h2"), name).expect("client");
+    hello.write_tls(&mut half).expect("ClientHello");
+    half.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    hello.read_tls(&mut half).expect("the server's flight");
+    hello.process_new_packets().expect("a valid server flight");
+    assert!(hello.wants_write(), "the client's Finished is held back");
+
+    // Others are served meanwhile.
+    let c = client(&ca, Proto::Alpn, None, proxy.addr());
+    expect_forwarded(&block_on(exchange(chat(&c, &proxy, BOT))).response);
+
+    for (who, sock) in [("silent", &mut silent), ("half-done", &mut half)] {
+        let at = closed_after(sock, started, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("the {who} handshake was not cut"));
+        assert!(
+            at >= deadline - Duration::from_millis(50) && at < deadline + CLOSE_SLACK,
+            "{who}: cut after {at:?}"
+        );
+    }
+    // scopegate's deadline ended them, not pingora's (60 s, an ERROR line).
+    let logs = proxy.logs();
+    assert!(!logs.contains("Downstream handshake"), "{logs}");
+    assert!(!logs.contains("ERROR"), "{logs}");
+    assert_eq!(up.completions.count(), 1);
+}
+
+/// How long after `since` the server closed `tls` (EOF, with or without
+/// `close_notify`, or reset); `None` when it is still open after `wait`.
+fn tls_closed_after(
+    tls: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    since: Instant,
+    wait: Duration,
+) -> Option<Duration> {
+    tls.sock.set_read_timeout(Some(wait)).expect("timeout");
+    let mut buf = [0u8; 4096];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => return Some(since.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            Err(_) => return Some(since.elapsed()),
+        }
+    }
+}
+
+#[test]
+fn an_http2_connection_with_no_stream_is_closed_after_idle_timeout_ms() {
+    let up = Upstreams::start();
+    let ca = Ca::new("test CA");
+    let files = TlsFiles::with(&ca.server("one", 30));
+    let proxy = https_builder(&up, &files, None)
+        .config(&format!("idle_timeout_ms: {}", IDLE.as_millis()))
+        .start();
+
+    let mut tls = tls_conn(&ca, &proxy, b"h2");
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(H2_HELLO).expect("preface");
+    tls.flush().expect("flush");
+    // The server's first frame is its SETTINGS.
+    let mut frame = [0u8; 9];
+    tls.read_exact(&mut frame).expect("server SETTINGS");
+    assert_eq!((frame[3], frame[4] & 1), (4, 0), "{frame:?}");
+    let len = usize::from(frame[0]) << 16 | usize::from(frame[1]) << 8 | usize::from(frame[2]);
+    let mut payload = vec![0u8; len];
+    tls.read_exact(&mut payload).expect("SETTINGS payload");
+    tls.write_all(H2_SETTINGS_ACK).expect("ACK");
+    tls.flush().expect("flush");
+    let since = Instant::now();
+
+    let closed = tls_closed_after(&mut tls, since, Duration::from_secs(5))
+        .expect("the idle HTTP/2 connection stayed open");
+    assert!(
+        closed >= IDLE - Duration::from_millis(100) && closed < IDLE + CLOSE_SLACK,
+        "closed after {closed:?}"
+    );
+    // Others are served.
+    let c = client(&ca, Proto::H2Only, None, proxy.addr());
+    expect_forwarded(&block_on(exchange(chat(&c, &proxy, BOT))).response);
+}
+
+#[test]
+fn an_http2_connection_with_an_open_stream_outlives_idle_timeout_ms() {
+    let up = Upstreams::start();
+    let ca = Ca::new("test CA");
+    let files = TlsFiles::with(&ca.server("one", 30));
+    let stream = up.completions.stream("text/event-stream");
+    let proxy = https_builder(&up, &files, None)
+        .config(&format!("idle_timeout_ms: {}", IDLE.as_millis()))
+        .start();
+    stream.send("data: {\"delta\":\"first\"}\n\n");
+
+    let c = client(&ca, Proto::H2Only, None, proxy.addr());
+    block_on(async {
+        let mut resp = chat(&c, &proxy, BOT)
+            .body(r#"{"model":"m","stream":true,"messages":[]}"#)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        read_until(&mut resp, "first").await;
+        // Three idle timeouts with the stream open and silent (the gap is
+        // the test).
+        tokio::time::sleep(IDLE * 3).await;
+        stream.send("data: {\"delta\":\"second\"}\n\n");
+        read_until(&mut resp, "second").await;
+        stream.send("data: [DONE]\n\n");
+        stream.finish();
+        let rest = read_rest(&mut resp).await;
+        assert!(rest.contains("[DONE]"), "rest: {rest:?}");
+    });
+}
+
+#[test]
+fn tls_connections_hold_a_slot_of_max_client_connections_from_accept_through_the_handshake() {
+    let up = Upstreams::start();
+    let ca = Ca::new("test CA");
+    let files = TlsFiles::with(&ca.server("one", 30));
+    let deadline = Duration::from_millis(1000);
+    let proxy = https_builder(&up, &files, None)
+        .config("max_client_connections: 2")
+        .config(&format!("header_read_timeout_ms: {}", deadline.as_millis()))
+        .start();
+    let listener = proxy.addr().to_string();
+    let refused = || {
+        proxy.metric(
+            "scopegate_downstream_connections_refused_total",
+            &[("listener", &listener)],
+        )
+    };
+
+    // Two connections that never start their handshake hold both slots
+    // (`threads: 1`: connections are admitted in the order they came).
+    let started = Instant::now();
+    let mut stalled: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(proxy.addr()).expect("connect"))
+        .collect();
+    let mut third = TcpStream::connect(proxy.addr()).expect("connect");
+    let at = closed_after(&mut third, Instant::now(), Duration::from_secs(2))
+        .expect("a third connection was kept");
+    assert!(at < Duration::from_millis(500), "closed after {at:?}");
+    assert_eq!(refused(), 1.0);
+    let c = client(&ca, Proto::Alpn, None, proxy.addr());
+    assert!(
+        block_on(async { chat(&c, &proxy, BOT).send().await }).is_err(),
+        "a client beyond the bound was served"
+    );
+    assert_eq!(refused(), 2.0);
+    up.assert_untouched();
+
+    // The stalled handshakes are cut at the deadline; then clients are served.
+    for sock in &mut stalled {
+        let cut = closed_after(sock, started, Duration::from_secs(10)).expect("not cut");
+        assert!(cut < deadline + CLOSE_SLACK, "cut after {cut:?}");
+    }
+    assert!(
+        poll_until(Duration::from_secs(5), || {
+            let c = client(&ca, Proto::Alpn, None, proxy.addr());
+            block_on(async { chat(&c, &proxy, BOT).send().await }).is_ok_and(|r| r.status() == 200)
+        }),
+        "no client was served once the slots were free"
+    );
+    assert_eq!(up.completions.count(), 1);
 }
