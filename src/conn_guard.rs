@@ -186,13 +186,15 @@ impl<A> GuardedApp<A> {
             .and_then(|d| d.local_addr())
             .and_then(|a| a.as_inet())
             .copied();
-        let Some(gate) = local
-            .and_then(|a| listener_of(&self.addresses, &a))
-            .and_then(|i| self.gates.get(i))
+        // Fail closed: a connection whose listener is unknown could be a
+        // TLS one.
+        let Some(local) = local else {
+            tracing::debug!("connection without a local address (already reset?); closed");
+            return None;
+        };
+        let Some(gate) = listener_of(&self.addresses, &local).and_then(|i| self.gates.get(i))
         else {
-            // Fail closed: a connection whose listener is unknown could be
-            // a TLS one.
-            tracing::warn!(?local, "connection on no configured listener; closed");
+            tracing::warn!(%local, "connection on no configured listener; closed");
             return None;
         };
         let Some(slot) = self.limit.try_acquire() else {
