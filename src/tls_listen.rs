@@ -9,7 +9,10 @@
 //! handshakes, while open connections keep the one they shook hands with. A
 //! pair that fails keeps the old one, logged and counted. pingora (0.9.1,
 //! rustls backend, TLS 1.2 and 1.3 only) gets the resolver, the optional
-//! client-certificate verifier and the ALPN list through its `TlsSettings`.
+//! client-certificate verifier and the ALPN list through its `TlsSettings`,
+//! built into the acceptor with which [`crate::conn_guard`] does each
+//! handshake (under `header_read_timeout_ms`; pingora itself listens on
+//! plain TCP).
 //!
 //! Upstream TLS (a private CA for an `https` upstream) is [`crate::tls`].
 
@@ -748,8 +751,9 @@ fn probe_presents(addr: &SocketAddr, leaf: &[u8]) -> bool {
     };
     let _ = tcp.set_read_timeout(Some(Duration::from_millis(500)));
     let _ = tcp.set_write_timeout(Some(Duration::from_millis(500)));
-    // Finish the handshake (a half-done one is logged as an error by
-    // pingora); an mTLS listener refuses it after showing its certificate.
+    // Finish the handshake (a half-done one would hold a connection until
+    // the handshake deadline); an mTLS listener refuses it after showing its
+    // certificate.
     while conn.is_handshaking() {
         if conn.complete_io(&mut tcp).is_err() {
             break;
