@@ -318,6 +318,7 @@ fn validate_new_key(spec: &keys::KeySpec, config: Option<&Path>) -> Result<(), V
                 organisations: vec![keys::OrganisationSpec {
                     id: org,
                     workspaces,
+                    ..keys::OrganisationSpec::default()
                 }],
                 ..keys::KeysDocument::default()
             };
