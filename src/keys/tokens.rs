@@ -14,6 +14,15 @@ use super::snapshot::{Digest, OrgIdx};
 use crate::ratelimit::RateLimit;
 use crate::scopes::{KeyType, ScopeSet};
 
+/// Longest subject (and user) a token may name.
+pub const MAX_SUBJECT_LEN: usize = 256;
+
+/// Whether `s` is a valid subject or user: 1 to 256 visible ASCII
+/// characters (it goes into upstream headers and counter names).
+pub fn is_valid_subject(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_SUBJECT_LEN && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// A signature algorithm an organisation may accept. `none` and the HMAC
 /// algorithms are not among them: a proxy that verifies with public keys
 /// must never accept a token signed with a shared secret.

@@ -31,13 +31,7 @@ const MAX_LEEWAY_SECONDS: u64 = 600;
 const MAX_TEXT_LEN: usize = 2048;
 /// Longest claim name.
 const MAX_CLAIM_NAME_LEN: usize = 256;
-/// Longest subject (also what a token's subject may be).
-pub(crate) const MAX_SUBJECT_LEN: usize = 256;
-
-/// Whether `s` is a valid subject: 1 to 256 visible ASCII characters.
-pub(crate) fn is_valid_subject(s: &str) -> bool {
-    !s.is_empty() && s.len() <= MAX_SUBJECT_LEN && s.bytes().all(|b| b.is_ascii_graphic())
-}
+use crate::keys::tokens::{is_valid_subject, MAX_SUBJECT_LEN};
 
 /// Checks every organisation's `identity_tokens` and indexes them.
 pub(super) fn build_identity(

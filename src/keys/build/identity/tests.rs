@@ -100,7 +100,10 @@ rate_limits: [{ type: requests, unit: rpm, value: 60 }, { type: tokens, unit: rp
 usage_limits: { type: tokens, credit_limit: 1000000, periodic_reset: daily }
 max_concurrent_requests: 4";
     let snap = ok(&doc(a, ""));
-    let s = snap.identity().for_issuer("https://idp.a/").expect("indexed");
+    let s = snap
+        .identity()
+        .for_issuer("https://idp.a/")
+        .expect("indexed");
     assert_eq!(
         s.jwks,
         JwksSource::Url {
@@ -136,13 +139,18 @@ fn relative_ca_file_is_relative_to_the_keys_file() {
     let a = "issuer: i\naudience: a\njwks_url: https://idp/keys\nca_file: ca.pem";
     let snap = ok(&doc(a, ""));
     let s = snap.identity().for_issuer("i").expect("indexed");
-    assert!(matches!(&s.jwks, JwksSource::Url { ca_file: Some(p), .. } if p == Path::new("conf/ca.pem")));
+    assert!(
+        matches!(&s.jwks, JwksSource::Url { ca_file: Some(p), .. } if p == Path::new("conf/ca.pem"))
+    );
 }
 
 #[test]
 fn a_workspace_user_token_never_gets_service_only_scopes() {
     let snap = ok(&doc(MINIMAL, ""));
-    let s = snap.identity().for_issuer("https://idp.a/").expect("indexed");
+    let s = snap
+        .identity()
+        .for_issuer("https://idp.a/")
+        .expect("indexed");
     let reg = ScopeRegistry::builtin();
     let names = reg.names_of(&s.allowed);
     assert!(names.contains(&"completions.write"));
@@ -325,7 +333,13 @@ fn the_fingerprint_moves_with_what_decides_a_token() {
     let same = ok(&doc(MINIMAL, ""));
     assert_eq!(base.identity().fingerprint(), same.identity().fingerprint());
     let revoked = ok(&doc(&format!("{MINIMAL}\nrevoked_subjects: [bob]"), ""));
-    assert_ne!(base.identity().fingerprint(), revoked.identity().fingerprint());
+    assert_ne!(
+        base.identity().fingerprint(),
+        revoked.identity().fingerprint()
+    );
     let renamed = ok(&doc(MINIMAL, "").replace("slug: a", "slug: a2"));
-    assert_ne!(base.identity().fingerprint(), renamed.identity().fingerprint());
+    assert_ne!(
+        base.identity().fingerprint(),
+        renamed.identity().fingerprint()
+    );
 }
