@@ -219,15 +219,14 @@ impl Checker<'_> {
             }
             (None, Some(url)) => {
                 let mut ok = match check_jwks_url(url) {
-                    Ok(https) => {
-                        if !https && spec.ca_file.is_some() {
-                            problems.push(
-                                self.at("ca_file"),
-                                "ca_file verifies an https server; this jwks_url is http",
-                            );
-                        }
-                        !(!https && spec.ca_file.is_some())
+                    Ok(false) if spec.ca_file.is_some() => {
+                        problems.push(
+                            self.at("ca_file"),
+                            "ca_file verifies an https server; this jwks_url is http",
+                        );
+                        false
                     }
+                    Ok(_) => true,
                     Err(m) => {
                         problems.push(self.at("jwks_url"), m);
                         false
