@@ -75,6 +75,13 @@ pub struct SetKey {
     pub(crate) key: DecodingKey,
 }
 
+impl SetKey {
+    /// The key in jsonwebtoken's form.
+    pub fn decoding_key(&self) -> &DecodingKey {
+        &self.key
+    }
+}
+
 impl fmt::Debug for SetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SetKey")
