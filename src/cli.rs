@@ -1,5 +1,5 @@
 //! The command line (SPEC 1): `serve`, `check`, `hash-key`, `new-key`,
-//! `explain` and `demo`.
+//! `explain`, `usage`, `inspect-token` and `demo`.
 
 mod usage_cmd;
 
@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Config};
 use crate::diag::Diagnostic;
+use crate::identity;
 use crate::keys::{self, KeyStore, Snapshot};
 use crate::routes::RouteTable;
 
@@ -57,6 +58,12 @@ enum Command {
     Explain(ExplainArgs),
     /// Current usage against limits, for keys and workspaces with usage_limits.
     Usage(UsageArgs),
+    /// Read an identity token (JWT) from stdin; print each check and the identity it yields.
+    ///
+    /// The token is read from stdin only, never from an argument (arguments
+    /// end up in shell history and process lists). Exit 0 when the proxy
+    /// would accept it.
+    InspectToken(ConfigArg),
     /// Run the proxy on the example config with built-in demo upstreams.
     Demo,
 }
@@ -133,6 +140,7 @@ pub fn main() -> ExitCode {
         Command::NewKey(args) => new_key(&args),
         Command::Explain(args) => explain(&args),
         Command::Usage(args) => usage(&args),
+        Command::InspectToken(c) => inspect_token(&c.path()),
         Command::Demo => crate::demo_cmd::run(),
     }
 }
@@ -178,17 +186,38 @@ fn check(path: &Path) -> ExitCode {
     // the certificate, not expired.
     let loaded = load_all(path).and_then(|(config, table, snap)| {
         let tls = crate::tls_listen::load_listeners(&config)?;
-        Ok((config, table, snap, tls.len()))
+        // The files identity_tokens names: JWK sets and CA files.
+        let jwks = if snap.identity().any() {
+            let text = keys::read_keys_file(&config.keys_file).map_err(|d| vec![d])?;
+            identity::files::load_files(&snap, &config.keys_file, &text)?.len()
+        } else {
+            0
+        };
+        Ok((config, table, snap, tls.len(), jwks))
     });
     match loaded {
-        Ok((config, table, snap, tls)) => {
+        Ok((config, table, snap, tls, jwks)) => {
             let tls = match tls {
                 0 => String::new(),
                 1 => "; 1 TLS listener".to_string(),
                 n => format!("; {n} TLS listeners"),
             };
+            let issuers = snap.identity().all().count();
+            let tokens = match (issuers, jwks) {
+                (0, _) => String::new(),
+                (n, files) => {
+                    let plural = |n: usize, what: &str| {
+                        format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+                    };
+                    format!(
+                        "; identity tokens from {} ({})",
+                        plural(n, "issuer"),
+                        plural(files, "JWK set file")
+                    )
+                }
+            };
             println!(
-                "{}: ok: {} keys, {} organisations, {} workspaces, {} routes; keys file {}{tls}",
+                "{}: ok: {} keys, {} organisations, {} workspaces, {} routes; keys file {}{tls}{tokens}",
                 config.path.display(),
                 snap.keys().len(),
                 snap.organisations().len(),
@@ -202,6 +231,111 @@ fn check(path: &Path) -> ExitCode {
             print_problems(&problems);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Reads what stdin holds, trimmed; a leading `Bearer ` (as copied from an
+/// `Authorization` header) is dropped.
+fn read_token() -> Result<String, String> {
+    let mut input = String::new();
+    std::io::stdin()
+        .take(64 * 1024)
+        .read_to_string(&mut input)
+        .map_err(|e| format!("cannot read stdin: {e}"))?;
+    let token = input.trim();
+    let token = match token.get(..7) {
+        Some(p) if p.eq_ignore_ascii_case("bearer ") => token[7..].trim_start(),
+        _ => token,
+    };
+    if token.is_empty() {
+        return Err("no token on stdin".to_string());
+    }
+    Ok(token.to_string())
+}
+
+fn inspect_token(path: &Path) -> ExitCode {
+    let token = match read_token() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("scopegate inspect-token: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (config, table, snap) = match load_all(path) {
+        Ok(x) => x,
+        Err(problems) => {
+            print_problems(&problems);
+            return ExitCode::FAILURE;
+        }
+    };
+    if !snap.identity().any() {
+        eprintln!(
+            "scopegate inspect-token: no organisation of {} has identity_tokens",
+            config.keys_file.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let files = keys::read_keys_file(&config.keys_file)
+        .map_err(|d| vec![d])
+        .and_then(|text| identity::files::load_files(&snap, &config.keys_file, &text));
+    let mut sets = match files {
+        Ok(sets) => sets,
+        Err(problems) => {
+            print_problems(&problems);
+            return ExitCode::FAILURE;
+        }
+    };
+    // JWK sets at a URL: fetched once, as the proxy does at start.
+    let urls: Vec<_> = snap
+        .identity()
+        .all()
+        .filter_map(|s| match &s.jwks {
+            keys::JwksSource::Url { url, ca_file, .. } => {
+                Some((s.organisation, url.clone(), ca_file.clone()))
+            }
+            keys::JwksSource::File(_) => None,
+        })
+        .collect();
+    if !urls.is_empty() {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("scopegate inspect-token: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for (org, url, ca_file) in urls {
+            let fetched = identity::fetch::tls_config(ca_file.as_deref())
+                .map_err(|e| e.to_string())
+                .and_then(|tls| {
+                    runtime
+                        .block_on(identity::fetch::fetch_jwks(
+                            &url,
+                            &tls,
+                            identity::fetch::DEFAULT_TIMEOUT,
+                        ))
+                        .map_err(|e| e.to_string())
+                });
+            match fetched {
+                Ok(set) => {
+                    sets.insert(org, std::sync::Arc::new(set));
+                }
+                Err(e) => eprintln!(
+                    "scopegate inspect-token: organisation {}: cannot fetch {url}: {e}",
+                    snap.organisation(org).id
+                ),
+            }
+        }
+    }
+    let report = identity::inspect(&token, keys::now_millis(), &snap, &sets);
+    print!("{}", report.render(&snap, table.registry()));
+    if report.accepted() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -318,6 +452,7 @@ fn validate_new_key(spec: &keys::KeySpec, config: Option<&Path>) -> Result<(), V
                 organisations: vec![keys::OrganisationSpec {
                     id: org,
                     workspaces,
+                    ..keys::OrganisationSpec::default()
                 }],
                 ..keys::KeysDocument::default()
             };

@@ -11,10 +11,12 @@
 //! fuzz targets and the replay test.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
-use crate::keys::{KeysDocument, Snapshot};
+use crate::identity::{self, JwksSet};
+use crate::keys::{KeysDocument, OrgIdx, Snapshot};
 use crate::request::{self, BodyWorkspace};
 use crate::routes::{Plane, RouteSpec, RouteTable};
 
@@ -536,6 +538,71 @@ pub fn request_body(data: &[u8]) {
             }
         }
         assert_eq!(after, original, "injection changed more than include_usage");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// token_shape
+
+/// A keys snapshot with one organisation accepting `https://idp.fuzz/`,
+/// and its JWK set (the P-256 example key of RFC 7517, appendix A.1).
+static TOKENS: LazyLock<(Snapshot, HashMap<OrgIdx, Arc<JwksSet>>)> = LazyLock::new(|| {
+    let keys = "organisations:\n  - id: org_f\n    workspaces: [{ id: ws_f, slug: f }]\n    \
+                identity_tokens:\n      issuer: https://idp.fuzz/\n      audience: sg\n      \
+                jwks_file: unused.json\n      algorithms: [ES256, RS256, EdDSA, PS256]\nkeys: []\n";
+    let snap = crate::keys::parse_keys_str(keys, Path::new("fuzz.yaml"), TABLE.registry())
+        .expect("the token world's keys file is valid");
+    let set = JwksSet::parse(
+        br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"1",
+            "x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4",
+            "y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"}]}"#,
+    )
+    .expect("the token world's JWK set is usable");
+    (snap, HashMap::from([(OrgIdx(0), Arc::new(set))]))
+});
+
+/// Target `token_shape`: the rule that tells tokens from keys, the claim
+/// readers and the verifier, on arbitrary credentials.
+///
+/// The input is tried as a credential, as the payload of a token-shaped
+/// credential (so that it reaches the claim readers behind the format
+/// check), and as a claims object read directly.
+///
+/// Invariants: no panic; a credential the rule calls a token has exactly
+/// two dots; one without a dot never is; nothing verifies (nobody here
+/// holds the private key); a refusal's message never quotes the input.
+pub fn token_shape(data: &[u8]) {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let text = text(data);
+    token_credential(&text);
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","kid":"1"}"#);
+    token_credential(&format!("{header}.{}.AAAA", URL_SAFE_NO_PAD.encode(data)));
+    if let Ok(claims) = serde_json::from_slice::<identity::claims::Claims>(data) {
+        let _ = identity::claims::numeric_date(&claims, "exp");
+        let _ = identity::claims::audience_contains(&claims, "sg");
+        let _ = identity::claims::scope_words(&claims, "scope");
+        let _ = identity::claims::workspace(&claims, "workspace_slug");
+    }
+}
+
+fn token_credential(credential: &str) {
+    let is_token = identity::is_token(credential);
+    if is_token {
+        assert_eq!(credential.matches('.').count(), 2, "{credential:?}");
+    }
+    if !credential.contains('.') {
+        assert!(!is_token, "{credential:?}");
+    }
+    let (snap, sets) = &*TOKENS;
+    let now = 1_800_000_000_000;
+    match identity::verify(credential, now, snap, sets) {
+        Ok(id) => panic!("{credential:?} verified as {id:?} without a private key"),
+        Err(e) => {
+            let message = e.to_string();
+            let quoted = credential.len() >= 12 && message.contains(credential);
+            assert!(!quoted, "the refusal quotes the credential: {message}");
+        }
     }
 }
 

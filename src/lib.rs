@@ -15,6 +15,7 @@ pub mod diag;
 pub mod errors;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod identity;
 pub mod keys;
 pub mod metrics;
 pub mod policy;

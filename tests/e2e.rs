@@ -16,6 +16,7 @@ mod e2e {
     mod decision;
     mod forwarding;
     mod hostile;
+    mod identity_cli;
     mod key_headers;
     mod keytools;
     mod metrics;

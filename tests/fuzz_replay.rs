@@ -77,3 +77,8 @@ fn usage_json_corpus_holds() {
 fn request_body_corpus_holds() {
     replay_corpus("request_body", scopegate::fuzzing::request_body);
 }
+
+#[test]
+fn token_shape_corpus_holds() {
+    replay_corpus("token_shape", scopegate::fuzzing::token_shape);
+}

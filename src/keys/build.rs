@@ -227,6 +227,7 @@ pub fn build_snapshot(
     let custom = check_custom_scopes(&doc.custom_scopes, registry, &mut problems);
     let model_prices = spending::check_model_prices(&doc.model_prices, &mut problems);
     let orgs = build_organisations(doc, &mut problems);
+    let identity = identity::build_identity(doc, registry, &custom, &mut problems);
     let mut keys = KeysBuilder {
         doc,
         registry,
@@ -261,6 +262,7 @@ pub fn build_snapshot(
         secrets,
         custom_scopes: doc.custom_scopes.clone(),
         model_prices,
+        identity,
         source_digest: None,
     })
 }
@@ -819,6 +821,7 @@ impl<'a> KeysBuilder<'a> {
     }
 }
 
+pub(crate) mod identity;
 mod spending;
 
 #[cfg(test)]

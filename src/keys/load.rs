@@ -72,6 +72,9 @@ pub fn parse_keys_str(
     registry: &ScopeRegistry,
 ) -> Result<Snapshot, Vec<Diagnostic>> {
     let mut snap = parse_text(text, file, registry)?;
+    if let Some(dir) = file.parent() {
+        snap.identity.resolve_relative_to(dir);
+    }
     snap.source_digest = Some(super::digest(text.as_bytes()));
     Ok(snap)
 }
@@ -558,6 +561,7 @@ fn read_organisation(
             OrganisationSpec {
                 id: scalar_text(v.get("id")),
                 workspaces,
+                ..OrganisationSpec::default()
             }
         }
     }

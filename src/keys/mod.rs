@@ -8,6 +8,7 @@ pub mod model;
 pub(crate) mod position;
 pub mod snapshot;
 pub mod store;
+pub mod tokens;
 
 pub use build::{build_snapshot, Problem};
 pub use limits::{
@@ -15,14 +16,15 @@ pub use limits::{
 };
 pub use load::{load_keys_file, parse_keys_str, read_keys_file};
 pub use model::{
-    KeySpec, KeysDocument, ModelPrices, OrganisationSpec, PriceSpec, RateLimitSpec, SecretSpec,
-    UsageLimitSpec, UsageLimitsSpec, WorkspaceSpec,
+    ClaimNamesSpec, IdentityTokensSpec, KeySpec, KeysDocument, ModelPrices, OrganisationSpec,
+    PriceSpec, RateLimitSpec, SecretSpec, UsageLimitSpec, UsageLimitsSpec, WorkspaceSpec,
 };
 pub use snapshot::{
     now_millis, Digest, Key, KeyIdx, KeyStatus, OrgIdx, Organisation, SecretEntry, Snapshot,
     UnixMillis, Workspace, WsIdx,
 };
 pub use store::{release_freed_memory, KeyStore};
+pub use tokens::{ClaimNames, IdentityIndex, JwksSource, SigningAlg, TokenSettings};
 
 /// SHA-256 of a presented secret.
 pub fn digest(secret: &[u8]) -> Digest {

@@ -43,6 +43,78 @@ pub struct OrganisationSpec {
     /// Its workspaces.
     #[serde(default)]
     pub workspaces: Vec<WorkspaceSpec>,
+    /// Identity tokens (JWTs) the organisation accepts besides keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_tokens: Option<IdentityTokensSpec>,
+}
+
+/// `identity_tokens` of an organisation as written: which JSON Web Tokens it
+/// accepts, where their signing keys are, how claims map to a workspace,
+/// scopes and a user, and the limits every subject gets.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityTokensSpec {
+    /// `iss` must equal it exactly; unique across organisations.
+    pub issuer: String,
+    /// `aud` (a string or an array) must contain it.
+    pub audience: String,
+    /// A JWK set on disk, relative to the keys file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<String>,
+    /// A JWK set fetched over HTTPS (HTTP only for a loopback host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// PEM roots for `jwks_url` (a private CA), relative to the keys file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// How often `jwks_url` is fetched again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_refresh_seconds: Option<u64>,
+    /// Accepted `alg` values; default RS256, ES256, EdDSA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<String>>,
+    /// Clock skew allowed for `exp`, `nbf` and `iat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leeway_seconds: Option<u64>,
+    /// What a token acts as: `workspace-user` (default) or `workspace-service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<String>,
+    /// Names of the claims read for the workspace, the scopes and the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<ClaimNamesSpec>,
+    /// Optional cap on the scopes a token may hold (wildcards allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes_allowed: Option<Vec<String>>,
+    /// Subjects refused with 401 `revoked_api_key`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_subjects: Vec<String>,
+    /// Per subject: model allowlist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    /// Per subject: request and token rate limits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitSpec>,
+    /// Per subject: a budget (at most one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_limits: Option<UsageLimitsSpec>,
+    /// Per subject: requests in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<u64>,
+}
+
+/// `identity_tokens.claims`: claim names, each defaulting as shown.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimNamesSpec {
+    /// The claim naming the workspace (default `workspace_slug`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// The claim holding the scopes (default `scope`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<String>,
+    /// The claim naming the user of a workspace-user token (default `sub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// One workspace.

@@ -10,6 +10,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use super::limits::{Limits, PriceTable};
+use super::tokens::IdentityIndex;
 use crate::ratelimit::RateLimit;
 use crate::scopes::{KeyType, ScopeSet};
 
@@ -185,6 +186,8 @@ pub struct Snapshot {
     pub(crate) custom_scopes: Vec<String>,
     /// `model_prices` in file order.
     pub(crate) model_prices: PriceTable,
+    /// Organisations' `identity_tokens`, by issuer.
+    pub(crate) identity: IdentityIndex,
     /// SHA-256 of the keys-file text this was built from; `None` when built
     /// in memory. The reloader compares the file against it.
     pub(crate) source_digest: Option<Digest>,
@@ -247,6 +250,11 @@ impl Snapshot {
     /// An organisation by index.
     pub fn organisation(&self, idx: OrgIdx) -> &Organisation {
         &self.organisations[idx.0 as usize]
+    }
+
+    /// The identity-token settings of the organisations that accept tokens.
+    pub fn identity(&self) -> &IdentityIndex {
+        &self.identity
     }
 
     /// All keys.

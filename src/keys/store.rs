@@ -30,6 +30,7 @@ use super::Snapshot;
 ///             slug: Some("research".into()),
 ///             ..WorkspaceSpec::default()
 ///         }],
+///         ..OrganisationSpec::default()
 ///     }],
 ///     ..KeysDocument::default()
 /// };

@@ -23,8 +23,8 @@
 use std::borrow::Cow;
 
 use super::super::model::{
-    KeySpec, KeysDocument, ModelPrices, OrganisationSpec, PriceSpec, RateLimitSpec, SecretSpec,
-    UsageLimitSpec, UsageLimitsSpec, WorkspaceSpec,
+    ClaimNamesSpec, IdentityTokensSpec, KeySpec, KeysDocument, ModelPrices, OrganisationSpec,
+    PriceSpec, RateLimitSpec, SecretSpec, UsageLimitSpec, UsageLimitsSpec, WorkspaceSpec,
 };
 
 /// Reads a keys document, or `None` when the text is not plain enough.
@@ -554,10 +554,57 @@ fn organisation(n: &Node<'_>) -> Option<OrganisationSpec> {
                 has_id = true;
             }
             "workspaces" => org.workspaces = list(v, workspace)?,
+            "identity_tokens" => org.identity_tokens = Some(identity_tokens(v)?),
             _ => return None,
         }
     }
     has_id.then_some(org)
+}
+
+fn identity_tokens(n: &Node<'_>) -> Option<IdentityTokensSpec> {
+    let mut t = IdentityTokensSpec::default();
+    let mut seen = 0u8;
+    for (name, v) in entries(n)? {
+        match *name {
+            "issuer" => {
+                t.issuer = string(v)?;
+                seen |= 1;
+            }
+            "audience" => {
+                t.audience = string(v)?;
+                seen |= 2;
+            }
+            "jwks_file" => t.jwks_file = optional(v)?,
+            "jwks_url" => t.jwks_url = optional(v)?,
+            "ca_file" => t.ca_file = optional(v)?,
+            "jwks_refresh_seconds" => t.jwks_refresh_seconds = Some(number(v)?),
+            "algorithms" => t.algorithms = Some(list(v, string)?),
+            "leeway_seconds" => t.leeway_seconds = Some(number(v)?),
+            "key_type" => t.key_type = optional(v)?,
+            "claims" => t.claims = Some(claim_names(v)?),
+            "scopes_allowed" => t.scopes_allowed = Some(list(v, string)?),
+            "revoked_subjects" => t.revoked_subjects = list(v, string)?,
+            "models" => t.models = Some(list(v, string)?),
+            "rate_limits" => t.rate_limits = list(v, rate_limit)?,
+            "usage_limits" => t.usage_limits = Some(usage_limits(v)?),
+            "max_concurrent_requests" => t.max_concurrent_requests = Some(number(v)?),
+            _ => return None,
+        }
+    }
+    (seen == 3).then_some(t)
+}
+
+fn claim_names(n: &Node<'_>) -> Option<ClaimNamesSpec> {
+    let mut c = ClaimNamesSpec::default();
+    for (name, v) in entries(n)? {
+        match *name {
+            "workspace" => c.workspace = optional(v)?,
+            "scopes" => c.scopes = optional(v)?,
+            "user" => c.user = optional(v)?,
+            _ => return None,
+        }
+    }
+    Some(c)
 }
 
 fn workspace(n: &Node<'_>) -> Option<WorkspaceSpec> {

@@ -163,7 +163,7 @@ fn keys_still_resolve_workspaces_of_a_malformed_organisation() {
     let text = valid().replace("  - id: org_acme\n", "  - id: org_acme\n    region: eu\n");
     assert_eq!(
         errors(&text),
-        vec!["keys.yaml:4:5: organisations[0] (org_acme): unknown field `region`, expected `id` or `workspaces`"]
+        vec!["keys.yaml:4:5: organisations[0] (org_acme): unknown field `region`, expected one of `id`, `workspaces`, `identity_tokens`"]
     );
 }
 

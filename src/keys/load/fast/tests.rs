@@ -83,6 +83,69 @@ model_prices:                       # US dollars per million tokens
     output: 60.000
 ";
 
+/// An organisation that accepts identity tokens, in the shapes an operator
+/// writes.
+const IDENTITY: &str = "\
+organisations:
+  - id: org_acme
+    workspaces: [{ id: ws_research, slug: research }]
+    identity_tokens:
+      issuer: \"https://idp.example.com/\"        # `iss` must equal it
+      audience: scopegate
+      jwks_file: jwks.json
+      algorithms: [RS256, ES256, EdDSA]
+      leeway_seconds: 30
+      key_type: workspace-user
+      claims: { workspace: workspace_slug, scopes: scope, user: sub }
+      scopes_allowed: [completions.write, logs.view]
+      revoked_subjects: []
+      models: [\"gpt-4o-mini\"]
+      rate_limits: [{ type: requests, unit: rpm, value: 60 }]
+      usage_limits: { type: tokens, credit_limit: 1000000, periodic_reset: daily }
+      max_concurrent_requests: 4
+  - id: org_globex
+    identity_tokens:
+      issuer: https://login.example.org/tenant/v2.0
+      audience: 'api://scopegate'
+      jwks_url: https://login.example.org/tenant/discovery/v2.0/keys
+      ca_file: idp-ca.pem
+      jwks_refresh_seconds: 600
+      claims:
+        workspace: portkey_workspace
+        scopes: scp
+      revoked_subjects:
+        - mallory
+        - \"eve\"
+      rate_limits:
+        - { type: tokens, unit: rpd, value: 100000 }
+keys: []
+";
+
+#[test]
+fn reads_identity_tokens() {
+    assert!(agrees(IDENTITY));
+    let doc = read(IDENTITY).expect("plain");
+    let acme = doc.organisations[0]
+        .identity_tokens
+        .as_ref()
+        .expect("identity_tokens");
+    assert_eq!(acme.issuer, "https://idp.example.com/");
+    assert_eq!(acme.max_concurrent_requests, Some(4));
+    let globex = doc.organisations[1]
+        .identity_tokens
+        .as_ref()
+        .expect("identity_tokens");
+    assert_eq!(
+        globex.jwks_url.as_deref(),
+        Some("https://login.example.org/tenant/discovery/v2.0/keys")
+    );
+    assert_eq!(
+        globex.claims.as_ref().and_then(|c| c.scopes.as_deref()),
+        Some("scp")
+    );
+    assert_eq!(globex.revoked_subjects, ["mallory", "eve"]);
+}
+
 #[test]
 fn reads_the_shapes_keys_files_use() {
     assert!(agrees(SAMPLE));
@@ -176,6 +239,13 @@ fn gives_up_on_what_it_does_not_read() {
         "keys:\n  - id: a\n    type: b\n    usage_limits: {type: t, credit_limit: 1, alert_threshold: ~}\n",
         "keys:\n  - id: a\n    type: b\n    models: ~\n",
         "keys:\n  - id: a\n    type: b\n    max_concurrent_requests: ~\n",
+        "organisations:\n  - id: o\n    identity_tokens: {issuer: i}\n",
+        "organisations:\n  - id: o\n    identity_tokens:\n      issuer: i\n      audience: a\n      bogus: 1\n",
+        "organisations:\n  - id: o\n    identity_tokens:\n      issuer: i\n      audience: a\n      claims: {bogus: x}\n",
+        "organisations:\n  - id: o\n    identity_tokens:\n      issuer: i\n      audience: a\n      claims: ~\n",
+        "organisations:\n  - id: o\n    identity_tokens:\n      issuer: i\n      audience: a\n      leeway_seconds: ~\n",
+        "organisations:\n  - id: o\n    identity_tokens:\n      issuer: i\n      audience: a\n      revoked_subjects: ~\n",
+        "organisations:\n  - id: o\n    identity_tokens: ~\n",
     ] {
         assert!(read(text).is_none(), "{text:?}");
     }
@@ -209,6 +279,7 @@ fn agrees_with_serde_yaml_on_mutated_files() {
     ];
     let bases = [
         SAMPLE,
+        IDENTITY,
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config/keys.yaml")),
     ];
     let mut rng = Rng(0x5eed_1234_abcd_0001);
@@ -362,6 +433,15 @@ fn agrees_with_serde_yaml_on_awkward_scalars() {
         "model_prices:\n  m:\n    input: 1\n    output: {S}\n",
         "custom_scopes: {S}\n",
         "custom_scopes:\n- {S}\n",
+        "organisations:\n  - id: o\n    identity_tokens:\n      issuer: {S}\n      audience: {S}\n",
+        "organisations:\n  - id: o\n    identity_tokens: {issuer: i, audience: a, jwks_url: {S}}\n",
+        "organisations:\n  - id: o\n    identity_tokens:\n      issuer: i\n      audience: a\n      jwks_file: {S}\n      ca_file: {S}\n      key_type: {S}\n",
+        "organisations:\n  - id: o\n    identity_tokens:\n      issuer: i\n      audience: a\n      leeway_seconds: {S}\n",
+        "organisations:\n  - id: o\n    identity_tokens:\n      issuer: i\n      audience: a\n      jwks_refresh_seconds: {S}\n      max_concurrent_requests: {S}\n",
+        "organisations:\n  - id: o\n    identity_tokens:\n      issuer: i\n      audience: a\n      algorithms: [RS256, {S}]\n      scopes_allowed:\n        - {S}\n",
+        "organisations:\n  - id: o\n    identity_tokens:\n      issuer: i\n      audience: a\n      claims: {workspace: {S}, user: {S}}\n",
+        "organisations:\n  - id: o\n    identity_tokens:\n      issuer: i\n      audience: a\n      claims:\n        scopes: {S}\n      revoked_subjects: [{S}]\n",
+        "organisations:\n  - id: o\n    identity_tokens:\n      issuer: i\n      audience: a\n      models: [{S}]\n      usage_limits: {type: tokens, credit_limit: {S}}\n",
     ];
     let mut accepted = 0;
     for template in templates {

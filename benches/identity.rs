@@ -1,0 +1,203 @@
+//! Criterion benches of identity tokens: uncached verification of RS256
+//! (RSA-2048), ES256 and EdDSA tokens, the shape rule on an ordinary key
+//! and on a token, a cache hit (SHA-256 of the token and a lookup), and,
+//! printed once before the benches, the memory of a cache of 100,000
+//! verified tokens (the cache's own count, and the process's RSS growth).
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use criterion::{criterion_group, criterion_main, Criterion};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ring::signature::{
+    EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
+};
+use serde_json::{json, Value};
+
+use scopegate::identity::{is_token, verify, JwksSet, TokenCache, VerifiedIdentity};
+use scopegate::keys::{parse_keys_str, OrgIdx, Snapshot};
+use scopegate::scopes::ScopeRegistry;
+
+const NOW: i64 = 1_800_000_000_000;
+const RSA: &[u8] = include_bytes!("../tests/fixtures/jwt/rsa2048_a.der");
+
+struct World {
+    snap: Snapshot,
+    sets: HashMap<OrgIdx, Arc<JwksSet>>,
+    /// A token per algorithm.
+    tokens: Vec<(&'static str, String)>,
+}
+
+fn b64(b: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+fn claims(sub: &str) -> Value {
+    json!({"iss": "https://idp.bench/", "aud": "scopegate", "sub": sub,
+           "exp": NOW / 1000 + 3600, "iat": NOW / 1000 - 60, "nbf": NOW / 1000 - 60,
+           "workspace_slug": "research", "scope": "openid profile completions.write logs.view"})
+}
+
+fn sign(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, claims, key).expect("signs")
+}
+
+fn world() -> World {
+    let keys = "\
+organisations:
+  - id: org_bench
+    workspaces: [{ id: ws_research, slug: research }]
+    identity_tokens:
+      issuer: https://idp.bench/
+      audience: scopegate
+      jwks_file: unused.json
+      rate_limits: [{ type: requests, unit: rpm, value: 600 }]
+keys: []
+";
+    let snap = parse_keys_str(keys, Path::new("keys.yaml"), &ScopeRegistry::builtin())
+        .expect("valid keys file");
+    let rng = ring::rand::SystemRandom::new();
+    let rsa = RsaKeyPair::from_der(RSA).expect("fixture");
+    let rsa_pub: ring::rsa::PublicKeyComponents<Vec<u8>> = rsa.public().into();
+    let ec8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("ec");
+    let ec =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, ec8.as_ref(), &rng).expect("ec");
+    let ed8 = Ed25519KeyPair::generate_pkcs8(&rng).expect("ed");
+    let ed = Ed25519KeyPair::from_pkcs8(ed8.as_ref()).expect("ed");
+    let point = ec.public_key().as_ref();
+    // Three keys in the set, as a provider mid-rotation publishes.
+    let set = json!({"keys": [
+        {"kty": "RSA", "kid": "rsa", "n": b64(&rsa_pub.n), "e": b64(&rsa_pub.e)},
+        {"kty": "EC", "kid": "ec", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..])},
+        {"kty": "OKP", "kid": "ed", "crv": "Ed25519", "x": b64(ed.public_key().as_ref())},
+    ]});
+    let set = JwksSet::parse(set.to_string().as_bytes()).expect("usable set");
+    let c = claims("00000000-0000-4000-8000-000000000000");
+    let tokens = vec![
+        (
+            "RS256-2048",
+            sign(Algorithm::RS256, "rsa", &EncodingKey::from_rsa_der(RSA), &c),
+        ),
+        (
+            "ES256",
+            sign(
+                Algorithm::ES256,
+                "ec",
+                &EncodingKey::from_ec_der(ec8.as_ref()),
+                &c,
+            ),
+        ),
+        (
+            "EdDSA",
+            sign(
+                Algorithm::EdDSA,
+                "ed",
+                &EncodingKey::from_ed_der(ed8.as_ref()),
+                &c,
+            ),
+        ),
+    ];
+    World {
+        snap,
+        sets: HashMap::from([(OrgIdx(0), Arc::new(set))]),
+        tokens,
+    }
+}
+
+/// Resident set size, from /proc/self/statm.
+fn rss_bytes() -> Option<usize> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Fills a default cache (100,000 entries, 64 MiB) with distinct
+/// subjects and prints what it holds.
+fn cache_memory(w: &World) {
+    let (_, token) = &w.tokens[1];
+    let template = verify(token, NOW, &w.snap, &w.sets).expect("verifies");
+    let before = rss_bytes();
+    let cache = TokenCache::default();
+    let generation = cache.generation();
+    for i in 0..100_000u32 {
+        let mut id: VerifiedIdentity = template.clone();
+        // UUID-like subjects, as most providers use.
+        let subject: Arc<str> = format!("{i:08x}-0000-4000-8000-000000000000").into();
+        id.user_id = Some(subject.clone());
+        id.subject = subject;
+        cache.insert(
+            TokenCache::key(&format!("{token}{i}")),
+            Arc::new(id),
+            generation,
+        );
+    }
+    let after = rss_bytes();
+    let growth = match (before, after) {
+        (Some(b), Some(a)) => format!("{:.1} MiB", a.saturating_sub(b) as f64 / 1048576.0),
+        _ => "unknown".into(),
+    };
+    println!(
+        "token cache: {} entries, {:.1} MiB by its own count, RSS grew {growth}",
+        cache.len(),
+        cache.approx_bytes() as f64 / 1048576.0
+    );
+    black_box(&cache);
+}
+
+fn benches(c: &mut Criterion) {
+    let w = world();
+    cache_memory(&w);
+    let mut g = c.benchmark_group("verify_uncached");
+    for (name, token) in &w.tokens {
+        assert!(verify(token, NOW, &w.snap, &w.sets).is_ok(), "{name}");
+        g.bench_function(*name, |b| {
+            b.iter(|| verify(black_box(token), NOW, &w.snap, &w.sets))
+        });
+    }
+    g.finish();
+
+    // The signature check alone (jsonwebtoken on ring), to tell the
+    // crypto from the rest of verification.
+    let mut g = c.benchmark_group("signature_only");
+    for ((name, token), kid) in w.tokens.iter().zip(["rsa", "ec", "ed"]) {
+        let key = w.sets[&OrgIdx(0)].find(kid).expect("key");
+        let (input, signature) = token.rsplit_once('.').expect("three parts");
+        let alg = match *name {
+            "RS256-2048" => Algorithm::RS256,
+            "ES256" => Algorithm::ES256,
+            _ => Algorithm::EdDSA,
+        };
+        let decoding = key.decoding_key();
+        g.bench_function(*name, |b| {
+            b.iter(|| {
+                jsonwebtoken::crypto::verify(black_box(signature), input.as_bytes(), decoding, alg)
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("shape");
+    g.bench_function("key", |b| {
+        let key = "sgk-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        b.iter(|| is_token(black_box(key)))
+    });
+    g.bench_function("token", |b| b.iter(|| is_token(black_box(&w.tokens[0].1))));
+    g.finish();
+
+    let cache = TokenCache::default();
+    let (_, token) = &w.tokens[0];
+    let id = Arc::new(verify(token, NOW, &w.snap, &w.sets).expect("verifies"));
+    cache.insert(TokenCache::key(token), id, cache.generation());
+    c.bench_function("cache_hit", |b| {
+        b.iter(|| cache.get(&TokenCache::key(black_box(token)), NOW).is_some())
+    });
+}
+
+criterion_group!(identity, benches);
+criterion_main!(identity);
