@@ -6,6 +6,7 @@
 //! run in parallel and share no state.
 
 mod e2e {
+    pub mod certs;
     pub mod client;
     pub mod fixtures;
     pub mod harness;
@@ -21,6 +22,7 @@ mod e2e {
     mod metrics;
     mod observability;
     mod paths;
+    mod protocols;
     mod ratelimits;
     mod reload;
     mod reload_triggers;
