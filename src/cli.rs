@@ -426,6 +426,7 @@ fn explain(args: &ExplainArgs) -> ExitCode {
         key: crate::request::Presented::Missing,
         content_type: body.as_ref().map(|_| args.content_type.as_bytes()),
         content_type_repeated: false,
+        bad_content_length: false,
         upgrade: crate::request::Upgrade::None,
         body: body_facts,
         now,

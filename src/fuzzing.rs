@@ -29,6 +29,7 @@ static TABLE: LazyLock<RouteTable> = LazyLock::new(|| {
         scopes: vec!["x.read".into()],
         scopes_all: vec![],
         upgrade: None,
+        meter: None,
     };
     let routes = [
         extra(&["GET"], "/v1/x/{id}", Plane::Control),
