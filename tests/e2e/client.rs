@@ -513,7 +513,6 @@ impl Req {
     /// HTTP/2 layer itself must refuse (a malformed request is a stream
     /// error, RFC 9113 8.1.1): `Err` when the stream was reset, `Ok` with
     /// the response otherwise.
-    #[allow(dead_code)]
     pub fn try_send_h2(self) -> Result<Response, String> {
         assert_eq!(self.proto, Proto::H2);
         let request = self.h2_request();
