@@ -19,6 +19,7 @@ mod e2e {
     mod hostile;
     mod key_headers;
     mod keytools;
+    mod metering;
     mod metrics;
     mod observability;
     mod paths;
@@ -29,7 +30,7 @@ mod e2e {
     mod replicas;
     mod routes;
     mod shutdown;
-    mod spending;
+    pub mod spending;
     mod streaming;
     mod tls;
     mod tls_listener;
