@@ -77,3 +77,8 @@ fn usage_json_corpus_holds() {
 fn request_body_corpus_holds() {
     replay_corpus("request_body", scopegate::fuzzing::request_body);
 }
+
+#[test]
+fn content_type_corpus_holds() {
+    replay_corpus("content_type", scopegate::fuzzing::content_type);
+}
