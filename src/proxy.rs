@@ -1066,9 +1066,11 @@ impl ProxyHttp for Gateway {
             return;
         }
         if let (Some(mut meter), Some(status)) = (ctx.meter.take(), ctx.upstream_status) {
-            // Forwarded by pingora (a body the proxy did not read): no
-            // usage was read from the response, so the reservation's input
-            // is charged as an estimate (SPEC 9.3).
+            // Forwarded by pingora: a request that is not counted (counted
+            // ones are sent by the proxy itself, through the usage tap), so
+            // this gives its admission back (request limits, concurrency).
+            // Were a counted one ever to come here, its reserved input
+            // would be charged as an estimate.
             meter.settle(status, &crate::usage::response::Observed::default());
         }
         access_log::record(session, e, ctx_view(ctx, self));
@@ -1123,6 +1125,57 @@ fn ctx_view<'a>(ctx: &'a Ctx, gw: &'a Gateway) -> Finished<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookie_fields_are_joined_into_one() {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("request");
+        req.append_header("cookie", "a=1").expect("cookie");
+        req.append_header("cookie", "b=2; c=3").expect("cookie");
+        join_cookies(&mut req).expect("joined");
+        let all: Vec<&[u8]> = req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        assert_eq!(all, [&b"a=1; b=2; c=3"[..]]);
+        let mut one = RequestHeader::build("GET", b"/", None).expect("request");
+        one.append_header("cookie", "a=1").expect("cookie");
+        join_cookies(&mut one).expect("untouched");
+        assert_eq!(
+            one.headers.get(http::header::COOKIE).map(|v| v.as_bytes()),
+            Some(&b"a=1"[..])
+        );
+    }
+
+    #[test]
+    fn body_hint_reads_one_content_length_and_distrusts_the_rest() {
+        let hint = |lengths: &[&str], chunked: bool| {
+            let mut req = RequestHeader::build("POST", b"/", None).expect("request");
+            for l in lengths {
+                req.append_header("content-length", *l).expect("length");
+            }
+            if chunked {
+                req.append_header("transfer-encoding", "chunked")
+                    .expect("te");
+            }
+            body_hint(&req)
+        };
+        assert_eq!(hint(&[], false), Body::Empty);
+        assert_eq!(hint(&["0"], false), Body::Empty);
+        assert_eq!(
+            hint(&["12"], false),
+            Body::Unread {
+                declared_len: Some(12)
+            }
+        );
+        assert_eq!(hint(&["5, 5"], false), Body::Unread { declared_len: None });
+        assert_eq!(
+            hint(&["5", "5"], false),
+            Body::Unread { declared_len: None }
+        );
+        assert_eq!(hint(&[], true), Body::Unread { declared_len: None });
+    }
 
     #[test]
     fn request_id_rule() {
