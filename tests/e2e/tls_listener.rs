@@ -244,10 +244,31 @@ fn https_serves_the_main_decision_rows_over_http1_and_http2() {
             )
             .await;
             expect_portkey_error(&streamed.response, 403, "workspace_mismatch");
+
+            // ... and a body that passes the inspection goes up, byte for
+            // byte, as an HTTP/1.1 request (the proxy sends it itself).
+            let admin_before = up.admin.count();
+            let good = br#"{"workspace_id":"ws_research","name":"c"}"#;
+            let body = futures_util::stream::iter([Ok::<_, std::io::Error>(good.to_vec())]);
+            let inspected = exchange(
+                c.post(url(&proxy, "/v1/configs"))
+                    .header("x-portkey-api-key", BOT)
+                    .header("content-type", "application/json")
+                    .body(reqwest::Body::wrap_stream(body)),
+            )
+            .await;
+            expect_forwarded(&inspected.response);
+            let seen = &up.admin.requests()[admin_before];
+            assert_eq!(seen.body, good, "{proto:?}");
+            assert_eq!(seen.header("host"), Some(up.admin.authority().as_str()));
+            assert_eq!(
+                seen.header("content-length"),
+                Some(good.len().to_string().as_str())
+            );
         });
     }
     assert_eq!(up.completions.count(), 3, "only the allowed chats went up");
-    assert_eq!(up.admin.count(), 0);
+    assert_eq!(up.admin.count(), 3, "only the inspected bodies that passed");
 }
 
 #[test]
