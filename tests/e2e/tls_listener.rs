@@ -18,7 +18,7 @@ use super::certs::{Ca, Pair, TlsFiles};
 use super::client::Response;
 use super::fixtures::{ADMIN, BOT, CHAT};
 use super::harness::{
-    expect_forwarded, expect_openai_error, expect_portkey_error, run_scopegate, Proxy,
+    expect_forwarded, expect_openai_error, expect_portkey_error, poll_until, run_scopegate, Proxy,
     ProxyBuilder, Upstreams,
 };
 
@@ -405,8 +405,12 @@ fn a_key_that_does_not_match_keeps_the_old_certificate_and_counts_a_failure() {
         assert!(start.elapsed() < ROTATION_BUDGET * 3, "no failure counted");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The log line travels through a pipe and a reader thread: it may
+    // arrive a moment after the metric shows the failure.
     assert!(
-        proxy.logs().contains("does not match the certificate"),
+        poll_until(ROTATION_BUDGET, || proxy
+            .logs()
+            .contains("does not match the certificate")),
         "{}",
         proxy.logs()
     );
