@@ -67,6 +67,7 @@ fn facts<'a>(
         key: Presented::Secret(key),
         content_type: None,
         content_type_repeated: false,
+        bad_content_length: false,
         upgrade: scopegate::request::Upgrade::None,
         body: Body::Empty,
         now: NOW,

@@ -44,7 +44,7 @@ pub fn record(session: &Session, e: Option<&Error>, f: Finished<'_>) {
             elapsed_seconds: f.elapsed.as_secs_f64(),
         });
     }
-    let error = e.map(|e| e.etype().as_str()).unwrap_or("");
+    let error = e.map(|e| e.etype().as_str()).or(f.error).unwrap_or("");
     tracing::info!(
         target: "scopegate::access",
         request_id = f.request_id,

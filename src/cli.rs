@@ -172,6 +172,9 @@ fn serve(path: &Path) -> ExitCode {
         }
     };
     crate::server::init_logging(config.log_format);
+    for w in unmetered_route_warnings(&config, &table, &snap) {
+        tracing::warn!(route = w.message.as_str(), "extra route is not metered");
+    }
     match crate::server::serve(config, table, KeyStore::new(snap)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -197,6 +200,9 @@ fn check(path: &Path) -> ExitCode {
     });
     match loaded {
         Ok((config, table, snap, tls, jwks)) => {
+            for w in unmetered_route_warnings(&config, &table, &snap) {
+                eprintln!("{w}");
+            }
             let tls = match tls {
                 0 => String::new(),
                 1 => "; 1 TLS listener".to_string(),
@@ -337,6 +343,79 @@ fn inspect_token(path: &Path) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Warnings (not errors: `check` still succeeds) about extra data-plane
+/// routes without `meter` that a key whose tokens are counted — it or its
+/// workspace has token rate limits or a usage limit — has the scopes for:
+/// such a key's requests there are forwarded without counting the tokens
+/// their answers report. Routes on a counted built-in pattern (counted
+/// anyway) and on batches or stored-prompt completions (refused to such
+/// keys) are left out. Each names the route's place in the config file.
+pub fn unmetered_route_warnings(
+    config: &Config,
+    table: &RouteTable,
+    snap: &Snapshot,
+) -> Vec<Diagnostic> {
+    use crate::routes::{is_opaque, Plane, UsageApi};
+    let text = std::fs::read_to_string(&config.path).unwrap_or_default();
+    let index = crate::keys::position::PositionIndex::new(&text);
+    let mut out = Vec::new();
+    for (i, spec) in config.routes.iter().enumerate() {
+        if spec.plane != Plane::Data
+            || spec.meter.is_some()
+            || UsageApi::of_builtin(&spec.path).is_some()
+            || is_opaque(&http::Method::POST, &spec.path)
+        {
+            continue;
+        }
+        let requirements: Vec<_> = table
+            .routes()
+            .iter()
+            .filter(|r| {
+                *r.pattern == *spec.path && spec.methods.iter().any(|m| m == r.method.as_str())
+            })
+            .map(|r| r.requirement)
+            .collect();
+        let now = keys::now_millis();
+        let reaching: Vec<&str> = snap
+            .keys()
+            .iter()
+            .enumerate()
+            .filter(|(k, key)| {
+                let (own, ws) = snap.limits_for(keys::KeyIdx(*k as u32));
+                !key.key_type.is_admin()
+                    && key.status != keys::KeyStatus::Revoked
+                    && key.expires_at.is_none_or(|t| t > now)
+                    && (own.counts_tokens() || ws.is_some_and(keys::Limits::counts_tokens))
+                    && requirements.iter().any(|r| r.is_met_by(&key.scopes))
+            })
+            .map(|(_, key)| &*key.id)
+            .collect();
+        if reaching.is_empty() {
+            continue;
+        }
+        let shown = match reaching.len() {
+            1..=3 => reaching.join(", "),
+            n => format!("{} and {} more", reaching[..3].join(", "), n - 3),
+        };
+        let message = format!(
+            "warning: routes[{i}]: {} {} is a data-plane route without `meter`, and keys whose \
+             tokens are counted (token rate limits or a usage limit) can call it: {shown}; the \
+             tokens its answers use are not counted. If it answers like one of them, add \
+             `meter: chat`, `completions`, `embeddings`, `responses` or `messages`.",
+            spec.methods.join(", "),
+            spec.path
+        );
+        out.push(Diagnostic {
+            file: config.path.clone(),
+            position: index
+                .as_ref()
+                .and_then(|ix| ix.locate(&format!("routes[{i}]"))),
+            message,
+        });
+    }
+    out
 }
 
 fn hash_key() -> ExitCode {
@@ -561,6 +640,7 @@ fn explain(args: &ExplainArgs) -> ExitCode {
         key: crate::request::Presented::Missing,
         content_type: body.as_ref().map(|_| args.content_type.as_bytes()),
         content_type_repeated: false,
+        bad_content_length: false,
         upgrade: crate::request::Upgrade::None,
         body: body_facts,
         now,

@@ -39,6 +39,11 @@ pub const DEFAULT_MAX_INSPECT_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_INSPECT_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 /// Default `max_data_body_bytes` (SPEC 9.1).
 pub const DEFAULT_MAX_DATA_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Default `default_output_reservation` (SPEC 9.3).
+pub const DEFAULT_OUTPUT_RESERVATION: u64 = 4096;
+/// Largest `default_output_reservation`: more than any model generates for
+/// one request.
+pub const MAX_OUTPUT_RESERVATION: u64 = 100_000_000;
 /// Default `shutdown_grace_period_seconds`.
 pub const DEFAULT_SHUTDOWN_GRACE_PERIOD_SECONDS: u64 = 30;
 /// Default upstream `connect_timeout_ms`.
@@ -107,6 +112,10 @@ pub struct Config {
     pub max_client_connections: usize,
     /// SPEC 9.4: set `stream_options.include_usage` on streams that need counting.
     pub inject_stream_usage: bool,
+    /// Output tokens a counted request that names no maximum output
+    /// (`max_tokens`, `max_completion_tokens`, `max_output_tokens`) reserves
+    /// per choice, on routes that generate text (SPEC 9.3); 0 reserves none.
+    pub default_output_reservation: u64,
     /// Where counters and usage live (SPEC 10).
     pub state: StateConfig,
     /// Log line format.
@@ -368,6 +377,8 @@ struct RawConfig {
     max_client_connections: u64,
     #[serde(default = "yes")]
     inject_stream_usage: bool,
+    #[serde(default = "default_output_reservation")]
+    default_output_reservation: u64,
     #[serde(default)]
     state: RawState,
     #[serde(default)]
@@ -398,6 +409,10 @@ fn default_idle_timeout() -> u64 {
 }
 fn default_max_client_connections() -> u64 {
     DEFAULT_MAX_CLIENT_CONNECTIONS as u64
+}
+
+fn default_output_reservation() -> u64 {
+    DEFAULT_OUTPUT_RESERVATION
 }
 
 fn default_data_body() -> u64 {
@@ -707,6 +722,15 @@ impl Validator<'_> {
                 0
             }
         };
+        if raw.default_output_reservation > MAX_OUTPUT_RESERVATION {
+            self.problem(
+                "default_output_reservation",
+                format!(
+                    "default_output_reservation: must be at most {MAX_OUTPUT_RESERVATION} \
+                     tokens (0 reserves no output for requests that name no maximum)"
+                ),
+            );
+        }
         let state = self.state(raw.state);
         let upstreams = Upstreams {
             completions: self.upstream(raw.upstreams.completions, "upstreams.completions"),
@@ -734,6 +758,7 @@ impl Validator<'_> {
             idle_timeout_ms: raw.idle_timeout_ms,
             max_client_connections,
             inject_stream_usage: raw.inject_stream_usage,
+            default_output_reservation: raw.default_output_reservation,
             state,
             log_format: raw.log_format,
             shutdown_grace_period_seconds: raw.shutdown_grace_period_seconds,
@@ -1044,6 +1069,11 @@ impl Validator<'_> {
             }
             if let Err(m) = crate::routes::check_upgrade(r.upgrade.as_deref(), &r.methods) {
                 self.problem(format!("{at}.upgrade"), format!("{at}.upgrade: {m}"));
+            }
+            if let Err(m) =
+                crate::routes::check_meter(r.meter, r.plane, r.upgrade.as_deref(), &r.methods)
+            {
+                self.problem(format!("{at}.meter"), format!("{at}.meter: {m}"));
             }
             for (field, list) in [("scopes", &r.scopes), ("scopes_all", &r.scopes_all)] {
                 for (j, s) in list.iter().enumerate() {

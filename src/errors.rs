@@ -12,6 +12,9 @@ use serde_json::json;
 pub enum ErrorCode {
     /// 400: path not canonical.
     InvalidPath,
+    /// 400: the request's framing is ambiguous: `Content-Length` repeated,
+    /// a list, or not a number.
+    InvalidRequest,
     /// 401: no key.
     MissingApiKey,
     /// 401: key unknown or header repeated.
@@ -51,6 +54,9 @@ pub enum ErrorCode {
     MissingModel,
     /// 403: a model the request names is not allowed.
     ModelNotAllowed,
+    /// 403: a key whose tokens are counted asks for tokens the proxy cannot
+    /// see (batches, stored-prompt completions, background responses).
+    UsageNotMetered,
     /// 429: rate limit exceeded.
     RateLimited,
     /// 429: `max_concurrent_requests` of the key already in flight.
@@ -77,11 +83,11 @@ impl ErrorCode {
     pub fn status(self) -> u16 {
         use ErrorCode::*;
         match self {
-            InvalidPath | InvalidJson | ConflictingWorkspace | UpgradeNotAllowed | MissingModel => {
-                400
-            }
+            InvalidPath | InvalidRequest | InvalidJson | ConflictingWorkspace
+            | UpgradeNotAllowed | MissingModel => 400,
             MissingApiKey | InvalidApiKey | ExpiredApiKey | RevokedApiKey => 401,
-            AdminKeyNotAllowed | MissingScope | WorkspaceMismatch | ModelNotAllowed => 403,
+            AdminKeyNotAllowed | MissingScope | WorkspaceMismatch | ModelNotAllowed
+            | UsageNotMetered => 403,
             RouteNotFound | WorkspaceNotFound => 404,
             MethodNotAllowed => 405,
             BudgetExhausted => 412,
@@ -100,6 +106,7 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidPath => "invalid_path",
+            InvalidRequest => "invalid_request",
             MissingApiKey => "missing_api_key",
             InvalidApiKey => "invalid_api_key",
             ExpiredApiKey => "expired_api_key",
@@ -119,6 +126,7 @@ impl ErrorCode {
             WorkspaceNotFound => "workspace_not_found",
             MissingModel => "missing_model",
             ModelNotAllowed => "model_not_allowed",
+            UsageNotMetered => "usage_not_metered",
             RateLimited => "rate_limited",
             ConcurrencyLimited => "concurrency_limited",
             LimitsUnavailable => "limits_unavailable",
@@ -152,10 +160,11 @@ impl ErrorCode {
     }
 
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 25] = {
+    pub const ALL: [ErrorCode; 27] = {
         use ErrorCode::*;
         [
             InvalidPath,
+            InvalidRequest,
             MissingApiKey,
             InvalidApiKey,
             ExpiredApiKey,
@@ -175,6 +184,7 @@ impl ErrorCode {
             WorkspaceNotFound,
             MissingModel,
             ModelNotAllowed,
+            UsageNotMetered,
             RateLimited,
             ConcurrencyLimited,
             LimitsUnavailable,

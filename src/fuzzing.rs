@@ -31,6 +31,7 @@ static TABLE: LazyLock<RouteTable> = LazyLock::new(|| {
         scopes: vec!["x.read".into()],
         scopes_all: vec![],
         upgrade: None,
+        meter: None,
     };
     let routes = [
         extra(&["GET"], "/v1/x/{id}", Plane::Control),
@@ -606,6 +607,154 @@ fn token_credential(credential: &str) {
     }
 }
 
+// content_type
+
+/// Keys for [`content_type`]: one restricted by `models`, one whose tokens
+/// are counted, one without limits; all may call the data plane.
+static MEDIA_KEYS: LazyLock<Snapshot> = LazyLock::new(|| {
+    let h = |s: &str| crate::keys::digest_hex(s.as_bytes());
+    let yaml = format!(
+        "organisations:\n  - id: org\n    workspaces: [{{ id: ws }}]\nkeys:\n\
+         \x20 - {{ id: models, type: workspace-service, workspace_id: ws, sha256: \"{}\", \
+         scopes: [completions.write], models: [\"gpt-4o-mini\"] }}\n\
+         \x20 - {{ id: tokens, type: workspace-service, workspace_id: ws, sha256: \"{}\", \
+         scopes: [completions.write], rate_limits: [{{ type: tokens, unit: rpm, value: 100 }}] }}\n\
+         \x20 - {{ id: free, type: workspace-service, workspace_id: ws, sha256: \"{}\", \
+         scopes: [completions.write] }}\n",
+        h("models"),
+        h("tokens"),
+        h("free")
+    );
+    let doc: KeysDocument = match serde_yaml::from_str(&yaml) {
+        Ok(d) => d,
+        Err(e) => panic!("the fuzzing keys must parse: {e}"),
+    };
+    match crate::keys::build_snapshot(&doc, TABLE.registry()) {
+        Ok(s) => s,
+        Err(problems) => panic!("the fuzzing keys must build: {problems:?}"),
+    }
+});
+
+/// What a `Content-Type` makes a data-plane body, written independently of
+/// [`request::media_type`]: `json` for `application/json` and any
+/// `type/subtype+json`, `multipart` for `multipart/form-data`, else
+/// `other` (parameters after `;` ignored, ASCII case ignored).
+pub fn reference_media(ct: &str) -> &'static str {
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim_matches([' ', '\t'])
+        .to_ascii_lowercase();
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return "other";
+    };
+    let token = |t: &str| !t.is_empty() && t.chars().all(tchar);
+    if !token(kind) || !token(subtype) {
+        return "other";
+    }
+    match (kind, subtype) {
+        ("application", "json") => "json",
+        (_, sub) if sub.len() > "+json".len() && sub.ends_with("+json") => "json",
+        ("multipart", "form-data") => "multipart",
+        _ => "other",
+    }
+}
+
+/// Target `content_type`: which data-plane bodies are read (SPEC 9.1).
+/// The input is a `Content-Type` value, a newline, then a body.
+///
+/// Invariants: no panic; [`request::media_type`] agrees with
+/// [`reference_media`] on every valid header value; for a key restricted
+/// by `models` or whose tokens are counted, an inference route (`POST
+/// /v1/chat/completions`) never lets an unread body through: a JSON or
+/// multipart one is read (or too large), anything else is 415 — and a read
+/// body is allowed only when it is a JSON object or multipart body the
+/// readers accept; a repeated Content-Type is always 415 there; for a key
+/// without such limits nothing is read or refused for its type; off the
+/// inference routes (`POST /v1/files`) a body of another type is never
+/// refused for it.
+pub fn content_type(data: &[u8]) {
+    use crate::policy::{decide, nothing_used, Body, Outcome, RequestFacts};
+    use crate::request::{media_type, Media, Presented, Upgrade};
+
+    let (ct, body) = match data.iter().position(|b| *b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &b""[..]),
+    };
+    // Only what can be a header value reaches the proxy.
+    if http::HeaderValue::from_bytes(ct).is_err() {
+        return;
+    }
+    let media = media_type(Some(ct));
+    let want = reference_media(&text(ct));
+    let got = match media {
+        Media::Json => "json",
+        Media::Multipart => "multipart",
+        Media::Other => "other",
+        Media::Missing => "missing",
+    };
+    assert_eq!(got, want, "media type of {:?}", text(ct));
+
+    let decide_with = |path: &str, key: &str, repeated: bool, b: Body<'_>| {
+        let facts = RequestFacts {
+            method: &http::Method::POST,
+            path,
+            query: None,
+            key: Presented::Secret(key.as_bytes()),
+            content_type: Some(ct),
+            content_type_repeated: repeated,
+            bad_content_length: false,
+            upgrade: Upgrade::None,
+            body: b,
+            now: 0,
+            max_body: 1024,
+            max_data_body: 4096,
+            used_up: &nothing_used,
+        };
+        decide(&TABLE, &MEDIA_KEYS, &facts).outcome
+    };
+    let code = |o: &Outcome| match o {
+        Outcome::Allow => "allow",
+        Outcome::ReadBody => "read_body",
+        Outcome::Deny(d) => d.code.as_str(),
+    };
+    let unread = Body::Unread {
+        declared_len: Some(body.len().max(1) as u64),
+    };
+    let readable = want != "other";
+    for key in ["models", "tokens"] {
+        let chat = "/v1/chat/completions";
+        let first = decide_with(chat, key, false, unread);
+        let expected = match (readable, body.len() > 4096) {
+            (false, _) => "unsupported_media_type",
+            (true, false) => "read_body",
+            (true, true) => "body_too_large",
+        };
+        assert_eq!(code(&first), expected, "{key} {:?}", text(ct));
+        assert_eq!(
+            code(&decide_with(chat, key, true, unread)),
+            "unsupported_media_type"
+        );
+        if readable && !body.is_empty() && body.len() <= 4096 {
+            let read = decide_with(chat, key, false, Body::Read(body));
+            if matches!(read, Outcome::Allow) {
+                let accepted = match media {
+                    Media::Json => crate::usage::body::read_json_body(body).is_ok(),
+                    _ => crate::usage::body::multipart_models(ct, body).is_ok(),
+                };
+                assert!(accepted, "{key}: an unreadable body was allowed");
+            }
+            assert!(!matches!(read, Outcome::ReadBody), "read twice");
+        }
+        let files = decide_with("/v1/files", key, false, unread);
+        assert_ne!(code(&files), "unsupported_media_type", "{key} /v1/files");
+    }
+    let free = decide_with("/v1/chat/completions", "free", false, unread);
+    assert_eq!(code(&free), "allow", "a key without limits is not read");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,6 +767,21 @@ mod tests {
         keys_reader(b"keys: []\n");
         json_workspace(br#"{"workspace_id":"ws"}"#);
         query(b"workspace_id=a&workspace%5Fid=b+c");
+        content_type(b"application/json\n{\"model\":\"gpt-4o-mini\"}");
+        content_type(b"text/plain\n{\"model\":\"gpt-4o\"}");
+    }
+
+    #[test]
+    fn the_media_reference_reads_what_the_contract_says() {
+        assert_eq!(reference_media("application/json; charset=utf-8"), "json");
+        assert_eq!(reference_media("Application/Vnd.Api+JSON"), "json");
+        assert_eq!(reference_media("application/+json"), "other");
+        assert_eq!(
+            reference_media("multipart/form-data; boundary=x"),
+            "multipart"
+        );
+        assert_eq!(reference_media("text/plain"), "other");
+        assert_eq!(reference_media(""), "other");
     }
 
     #[test]

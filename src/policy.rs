@@ -6,8 +6,8 @@ use http::Method;
 
 use crate::errors::{Denial, ErrorCode, ErrorShape};
 use crate::keys::{KeyIdx, KeyStatus, Limits, Snapshot, UnixMillis, UsageLimit, WsIdx};
-use crate::request::{self, BodyWorkspace, Presented, Upgrade};
-use crate::routes::{Plane, RouteIdx, RouteTable};
+use crate::request::{self, BodyWorkspace, Media, Presented, Upgrade};
+use crate::routes::{Plane, Route, RouteIdx, RouteTable, UsageApi};
 use crate::usage;
 
 /// What the decision knows about a request body.
@@ -43,6 +43,10 @@ pub struct RequestFacts<'a> {
     /// inspected is then refused (415), since upstream frameworks differ on
     /// which one they read.
     pub content_type_repeated: bool,
+    /// `Content-Length` is repeated, a list or not a number
+    /// ([`request::content_length`]): 400 `invalid_request`, right after
+    /// the path check.
+    pub bad_content_length: bool,
     /// What the `Upgrade` header asks for ([`request::upgrade_of`]): the
     /// tunnel after a `101` carries unchecked traffic, so only a WebSocket
     /// upgrade on a route that opts in passes.
@@ -81,10 +85,18 @@ pub struct Spend {
     pub body_read: bool,
     /// Body length (read, or declared).
     pub body_len: u64,
-    /// The top-level `model` of a JSON body.
+    /// The API whose usage the route's answers report (`Route::usage`).
+    pub usage: Option<UsageApi>,
+    /// The request is counted: `usage` is set and the key or its workspace
+    /// has token rate limits or a usage limit. Its body was read (or it has
+    /// none), and the proxy forwards it itself so its answer is metered.
+    pub counted: bool,
+    /// The top-level `model` of a JSON body, or the first multipart one.
     pub model: Option<String>,
     /// The requested maximum output, if any.
     pub max_output: Option<u64>,
+    /// `n` of a JSON body, if given.
+    pub n: Option<u64>,
     /// `"stream": true` in a JSON body.
     pub stream: bool,
     /// `stream_options.include_usage` as the client set it.
@@ -183,6 +195,14 @@ fn decide_inner(
             Plane::Data
         });
         v.pattern = Some(m.entry.pattern.clone());
+    }
+    // An HTTP/1.1 upstream could frame the body otherwise than the proxy
+    // (and pingora reconciles equal duplicates, which upstreams need not).
+    if facts.bad_content_length {
+        return v.deny(
+            ErrorCode::InvalidRequest,
+            "Content-Length must be sent once, as one decimal number.",
+        );
     }
 
     // 2. Key.
@@ -424,32 +444,72 @@ fn decide_inner(
         (None, None) => {}
     }
     if route.plane == Plane::Data {
-        return data_plane(v, facts, &route.pattern, key_limits, ws_limits);
+        return data_plane(v, facts, route, key_limits, ws_limits);
     }
     v.outcome = Outcome::Allow;
     v
 }
 
-/// The data-plane steps of SPEC 9.1–9.2: read the body where limits need
-/// it, then the model allowlists.
+/// The data-plane steps (SPEC 9.1–9.3): read the body where limits need
+/// it (415 for a type the proxy cannot read on an inference route, 413,
+/// 400 `invalid_json`), then the model allowlists (400 `missing_model`,
+/// 403 `model_not_allowed`), then tokens the proxy cannot see (403
+/// `usage_not_metered`).
 fn data_plane(
     mut v: Verdict,
     facts: &RequestFacts<'_>,
-    pattern: &str,
+    route: &Route,
     key_limits: &Limits,
     ws_limits: Option<&Limits>,
 ) -> Verdict {
-    let method = facts.method;
     let lists: Vec<&[std::sync::Arc<str>]> = [Some(key_limits), ws_limits]
         .into_iter()
         .flatten()
         .filter_map(|l| l.models.as_deref())
         .collect();
     let needs_body = key_limits.needs_body() || ws_limits.is_some_and(Limits::needs_body);
-    let is_json = request::is_json_content_type(facts.content_type);
-    let is_multipart = request::is_multipart_content_type(facts.content_type);
-    let reads = needs_body && (is_json || (!lists.is_empty() && is_multipart));
-    let mut spend = Spend::default();
+    let counts = key_limits.counts_tokens() || ws_limits.is_some_and(Limits::counts_tokens);
+    // A repeated Content-Type is no type at all: frameworks differ on which
+    // one they read.
+    let media = if facts.content_type_repeated {
+        Media::Other
+    } else {
+        request::media_type(facts.content_type)
+    };
+    // Which bodies are read: JSON always; multipart on inference routes,
+    // and elsewhere when models are restricted (for its `model` parts).
+    let readable = match media {
+        Media::Json => true,
+        Media::Multipart => route.inference || !lists.is_empty(),
+        Media::Missing | Media::Other => false,
+    };
+    let may_have_body = match facts.body {
+        Body::Empty => false,
+        Body::Unread { declared_len } => declared_len != Some(0),
+        Body::Read(b) => !b.is_empty(),
+        Body::TooLarge => true,
+    };
+    // Upstreams parse JSON whatever the header says: on an inference route
+    // a body the proxy would not read is one it would not check.
+    if needs_body && may_have_body && !readable && (route.inference || facts.content_type_repeated)
+    {
+        let message = if facts.content_type_repeated {
+            "Content-Type was sent more than once; send one.".to_string()
+        } else {
+            format!(
+                "{} {} takes a body of Content-Type application/json (or another +json type) \
+                 or multipart/form-data for this API key.",
+                facts.method, route.pattern
+            )
+        };
+        return v.deny(ErrorCode::UnsupportedMediaType, message);
+    }
+    let reads = needs_body && readable;
+    let mut spend = Spend {
+        usage: route.usage,
+        ..Spend::default()
+    };
+    let mut background = false;
     let mut named: Vec<String> = usage::body::query_models(facts.query)
         .into_iter()
         .map(|m| m.into_owned())
@@ -467,7 +527,7 @@ fn data_plane(
         Body::Read(b) if reads && !b.is_empty() => {
             spend.body_read = true;
             spend.body_len = b.len() as u64;
-            if is_json {
+            if media == Media::Json {
                 match usage::body::read_json_body(b) {
                     Ok(j) => {
                         if let Some(m) = &j.model {
@@ -475,37 +535,49 @@ fn data_plane(
                         }
                         spend.model = j.model;
                         spend.max_output = j.max_output;
+                        spend.n = j.n;
                         spend.stream = j.stream;
                         spend.include_usage = j.include_usage;
+                        background = j.background;
                     }
                     Err(e) => return v.deny(ErrorCode::InvalidJson, e.0),
                 }
             } else {
                 let ct = facts.content_type.unwrap_or_default();
                 match usage::body::multipart_models(ct, b) {
-                    Ok(models) => named.extend(models),
+                    Ok(models) => {
+                        spend.model = models.first().cloned();
+                        named.extend(models);
+                    }
                     Err(e) => return v.deny(ErrorCode::InvalidJson, e.0),
                 }
             }
         }
-        Body::Read(b) => spend.body_len = b.len() as u64,
+        Body::Read(b) => {
+            spend.body_read = true;
+            spend.body_len = b.len() as u64;
+        }
         _ => {}
     }
     if !lists.is_empty() {
-        if usage::estimate::hides_model(method, pattern) {
+        if route.opaque {
             return v.deny(
                 ErrorCode::ModelNotAllowed,
                 format!(
-                    "{method} {pattern} carries its model where this proxy cannot check it, \
-                     and this API key may only use certain models."
+                    "{} {} carries its model where this proxy cannot check it, \
+                     and this API key may only use certain models.",
+                    facts.method, route.pattern
                 ),
             );
         }
-        if named.is_empty() && usage::estimate::requires_model(method, pattern) {
-            return v.deny(
-                ErrorCode::MissingModel,
-                "This API key may only use certain models: the request must name its `model`.",
-            );
+        if named.is_empty() && (route.inference || facts.upgrade == Upgrade::WebSocket) {
+            let message = if facts.upgrade == Upgrade::WebSocket {
+                "This API key may only use certain models: the WebSocket handshake must name \
+                 its `model` query parameter."
+            } else {
+                "This API key may only use certain models: the request must name its `model`."
+            };
+            return v.deny(ErrorCode::MissingModel, message);
         }
         if let Some(m) = named
             .iter()
@@ -520,6 +592,21 @@ fn data_plane(
             );
         }
     }
+    if counts && (route.opaque || (route.usage == Some(UsageApi::Responses) && background)) {
+        let what = if route.opaque {
+            format!("{} {}", facts.method, route.pattern)
+        } else {
+            "A background response (`\"background\": true`)".to_string()
+        };
+        return v.deny(
+            ErrorCode::UsageNotMetered,
+            format!(
+                "{what} uses tokens this proxy cannot count, and this API key or its workspace \
+                 has token rate limits or a usage limit."
+            ),
+        );
+    }
+    spend.counted = counts && route.usage.is_some();
     v.spend = Some(spend);
     v.outcome = Outcome::Allow;
     v

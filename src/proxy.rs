@@ -107,6 +107,8 @@ pub struct Gateway {
     inject_stream_usage: bool,
     /// `body_read_timeout_ms`.
     body_read_timeout_ms: u64,
+    /// `default_output_reservation`.
+    default_output_reservation: u64,
 }
 
 /// What SPEC 9–10 add to a [`Gateway`].
@@ -119,6 +121,9 @@ pub struct Spending {
     pub inject_stream_usage: bool,
     /// `body_read_timeout_ms`.
     pub body_read_timeout_ms: u64,
+    /// `default_output_reservation`: output tokens reserved when a counted
+    /// request names no maximum.
+    pub default_output_reservation: u64,
 }
 
 impl Gateway {
@@ -144,6 +149,7 @@ impl Gateway {
             max_data_body: spending.max_data_body,
             inject_stream_usage: spending.inject_stream_usage,
             body_read_timeout_ms: spending.body_read_timeout_ms,
+            default_output_reservation: spending.default_output_reservation,
         }
     }
 
@@ -184,6 +190,8 @@ impl Gateway {
         let body = body.unwrap_or_else(|| body_hint(req));
         let mut content_types = req.headers.get_all(http::header::CONTENT_TYPE).iter();
         let content_type = content_types.next().map(HeaderValue::as_bytes);
+        let content_length =
+            request::content_length(&values(http::header::CONTENT_LENGTH.as_str()));
         let facts = RequestFacts {
             method: &req.method,
             path: req.uri.path(),
@@ -191,6 +199,7 @@ impl Gateway {
             key,
             content_type,
             content_type_repeated: content_types.next().is_some(),
+            bad_content_length: content_length == request::ContentLength::Invalid,
             upgrade: request::upgrade_of(
                 &values(http::header::UPGRADE.as_str()),
                 req.version == http::Version::HTTP_11,
@@ -217,6 +226,7 @@ impl Gateway {
             return Error::e_explain(ErrorType::InternalError, "request not decided");
         };
         strip_client_headers(req, ctx.key_source, snap);
+        join_cookies(req)?;
         if let Some(k) = verdict.key {
             let key = snap.key(k);
             req.insert_header("x-scopegate-key-id", &*key.id)?;
@@ -279,10 +289,10 @@ impl Gateway {
             return Ok(false);
         }
         let facts = verdict.spend.clone().unwrap_or_default();
-        let method = session.req_header().method.clone();
-        let pattern = verdict.pattern.clone().unwrap_or_else(|| Arc::from(""));
         let reservation = match verdict.plane {
-            Some(Plane::Data) => spend::reservation(&method, &pattern, &facts, &subjects, snap),
+            Some(Plane::Data) => {
+                spend::reservation(&facts, &subjects, snap, self.default_output_reservation)
+            }
             _ => None,
         };
         let workspace = key
@@ -401,6 +411,20 @@ impl Gateway {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route decided"))?;
         let upstream = self.upstream(plane);
         let mut req = session.req_header().clone();
+        // The upstream hop is HTTP/1.1 whatever the client spoke: an
+        // HTTP/2 request's header carries version 2 and an absolute URI,
+        // which an HTTP/1.1 upstream would refuse (pingora's own path does
+        // the same conversion). `Host` is set below.
+        req.set_version(http::Version::HTTP_11);
+        if req.uri.authority().is_some() {
+            let origin = req
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .parse::<http::Uri>()
+                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "request target", e))?;
+            req.set_uri(origin);
+        }
         self.prepare_upstream_request(&mut req, ctx)?;
         // SPEC 9.4: a counted stream that did not ask for usage gets it
         // upstream, and the usage chunk is taken out of what the client sees.
@@ -411,11 +435,9 @@ impl Gateway {
             counted && self.inject_stream_usage,
             ctx.verdict.as_ref().and_then(|v| v.spend.as_ref()),
         ) {
-            let pattern = ctx.verdict.as_ref().and_then(|v| v.pattern.clone());
             if spend.stream
                 && spend.include_usage != Some(true)
-                && pattern
-                    .is_some_and(|p| crate::usage::estimate::injects_stream_usage(&req.method, &p))
+                && spend.usage.is_some_and(|a| a.injects_stream_usage())
             {
                 if let Some(injected) = crate::usage::body::inject_include_usage(&body) {
                     body = Bytes::from(injected);
@@ -431,6 +453,9 @@ impl Gateway {
             "trailer",
             "transfer-encoding",
             "expect",
+            "upgrade",
+            "http2-settings",
+            "proxy-authorization",
         ] {
             req.remove_header(hop);
         }
@@ -450,6 +475,8 @@ impl Gateway {
         )
         .await;
         if let forward::Exchange::Failed(e) = outcome {
+            tracing::debug!(error = %e, "upstream exchange failed");
+            ctx.upstream_error = Some(e.etype().as_str());
             let (code, kind) = classify(&e);
             if let Some(m) = metrics() {
                 m.upstream_error(upstream.name, kind);
@@ -530,6 +557,9 @@ pub struct Ctx {
     body: Option<Bytes>,
     code: Option<ErrorCode>,
     upstream_status: Option<u16>,
+    /// Why the proxy's own upstream exchange failed (`forward`): pingora
+    /// hands its own failures to `logging`, these it never sees.
+    upstream_error: Option<&'static str>,
     probe: bool,
     _in_flight: InFlight,
 }
@@ -591,13 +621,20 @@ pub fn valid_request_id(v: &[u8]) -> bool {
 }
 
 fn body_hint(req: &RequestHeader) -> Body<'static> {
-    if let Some(cl) = req.headers.get(http::header::CONTENT_LENGTH) {
-        let n = std::str::from_utf8(cl.as_bytes())
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok());
-        return match n {
-            Some(0) => Body::Empty,
-            n => Body::Unread { declared_len: n },
+    if req.headers.contains_key(http::header::CONTENT_LENGTH) {
+        let values: Vec<&[u8]> = req
+            .headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        // An invalid one is refused by the decision (`invalid_request`).
+        return match request::content_length(&values) {
+            request::ContentLength::One(0) => Body::Empty,
+            request::ContentLength::One(n) => Body::Unread {
+                declared_len: Some(n),
+            },
+            _ => Body::Unread { declared_len: None },
         };
     }
     if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
@@ -669,11 +706,13 @@ fn strip_client_headers(req: &mut RequestHeader, source: KeySource, snap: &Snaps
             let dashed = n.replace('_', "-");
             is_identity_or_override(&dashed) || request::KEY_HEADERS.contains(&dashed.as_str())
         } else if request::KEY_HEADERS.contains(&n) {
+            // A key of the keys file in any form: bare, after `Bearer` or
+            // after any other scheme.
             n == carrying
                 || n == "x-portkey-api-key"
                 || req.headers.get_all(name).iter().any(|v| {
-                    request::secret_in(n, v.as_bytes())
-                        .is_some_and(|s| snap.lookup(&crate::keys::digest(s)).is_some())
+                    request::key_candidates(v.as_bytes())
+                        .any(|s| snap.lookup(&crate::keys::digest(s)).is_some())
                 })
         } else {
             is_identity_or_override(n)
@@ -685,6 +724,26 @@ fn strip_client_headers(req: &mut RequestHeader, source: KeySource, snap: &Snaps
     for name in doomed {
         req.remove_header(&name);
     }
+}
+
+/// Several `cookie` fields (HTTP/2 sends each cookie as its own field)
+/// become one, joined with `; ` (RFC 9113 8.2.3): the upstream hop is
+/// HTTP/1.1, where a request carries one `Cookie` header.
+fn join_cookies(req: &mut RequestHeader) -> Result<()> {
+    let mut values = req.headers.get_all(http::header::COOKIE).iter();
+    let (Some(_), Some(_)) = (values.next(), values.next()) else {
+        return Ok(());
+    };
+    let joined: Vec<u8> = req
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    let value = HeaderValue::from_bytes(&joined)
+        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "cookie", e))?;
+    req.insert_header(http::header::COOKIE, value)
 }
 
 /// `x-scopegate-*` or a method-override header (lower-case, dashed name).
@@ -780,6 +839,7 @@ impl ProxyHttp for Gateway {
             body: None,
             code: None,
             upstream_status: None,
+            upstream_error: None,
             probe: false,
             _in_flight: InFlight(self.in_flight.clone()),
         }
@@ -813,7 +873,15 @@ impl ProxyHttp for Gateway {
         let snap = self.store.load();
         let hint = h2_body_hint(session);
         let (mut verdict, source) = self.decide(session, &snap, hint);
-        if verdict.outcome == Outcome::ReadBody {
+        // A counted request is always sent by the proxy itself, so that its
+        // answer passes the usage tap: one with no body to check (the
+        // decision reads every other) is read too, which costs nothing.
+        let counted_unread = verdict.outcome == Outcome::Allow
+            && verdict
+                .spend
+                .as_ref()
+                .is_some_and(|s| s.counted && !s.body_read);
+        if verdict.outcome == Outcome::ReadBody || counted_unread {
             // The body is read here, checked, and then sent by the proxy
             // itself (`forward`): pingora would replay only 64 KiB of it.
             // A client waiting for `100 Continue` gets it first.
@@ -998,9 +1066,11 @@ impl ProxyHttp for Gateway {
             return;
         }
         if let (Some(mut meter), Some(status)) = (ctx.meter.take(), ctx.upstream_status) {
-            // Forwarded by pingora (a body the proxy did not read): no
-            // usage was read from the response, so the reservation's input
-            // is charged as an estimate (SPEC 9.3).
+            // Forwarded by pingora: a request that is not counted (counted
+            // ones are sent by the proxy itself, through the usage tap), so
+            // this gives its admission back (request limits, concurrency).
+            // Were a counted one ever to come here, its reserved input
+            // would be charged as an estimate.
             meter.settle(status, &crate::usage::response::Observed::default());
         }
         access_log::record(session, e, ctx_view(ctx, self));
@@ -1023,6 +1093,9 @@ pub struct Finished<'a> {
     pub upstream: Option<&'static str>,
     /// Elapsed time.
     pub elapsed: Duration,
+    /// What failed upstream when the proxy forwarded the request itself
+    /// (pingora's own failures come to the access log as its error).
+    pub error: Option<&'static str>,
 }
 
 fn ctx_view<'a>(ctx: &'a Ctx, gw: &'a Gateway) -> Finished<'a> {
@@ -1045,12 +1118,64 @@ fn ctx_view<'a>(ctx: &'a Ctx, gw: &'a Gateway) -> Finished<'a> {
         upstream_status: ctx.upstream_status,
         upstream,
         elapsed: ctx.start.elapsed(),
+        error: ctx.upstream_error,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookie_fields_are_joined_into_one() {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("request");
+        req.append_header("cookie", "a=1").expect("cookie");
+        req.append_header("cookie", "b=2; c=3").expect("cookie");
+        join_cookies(&mut req).expect("joined");
+        let all: Vec<&[u8]> = req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        assert_eq!(all, [&b"a=1; b=2; c=3"[..]]);
+        let mut one = RequestHeader::build("GET", b"/", None).expect("request");
+        one.append_header("cookie", "a=1").expect("cookie");
+        join_cookies(&mut one).expect("untouched");
+        assert_eq!(
+            one.headers.get(http::header::COOKIE).map(|v| v.as_bytes()),
+            Some(&b"a=1"[..])
+        );
+    }
+
+    #[test]
+    fn body_hint_reads_one_content_length_and_distrusts_the_rest() {
+        let hint = |lengths: &[&str], chunked: bool| {
+            let mut req = RequestHeader::build("POST", b"/", None).expect("request");
+            for l in lengths {
+                req.append_header("content-length", *l).expect("length");
+            }
+            if chunked {
+                req.append_header("transfer-encoding", "chunked")
+                    .expect("te");
+            }
+            body_hint(&req)
+        };
+        assert_eq!(hint(&[], false), Body::Empty);
+        assert_eq!(hint(&["0"], false), Body::Empty);
+        assert_eq!(
+            hint(&["12"], false),
+            Body::Unread {
+                declared_len: Some(12)
+            }
+        );
+        assert_eq!(hint(&["5, 5"], false), Body::Unread { declared_len: None });
+        assert_eq!(
+            hint(&["5", "5"], false),
+            Body::Unread { declared_len: None }
+        );
+        assert_eq!(hint(&[], true), Body::Unread { declared_len: None });
+    }
 
     #[test]
     fn request_id_rule() {

@@ -295,6 +295,56 @@ pub fn secret_in<'v>(header: &str, value: &'v [u8]) -> Option<&'v [u8]> {
     (!v.is_empty()).then_some(v)
 }
 
+/// Every way a key header's value could hold a key, whatever header it is
+/// and whether it carried the presented key: the whole trimmed value (a key
+/// sent bare, `Authorization: sk-...`), and what follows its first word
+/// (`Bearer sk-...`, or any other scheme, `Token sk-...`). The proxy removes
+/// the header upstream when any of them is a key of the keys file.
+pub fn key_candidates(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let whole = trim(value);
+    let after_scheme = whole
+        .iter()
+        .position(u8::is_ascii_whitespace)
+        .map(|i| trim(&whole[i..]))
+        .filter(|rest| !rest.is_empty());
+    (!whole.is_empty())
+        .then_some(whole)
+        .into_iter()
+        .chain(after_scheme)
+}
+
+/// What a request's `Content-Length` fields say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContentLength {
+    /// No `Content-Length`.
+    Absent,
+    /// One field with one decimal value.
+    One(u64),
+    /// Anything else: the field repeated (even with equal values), a list
+    /// (`5, 5`), or a value that is not a plain decimal number. An HTTP/1.1
+    /// upstream could frame such a body differently from the proxy, so the
+    /// request is refused (400 `invalid_request`).
+    Invalid,
+}
+
+/// Reads the values of a request's `Content-Length` fields.
+pub fn content_length(values: &[&[u8]]) -> ContentLength {
+    match values {
+        [] => ContentLength::Absent,
+        [one] => {
+            let v = trim(one);
+            if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+                return ContentLength::Invalid;
+            }
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map_or(ContentLength::Invalid, ContentLength::One)
+        }
+        _ => ContentLength::Invalid,
+    }
+}
+
 fn trim(v: &[u8]) -> &[u8] {
     let start = v
         .iter()
@@ -323,6 +373,49 @@ pub fn is_json_content_type(ct: Option<&[u8]>) -> bool {
     let Some(ct) = ct else { return false };
     let essence = ct.split(|b| *b == b';').next().unwrap_or_default();
     trim(essence).eq_ignore_ascii_case(b"application/json")
+}
+
+/// What a data-plane request body's `Content-Type` makes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Media {
+    /// No `Content-Type`.
+    Missing,
+    /// `application/json`, or any structured `type/subtype+json`
+    /// (`application/vnd.api+json`); parameters allowed.
+    Json,
+    /// `multipart/form-data` (parameters allowed).
+    Multipart,
+    /// Anything else (`text/plain`, a form, a malformed value).
+    Other,
+}
+
+/// Classifies a `Content-Type` value (the first, when repeated: the caller
+/// refuses a repeated one wherever it matters).
+pub fn media_type(ct: Option<&[u8]>) -> Media {
+    let Some(ct) = ct else {
+        return Media::Missing;
+    };
+    let essence = trim(ct.split(|b| *b == b';').next().unwrap_or_default());
+    let Some(slash) = essence.iter().position(|b| *b == b'/') else {
+        return Media::Other;
+    };
+    let (kind, subtype) = (&essence[..slash], &essence[slash + 1..]);
+    let token = |t: &[u8]| {
+        !t.is_empty()
+            && t.iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+    };
+    if !token(kind) || !token(subtype) {
+        return Media::Other;
+    }
+    let lower = essence.to_ascii_lowercase();
+    if lower == b"application/json" || (subtype.len() > 5 && lower.ends_with(b"+json")) {
+        Media::Json
+    } else if lower == b"multipart/form-data" {
+        Media::Multipart
+    } else {
+        Media::Other
+    }
 }
 
 /// Whether a `Content-Type` is `multipart/form-data` (parameters allowed).
@@ -598,6 +691,70 @@ mod tests {
         assert_eq!(key(&[], &[], &[], &[]).0, Presented::Missing);
         assert_eq!(key(&[], &[b"Bearer "], &[], &[]).0, Presented::Missing);
         assert_eq!(key(&[], &[], &[b"  "], &[]).0, Presented::Missing);
+    }
+
+    #[test]
+    fn a_key_is_found_bare_after_bearer_or_after_any_scheme() {
+        let found = |v: &'static [u8]| key_candidates(v).collect::<Vec<_>>();
+        assert_eq!(found(b" sk-1 "), vec![&b"sk-1"[..]]);
+        assert_eq!(found(b"Bearer sk-1"), vec![&b"Bearer sk-1"[..], b"sk-1"]);
+        assert_eq!(found(b"Token  sk-1 "), vec![&b"Token  sk-1"[..], b"sk-1"]);
+        assert_eq!(found(b"bearer\tsk-1"), vec![&b"bearer\tsk-1"[..], b"sk-1"]);
+        assert!(found(b"").is_empty());
+        assert!(found(b"   ").is_empty());
+        assert_eq!(found(b"Bearer "), vec![&b"Bearer"[..]]);
+    }
+
+    #[test]
+    fn content_length_must_be_one_plain_number() {
+        assert_eq!(content_length(&[]), ContentLength::Absent);
+        assert_eq!(content_length(&[b"5"]), ContentLength::One(5));
+        assert_eq!(content_length(&[b" 0 "]), ContentLength::One(0));
+        for bad in [
+            &[&b"5, 5"[..]][..],
+            &[b"5", b"5"],
+            &[b"5", b"6"],
+            &[b"+5"],
+            &[b"-1"],
+            &[b""],
+            &[b"0x10"],
+            &[b"5 5"],
+            &[b"99999999999999999999"],
+        ] {
+            assert_eq!(content_length(bad), ContentLength::Invalid, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn media_types_of_data_plane_bodies() {
+        for json in [
+            &b"application/json"[..],
+            b"Application/JSON; charset=utf-8",
+            b"application/vnd.api+json",
+            b"text/plain+json",
+            b" application/problem+JSON ;x=y",
+        ] {
+            assert_eq!(media_type(Some(json)), Media::Json, "{json:?}");
+        }
+        assert_eq!(
+            media_type(Some(b"multipart/form-data; boundary=b")),
+            Media::Multipart
+        );
+        for other in [
+            &b"text/plain"[..],
+            b"application/x-www-form-urlencoded",
+            b"application/jsonx",
+            b"application/json-seq",
+            b"+json",
+            b"application/+json",
+            b"/+json",
+            b"application json",
+            b"",
+            b"multipart/mixed",
+        ] {
+            assert_eq!(media_type(Some(other)), Media::Other, "{other:?}");
+        }
+        assert_eq!(media_type(None), Media::Missing);
     }
 
     #[test]

@@ -43,6 +43,114 @@ pub struct RouteSpec {
     /// Any other value is a config error; absent: no upgrades.
     #[serde(default)]
     pub upgrade: Option<String>,
+    /// Data routes only: the route's `POST` is read, checked and counted
+    /// exactly like the named built-in route (e.g. Azure's
+    /// `/openai/deployments/{d}/chat/completions` as `chat`).
+    #[serde(default)]
+    pub meter: Option<UsageApi>,
+}
+
+/// The APIs whose answers report token usage: the counted built-in routes,
+/// and what an extra route's `meter` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageApi {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`.
+    Completions,
+    /// `/v1/embeddings`.
+    Embeddings,
+    /// `/v1/responses`.
+    Responses,
+    /// `/v1/messages` (Anthropic).
+    Messages,
+}
+
+impl UsageApi {
+    /// Every one, in the order of the docs.
+    pub const ALL: [UsageApi; 5] = [
+        UsageApi::Chat,
+        UsageApi::Completions,
+        UsageApi::Embeddings,
+        UsageApi::Responses,
+        UsageApi::Messages,
+    ];
+
+    /// The name a route's `meter` gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageApi::Chat => "chat",
+            UsageApi::Completions => "completions",
+            UsageApi::Embeddings => "embeddings",
+            UsageApi::Responses => "responses",
+            UsageApi::Messages => "messages",
+        }
+    }
+
+    /// The built-in route of this API.
+    pub fn builtin_path(self) -> &'static str {
+        match self {
+            UsageApi::Chat => "/v1/chat/completions",
+            UsageApi::Completions => "/v1/completions",
+            UsageApi::Embeddings => "/v1/embeddings",
+            UsageApi::Responses => "/v1/responses",
+            UsageApi::Messages => "/v1/messages",
+        }
+    }
+
+    /// The API a `POST` on this built-in pattern is.
+    pub fn of_builtin(pattern: &str) -> Option<UsageApi> {
+        UsageApi::ALL
+            .into_iter()
+            .find(|a| a.builtin_path() == pattern)
+    }
+
+    /// Whether its answers generate text (all but embeddings): a request
+    /// that names no maximum output reserves `default_output_reservation`.
+    pub fn generates_text(self) -> bool {
+        self != UsageApi::Embeddings
+    }
+
+    /// Whether a stream of it gets `stream_options.include_usage` set
+    /// upstream (chat and completions).
+    pub fn injects_stream_usage(self) -> bool {
+        matches!(self, UsageApi::Chat | UsageApi::Completions)
+    }
+}
+
+/// Checks a route's `meter` against its plane, methods and `upgrade`.
+///
+/// # Errors
+/// `meter` on a control-plane route, on a WebSocket route, or on a route
+/// without `POST`.
+pub(crate) fn check_meter(
+    meter: Option<UsageApi>,
+    plane: Plane,
+    upgrade: Option<&str>,
+    methods: &[String],
+) -> Result<(), String> {
+    let Some(api) = meter else { return Ok(()) };
+    if plane == Plane::Control {
+        return Err(format!(
+            "`meter: {}` is for data-plane routes: control-plane answers carry no token usage",
+            api.as_str()
+        ));
+    }
+    if upgrade.is_some() {
+        return Err(format!(
+            "`meter: {}` cannot be combined with `upgrade`: the traffic of an upgraded \
+             connection is never read, so it cannot be counted",
+            api.as_str()
+        ));
+    }
+    if !methods.iter().any(|m| m == "POST") {
+        return Err(format!(
+            "`meter: {}` counts POST requests, and this route has no POST",
+            api.as_str()
+        ));
+    }
+    Ok(())
 }
 
 /// The one `upgrade` value a route may name.
@@ -115,6 +223,19 @@ pub struct Route {
     /// This (`GET`) route takes `Upgrade: websocket` requests (an extra
     /// route with `upgrade: websocket`); built-in routes never do.
     pub websocket: bool,
+    /// The API whose token usage this route's answers report: the `POST`
+    /// of a counted built-in pattern (whether served by the built-in route
+    /// or an extra one on the same pattern), or of an extra route with
+    /// `meter`. Such a request is read, checked and counted.
+    pub usage: Option<UsageApi>,
+    /// An inference route: the `POST` of the first two rows of the built-in
+    /// data-plane table, or a metered route. A body read there must be JSON
+    /// or multipart, and a key restricted by `models` must name a model.
+    pub inference: bool,
+    /// A route whose model and tokens the proxy cannot see (`POST
+    /// /v1/batches`: the requests are in an uploaded file; `POST
+    /// /v1/prompts/{id}/completions`: the stored prompt names them).
+    pub opaque: bool,
 }
 
 /// Everything served on one path pattern.
@@ -212,6 +333,23 @@ pub const INFERENCE_ROUTES: &[&str] = &[
     "/v1/audio/transcriptions",
     "/v1/audio/translations",
 ];
+
+/// Whether the proxy cannot see the model and tokens of a request on this
+/// route (`POST /v1/batches`, `POST /v1/prompts/{id}/completions`, under
+/// any parameter name).
+pub fn is_opaque(method: &Method, pattern: &str) -> bool {
+    if method != Method::POST {
+        return false;
+    }
+    if pattern == "/v1/batches" {
+        return true;
+    }
+    pattern
+        .strip_prefix("/v1/prompts/{")
+        .and_then(|rest| rest.strip_suffix("}/completions"))
+        .is_some_and(|name| !name.is_empty() && !name.contains(['/', '{', '}']))
+}
+
 /// The built-in table of SPEC 4.1.
 fn builtin_routes() -> Vec<Builtin> {
     const POST: &[&str] = &["POST"];
@@ -480,6 +618,7 @@ struct Pending {
     any: Vec<String>,
     all: Vec<String>,
     websocket: bool,
+    meter: Option<UsageApi>,
 }
 
 impl RouteTable {
@@ -510,6 +649,7 @@ impl RouteTable {
                         any: b.any,
                         all: b.all,
                         websocket: false,
+                        meter: None,
                     }),
                     Err(message) => problems.push(RouteProblem {
                         index: None,
@@ -564,6 +704,14 @@ impl RouteTable {
                     bad(m);
                     false
                 });
+            if let Err(m) = check_meter(
+                spec.meter,
+                spec.plane,
+                spec.upgrade.as_deref(),
+                &spec.methods,
+            ) {
+                bad(m);
+            }
             if let Some(parsed) = parsed {
                 pending.push(Pending {
                     methods,
@@ -573,6 +721,7 @@ impl RouteTable {
                     any: spec.scopes.clone(),
                     all: spec.scopes_all.clone(),
                     websocket,
+                    meter: spec.meter,
                 });
             }
         }
@@ -643,6 +792,10 @@ impl RouteTable {
             let pattern: Arc<str> = p.pattern.as_str().into();
             for method in p.methods {
                 let route_idx = RouteIdx(table.routes.len() as u32);
+                let post_data = method == Method::POST && p.plane == Plane::Data;
+                let usage = post_data
+                    .then(|| p.meter.or_else(|| UsageApi::of_builtin(&p.pattern)))
+                    .flatten();
                 table.routes.push(Route {
                     pattern: pattern.clone(),
                     method: method.clone(),
@@ -650,6 +803,10 @@ impl RouteTable {
                     requirement,
                     needs: needs.clone(),
                     websocket: p.websocket && method == Method::GET,
+                    usage,
+                    inference: post_data
+                        && (usage.is_some() || INFERENCE_ROUTES.contains(&p.pattern.as_str())),
+                    opaque: p.plane == Plane::Data && is_opaque(&method, &p.pattern),
                 });
                 let entry = &mut table.entries[entry_idx];
                 // Later routes (extra) replace earlier ones (built-in).
@@ -785,6 +942,7 @@ mod tests {
                 scopes: vec!["files.read".into()],
                 scopes_all: vec![],
                 upgrade: None,
+                meter: None,
             },
             RouteSpec {
                 methods: vec!["GET".into()],
@@ -793,6 +951,7 @@ mod tests {
                 scopes: vec![],
                 scopes_all: vec!["x.read".into(), "configs.read".into()],
                 upgrade: None,
+                meter: None,
             },
         ];
         let t = RouteTable::build(&extra, true).expect("builds");
@@ -817,6 +976,7 @@ mod tests {
             scopes: vec!["completions.write".into()],
             scopes_all: vec![],
             upgrade: None,
+            meter: None,
         }];
         let t = RouteTable::build(&extra, false).expect("builds");
         assert!(t.match_path("/v1/chat/completions").is_some());
@@ -833,6 +993,7 @@ mod tests {
                 scopes: vec![],
                 scopes_all: vec![],
                 upgrade: None,
+                meter: None,
             },
             RouteSpec {
                 methods: vec!["GET".into()],
@@ -841,6 +1002,7 @@ mod tests {
                 scopes: vec!["a.b".into()],
                 scopes_all: vec!["c.d".into()],
                 upgrade: None,
+                meter: None,
             },
         ];
         let problems = RouteTable::build(&extra, true).expect_err("invalid");
@@ -857,6 +1019,7 @@ mod tests {
             scopes: vec!["completions.write".into()],
             scopes_all: vec![],
             upgrade: upgrade.map(str::to_string),
+            meter: None,
         };
         let t =
             RouteTable::build(&[spec(&["GET", "POST"], Some("websocket"))], true).expect("builds");
@@ -874,6 +1037,174 @@ mod tests {
             let problems = RouteTable::build(&[bad], true).expect_err("invalid");
             assert_eq!(problems.len(), 1, "{problems:?}");
         }
+    }
+
+    fn post_route<'t>(t: &'t RouteTable, path: &str) -> &'t Route {
+        let m = t.match_path(path).expect("matches");
+        t.route(m.entry.route_for(&Method::POST).expect("post"))
+    }
+
+    #[test]
+    fn only_posts_to_the_five_usage_apis_are_counted() {
+        let t = table();
+        for api in UsageApi::ALL {
+            let r = post_route(&t, api.builtin_path());
+            assert_eq!(r.usage, Some(api), "{}", api.builtin_path());
+            assert!(r.inference);
+            assert_eq!(UsageApi::of_builtin(api.builtin_path()), Some(api));
+        }
+        for p in [
+            "/v1/rerank",
+            "/v1/moderations",
+            "/v1/images/generations",
+            "/v1/audio/speech",
+            "/v1/batches",
+            "/v1/prompts/p/completions",
+            "/v1/files",
+        ] {
+            assert_eq!(post_route(&t, p).usage, None, "{p}");
+        }
+        assert!(t
+            .routes()
+            .iter()
+            .all(|r| r.method == Method::POST || r.usage.is_none()));
+    }
+
+    #[test]
+    fn inference_routes_are_the_posts_of_the_first_two_rows() {
+        let t = table();
+        assert_eq!(INFERENCE_ROUTES.len(), 13);
+        let inference: Vec<&str> = t
+            .routes()
+            .iter()
+            .filter(|r| r.inference)
+            .map(|r| &*r.pattern)
+            .collect();
+        assert_eq!(inference, INFERENCE_ROUTES);
+    }
+
+    #[test]
+    fn batches_and_prompt_completions_are_opaque() {
+        let t = table();
+        let opaque: Vec<(&Method, &str)> = t
+            .routes()
+            .iter()
+            .filter(|r| r.opaque)
+            .map(|r| (&r.method, &*r.pattern))
+            .collect();
+        assert_eq!(
+            opaque,
+            [
+                (&Method::POST, "/v1/prompts/{id}/completions"),
+                (&Method::POST, "/v1/batches"),
+            ]
+        );
+        assert!(is_opaque(
+            &Method::POST,
+            "/v1/prompts/{prompt_id}/completions"
+        ));
+        assert!(!is_opaque(&Method::GET, "/v1/batches"));
+        assert!(!is_opaque(&Method::POST, "/v1/batches/{id}/cancel"));
+        assert!(!is_opaque(&Method::POST, "/v1/prompts/{id}/render"));
+        assert!(!is_opaque(&Method::POST, "/v1/prompts/x/completions"));
+        assert!(!is_opaque(&Method::POST, "/v1/prompts/{}/completions"));
+        assert!(!is_opaque(
+            &Method::POST,
+            "/v1/prompts/{a}/b/{c}/completions"
+        ));
+    }
+
+    fn spec(methods: &[&str], path: &str, plane: Plane, meter: Option<UsageApi>) -> RouteSpec {
+        RouteSpec {
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            path: path.into(),
+            plane,
+            scopes: vec!["completions.write".into()],
+            scopes_all: vec![],
+            upgrade: None,
+            meter,
+        }
+    }
+
+    #[test]
+    fn a_metered_extra_route_is_counted_and_an_inference_route() {
+        let azure = "/openai/deployments/{d}/chat/completions";
+        let extra = [
+            spec(&["GET", "POST"], azure, Plane::Data, Some(UsageApi::Chat)),
+            spec(
+                &["POST"],
+                "/x/embed",
+                Plane::Data,
+                Some(UsageApi::Embeddings),
+            ),
+            spec(&["POST"], "/x/plain", Plane::Data, None),
+            // Same pattern as a counted built-in route: counted like it.
+            spec(&["POST"], "/v1/messages", Plane::Data, None),
+            spec(&["POST"], "/v1/batches", Plane::Data, None),
+        ];
+        let t = RouteTable::build(&extra, true).expect("builds");
+        let post = post_route(&t, "/openai/deployments/gpt/chat/completions");
+        assert_eq!((post.usage, post.inference), (Some(UsageApi::Chat), true));
+        let m = t
+            .match_path("/openai/deployments/gpt/chat/completions")
+            .expect("m");
+        let get = t.route(m.entry.route_for(&Method::GET).expect("get"));
+        assert_eq!((get.usage, get.inference), (None, false));
+        assert_eq!(post_route(&t, "/x/embed").usage, Some(UsageApi::Embeddings));
+        let plain = post_route(&t, "/x/plain");
+        assert_eq!(
+            (plain.usage, plain.inference, plain.opaque),
+            (None, false, false)
+        );
+        assert_eq!(
+            post_route(&t, "/v1/messages").usage,
+            Some(UsageApi::Messages)
+        );
+        assert!(post_route(&t, "/v1/batches").opaque);
+    }
+
+    #[test]
+    fn meter_is_refused_on_control_upgrade_and_post_less_routes() {
+        let mut ws = spec(&["GET", "POST"], "/rt", Plane::Data, Some(UsageApi::Chat));
+        ws.upgrade = Some("websocket".into());
+        for (bad, says) in [
+            (
+                spec(&["POST"], "/c", Plane::Control, Some(UsageApi::Chat)),
+                "data-plane routes",
+            ),
+            (ws, "cannot be combined with `upgrade`"),
+            (
+                spec(&["GET"], "/g", Plane::Data, Some(UsageApi::Responses)),
+                "has no POST",
+            ),
+        ] {
+            let problems = RouteTable::build(&[bad], true).expect_err("invalid");
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].message.contains(says), "{problems:?}");
+        }
+    }
+
+    #[test]
+    fn usage_apis_read_from_yaml_and_say_what_they_generate() {
+        let spec: RouteSpec = serde_yaml::from_str(
+            "{methods: [POST], path: /a, plane: data, scopes: [x.y], meter: responses}",
+        )
+        .expect("yaml");
+        assert_eq!(spec.meter, Some(UsageApi::Responses));
+        assert!(serde_yaml::from_str::<RouteSpec>(
+            "{methods: [POST], path: /a, plane: data, scopes: [x.y], meter: Chat}"
+        )
+        .is_err());
+        assert!(!UsageApi::Embeddings.generates_text());
+        assert!(UsageApi::ALL
+            .iter()
+            .filter(|a| **a != UsageApi::Embeddings)
+            .all(|a| a.generates_text()));
+        let injecting: Vec<_> = UsageApi::ALL
+            .into_iter()
+            .filter(|a| a.injects_stream_usage())
+            .collect();
+        assert_eq!(injecting, [UsageApi::Chat, UsageApi::Completions]);
     }
 
     #[test]

@@ -180,6 +180,7 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
             max_data_body: config.max_data_body_bytes,
             inject_stream_usage: config.inject_stream_usage,
             body_read_timeout_ms: config.body_read_timeout_ms,
+            default_output_reservation: config.default_output_reservation,
         },
     );
 

@@ -6,6 +6,7 @@
 //! run in parallel and share no state.
 
 mod e2e {
+    pub mod certs;
     pub mod client;
     pub mod fixtures;
     pub mod harness;
@@ -19,16 +20,18 @@ mod e2e {
     mod identity_cli;
     mod key_headers;
     mod keytools;
+    mod metering;
     mod metrics;
     mod observability;
     mod paths;
+    mod protocols;
     mod ratelimits;
     mod reload;
     mod reload_triggers;
     mod replicas;
     mod routes;
     mod shutdown;
-    mod spending;
+    pub mod spending;
     mod streaming;
     mod tls;
     mod tls_listener;

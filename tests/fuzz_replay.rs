@@ -82,3 +82,8 @@ fn request_body_corpus_holds() {
 fn token_shape_corpus_holds() {
     replay_corpus("token_shape", scopegate::fuzzing::token_shape);
 }
+
+#[test]
+fn content_type_corpus_holds() {
+    replay_corpus("content_type", scopegate::fuzzing::content_type);
+}

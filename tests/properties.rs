@@ -91,6 +91,7 @@ keys:
         scopes: vec![scope.into()],
         scopes_all: vec![],
         upgrade: None,
+        meter: None,
     };
     let extra = vec![
         route(&["GET"], "/v1/x/{id}", Plane::Control, "x.read"),
@@ -331,6 +332,7 @@ fn run(r: &Request) -> (scopegate::policy::Verdict, scopegate::policy::Verdict) 
         key,
         content_type,
         content_type_repeated: false,
+        bad_content_length: false,
         upgrade: scopegate::request::Upgrade::None,
         body,
         now: NOW,

@@ -836,3 +836,58 @@ fn missing_tls_files_and_http2_without_tls_are_reported_where_written() {
     );
     assert_eq!(e.len(), 4, "{e:#?}");
 }
+
+#[test]
+fn default_output_reservation_defaults_to_4096_and_is_bounded() {
+    assert_eq!(config(MINIMAL).default_output_reservation, 4096);
+    for n in [0, 1, 100_000_000] {
+        let text = format!("{MINIMAL}default_output_reservation: {n}\n");
+        assert_eq!(config(&text).default_output_reservation, n);
+    }
+    assert_eq!(
+        errors(&format!("{MINIMAL}default_output_reservation: 100000001\n")),
+        vec!["config/scopegate.yaml:8:29: default_output_reservation: must be at most 100000000 tokens (0 reserves no output for requests that name no maximum)"]
+    );
+    assert!(
+        errors(&format!("{MINIMAL}default_output_reservation: -1\n"))[0]
+            .starts_with("config/scopegate.yaml:8:")
+    );
+}
+
+#[test]
+fn route_meter_is_for_data_posts_without_upgrade_or_an_error() {
+    let text = format!(
+        "{MINIMAL}routes:
+  - {{ methods: [POST], path: \"/openai/deployments/{{d}}/chat/completions\", plane: data, scopes: [x.read], meter: chat }}
+"
+    );
+    assert_eq!(
+        config(&text).routes[0].meter,
+        Some(crate::routes::UsageApi::Chat)
+    );
+    let text = format!(
+        "{MINIMAL}routes:
+  - {{ methods: [POST], path: \"/v1/a\", plane: control, scopes: [x.read], meter: chat }}
+  - {{ methods: [GET, POST], path: \"/v1/b\", plane: data, scopes: [x.read], upgrade: websocket, meter: responses }}
+  - {{ methods: [GET], path: \"/v1/c\", plane: data, scopes: [x.read], meter: embeddings }}
+"
+    );
+    assert_eq!(
+        errors(&text),
+        vec![
+            "config/scopegate.yaml:9:80: routes[0].meter: `meter: chat` is for data-plane routes: control-plane answers carry no token usage",
+            "config/scopegate.yaml:10:102: routes[1].meter: `meter: responses` cannot be combined with `upgrade`: the traffic of an upgraded connection is never read, so it cannot be counted",
+            "config/scopegate.yaml:11:76: routes[2].meter: `meter: embeddings` counts POST requests, and this route has no POST",
+        ]
+    );
+    let unknown = format!(
+        "{MINIMAL}routes:
+  - {{ methods: [POST], path: \"/v1/a\", plane: data, scopes: [x.read], meter: rerank }}
+"
+    );
+    let e = errors(&unknown);
+    assert!(
+        e[0].starts_with("config/scopegate.yaml:9:") && e[0].contains("rerank"),
+        "{e:?}"
+    );
+}

@@ -53,6 +53,7 @@ use super::Snapshot;
 ///     key: Presented::Secret(b"sgk-secret"),
 ///     content_type: None,
 ///     content_type_repeated: false,
+///     bad_content_length: false,
 ///     upgrade: scopegate::request::Upgrade::None,
 ///     body: Body::Empty,
 ///     now: 0,

@@ -97,6 +97,7 @@ fn world() -> World {
         scopes: vec!["x.read".into()],
         scopes_all: vec![],
         upgrade: None,
+        meter: None,
     }];
     let table = RouteTable::build(&extra, true).expect("routes");
     let doc: KeysDocument = serde_yaml::from_str(&keys_yaml()).expect("yaml");
@@ -149,6 +150,7 @@ fn run(w: &World, r: &Req<'_>) -> Verdict {
         key: r.key,
         content_type: r.content_type,
         content_type_repeated: false,
+        bad_content_length: false,
         upgrade: Upgrade::None,
         body: r.body,
         now: NOW,
@@ -443,6 +445,7 @@ fn decide_as_skips_the_secret_but_not_the_rules() {
         key: Presented::Missing,
         content_type: None,
         content_type_repeated: false,
+        bad_content_length: false,
         upgrade: Upgrade::None,
         body: Body::Empty,
         now: NOW,
@@ -465,6 +468,7 @@ fn upgrade_world() -> World {
         scopes: vec![scope.into()],
         scopes_all: vec![],
         upgrade: Some("websocket".into()),
+        meter: None,
     };
     let extra = vec![
         route("/v1/realtime", Plane::Data, "completions.write"),
@@ -543,6 +547,7 @@ fn run_upgrade(w: &World, method: Method, path: &str, key: &str, upgrade: Upgrad
         },
         content_type: None,
         content_type_repeated: false,
+        bad_content_length: false,
         upgrade,
         body: Body::Empty,
         now: NOW,
@@ -643,4 +648,445 @@ fn raw_non_ascii_in_path_or_query_is_invalid_path_before_the_key() {
     }
     let v = run(&w, &req("GET", "/v1/files/caf%C3%A9?x=%C2%85", "bot"));
     assert_eq!(code(&v), "allow");
+}
+
+/// Keys whose limits make the data plane read bodies, and routes that are
+/// metered, plain, or take WebSocket upgrades.
+fn spending_world() -> World {
+    let h = |s: &str| digest_hex(s.as_bytes());
+    let route = |methods: &[&str], path: &str, upgrade: Option<&str>, meter| RouteSpec {
+        methods: methods.iter().map(|m| m.to_string()).collect(),
+        path: path.into(),
+        plane: Plane::Data,
+        scopes: vec!["completions.write".into()],
+        scopes_all: vec![],
+        upgrade: upgrade.map(str::to_string),
+        meter,
+    };
+    let extra = vec![
+        route(
+            &["POST"],
+            "/openai/deployments/{d}/chat/completions",
+            None,
+            Some(UsageApi::Chat),
+        ),
+        route(&["POST"], "/x/plain", None, None),
+        route(&["GET"], "/v1/realtime", Some("websocket"), None),
+    ];
+    let table = RouteTable::build(&extra, true).expect("routes");
+    let yaml = format!(
+        r#"
+organisations:
+  - id: org_a
+    workspaces:
+      - id: ws_research
+      - id: ws_prod
+      - id: ws_models
+        models: ["gpt-4o*"]
+keys:
+  - id: mini
+    type: workspace-service
+    workspace_id: ws_research
+    sha256: "{mini}"
+    scopes: ["completions.write"]
+    models: ["gpt-4o-mini", "whisper-1"]
+  - id: tpm
+    type: workspace-service
+    workspace_id: ws_research
+    sha256: "{tpm}"
+    scopes: ["completions.write"]
+    rate_limits: [{{ type: tokens, unit: rpm, value: 1000 }}]
+  - id: budget
+    type: workspace-service
+    workspace_id: ws_research
+    sha256: "{budget}"
+    scopes: ["completions.write"]
+    usage_limits: {{ type: tokens, credit_limit: 1000 }}
+  - id: reqs
+    type: workspace-service
+    workspace_id: ws_research
+    sha256: "{reqs}"
+    scopes: ["completions.write"]
+    rate_limits: [{{ type: requests, unit: rpm, value: 10 }}]
+  - id: in_models_ws
+    type: workspace-service
+    workspace_id: ws_models
+    sha256: "{in_models_ws}"
+    scopes: ["completions.write"]
+"#,
+        mini = h("mini"),
+        tpm = h("tpm"),
+        budget = h("budget"),
+        reqs = h("reqs"),
+        in_models_ws = h("in-models-ws"),
+    );
+    let doc: KeysDocument = serde_yaml::from_str(&yaml).expect("yaml");
+    let snap = build_snapshot(&doc, table.registry()).expect("valid keys");
+    World { table, snap }
+}
+
+/// A request with a content type (possibly repeated) and a body.
+struct Data<'a> {
+    path: &'a str,
+    key: &'a str,
+    content_type: Option<&'a str>,
+    repeated: bool,
+    body: Body<'a>,
+    upgrade: Upgrade,
+    method: Method,
+}
+
+fn data<'a>(
+    path: &'a str,
+    key: &'a str,
+    content_type: Option<&'a str>,
+    body: Body<'a>,
+) -> Data<'a> {
+    Data {
+        path,
+        key,
+        content_type,
+        repeated: false,
+        body,
+        upgrade: Upgrade::None,
+        method: Method::POST,
+    }
+}
+
+fn unread(n: u64) -> Body<'static> {
+    Body::Unread {
+        declared_len: Some(n),
+    }
+}
+
+fn run_data(w: &World, d: &Data<'_>) -> Verdict {
+    let (path, query) = match d.path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (d.path, None),
+    };
+    let facts = RequestFacts {
+        method: &d.method,
+        path,
+        query,
+        key: Presented::Secret(d.key.as_bytes()),
+        content_type: d.content_type.map(str::as_bytes),
+        content_type_repeated: d.repeated,
+        bad_content_length: false,
+        upgrade: d.upgrade,
+        body: d.body,
+        now: NOW,
+        max_body: 1024,
+        max_data_body: 4096,
+        used_up: &crate::policy::nothing_used,
+    };
+    decide(&w.table, &w.snap, &facts)
+}
+
+#[test]
+fn inference_bodies_must_be_a_type_the_proxy_reads() {
+    let w = spending_world();
+    let chat = "/v1/chat/completions?model=gpt-4o-mini";
+    let json = Some("application/json");
+    for key in ["mini", "tpm", "budget", "in-models-ws"] {
+        for (ct, repeated, body, want) in [
+            (
+                Some("text/plain"),
+                false,
+                unread(20),
+                "unsupported_media_type",
+            ),
+            (None, false, unread(20), "unsupported_media_type"),
+            (
+                Some("application/x-www-form-urlencoded"),
+                false,
+                unread(20),
+                "unsupported_media_type",
+            ),
+            // A chunked body is refused before it is read.
+            (
+                Some("text/plain"),
+                false,
+                Body::Unread { declared_len: None },
+                "unsupported_media_type",
+            ),
+            (json, true, unread(20), "unsupported_media_type"),
+            // Refused before its size: the type is known from the header.
+            (
+                Some("text/plain"),
+                false,
+                unread(1 << 40),
+                "unsupported_media_type",
+            ),
+            (json, false, unread(20), "read_body"),
+            (
+                Some("application/vnd.api+json"),
+                false,
+                unread(20),
+                "read_body",
+            ),
+            (
+                Some("Application/JSON; charset=utf-8"),
+                false,
+                unread(20),
+                "read_body",
+            ),
+            (
+                Some("multipart/form-data; boundary=b"),
+                false,
+                unread(20),
+                "read_body",
+            ),
+            (json, false, unread(1 << 40), "body_too_large"),
+        ] {
+            let d = Data {
+                repeated,
+                ..data(chat, key, ct, body)
+            };
+            assert_eq!(
+                code(&run_data(&w, &d)),
+                want,
+                "{key} {ct:?} {repeated} {body:?}"
+            );
+        }
+    }
+    // No body, no type to check.
+    let v = run_data(&w, &data(chat, "tpm", Some("text/plain"), Body::Empty));
+    assert_eq!(code(&v), "allow");
+    // A key without such limits is not read at all.
+    let v = run_data(&w, &data(chat, "reqs", Some("text/plain"), unread(20)));
+    assert_eq!(code(&v), "allow");
+    assert!(!v.spend.expect("spend").body_read);
+    // The metered extra route is an inference route.
+    let azure = "/openai/deployments/gpt/chat/completions";
+    let v = run_data(&w, &data(azure, "tpm", Some("text/plain"), unread(20)));
+    assert_eq!(code(&v), "unsupported_media_type");
+}
+
+#[test]
+fn the_workspace_steps_come_before_the_data_plane_body() {
+    let w = spending_world();
+    let d = data(
+        "/v1/chat/completions?workspace_id=ws_prod",
+        "mini",
+        Some("text/plain"),
+        unread(20),
+    );
+    assert_eq!(code(&run_data(&w, &d)), "workspace_mismatch");
+}
+
+#[test]
+fn other_data_routes_read_json_and_stream_other_types() {
+    let w = spending_world();
+    for key in ["mini", "tpm", "budget"] {
+        let octets = data(
+            "/v1/files",
+            key,
+            Some("application/octet-stream"),
+            unread(99_999),
+        );
+        let v = run_data(&w, &octets);
+        assert_eq!(code(&v), "allow", "{key}");
+        assert!(!v.spend.expect("spend").body_read);
+        let none = data("/x/plain", key, None, unread(10));
+        assert_eq!(code(&run_data(&w, &none)), "allow", "{key}");
+        let json = data("/v1/files", key, Some("application/json"), unread(10));
+        assert_eq!(code(&run_data(&w, &json)), "read_body", "{key}");
+        let twice = Data {
+            repeated: true,
+            ..data("/v1/files", key, Some("application/json"), unread(10))
+        };
+        assert_eq!(code(&run_data(&w, &twice)), "unsupported_media_type");
+    }
+    // Multipart off the inference routes is read for its model only when
+    // models are restricted.
+    let form = Some("multipart/form-data; boundary=b");
+    let v = run_data(&w, &data("/v1/files", "mini", form, unread(10)));
+    assert_eq!(code(&v), "read_body");
+    let v = run_data(&w, &data("/v1/files", "tpm", form, unread(10)));
+    assert_eq!(code(&v), "allow");
+}
+
+#[test]
+fn read_bodies_give_the_spend_facts() {
+    let w = spending_world();
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":50,"n":3,"stream":true}"#;
+    let v = run_data(
+        &w,
+        &data(
+            "/v1/chat/completions",
+            "tpm",
+            Some("application/json"),
+            Body::Read(body.as_bytes()),
+        ),
+    );
+    assert_eq!(code(&v), "allow");
+    let s = v.spend.expect("spend");
+    assert_eq!(
+        (s.body_read, s.body_len, s.usage, s.counted),
+        (true, body.len() as u64, Some(UsageApi::Chat), true)
+    );
+    assert_eq!((s.max_output, s.n, s.stream), (Some(50), Some(3), true));
+    assert_eq!(s.model.as_deref(), Some("gpt-4o-mini"));
+    // Models only: read and checked, not counted.
+    let v = run_data(
+        &w,
+        &data(
+            "/v1/chat/completions",
+            "mini",
+            Some("application/json"),
+            Body::Read(body.as_bytes()),
+        ),
+    );
+    assert_eq!(v.spend.map(|s| s.counted), Some(false));
+    // A multipart model is the request's model.
+    let form =
+        "--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--b--\r\n";
+    let v = run_data(
+        &w,
+        &data(
+            "/v1/audio/transcriptions",
+            "mini",
+            Some("multipart/form-data; boundary=b"),
+            Body::Read(form.as_bytes()),
+        ),
+    );
+    assert_eq!(code(&v), "allow");
+    assert_eq!(v.spend.and_then(|s| s.model).as_deref(), Some("whisper-1"));
+    // A counted request with no body is counted (and read, by the proxy).
+    let v = run_data(&w, &data("/v1/embeddings", "budget", None, Body::Empty));
+    let s = v.spend.expect("spend");
+    assert_eq!(
+        (s.counted, s.body_read, s.usage),
+        (true, false, Some(UsageApi::Embeddings))
+    );
+}
+
+#[test]
+fn tokens_the_proxy_cannot_see_are_refused_to_keys_that_count_them() {
+    let w = spending_world();
+    let json = Some("application/json");
+    let bg = Body::Read(br#"{"model":"gpt-4o-mini","background":true}"#);
+    let fg = Body::Read(br#"{"model":"gpt-4o-mini","background":false}"#);
+    for (path, body, key, want) in [
+        ("/v1/batches", unread(10), "tpm", "usage_not_metered"),
+        ("/v1/batches", unread(10), "budget", "usage_not_metered"),
+        ("/v1/batches", Body::Empty, "budget", "usage_not_metered"),
+        (
+            "/v1/prompts/p/completions",
+            Body::Empty,
+            "tpm",
+            "usage_not_metered",
+        ),
+        ("/v1/responses", bg, "tpm", "usage_not_metered"),
+        ("/v1/responses", bg, "budget", "usage_not_metered"),
+        ("/v1/responses", fg, "budget", "allow"),
+        // Models are checked first (the step beside it).
+        ("/v1/batches", unread(10), "mini", "model_not_allowed"),
+        ("/v1/responses", bg, "mini", "allow"),
+        ("/v1/batches", unread(10), "reqs", "allow"),
+        ("/v1/prompts/p/completions", Body::Empty, "reqs", "allow"),
+    ] {
+        let v = run_data(&w, &data(path, key, json, body));
+        let got = match (code(&v), body) {
+            ("read_body", Body::Unread { .. }) => {
+                run_data(&w, &data(path, key, json, Body::Read(b"{}")))
+            }
+            _ => v,
+        };
+        assert_eq!(code(&got), want, "{key} {path} {body:?}");
+    }
+}
+
+#[test]
+fn a_metered_route_is_checked_like_its_builtin_one() {
+    let w = spending_world();
+    let azure = "/openai/deployments/gpt/chat/completions";
+    let json = Some("application/json");
+    for (key, body, want) in [
+        ("mini", r#"{"messages":[]}"#, "missing_model"),
+        ("mini", r#"{"model":"gpt-4o"}"#, "model_not_allowed"),
+        ("mini", r#"{"model":"gpt-4o-mini"}"#, "allow"),
+        ("in-models-ws", r#"{"model":"o1"}"#, "model_not_allowed"),
+        ("tpm", r#"{"Model":"x"}"#, "invalid_json"),
+        ("tpm", r#"{"stream":true}"#, "allow"),
+    ] {
+        let v = run_data(&w, &data(azure, key, json, Body::Read(body.as_bytes())));
+        assert_eq!(code(&v), want, "{key} {body}");
+    }
+    let v = run_data(&w, &data(azure, "tpm", json, Body::Read(b"{}")));
+    assert_eq!(
+        v.spend.map(|s| (s.usage, s.counted)),
+        Some((Some(UsageApi::Chat), true))
+    );
+    // The plain extra route is not counted.
+    let v = run_data(&w, &data("/x/plain", "tpm", json, Body::Read(b"{}")));
+    assert_eq!(v.spend.map(|s| (s.usage, s.counted)), Some((None, false)));
+}
+
+#[test]
+fn a_websocket_opens_for_a_model_restricted_key_only_with_an_allowed_model() {
+    let w = spending_world();
+    for (path, key, want) in [
+        ("/v1/realtime", "mini", "missing_model"),
+        ("/v1/realtime?model=gpt-4o", "mini", "model_not_allowed"),
+        ("/v1/realtime?model=gpt-4o-mini", "mini", "allow"),
+        (
+            "/v1/realtime?model=gpt-4o-mini&MODEL=o1",
+            "mini",
+            "model_not_allowed",
+        ),
+        ("/v1/realtime", "in-models-ws", "missing_model"),
+        (
+            "/v1/realtime?model=gpt-4o-realtime",
+            "in-models-ws",
+            "allow",
+        ),
+        ("/v1/realtime", "reqs", "allow"),
+    ] {
+        let d = Data {
+            upgrade: Upgrade::WebSocket,
+            method: Method::GET,
+            ..data(path, key, None, Body::Empty)
+        };
+        assert_eq!(code(&run_data(&w, &d)), want, "{path} {key}");
+    }
+    // Without the upgrade, the route's GET needs no model.
+    let d = Data {
+        method: Method::GET,
+        ..data("/v1/realtime", "mini", None, Body::Empty)
+    };
+    assert_eq!(code(&run_data(&w, &d)), "allow");
+}
+
+#[test]
+fn an_ambiguous_content_length_is_refused_right_after_the_path() {
+    let w = world();
+    for (pq, key, shape) in [
+        ("/v1/chat/completions", "bot", ErrorShape::OpenAi),
+        ("/v1/configs", "", ErrorShape::Portkey),
+        ("/nowhere", "nobody", ErrorShape::OpenAi),
+    ] {
+        let r = req("POST", pq, key);
+        let facts = RequestFacts {
+            method: &r.method,
+            path: r.path,
+            query: r.query,
+            key: r.key,
+            content_type: None,
+            content_type_repeated: false,
+            bad_content_length: true,
+            upgrade: Upgrade::None,
+            body: Body::Unread { declared_len: None },
+            now: NOW,
+            max_body: 1024,
+            max_data_body: 4096,
+            used_up: &crate::policy::nothing_used,
+        };
+        let v = decide(&w.table, &w.snap, &facts);
+        assert_eq!(code(&v), "invalid_request", "{pq}");
+        assert_eq!(v.shape, shape, "{pq}");
+        assert_eq!(v.key, None);
+    }
+    let v = run(&w, &req("POST", "/v1//x", "bot"));
+    assert_eq!(code(&v), "invalid_path");
 }

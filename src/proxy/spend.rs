@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::Method;
 use pingora::http::ResponseHeader;
 
 use crate::keys::{Key, Limits, Snapshot};
@@ -59,20 +58,23 @@ pub fn subjects(snap: &Snapshot, key: &Key, now_ms: i64) -> Vec<SubjectLimits> {
 
 /// The reservation of a counted request (SPEC 9.3), or `None` when the
 /// route carries no token usage or no subject counts tokens.
+/// `default_output` is `default_output_reservation`.
 pub fn reservation(
-    method: &Method,
-    pattern: &str,
     spend: &Spend,
     subjects: &[SubjectLimits],
     snap: &Snapshot,
+    default_output: u64,
 ) -> Option<(Estimate, u64)> {
     let counts = subjects
         .iter()
         .any(|s| s.usage.is_some() || !s.tokens.is_empty());
-    if !counts || !estimate::counted_route(method, pattern) {
-        return None;
-    }
-    let e = estimate::reservation(spend.body_len as usize, spend.max_output);
+    let api = spend.usage.filter(|_| counts)?;
+    let asked = estimate::Asked {
+        body_len: spend.body_len,
+        max_output: spend.max_output,
+        n: spend.n,
+    };
+    let e = estimate::reservation(api, asked, default_output);
     let cost = spend
         .model
         .as_deref()

@@ -34,17 +34,28 @@ pub struct JsonFacts {
     pub stream: bool,
     /// `stream_options.include_usage`, when given (and not `null`).
     pub include_usage: Option<bool>,
+    /// `n`, the number of choices asked for, when given (and not `null`).
+    pub n: Option<u64>,
+    /// Whether the top-level `background` is `true` (a Responses API
+    /// request answered later, whose tokens the proxy never sees).
+    pub background: bool,
 }
 
 const MODEL: usize = 0;
 const STREAM: usize = 1;
 const STREAM_OPTIONS: usize = 2;
-/// Top-level fields every upstream parser must read as the proxy does; the
-/// last three are the requested maximum output.
-const GUARDED: [&str; 6] = [
+const N: usize = 3;
+const BACKGROUND: usize = 4;
+/// The first of the fields that are a requested maximum output.
+const MAX_OUTPUT: usize = 5;
+/// Top-level fields every upstream parser must read as the proxy does; from
+/// [`MAX_OUTPUT`] on, the requested maximum output.
+const GUARDED: [&str; 8] = [
     "model",
     "stream",
     "stream_options",
+    "n",
+    "background",
     "max_tokens",
     "max_completion_tokens",
     "max_output_tokens",
@@ -55,11 +66,12 @@ const INCLUDE_USAGE: &str = "include_usage";
 ///
 /// # Errors
 ///
-/// The body is not a JSON object; `model` is not a string, `stream` or
-/// `stream_options.include_usage` not a boolean, `stream_options` not an
-/// object, a maximum output not a non-negative integer (`null` counts as
-/// absent for all but `model`); or one of these fields appears twice, or in
-/// another case (`Model`), which some upstream parser could read instead.
+/// The body is not a JSON object; `model` is not a string, `stream`,
+/// `background` or `stream_options.include_usage` not a boolean,
+/// `stream_options` not an object, `n` or a maximum output not a
+/// non-negative integer (`null` counts as absent for all but `model`); or
+/// one of these fields appears twice, or in another case (`Model`), which
+/// some upstream parser could read instead.
 pub fn read_json_body(body: &[u8]) -> Result<JsonFacts, BodyError> {
     scan(body).map(|s| s.facts)
 }
@@ -184,12 +196,20 @@ fn scan(body: &[u8]) -> Result<Scan, BodyError> {
         .transpose()?
         .flatten()
         == Some(true);
+    let background = fields[BACKGROUND]
+        .map(|raw| boolean(raw, "background"))
+        .transpose()?
+        .flatten()
+        == Some(true);
+    let count = |raw: &RawValue, name: &str| {
+        serde_json::from_str::<Option<u64>>(raw.get())
+            .map_err(|_| BodyError(format!("`{name}` must be a non-negative integer")))
+    };
+    let n = fields[N].map(|raw| count(raw, "n")).transpose()?.flatten();
     let mut max_output: Option<u64> = None;
-    for (raw, name) in fields.iter().zip(GUARDED).skip(STREAM_OPTIONS + 1) {
+    for (raw, name) in fields.iter().zip(GUARDED).skip(MAX_OUTPUT) {
         let Some(raw) = raw else { continue };
-        let value = serde_json::from_str::<Option<u64>>(raw.get())
-            .map_err(|_| BodyError(format!("`{name}` must be a non-negative integer")))?;
-        max_output = max_output.max(value);
+        max_output = max_output.max(count(raw, name)?);
     }
     let (options, include_usage) = match fields[STREAM_OPTIONS] {
         None => (None, None),
@@ -201,6 +221,8 @@ fn scan(body: &[u8]) -> Result<Scan, BodyError> {
             max_output,
             stream,
             include_usage,
+            n,
+            background,
         },
         open,
         empty,

@@ -1,62 +1,19 @@
-//! Which data-plane routes are counted, must name a model, or hide it
-//! (SPEC 9.2, 9.3), and the reservation a request makes before it is
-//! forwarded (SPEC 9.3). Routes are given as their pattern as written
-//! (`Route::pattern`) and method.
+//! The reservation a counted request makes before it is forwarded: what it
+//! may use at most, as far as the request says. Which routes are counted
+//! is a property of the route (`routes::Route::usage`).
 
-use http::Method;
+use crate::routes::UsageApi;
 
-/// Routes whose responses report token usage (SPEC 9.3), all `POST`.
-const COUNTED: &[&str] = &[
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/responses",
-    "/v1/messages",
-];
-
-/// The inference routes: a request to them must name a model when models
-/// are restricted.
-const INFERENCE: &[&str] = crate::routes::INFERENCE_ROUTES;
-
-/// Routes whose streams get `stream_options.include_usage` (SPEC 9.4).
-const STREAM_USAGE: &[&str] = &["/v1/chat/completions", "/v1/completions"];
-
-/// Whether a request on this route is counted against token rates and usage
-/// limits (`POST` on chat/completions, completions, embeddings, responses,
-/// messages).
-pub fn counted_route(method: &Method, pattern: &str) -> bool {
-    method == Method::POST && COUNTED.contains(&pattern)
-}
-
-/// Whether this is an inference route, where a request restricted by
-/// `models` must name a model (else `missing_model`).
-pub fn requires_model(method: &Method, pattern: &str) -> bool {
-    method == Method::POST && INFERENCE.contains(&pattern)
-}
-
-/// Whether the proxy cannot see the model of a request on this route
-/// (`POST /v1/batches`: the requests are in an uploaded file;
-/// `POST /v1/prompts/{id}/completions`: the prompt names it), so a key
-/// restricted by `models` gets `model_not_allowed`. The parameter's name in
-/// the pattern does not matter.
-pub fn hides_model(method: &Method, pattern: &str) -> bool {
-    if method != Method::POST {
-        return false;
-    }
-    if pattern == "/v1/batches" {
-        return true;
-    }
-    pattern
-        .strip_prefix("/v1/prompts/{")
-        .and_then(|rest| rest.strip_suffix("}/completions"))
-        .is_some_and(|name| !name.is_empty() && !name.contains(['/', '{', '}']))
-}
-
-/// Whether a streamed request on this route gets
-/// `stream_options.include_usage` set upstream (SPEC 9.4: chat and
-/// completions).
-pub fn injects_stream_usage(method: &Method, pattern: &str) -> bool {
-    method == Method::POST && STREAM_USAGE.contains(&pattern)
+/// What a request asks for, as read from its body.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Asked {
+    /// Body length in bytes.
+    pub body_len: u64,
+    /// The requested maximum output (`max_tokens`, `max_completion_tokens`
+    /// or `max_output_tokens`), if any.
+    pub max_output: Option<u64>,
+    /// `n`, the number of choices, if given.
+    pub n: Option<u64>,
 }
 
 /// The tokens a request reserves before it is forwarded.
@@ -64,7 +21,7 @@ pub fn injects_stream_usage(method: &Method, pattern: &str) -> bool {
 pub struct Estimate {
     /// Input tokens: the body's bytes ÷ 4.
     pub input: u64,
-    /// Output tokens: the requested maximum output, or 0.
+    /// Output tokens: the most the request may generate.
     pub output: u64,
 }
 
@@ -75,12 +32,23 @@ impl Estimate {
     }
 }
 
-/// The reservation of a request (SPEC 9.3): its body bytes ÷ 4 (integer
-/// division) for input, plus its requested maximum output if given.
-pub fn reservation(body_len: usize, max_output: Option<u64>) -> Estimate {
+/// The reservation of a request to `api`: its body bytes ÷ 4 (integer
+/// division) for input, plus its requested maximum output times `n` (1
+/// when absent or 0) — or, when it names no maximum and `api` generates
+/// text, `default_output` times `n`. Saturates rather than wraps.
+///
+/// So a usage limit is passed only by what an upstream generates beyond
+/// what the request asked for.
+pub fn reservation(api: UsageApi, asked: Asked, default_output: u64) -> Estimate {
+    let n = asked.n.unwrap_or(1).max(1);
+    let per_choice = match asked.max_output {
+        Some(max) => max,
+        None if api.generates_text() => default_output,
+        None => 0,
+    };
     Estimate {
-        input: (body_len / 4) as u64,
-        output: max_output.unwrap_or(0),
+        input: asked.body_len / 4,
+        output: per_choice.saturating_mul(n),
     }
 }
 
@@ -88,91 +56,76 @@ pub fn reservation(body_len: usize, max_output: Option<u64>) -> Estimate {
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_posts_to_the_five_usage_routes_are_counted() {
-        for p in COUNTED {
-            assert!(counted_route(&Method::POST, p), "{p}");
-            assert!(!counted_route(&Method::GET, p), "{p}");
-        }
-        for p in [
-            "/v1/rerank",
-            "/v1/moderations",
-            "/v1/images/generations",
-            "/v1/audio/speech",
-            "/v1/batches",
-            "/v1/responses/{id}",
-            "/v1/prompts/{id}/completions",
-        ] {
-            assert!(!counted_route(&Method::POST, p), "{p}");
+    fn asked(body_len: u64, max_output: Option<u64>, n: Option<u64>) -> Asked {
+        Asked {
+            body_len,
+            max_output,
+            n,
         }
     }
 
     #[test]
-    fn inference_routes_are_the_posts_of_the_first_two_rows() {
-        assert_eq!(INFERENCE.len(), 13);
-        for p in INFERENCE {
-            assert!(requires_model(&Method::POST, p), "{p}");
-            assert!(!requires_model(&Method::GET, p), "{p}");
-        }
-        for p in [
-            "/v1/files",
-            "/v1/batches",
-            "/v1/prompts/{id}/completions",
-            "/v1/prompts/{id}/render",
-            "/v1/models",
-            "/v1/responses/{id}",
-        ] {
-            assert!(!requires_model(&Method::POST, p), "{p}");
-        }
-    }
-
-    #[test]
-    fn batches_and_prompt_completions_hide_the_model() {
-        assert!(hides_model(&Method::POST, "/v1/batches"));
-        assert!(hides_model(&Method::POST, "/v1/prompts/{id}/completions"));
-        assert!(hides_model(
-            &Method::POST,
-            "/v1/prompts/{prompt_id}/completions"
-        ));
-        assert!(!hides_model(&Method::GET, "/v1/batches"));
-        assert!(!hides_model(&Method::POST, "/v1/batches/{id}/cancel"));
-        assert!(!hides_model(&Method::POST, "/v1/prompts/{id}/render"));
-        assert!(!hides_model(&Method::POST, "/v1/prompts/x/completions"));
-        assert!(!hides_model(&Method::POST, "/v1/prompts/{}/completions"));
-        assert!(!hides_model(
-            &Method::POST,
-            "/v1/prompts/{a}/b/{c}/completions"
-        ));
-        assert!(!hides_model(&Method::POST, "/v1/chat/completions"));
-    }
-
-    #[test]
-    fn stream_usage_is_injected_on_chat_and_completions_only() {
-        assert!(injects_stream_usage(&Method::POST, "/v1/chat/completions"));
-        assert!(injects_stream_usage(&Method::POST, "/v1/completions"));
-        assert!(!injects_stream_usage(&Method::POST, "/v1/responses"));
-        assert!(!injects_stream_usage(&Method::POST, "/v1/messages"));
-        assert!(!injects_stream_usage(&Method::GET, "/v1/chat/completions"));
-    }
-
-    #[test]
-    fn reservation_is_a_quarter_of_the_body_plus_max_output() {
+    fn input_is_a_quarter_of_the_body() {
+        let e = reservation(UsageApi::Embeddings, asked(103, None, None), 4096);
         assert_eq!(
-            reservation(103, None),
+            e,
             Estimate {
                 input: 25,
                 output: 0
             }
         );
-        assert_eq!(reservation(3, None).total(), 0);
         assert_eq!(
-            reservation(400, Some(256)),
+            reservation(UsageApi::Embeddings, asked(3, None, None), 9).total(),
+            0
+        );
+    }
+
+    #[test]
+    fn the_requested_maximum_is_reserved_for_each_choice() {
+        let e = reservation(UsageApi::Chat, asked(400, Some(256), None), 4096);
+        assert_eq!(
+            e,
             Estimate {
                 input: 100,
                 output: 256
             }
         );
-        assert_eq!(reservation(400, Some(256)).total(), 356);
-        assert_eq!(reservation(8, Some(u64::MAX)).total(), u64::MAX);
+        assert_eq!(e.total(), 356);
+        let e = reservation(UsageApi::Chat, asked(400, Some(256), Some(3)), 4096);
+        assert_eq!(e.output, 768);
+        // n: 0 is one choice, not none.
+        let e = reservation(UsageApi::Completions, asked(0, Some(10), Some(0)), 4096);
+        assert_eq!(e.output, 10);
+        // An explicit maximum of 0 is 0, whatever the default.
+        let e = reservation(UsageApi::Chat, asked(0, Some(0), Some(4)), 4096);
+        assert_eq!(e.output, 0);
+    }
+
+    #[test]
+    fn without_a_maximum_text_apis_reserve_the_default_per_choice() {
+        for api in [
+            UsageApi::Chat,
+            UsageApi::Completions,
+            UsageApi::Responses,
+            UsageApi::Messages,
+        ] {
+            assert_eq!(reservation(api, asked(8, None, None), 4096).output, 4096);
+            assert_eq!(reservation(api, asked(8, None, Some(2)), 4096).output, 8192);
+            assert_eq!(reservation(api, asked(8, None, Some(2)), 0).output, 0);
+        }
+        // Embeddings generate no text.
+        assert_eq!(
+            reservation(UsageApi::Embeddings, asked(8, None, Some(5)), 4096).output,
+            0
+        );
+    }
+
+    #[test]
+    fn huge_values_saturate() {
+        let e = reservation(UsageApi::Chat, asked(8, Some(u64::MAX), Some(2)), 0);
+        assert_eq!(e.output, u64::MAX);
+        assert_eq!(e.total(), u64::MAX);
+        let e = reservation(UsageApi::Chat, asked(u64::MAX, None, Some(u64::MAX)), 4096);
+        assert_eq!(e.total(), u64::MAX);
     }
 }

@@ -2,8 +2,12 @@
 //! added, request ids, `set_headers`, Host, and path, query and body byte for
 //! byte — and that the upstream's answer comes back as it was.
 
+use super::client::Proto;
 use super::fixtures::*;
-use super::harness::{expect_forwarded, is_valid_request_id, Proxy, Upstreams};
+use super::harness::{
+    expect_forwarded, expect_openai_error, expect_portkey_error, is_valid_request_id, Proxy,
+    Upstreams,
+};
 
 #[test]
 fn key_header_is_not_forwarded() {
@@ -552,4 +556,110 @@ fn response_carries_one_request_id_even_when_the_upstream_sends_its_own() {
 
     expect_forwarded(&resp);
     assert_eq!(resp.header_all("x-request-id"), ["from-client"]);
+}
+
+/// RFC 9113 8.2.3: an HTTP/2 client may send each cookie as its own
+/// `cookie` field; the upstream hop is HTTP/1.1, where a request has one
+/// `Cookie` header. Both forward paths join them with `; ` — pingora's (a
+/// body the proxy does not read) and the proxy's own (a control-plane JSON
+/// body it inspected) — and so does an HTTP/1.1 client's repeated header.
+#[test]
+fn cookie_fields_reach_the_upstream_as_one_header() {
+    let up = Upstreams::start();
+    let proxy = Proxy::builder(&up).https().start();
+    for proto in Proto::ALL {
+        for (path, body) in [
+            ("/v1/chat/completions", CHAT),
+            ("/v1/configs", r#"{"name":"c"}"#),
+        ] {
+            let resp = proxy
+                .post(path)
+                .key(BOT)
+                .header("cookie", "a=1")
+                .header("cookie", "b=2; c=3")
+                .json(body)
+                .over(proto)
+                .send();
+            expect_forwarded(&resp);
+            let seen = if path == "/v1/configs" {
+                up.admin.requests().pop()
+            } else {
+                up.completions.requests().pop()
+            }
+            .expect("forwarded");
+            assert_eq!(
+                seen.header("cookie"),
+                Some("a=1; b=2; c=3"),
+                "{proto:?} {path}"
+            );
+            assert_eq!(seen.body, body.as_bytes());
+        }
+    }
+}
+
+/// A request whose `Content-Length` is repeated or a list could be framed
+/// otherwise by an HTTP/1.1 upstream: refused with 400 before any upstream.
+/// Over HTTP/2, values the h2 layer cannot parse (`5, 5`) or reconcile
+/// (`5` and `6`) are a stream error there (RFC 9113 8.1.1: a malformed
+/// request); equal repeated values reach the proxy, which refuses them.
+#[test]
+fn an_ambiguous_content_length_is_refused_before_any_upstream() {
+    let up = Upstreams::start();
+    let proxy = Proxy::builder(&up).https().start();
+    let lengths: &[&[&str]] = &[&["5, 5"], &["5", "5"], &["5", "6"], &["05, 5"]];
+    for proto in Proto::ALL {
+        for (path, key, openai) in [
+            ("/v1/chat/completions", BOT, true),
+            ("/v1/configs", BOT, false),
+            ("/v1/files", UNKNOWN, true),
+        ] {
+            for values in lengths {
+                let mut req = proxy
+                    .post(path)
+                    .key(key)
+                    .header("content-type", "application/json");
+                for v in *values {
+                    req = req.header("content-length", v);
+                }
+                let req = req.exact("hello").over(proto);
+                let case = format!("{proto:?} {path} {values:?}");
+                let resp = match proto {
+                    Proto::H1 => req.send(),
+                    Proto::H2 => match req.try_send_h2() {
+                        Ok(resp) => resp,
+                        // Reset by the h2 layer, before the decision.
+                        Err(e) if *values != ["5", "5"] => {
+                            assert!(e.contains("PROTOCOL_ERROR"), "{case}: {e}");
+                            continue;
+                        }
+                        Err(e) => panic!("{case}: {e}"),
+                    },
+                };
+                assert_eq!(resp.status, 400, "{case}: {}", resp.text());
+                // pingora refuses differing values itself (its own 400);
+                // the values it reconciles reach the decision.
+                if *values != ["5", "6"] {
+                    if openai {
+                        expect_openai_error(&resp, 400, "invalid_request");
+                    } else {
+                        expect_portkey_error(&resp, 400, "invalid_request");
+                    }
+                }
+            }
+        }
+    }
+    up.assert_untouched();
+    // One plain length passes.
+    for proto in Proto::ALL {
+        let resp = proxy
+            .post("/v1/chat/completions")
+            .key(BOT)
+            .header("content-type", "application/json")
+            .header("content-length", &CHAT.len().to_string())
+            .exact(CHAT)
+            .over(proto)
+            .send();
+        expect_forwarded(&resp);
+    }
+    assert_eq!(up.completions.count(), 2);
 }

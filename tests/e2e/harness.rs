@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::client::{raw_request, Req, Response};
+use super::certs::Ca;
+use super::client::{raw_request, Proto, Req, Response, TlsTarget};
 use super::fixtures;
 use super::upstream::Upstream;
 
@@ -41,12 +42,16 @@ pub fn scopegate_bin() -> &'static str {
 /// never the same one: both are held while the second is picked (two probes
 /// made one after the other can return one port twice).
 pub fn free_port_pair() -> (u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind port probe");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind port probe");
-    (
-        a.local_addr().unwrap().port(),
-        b.local_addr().unwrap().port(),
-    )
+    let [a, b] = free_ports();
+    (a, b)
+}
+
+/// `N` distinct free TCP ports on 127.0.0.1 (all held while picked).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port probe"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 /// The completions and admin upstreams of one proxy.
@@ -90,6 +95,7 @@ pub struct ProxyBuilder {
     grace_seconds: u64,
     metrics: bool,
     readyz_only: bool,
+    https: bool,
 }
 
 impl ProxyBuilder {
@@ -107,7 +113,17 @@ impl ProxyBuilder {
             grace_seconds: 5,
             metrics: true,
             readyz_only: false,
+            https: false,
         }
+    }
+
+    /// Adds an HTTPS listener (TLS 1.2/1.3, ALPN `h2` and `http/1.1`) beside
+    /// the plain one, with a certificate for `localhost` signed by a test CA
+    /// of its own: requests sent [`Req::over`] [`Proto::H2`] go there. The
+    /// protocol column of the e2e tables.
+    pub fn https(mut self) -> Self {
+        self.https = true;
+        self
     }
 
     /// Replaces the keys file.
@@ -181,14 +197,33 @@ impl ProxyBuilder {
 
     /// The config file text for these ports.
     pub fn config_text(&self, port: u16, metrics_port: u16) -> String {
+        self.config_text_with(port, metrics_port, None)
+    }
+
+    /// The config file text, with an HTTPS listener on `tls.0` serving the
+    /// certificate and key files `tls.1`, `tls.2` when given.
+    fn config_text_with(
+        &self,
+        port: u16,
+        metrics_port: u16,
+        tls: Option<(u16, &Path, &Path)>,
+    ) -> String {
         let mut out = if self.listen_yaml.is_empty() {
-            format!("listen: [\"127.0.0.1:{port}\"]\n")
+            format!("listen:\n  - \"127.0.0.1:{port}\"\n")
         } else {
             format!(
                 "listen:\n  - address: \"127.0.0.1:{port}\"\n{}",
                 indent(&self.listen_yaml, 4)
             )
         };
+        if let Some((tls_port, cert, key)) = tls {
+            out.push_str(&format!(
+                "  - address: \"127.0.0.1:{tls_port}\"\n    tls:\n      cert_file: \"{}\"\n      \
+                 key_file: \"{}\"\n",
+                cert.display(),
+                key.display()
+            ));
+        }
         if self.metrics {
             out.push_str(&format!("metrics_listen: \"127.0.0.1:{metrics_port}\"\n"));
         }
@@ -236,8 +271,25 @@ impl ProxyBuilder {
 
     fn try_start(&self) -> Result<Proxy, StartFailure> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (port, metrics_port) = free_port_pair();
-        let config = self.write_files(dir.path(), (port, metrics_port));
+        let [port, metrics_port, tls_port] = free_ports();
+        let tls = self.https.then(|| {
+            let ca = Ca::new("harness CA");
+            let pair = ca.server("scopegate", 30);
+            let cert = dir.path().join("tls-cert.pem");
+            let key = dir.path().join("tls-key.pem");
+            std::fs::write(&cert, &pair.cert).expect("write cert");
+            std::fs::write(&key, &pair.key).expect("write key");
+            (ca, cert, key)
+        });
+        let text = self.config_text_with(
+            port,
+            metrics_port,
+            tls.as_ref()
+                .map(|(_, cert, key)| (tls_port, cert.as_path(), key.as_path())),
+        );
+        let config = dir.path().join("scopegate.yaml");
+        std::fs::write(&config, &text).unwrap();
+        std::fs::write(dir.path().join("keys.yaml"), &self.keys_yaml).unwrap();
         let mut command = Command::new(scopegate_bin());
         command
             .arg("serve")
@@ -249,6 +301,10 @@ impl ProxyBuilder {
             .stderr(Stdio::piped());
         let mut proxy = Proxy::spawn(command, dir);
         proxy.addr = SocketAddr::from(([127, 0, 0, 1], port));
+        proxy.tls = tls.map(|(ca, _, _)| TlsTarget {
+            addr: SocketAddr::from(([127, 0, 0, 1], tls_port)),
+            ca_pem: Arc::from(ca.pem()),
+        });
         proxy.metrics_addr = self
             .metrics
             .then(|| SocketAddr::from(([127, 0, 0, 1], metrics_port)));
@@ -263,7 +319,7 @@ impl ProxyBuilder {
                 proxy.quiet = true;
                 Err(StartFailure {
                     reason,
-                    config: self.config_text(port, metrics_port),
+                    config: text,
                     logs,
                 })
             }
@@ -314,6 +370,8 @@ fn capture(mut pipe: impl Read + Send + 'static, into: LogBuffer) -> JoinHandle<
 pub struct Proxy {
     child: Child,
     addr: SocketAddr,
+    /// The HTTPS listener of a [`ProxyBuilder::https`] proxy.
+    tls: Option<TlsTarget>,
     metrics_addr: Option<SocketAddr>,
     logs: LogBuffer,
     readers: Vec<JoinHandle<()>>,
@@ -342,6 +400,7 @@ impl Proxy {
         Proxy {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: None,
             metrics_addr: None,
             logs,
             readers,
@@ -356,12 +415,13 @@ impl Proxy {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return Err(format!("scopegate exited before ready: {status}"));
             }
+            let listening =
+                || accepts(self.addr) && self.tls.as_ref().is_none_or(|t| accepts(t.addr));
             let ready = match self.metrics_addr {
                 Some(metrics) => {
-                    probe_status(metrics, "/readyz") == Some(200)
-                        && (readyz_only || accepts(self.addr))
+                    probe_status(metrics, "/readyz") == Some(200) && (readyz_only || listening())
                 }
-                None => accepts(self.addr),
+                None => listening(),
             };
             if ready {
                 return Ok(());
@@ -442,8 +502,16 @@ impl Proxy {
         }
     }
 
+    /// A request to the plain listener; [`Req::over`] [`Proto::H2`] sends it
+    /// to the HTTPS one instead.
     pub fn request(&self, method: &str, target: &str) -> Req {
-        Req::new(self.addr, method, target)
+        Req::new(self.addr, method, target).with_tls(self.tls.clone())
+    }
+
+    /// The HTTPS listener of a [`ProxyBuilder::https`] proxy.
+    #[allow(dead_code)]
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls.as_ref().expect("not an https() proxy").addr
     }
 
     pub fn get(&self, target: &str) -> Req {
@@ -457,9 +525,15 @@ impl Proxy {
     /// `POST /v1/chat/completions` with [`fixtures::CHAT`] and the secret in
     /// `x-portkey-api-key`.
     pub fn chat(&self, secret: &str) -> Response {
+        self.chat_over(Proto::H1, secret)
+    }
+
+    /// [`Proxy::chat`] over `proto`.
+    pub fn chat_over(&self, proto: Proto, secret: &str) -> Response {
         self.post("/v1/chat/completions")
             .key(secret)
             .json(fixtures::CHAT)
+            .over(proto)
             .send()
     }
 

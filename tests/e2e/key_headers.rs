@@ -4,6 +4,7 @@
 //! carrying header is removed, and so is any other key header holding a key
 //! of the keys file; the others pass as provider keys.
 
+use super::client::Proto;
 use super::fixtures::*;
 use super::harness::{expect_forwarded, expect_openai_error, Proxy, Upstreams};
 
@@ -223,4 +224,77 @@ fn the_carrying_header_is_never_logged_or_labelled() {
     assert!(!metrics.contains(BOT));
     assert!(!metrics.contains("x-api-key"));
     assert!(!proxy.logs().contains(BOT));
+}
+
+/// A key of the keys file never reaches the upstream in a key header,
+/// whatever form it has there — bare (`Authorization: <key>`), after
+/// `Bearer`, or after another scheme — and whichever header carried the
+/// presented key; over both protocols and both forward paths (a body
+/// pingora streams, a control-plane body the proxy inspected and sends).
+#[test]
+fn a_key_of_the_keys_file_in_any_form_never_reaches_the_upstream() {
+    let up = Upstreams::start();
+    let proxy = Proxy::builder(&up).https().start();
+    // (the header carrying the presented key BOT, the other key header,
+    // its value holding a key of the file)
+    let bare = ALICE.to_string();
+    let token = format!("Token {ALICE}");
+    let bearer = format!("bearer   {BOT}");
+    let other_scheme = format!("Key {BOT}");
+    let rows: [(&str, String, &str, &str); 6] = [
+        ("x-portkey-api-key", BOT.into(), "authorization", &bare),
+        ("x-portkey-api-key", BOT.into(), "authorization", &token),
+        ("x-api-key", BOT.into(), "authorization", &bare),
+        ("authorization", format!("Bearer {BOT}"), "api-key", &bearer),
+        ("x-api-key", BOT.into(), "api-key", &other_scheme),
+        ("x-api-key", BOT.into(), "api-key", &token),
+    ];
+    for proto in Proto::ALL {
+        for (carrier, value, other, held) in &rows {
+            for (path, body) in [
+                ("/v1/chat/completions", CHAT),
+                ("/v1/configs", r#"{"name":"c"}"#),
+            ] {
+                let resp = proxy
+                    .post(path)
+                    .header(carrier, value)
+                    .header(other, held)
+                    .json(body)
+                    .over(proto)
+                    .send();
+                let case = format!("{proto:?} {path} key in {carrier}, {other}: {held}");
+                expect_forwarded(&resp);
+                let seen = if path == "/v1/configs" {
+                    up.admin.requests().pop()
+                } else {
+                    up.completions.requests().pop()
+                }
+                .expect("forwarded");
+                assert_eq!(seen.header("x-scopegate-key-id"), Some("key_bot"), "{case}");
+                assert_eq!(seen.body, body.as_bytes(), "{case}");
+                let all = format!("{:?}", seen.headers);
+                assert!(!all.contains(BOT) && !all.contains(ALICE), "{case}: {all}");
+                for h in [*carrier, *other] {
+                    assert_eq!(seen.header(h), None, "{case}: {h} reached upstream");
+                }
+            }
+        }
+        // A provider key, bare or after a scheme, passes.
+        for provider in [
+            "sk-openai-789",
+            "Bearer sk-openai-789",
+            "Token sk-openai-789",
+        ] {
+            let resp = proxy
+                .post("/v1/chat/completions")
+                .key(BOT)
+                .header("authorization", provider)
+                .json(CHAT)
+                .over(proto)
+                .send();
+            expect_forwarded(&resp);
+            let seen = up.completions.requests().pop().expect("forwarded");
+            assert_eq!(seen.header("authorization"), Some(provider), "{proto:?}");
+        }
+    }
 }

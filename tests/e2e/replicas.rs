@@ -74,9 +74,12 @@ fn two_replicas(
     on_error: &str,
     timeout_ms: u64,
 ) -> (Proxy, Proxy) {
+    // CHAT names no max_tokens: reserve its input only, as the budget
+    // arithmetic below counts.
     let builder = Proxy::builder(up)
         .keys(&replica_keys())
-        .config(&redis.state_config(on_error, timeout_ms));
+        .config(&redis.state_config(on_error, timeout_ms))
+        .config("default_output_reservation: 0");
     (builder.clone().start(), builder.start())
 }
 

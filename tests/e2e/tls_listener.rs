@@ -1,25 +1,20 @@
 //! HTTPS for clients (SPEC 11): TLS listeners offering HTTP/2 by ALPN beside
 //! HTTP/1.1, certificates that rotate live, optional client certificates.
 //!
-//! Every certificate is made here with `rcgen`: a test CA, server
-//! certificates it signed (two, for rotation), a client certificate it
-//! signed, and a client certificate of another CA. Clients are reqwest over
-//! rustls; the upstream hop stays HTTP/1.1 (the recording upstreams speak
-//! nothing else).
+//! Every certificate is made with `rcgen` (`super::certs`): a test CA,
+//! server certificates it signed (two, for rotation), a client certificate
+//! it signed, and a client certificate of another CA. Clients are reqwest
+//! over rustls; the upstream hop stays HTTP/1.1 (the recording upstreams
+//! speak nothing else).
 
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
-use tempfile::TempDir;
-
+use super::certs::{Ca, Pair, TlsFiles};
 use super::client::Response;
 use super::connections::closed_after;
 use super::fixtures::{ADMIN, BOT, CHAT};
@@ -30,143 +25,6 @@ use super::harness::{
 
 /// How long a rotated certificate may take to reach new handshakes.
 const ROTATION_BUDGET: Duration = Duration::from_secs(2);
-
-/// A CA that signs test certificates.
-struct Ca(CertifiedIssuer<'static, KeyPair>);
-
-/// A certificate and its key, as PEM, and the certificate as DER.
-struct Pair {
-    cert: String,
-    key: String,
-    der: Vec<u8>,
-    not_after: i64,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        Ca(CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("CA"))
-    }
-
-    fn pem(&self) -> String {
-        self.0.pem()
-    }
-
-    /// A server certificate for `localhost` and `127.0.0.1`, valid from an
-    /// hour ago for `days`.
-    fn server(&self, name: &str, days: i64) -> Pair {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        self.leaf(
-            name,
-            vec!["localhost".into(), "127.0.0.1".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-            (now - 3600, now + days * 86_400),
-        )
-    }
-
-    /// A server certificate whose validity ended yesterday.
-    fn expired_server(&self) -> Pair {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        self.leaf(
-            "expired",
-            vec!["localhost".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-            (now - 30 * 86_400, now - 86_400),
-        )
-    }
-
-    fn client(&self, name: &str) -> Pair {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        self.leaf(
-            name,
-            Vec::new(),
-            ExtendedKeyUsagePurpose::ClientAuth,
-            (now - 3600, now + 86_400),
-        )
-    }
-
-    fn leaf(
-        &self,
-        name: &str,
-        names: Vec<String>,
-        usage: ExtendedKeyUsagePurpose,
-        (from, until): (i64, i64),
-    ) -> Pair {
-        let mut params = CertificateParams::new(names).expect("params");
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![usage];
-        params.not_before = time::OffsetDateTime::from_unix_timestamp(from).expect("time");
-        params.not_after = time::OffsetDateTime::from_unix_timestamp(until).expect("time");
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.0).expect("sign");
-        Pair {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-            der: cert.der().to_vec(),
-            not_after: until,
-        }
-    }
-}
-
-/// The proxy's certificate files: `tls/server.pem` and `tls/server-key.pem`
-/// in a folder of the test's, plus a client CA bundle.
-struct TlsFiles {
-    dir: TempDir,
-}
-
-impl TlsFiles {
-    fn with(pair: &Pair) -> TlsFiles {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(dir.path().join("tls")).expect("mkdir");
-        let files = TlsFiles { dir };
-        std::fs::write(files.cert(), &pair.cert).expect("write cert");
-        std::fs::write(files.key(), &pair.key).expect("write key");
-        files
-    }
-
-    fn cert(&self) -> PathBuf {
-        self.dir.path().join("tls/server.pem")
-    }
-
-    fn key(&self) -> PathBuf {
-        self.dir.path().join("tls/server-key.pem")
-    }
-
-    /// Writes `text` beside `path` and renames it into place (what editors
-    /// and most ACME clients do).
-    fn rename_into(path: &Path, text: &str) {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).expect("write");
-        std::fs::rename(&tmp, path).expect("rename");
-    }
-
-    /// Writes the client CA bundle; returns its path.
-    fn client_ca(&self, ca: &Ca) -> PathBuf {
-        let path = self.dir.path().join("tls/clients-ca.pem");
-        std::fs::write(&path, ca.pem()).expect("write CA");
-        path
-    }
-
-    /// The listener's lines beside its address.
-    fn listen_yaml(&self, cert: &Path, key: &Path, client_ca: Option<&Path>) -> String {
-        let mut out = format!(
-            "tls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n",
-            cert.display(),
-            key.display()
-        );
-        if let Some(ca) = client_ca {
-            out.push_str(&format!("  client_ca_file: \"{}\"\n", ca.display()));
-        }
-        out
-    }
-}
 
 /// A proxy whose listener is HTTPS over `files`.
 fn https_proxy(up: &Upstreams, files: &TlsFiles) -> Proxy {
@@ -387,10 +245,31 @@ fn https_serves_the_main_decision_rows_over_http1_and_http2() {
             )
             .await;
             expect_portkey_error(&streamed.response, 403, "workspace_mismatch");
+
+            // ... and a body that passes the inspection goes up, byte for
+            // byte, as an HTTP/1.1 request (the proxy sends it itself).
+            let admin_before = up.admin.count();
+            let good = br#"{"workspace_id":"ws_research","name":"c"}"#;
+            let body = futures_util::stream::iter([Ok::<_, std::io::Error>(good.to_vec())]);
+            let inspected = exchange(
+                c.post(url(&proxy, "/v1/configs"))
+                    .header("x-portkey-api-key", BOT)
+                    .header("content-type", "application/json")
+                    .body(reqwest::Body::wrap_stream(body)),
+            )
+            .await;
+            expect_forwarded(&inspected.response);
+            let seen = &up.admin.requests()[admin_before];
+            assert_eq!(seen.body, good, "{proto:?}");
+            assert_eq!(seen.header("host"), Some(up.admin.authority().as_str()));
+            assert_eq!(
+                seen.header("content-length"),
+                Some(good.len().to_string().as_str())
+            );
         });
     }
     assert_eq!(up.completions.count(), 3, "only the allowed chats went up");
-    assert_eq!(up.admin.count(), 0);
+    assert_eq!(up.admin.count(), 3, "only the inspected bodies that passed");
 }
 
 #[test]
@@ -527,8 +406,12 @@ fn a_key_that_does_not_match_keeps_the_old_certificate_and_counts_a_failure() {
         assert!(start.elapsed() < ROTATION_BUDGET * 3, "no failure counted");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The log line travels through a pipe and a reader thread: it may
+    // arrive a moment after the metric shows the failure.
     assert!(
-        proxy.logs().contains("does not match the certificate"),
+        poll_until(ROTATION_BUDGET, || proxy
+            .logs()
+            .contains("does not match the certificate")),
         "{}",
         proxy.logs()
     );

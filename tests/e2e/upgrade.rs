@@ -29,6 +29,9 @@ const ONE_AT_A_TIME: &str = "sk-test-ws-one";
 const TOKEN_LIMITED: &str = "sk-test-ws-tokens";
 /// workspace-service on ws_research, `completions.write`, 2 requests an hour.
 const TWO_AN_HOUR: &str = "sk-test-ws-two";
+/// workspace-service on ws_research, `completions.write`, only
+/// `gpt-4o-realtime*` models.
+const REALTIME_ONLY: &str = "sk-test-ws-realtime";
 
 fn keys() -> String {
     let entry = |id: &str, secret: &str, extra: &str| {
@@ -54,6 +57,11 @@ fn keys() -> String {
                 "key_ws_two",
                 TWO_AN_HOUR,
                 "    rate_limits: [{ type: requests, unit: rph, value: 2 }]\n",
+            ),
+            entry(
+                "key_ws_realtime",
+                REALTIME_ONLY,
+                "    models: [\"gpt-4o-realtime*\"]\n",
             ),
         ]
         .concat(),
@@ -360,6 +368,43 @@ fn other_upgrade_tokens_are_refused_on_the_opted_in_route() {
     );
     expect_openai_error(&resp, 400, "upgrade_not_allowed");
     assert!(s.ws.heads().is_empty(), "{:#?}", s.ws.heads());
+}
+
+/// What a tunnel carries is never read, so the handshake is where a key
+/// restricted by `models` shows its model: the `model` query parameter
+/// must name an allowed one.
+#[test]
+fn a_model_restricted_key_gets_a_tunnel_only_for_an_allowed_model() {
+    let s = setup();
+    for (path, status, code) in [
+        ("/v1/realtime", 400, "missing_model"),
+        ("/v1/realtime?model=gpt-4o", 403, "model_not_allowed"),
+        (
+            "/v1/realtime?model=gpt-4o-realtime-preview&Model=gpt-4o",
+            403,
+            "model_not_allowed",
+        ),
+    ] {
+        let resp = handshake(&s.proxy, path).key(REALTIME_ONLY).send();
+        expect_openai_error(&resp, status, code);
+    }
+    assert!(s.ws.heads().is_empty(), "{:#?}", s.ws.heads());
+    let (mut conn, status, _) = handshake(&s.proxy, "/v1/realtime?model=gpt-4o-realtime-preview")
+        .key(REALTIME_ONLY)
+        .send_streaming();
+    assert_eq!(status, 101);
+    echo(&mut conn, b"hello");
+    let heads = s.ws.heads();
+    assert_eq!(heads.len(), 1);
+    assert_eq!(
+        heads[0].request_line,
+        "GET /v1/realtime?model=gpt-4o-realtime-preview HTTP/1.1"
+    );
+    assert_eq!(
+        heads[0].header("x-scopegate-key-id"),
+        Some("key_ws_realtime")
+    );
+    s.up.assert_untouched();
 }
 
 #[test]

@@ -34,6 +34,8 @@ fn json_facts_are_read_from_the_top_level() {
             max_output: Some(100),
             stream: true,
             include_usage: Some(false),
+            n: None,
+            background: false,
         }
     );
     assert_eq!(facts("{}"), JsonFacts::default());
@@ -66,6 +68,33 @@ fn largest_requested_output_is_the_maximum() {
     );
     assert_eq!(facts(r#"{"max_tokens":null}"#).max_output, None);
     assert_eq!(facts(r#"{"max_tokens":0}"#).max_output, Some(0));
+}
+
+#[test]
+fn n_and_background_are_read() {
+    let f = facts(r#"{"n":3,"background":true,"messages":[{"n":9}]}"#);
+    assert_eq!((f.n, f.background), (Some(3), true));
+    let f = facts(r#"{"n":null,"background":null}"#);
+    assert_eq!((f.n, f.background), (None, false));
+    assert!(!facts(r#"{"background":false}"#).background);
+    assert_eq!(facts(r#"{"n":0}"#).n, Some(0));
+    for (body, says) in [
+        (r#"{"n":-1}"#, "`n` must be a non-negative integer"),
+        (r#"{"n":1.5}"#, "`n` must be a non-negative integer"),
+        (r#"{"n":"2"}"#, "`n` must be a non-negative integer"),
+        (
+            r#"{"background":"true"}"#,
+            "`background` must be true or false",
+        ),
+        (r#"{"background":1}"#, "`background` must be true or false"),
+        // An upstream parser could read either one: refused, not guessed.
+        (r#"{"n":1,"n":8}"#, "`n` appears more than once"),
+        (r#"{"background":false,"Background":true}"#, "`Background`"),
+        (r#"{"N":4}"#, "`N`"),
+    ] {
+        let msg = refused(body);
+        assert!(msg.contains(says), "{body}: {msg}");
+    }
 }
 
 #[test]
