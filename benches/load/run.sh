@@ -564,7 +564,7 @@ if [[ $INSTR == 1 ]]; then
   # the instruction counts and the cost-per-request ratios, as soon as they are known
   python3 "$HERE/summarize.py" --instructions "$INSTR_TSV" >"$TMP/instructions.md" || die "summarize --instructions failed"
   printf '\n' >&2; cat "$TMP/instructions.md" >&2
-  [[ -n $INSTR_KEEP ]] && cp "$TMP/instructions.md" "$INSTR_KEEP/instructions.md"
+  if [[ -n $INSTR_KEEP ]]; then cp "$TMP/instructions.md" "$INSTR_KEEP/instructions.md"; fi
 fi
 
 # ---------------------------------------------------------------- SSE first event (issue 10)

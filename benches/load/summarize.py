@@ -96,7 +96,7 @@ def instructions_table(path):
             out.append(f"| {what} | {r:.3f} | {per[a] - per[b]:+,.0f} | ≤ {limit:.2f} | {verdict} |")
     if "pingora" in per and "scopegate" in per:
         out.append("\nUnder valgrind SHA-256 takes its portable path (valgrind hides SHA-NI): "
-                   "about 3,550 instructions per hashed key instead of about 270 with SHA-NI, so "
+                   "about 3,550 instructions per hashed key instead of at most about 280 with SHA-NI, so "
                    "the scopegate figures overstate the real count by about 3,300 per hash (one "
                    "hash per request with a plain key; two with accounting on, whose decision "
                    "runs again once the body is read). See "
