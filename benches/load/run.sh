@@ -11,8 +11,11 @@
 #                 which has a token rate limit and a usage budget (issue 10: accounting on)
 # and, with SSE=1, SSE first-event latency with accounting off and on, then SSE_HOLD
 # concurrent accounted streams held open, through examples/sse_first_event.rs.
-# then counts user-space instructions per request of nginx, pingora and scopegate under
-# callgrind (repeatable whatever else the machine does), and prints a Markdown table (also
+# then counts user-space instructions per request of nginx, pingora, scopegate and
+# scopegate+usage under callgrind (repeatable whatever else the machine does) and prints
+# them at once as a table with the cost-per-request ratios and their targets (scopegate ÷
+# pingora ≤ 1.25, scopegate+usage ÷ scopegate ≤ 1.10, pass/fail); INSTR_KEEP keeps the
+# callgrind files for callgrind_annotate. Last, a Markdown report of everything (also
 # written to benches/load/results-<date>.md).
 # See benches/load/README.md for what each column means and the caveats.
 #
@@ -31,6 +34,10 @@
 #        PINGORA_RUN=1 0: skip the plain pingora target
 #        INSTR=1       0: skip the callgrind instruction counts
 #        INSTR_REQUESTS=5000  requests counted per target under callgrind
+#        INSTR_TARGETS="nginx pingora scopegate scopegate+usage"  the targets counted under
+#                      callgrind (scopegate+log may be added: the access log on, to /dev/null)
+#        INSTR_KEEP=DIR  also copy each target's callgrind output to DIR/callgrind-TARGET.out
+#                      and write DIR/callgrind-TARGET.{inclusive,self}.txt (callgrind_annotate)
 #        OHA=1         0: no oha (not installed, no time to build it): no fixed-rate latency
 #                      run, and callgrind is driven by wrk for INSTR_SECS seconds instead
 #        INSTR_SECS=10 seconds of wrk load counted under callgrind when OHA=0
@@ -54,6 +61,8 @@ SSE_HOLD=${SSE_HOLD:-1000}
 PINGORA_RUN=${PINGORA_RUN:-1}
 INSTR=${INSTR:-1}
 INSTR_REQUESTS=${INSTR_REQUESTS:-5000}
+INSTR_TARGETS=${INSTR_TARGETS:-}
+INSTR_KEEP=${INSTR_KEEP:-}
 OHA=${OHA:-1}
 INSTR_SECS=${INSTR_SECS:-10}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -336,6 +345,25 @@ for t in "${TARGETS[@]}"; do
     *) die "unknown target '$t'" ;;
   esac
 done
+if [[ -n $INSTR_TARGETS ]]; then
+  read -r -a INSTR_TARGETS <<<"$INSTR_TARGETS"
+else
+  INSTR_TARGETS=(nginx pingora scopegate)
+  [[ -n $LIMITED_KEY ]] && INSTR_TARGETS+=(scopegate+usage)
+fi
+if [[ $INSTR == 1 ]]; then
+  for t in "${INSTR_TARGETS[@]}"; do
+    case $t in
+      nginx | pingora | scopegate | scopegate+log) ;;
+      scopegate+usage) [[ -n $LIMITED_KEY ]] || die "INSTR_TARGETS: scopegate+usage needs USAGE_RUN=1" ;;
+      *) die "INSTR_TARGETS: unknown or uncountable target '$t'" ;;
+    esac
+  done
+  if [[ -n $INSTR_KEEP ]]; then
+    mkdir -p "$INSTR_KEEP" || die "INSTR_KEEP: cannot create $INSTR_KEEP"
+    INSTR_KEEP=$(cd "$INSTR_KEEP" && pwd)
+  fi
+fi
 PROXY_PID=""
 
 start_target() {  # start_target NAME ROUND -> sets URL, PROXY_PID
@@ -459,9 +487,12 @@ sed 's/^reload_poll_interval_ms: .*/reload_poll_interval_ms: 3600000/' "$TMP/sg/
 
 count_instructions() {  # count_instructions NAME URL READY_URL CMD...
   local t=$1 url=$2 ready=$3; shift 3
-  local out="$TMP/raw/callgrind-$t.out" pid
-  RUST_LOG=warn taskset -c "$PROXY_CPU" valgrind --tool=callgrind --instr-atstart=no \
-    --callgrind-out-file="$out" "$@" >"$TMP/raw/callgrind-$t.log" 2>&1 &
+  local out="$TMP/raw/callgrind-$t.out" pid level=warn plog="$TMP/raw/callgrind-$t.log"
+  # scopegate+log: one access-log line per request, formatted and written to /dev/null
+  [[ $t == scopegate+log ]] && { level=info; plog=/dev/null; }
+  RUST_LOG=$level taskset -c "$PROXY_CPU" valgrind --tool=callgrind --instr-atstart=no \
+    --log-file="$TMP/raw/callgrind-$t.valgrind.log" \
+    --callgrind-out-file="$out" "$@" >"$plog" 2>&1 &
   pid=$!; PIDS+=("$pid")
   # valgrind start-up (and scopegate's keys load) is slow
   WAIT_SECS=120 wait_http "$ready" "$pid" "$t under valgrind"
@@ -490,26 +521,50 @@ count_instructions() {  # count_instructions NAME URL READY_URL CMD...
   stop_pid "$pid"
   local total
   total=$(awk '/^totals:/ {print $2}' "$out".* 2>/dev/null | tail -1 || true)
-  [[ $total =~ ^[0-9]+$ ]] && ((total > 0)) || die "$t: no callgrind totals in $out.* (see $TMP/raw/callgrind-$t.log)"
+  [[ $total =~ ^[0-9]+$ ]] && ((total > 0)) || die "$t: no callgrind totals in $out.* (see $TMP/raw/callgrind-$t.valgrind.log)"
   printf '%s\t%s\t%s\n' "$t" "$counted" "$total" >>"$INSTR_TSV"
   log "instructions: $t: $((total / counted)) per request ($counted requests)"
+  if [[ -n $INSTR_KEEP ]]; then
+    # the dump taken at `callgrind_control -d` holds the counted requests (the file written
+    # at exit holds nothing: counting was off by then)
+    local dump kept="$INSTR_KEEP/callgrind-$t.out"
+    dump=$(grep -l "^totals: $total\$" "$out".* 2>/dev/null | tail -1 || true)
+    [[ -n $dump ]] || dump=$(ls "$out".* | tail -1)
+    cp "$dump" "$kept"
+    printf '%s\n' "$counted" >"$INSTR_KEEP/callgrind-$t.requests"
+    callgrind_annotate --inclusive=yes --threshold=99.9 "$kept" >"$INSTR_KEEP/callgrind-$t.inclusive.txt" 2>/dev/null \
+      || log "warning: callgrind_annotate failed for $t"
+    callgrind_annotate --inclusive=no --threshold=99.9 "$kept" >"$INSTR_KEEP/callgrind-$t.self.txt" 2>/dev/null \
+      || log "warning: callgrind_annotate failed for $t"
+    log "instructions: $t: kept $kept ($counted requests; callgrind_annotate outputs beside it)"
+  fi
 }
 
 if [[ $INSTR == 1 ]]; then
-  log "instructions per request under callgrind ($INSTR_REQUESTS requests each)"
+  log "instructions per request under callgrind ($INSTR_REQUESTS requests each): ${INSTR_TARGETS[*]}"
   SG_KEY=$PLAIN_KEY   # the rounds leave the last target's key here
   need_free "$NGX_PORT" "nginx proxy"; need_free "$PP_PORT" "pingora proxy"
   need_free "$SG_PORT" scopegate; need_free "$SG_MPORT" "scopegate metrics"
-  count_instructions nginx "http://$HOST:$NGX_PORT" "http://$HOST:$NGX_PORT/v1/chat/completions" \
-    "$NGINX" -p "$TMP/proxy" -c "$TMP/proxy/nginx.conf" -g "master_process off;"
-  count_instructions pingora "http://$HOST:$PP_PORT" "http://$HOST:$PP_PORT/v1/chat/completions" \
-    "$PLAIN" "$HOST:$PP_PORT" "$HOST:$UP_PORT"
-  count_instructions scopegate "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
-    "$BIN" serve --config "$TMP/sg/callgrind.yaml"
-  if [[ -n $LIMITED_KEY ]]; then
-    SG_KEY=$LIMITED_KEY count_instructions scopegate+usage "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
-      "$BIN" serve --config "$TMP/sg/callgrind.yaml"
-  fi
+  for t in "${INSTR_TARGETS[@]}"; do
+    case $t in
+      nginx)
+        count_instructions nginx "http://$HOST:$NGX_PORT" "http://$HOST:$NGX_PORT/v1/chat/completions" \
+          "$NGINX" -p "$TMP/proxy" -c "$TMP/proxy/nginx.conf" -g "master_process off;" ;;
+      pingora)
+        count_instructions pingora "http://$HOST:$PP_PORT" "http://$HOST:$PP_PORT/v1/chat/completions" \
+          "$PLAIN" "$HOST:$PP_PORT" "$HOST:$UP_PORT" ;;
+      scopegate | scopegate+log)
+        count_instructions "$t" "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
+          "$BIN" serve --config "$TMP/sg/callgrind.yaml" ;;
+      scopegate+usage)
+        SG_KEY=$LIMITED_KEY count_instructions scopegate+usage "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
+          "$BIN" serve --config "$TMP/sg/callgrind.yaml" ;;
+    esac
+  done
+  # the instruction counts and the cost-per-request ratios, as soon as they are known
+  python3 "$HERE/summarize.py" --instructions "$INSTR_TSV" >"$TMP/instructions.md" || die "summarize --instructions failed"
+  printf '\n' >&2; cat "$TMP/instructions.md" >&2
+  if [[ -n $INSTR_KEEP ]]; then cp "$TMP/instructions.md" "$INSTR_KEEP/instructions.md"; fi
 fi
 
 # ---------------------------------------------------------------- SSE first event (issue 10)
