@@ -17,7 +17,7 @@ use std::sync::LazyLock;
 use crate::keys::{KeysDocument, Snapshot};
 
 mod usage_reference;
-pub use usage_reference::{reference_json, reference_sse};
+pub use usage_reference::{reference_json, reference_sse, whole_parse_sse};
 use crate::request::{self, BodyWorkspace};
 use crate::routes::{Plane, RouteSpec, RouteTable};
 

@@ -18,6 +18,7 @@ mod e2e {
     mod hostile;
     mod key_headers;
     mod keytools;
+    mod metering_answers;
     mod metrics;
     mod observability;
     mod paths;
