@@ -69,7 +69,9 @@ fn chat_stream() -> Vec<u8> {
     );
     for i in 0..47 {
         chunk(
-            &format!(r#"{{"index":0,"delta":{{"content":" token{i}"}},"logprobs":null,"finish_reason":null}}"#),
+            &format!(
+                r#"{{"index":0,"delta":{{"content":" token{i}"}},"logprobs":null,"finish_reason":null}}"#
+            ),
             "null",
         );
     }

@@ -17,9 +17,9 @@ use std::sync::LazyLock;
 use crate::keys::{KeysDocument, Snapshot};
 
 mod usage_reference;
-pub use usage_reference::{reference_json, reference_sse, whole_parse_sse};
 use crate::request::{self, BodyWorkspace};
 use crate::routes::{Plane, RouteSpec, RouteTable};
+pub use usage_reference::{reference_json, reference_sse, whole_parse_sse};
 
 /// The route table the path target matches against: every built-in route
 /// plus a few extra ones that add `{workspace_id}` parameters at several
@@ -476,7 +476,10 @@ pub fn usage_sse(data: &[u8]) {
         "byte-by-byte feeding changed the result"
     );
     if let Some(reference) = reference_sse(stream) {
-        assert_eq!(whole.1, reference, "the streaming reader and the reference disagree");
+        assert_eq!(
+            whole.1, reference,
+            "the streaming reader and the reference disagree"
+        );
     }
 }
 
@@ -506,7 +509,11 @@ pub fn usage_json(data: &[u8]) {
         "a split in three changed the JSON reading"
     );
     let bytes: Vec<&[u8]> = data.chunks(1).collect();
-    assert_eq!(read(&bytes), observed, "byte-by-byte feeding changed the JSON reading");
+    assert_eq!(
+        read(&bytes),
+        observed,
+        "byte-by-byte feeding changed the JSON reading"
+    );
     if serde_json::from_slice::<serde_json::Value>(data).is_ok() {
         assert!(
             crate::usage::response::scans_as_json(data),
@@ -514,7 +521,10 @@ pub fn usage_json(data: &[u8]) {
         );
     }
     if let Some(reference) = reference_json(data) {
-        assert_eq!(observed, reference, "the streaming reader and the reference disagree");
+        assert_eq!(
+            observed, reference,
+            "the streaming reader and the reference disagree"
+        );
     }
     for status in [200u16, 429, 500] {
         let c = settle::settle(100, status, &observed, Some("m"));
@@ -537,9 +547,9 @@ pub fn usage_json(data: &[u8]) {
 /// `data` in three pieces, cut where a hash of it says.
 fn split_by_hash(data: &[u8]) -> Vec<&[u8]> {
     // FNV-1a: any cheap hash will do, it only has to vary with the input.
-    let hash = data
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let hash = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     let len = data.len() as u64 + 1;
     let mut cuts = [(hash % len) as usize, ((hash >> 32) % len) as usize];
     cuts.sort_unstable();

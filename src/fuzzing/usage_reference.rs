@@ -172,7 +172,10 @@ fn observe_event(seen: &mut Seen, value: &Value, event: &[u8], single_data_line:
             if let Some(model) = model_of(message.and_then(|m| m.get("model"))) {
                 seen.model = Some(model);
             }
-            if let Some(usage) = message.and_then(|m| m.get("usage")).and_then(Value::as_object) {
+            if let Some(usage) = message
+                .and_then(|m| m.get("usage"))
+                .and_then(Value::as_object)
+            {
                 if let (Some(input), Some(creation), Some(read)) = (
                     required(usage, "input_tokens"),
                     optional(usage, "cache_creation_input_tokens"),

@@ -94,7 +94,10 @@ fn a_json_answer_over_16_mib_is_charged_its_reported_usage() {
         .json(CHAT)
         .send();
     assert_eq!(resp.status, 200);
-    assert!(resp.body == body, "the client gets the answer byte for byte");
+    assert!(
+        resp.body == body,
+        "the client gets the answer byte for byte"
+    );
     expect_charged(&proxy, (11, 4242, 0));
 }
 
@@ -121,7 +124,10 @@ fn a_gzip_answer_decoding_past_64_mib_is_charged_its_reported_usage() {
         .json(CHAT)
         .send();
     assert_eq!(resp.status, 200);
-    assert!(resp.body == compressed, "the client gets the upstream's bytes");
+    assert!(
+        resp.body == compressed,
+        "the client gets the upstream's bytes"
+    );
     expect_charged(&proxy, (13, 777, 0));
 }
 
@@ -157,8 +163,11 @@ fn an_anthropic_answer_with_a_130_level_tool_input_is_charged_its_reported_usage
         r#"{{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-20250514","content":[{{"type":"text","text":"Let me look."}},{{"type":"tool_use","id":"toolu_1","name":"f","input":{}}}],"stop_reason":"tool_use","usage":{{"input_tokens":30,"cache_creation_input_tokens":5,"cache_read_input_tokens":7,"output_tokens":9}}}}"#,
         nested(130)
     );
-    up.completions
-        .reply(200, &[("content-type", "application/json")], body.as_bytes());
+    up.completions.reply(
+        200,
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    );
     let proxy = start(&up);
     let resp = proxy
         .post("/v1/messages")

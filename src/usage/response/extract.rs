@@ -268,8 +268,9 @@ mod tests {
             r#"null"#,
             r#"[64]"#,
         ] {
-            let usage =
-                format!(r#"{{"prompt_tokens": 10, "completion_tokens": 1, "prompt_tokens_details": {details}}}"#);
+            let usage = format!(
+                r#"{{"prompt_tokens": 10, "completion_tokens": 1, "prompt_tokens_details": {details}}}"#
+            );
             assert_eq!(reported(&usage), plain(10, 1), "{details}");
         }
         let usage = r#"{"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 99}}"#;
@@ -278,7 +279,8 @@ mod tests {
 
     #[test]
     fn null_cache_tokens_count_as_zero() {
-        let usage = r#"{"input_tokens": 10, "cache_creation_input_tokens": null, "output_tokens": 7}"#;
+        let usage =
+            r#"{"input_tokens": 10, "cache_creation_input_tokens": null, "output_tokens": 7}"#;
         assert_eq!(reported(usage), plain(10, 7));
     }
 

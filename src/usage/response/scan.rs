@@ -265,7 +265,11 @@ pub(super) struct Findings {
 
 impl Findings {
     fn clear(&mut self) {
-        for capture in self.models.iter_mut().chain(std::iter::once(&mut self.kind)) {
+        for capture in self
+            .models
+            .iter_mut()
+            .chain(std::iter::once(&mut self.kind))
+        {
             capture.reset(Kind::Absent);
         }
         self.usage = Default::default();

@@ -201,6 +201,9 @@ mod tests {
             ..Observed::default()
         };
         let charge = settle(1, 200, &observed, None);
-        assert_eq!((charge.input, charge.cached_input, charge.estimated), (100, 64, false));
+        assert_eq!(
+            (charge.input, charge.cached_input, charge.estimated),
+            (100, 64, false)
+        );
     }
 }

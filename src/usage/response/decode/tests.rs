@@ -187,7 +187,11 @@ fn a_bomb_decodes_whole_in_bounded_pieces_without_a_default_limit() {
         assert_eq!(decoder.write(&encoded), Ok(()), "{encoding}");
         let sizes = decoder.sink_mut().unwrap();
         assert_eq!(sizes.total, size, "{encoding}");
-        assert!(sizes.largest_piece <= 128 << 10, "{encoding}: {}", sizes.largest_piece);
+        assert!(
+            sizes.largest_piece <= 128 << 10,
+            "{encoding}: {}",
+            sizes.largest_piece
+        );
     }
 }
 

@@ -196,7 +196,10 @@ fn responses_body_reports_cached_input() {
         r#""input_tokens_details":{"cached_tokens":30}"#,
     );
     let seen = observe(&body);
-    assert_eq!(seen.reported.map(|r| (r.input, r.cached_input)), Some((36, 30)));
+    assert_eq!(
+        seen.reported.map(|r| (r.input, r.cached_input)),
+        Some((36, 30))
+    );
 }
 
 #[test]

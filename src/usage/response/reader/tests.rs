@@ -115,13 +115,15 @@ fn other_content_types_and_unknown_encodings_are_not_read() {
 #[test]
 fn a_corrupt_body_stops_reading_and_a_decoded_stream_stops_forwarding() {
     let garbage = Bytes::from_static(b"certainly not gzip, not at all, no no no");
-    let (mut reader, _) = BodyReader::for_response(b"application/json", Some("gzip"), false).unwrap();
+    let (mut reader, _) =
+        BodyReader::for_response(b"application/json", Some("gzip"), false).unwrap();
     assert_eq!(reader.chunk(garbage.clone()), garbage);
     assert_eq!(reader.end().1, Observed::default());
     // Stripping a compressed stream: the text before the corruption is
     // counted; nothing after it goes out (the header says identity).
     let good = gzip(b"data: {\"choices\":[{\"delta\":{\"content\":\"abcdefgh\"}}]}\n\n");
-    let (mut reader, _) = BodyReader::for_response(b"text/event-stream", Some("gzip"), true).unwrap();
+    let (mut reader, _) =
+        BodyReader::for_response(b"text/event-stream", Some("gzip"), true).unwrap();
     let first = reader.chunk(Bytes::from(good[..good.len() - 8].to_vec()));
     assert!(first.starts_with(b"data: "));
     let mut corrupt = good[good.len() - 8..].to_vec();
