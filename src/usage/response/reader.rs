@@ -99,7 +99,7 @@ impl BodyReader {
         let reader = if sse {
             Reader::Sse(Box::new(SseTap::new(strip)))
         } else {
-            Reader::Json(Box::new(JsonTap::new()))
+            Reader::Json(Box::default())
         };
         let consumer = Consumer {
             reader,

@@ -25,7 +25,7 @@ pub struct Charge {
 /// `request_model`.
 ///
 /// Reported usage is charged as reported. Without it, a response of status
-/// >= 400 is charged nothing; any other is charged, marked estimated, its
+/// 400 or more is charged nothing; any other is charged, marked estimated, its
 /// input (as the upstream reported it before the answer was cut, else as
 /// reserved) plus its generated text bytes / 4 as output — at least 1 when
 /// it carried any text.

@@ -647,7 +647,7 @@ fn nested(depth: usize) -> String {
     for _ in 0..depth {
         out.push_str(r#"{"a":["#);
     }
-    out.push_str("1");
+    out.push('1');
     for _ in 0..depth {
         out.push_str("]}");
     }
