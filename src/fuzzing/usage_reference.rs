@@ -53,6 +53,10 @@ pub fn whole_parse_sse(stream: &[u8]) -> Observed {
 fn read_sse(stream: &[u8], check: bool) -> Option<Observed> {
     let mut seen = Seen::default();
     for (data, event, lines) in events(stream) {
+        if data == b"[DONE]" {
+            // The end of an OpenAI stream: not JSON, and nothing to read.
+            continue;
+        }
         let parsed = serde_json::from_slice::<Value>(&data);
         if check {
             let scanned = crate::usage::response::scans_as_json(&data);

@@ -8,7 +8,8 @@
 //! paths that matter; any other container, at any depth, is skipped with a
 //! bracket counter. The grammar is checked exactly on the tracked levels
 //! (so a truncated or malformed answer reports nothing); inside a skipped
-//! container only strings and bracket balance are checked.
+//! container only strings, bracket balance and the bytes allowed outside
+//! strings are checked.
 //!
 //! Where a key repeats, its last occurrence wins, as in a parsed JSON map:
 //! for counts, for the model, and for the generated text under it.
@@ -29,6 +30,30 @@ const KEY_CAP: usize = 32;
 const MAX_FRAMES: usize = 8;
 /// A frame slot that takes no generated text.
 const NO_SLOT: u8 = u8::MAX;
+
+/// How a skipped container treats each byte outside strings: brackets and
+/// quotes are followed; bytes that may appear in JSON numbers, literals,
+/// separators and blanks pass; any other byte is not JSON.
+const SKIP_CLASS: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let tokens = b" \t\n\r,:0123456789-+.eEtruefalsn";
+    let mut i = 0;
+    while i < tokens.len() {
+        table[tokens[i] as usize] = TOKEN;
+        i += 1;
+    }
+    table[b'"' as usize] = QUOTE;
+    table[b'{' as usize] = OPEN;
+    table[b'[' as usize] = OPEN;
+    table[b'}' as usize] = CLOSE;
+    table[b']' as usize] = CLOSE;
+    table
+};
+const INVALID: u8 = 0;
+const TOKEN: u8 = 1;
+const QUOTE: u8 = 2;
+const OPEN: u8 = 3;
+const CLOSE: u8 = 4;
 
 /// Where the document sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -953,17 +978,18 @@ impl Scanner {
                 }
                 continue;
             }
-            match input[at] {
-                b'"' => self.skip_in_string = true,
-                b'{' | b'[' => self.skip_depth += 1,
-                b'}' | b']' => {
+            match SKIP_CLASS[usize::from(input[at])] {
+                QUOTE => self.skip_in_string = true,
+                OPEN => self.skip_depth += 1,
+                CLOSE => {
                     self.skip_depth -= 1;
                     if self.skip_depth == 0 {
                         self.value_done(0, false);
                         return at + 1;
                     }
                 }
-                _ => {}
+                TOKEN => {}
+                _ => return self.fail(),
             }
             at += 1;
         }

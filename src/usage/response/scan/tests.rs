@@ -125,6 +125,9 @@ fn an_unfinished_or_malformed_document_reveals_nothing() {
         good[..good.len() - 1].to_owned(),
         // Unbalanced skipped part: it swallows the rest.
         format!(r#"{{"x":[{deep},"usage":{{"prompt_tokens":1}}}}"#),
+        // Bytes that are no JSON inside a skipped part.
+        format!(r#"{{"x":[DONE],"usage":{{"prompt_tokens":1}}}}"#),
+        format!(r#"{{"x":{{"a":b}},"usage":{{"prompt_tokens":1}}}}"#),
         // Trailing bytes, leading zeros, bad escapes, bad literals.
         format!("{good} x"),
         r#"{"usage":{"prompt_tokens":01}}"#.to_owned(),
