@@ -12,7 +12,8 @@ use serde_json::{Map, Value};
 use crate::usage::response::{Observed, Reported, KIND_CAP, MODEL_CAP};
 
 /// What a whole JSON body reveals; `None` when serde_json cannot parse it
-/// (not JSON, too deep for its recursion limit, a repeated top-level member).
+/// as an object (not JSON, too deep for its recursion limit, a repeated
+/// top-level member).
 pub fn reference_json(body: &[u8]) -> Option<Observed> {
     /// The members of a response body usage accounting reads.
     #[derive(Deserialize)]
@@ -22,6 +23,10 @@ pub fn reference_json(body: &[u8]) -> Option<Observed> {
         choices: Option<Value>,
         output: Option<Value>,
         content: Option<Value>,
+    }
+    // serde would also read a struct from an array, by position.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
     }
     let body = serde_json::from_slice::<Body>(body).ok()?;
     let generated = generated_in_choices(body.choices.as_ref())
