@@ -126,8 +126,8 @@ fn an_unfinished_or_malformed_document_reveals_nothing() {
         // Unbalanced skipped part: it swallows the rest.
         format!(r#"{{"x":[{deep},"usage":{{"prompt_tokens":1}}}}"#),
         // Bytes that are no JSON inside a skipped part.
-        format!(r#"{{"x":[DONE],"usage":{{"prompt_tokens":1}}}}"#),
-        format!(r#"{{"x":{{"a":b}},"usage":{{"prompt_tokens":1}}}}"#),
+        r#"{"x":[DONE],"usage":{"prompt_tokens":1}}"#.to_owned(),
+        r#"{"x":{"a":b},"usage":{"prompt_tokens":1}}"#.to_owned(),
         // Trailing bytes, leading zeros, bad escapes, bad literals.
         format!("{good} x"),
         r#"{"usage":{"prompt_tokens":01}}"#.to_owned(),
