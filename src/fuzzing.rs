@@ -17,8 +17,11 @@ use std::sync::{Arc, LazyLock};
 
 use crate::identity::{self, JwksSet};
 use crate::keys::{KeysDocument, OrgIdx, Snapshot};
+
+mod usage_reference;
 use crate::request::{self, BodyWorkspace};
 use crate::routes::{Plane, RouteSpec, RouteTable};
+pub use usage_reference::{reference_json, reference_sse, whole_parse_sse};
 
 /// The route table the path target matches against: every built-in route
 /// plus a few extra ones that add `{workspace_id}` parameters at several
@@ -434,13 +437,16 @@ pub fn reference_query_workspace_ids(query: &str) -> Vec<String> {
 // ---------------------------------------------------------------------------
 // usage readers (SPEC 9)
 
-/// Target `usage_sse`: the SSE usage reader and filter
+/// Target `usage_sse`: the streaming SSE usage reader and filter
 /// ([`crate::usage::response::SseTap`]).
 ///
-/// The first byte picks strip mode and a split point. Invariants: no panic;
-/// the bytes out and what was observed do not depend on how the stream is
-/// cut into chunks (whole, two pieces, one byte at a time); without
-/// stripping the output is the input, chunk for chunk.
+/// The first byte picks strip mode and a split point; a hash of the stream
+/// picks two more. Invariants: no panic; the bytes out and what was
+/// observed do not depend on how the stream is cut into chunks (whole, two
+/// pieces, three pieces, one byte at a time); without stripping the output
+/// is the input, chunk for chunk; and what was observed is what the
+/// whole-answer serde_json reference ([`reference_sse`]) finds, wherever
+/// serde_json can read every event.
 pub fn usage_sse(data: &[u8]) {
     use crate::usage::response::SseTap;
     let Some((&head, stream)) = data.split_first() else {
@@ -464,38 +470,74 @@ pub fn usage_sse(data: &[u8]) {
     let whole = run(&[stream]);
     let (a, b) = stream.split_at(cut);
     assert_eq!(run(&[a, b]), whole, "a split at {cut} changed the result");
+    let three = split_by_hash(stream);
+    assert_eq!(run(&three), whole, "a split in three changed the result");
     let bytes: Vec<&[u8]> = stream.chunks(1).collect();
     assert_eq!(
         run(&bytes),
         whole,
         "byte-by-byte feeding changed the result"
     );
+    if let Some(reference) = reference_sse(stream) {
+        assert_eq!(
+            whole.1, reference,
+            "the streaming reader and the reference disagree"
+        );
+    }
 }
 
-/// Target `usage_json`: the JSON usage reader, settlement and the
+/// Target `usage_json`: the streaming JSON usage reader, settlement and the
 /// Content-Encoding decoders. Invariants: no panic; the reader's result does
-/// not depend on chunking; a charge is never larger than what was reported
-/// or estimated from the input; decoders never panic on garbage.
+/// not depend on chunking (halves, three hash-chosen pieces, single bytes);
+/// it is what the whole-answer serde_json reference ([`reference_json`])
+/// finds wherever serde_json can read the body; the scanner never refuses
+/// JSON serde_json reads; a charge is what was reported, or nothing for an
+/// error, or an estimate that is never 0 output for an answer with text;
+/// decoders never panic on garbage.
 pub fn usage_json(data: &[u8]) {
-    use crate::usage::response::{settle, Decoder, JsonTap};
-    let mut whole = JsonTap::new();
-    whole.feed(data);
-    let observed = whole.finish();
-    let mut split = JsonTap::new();
+    use crate::usage::response::{settle, Decoder, JsonTap, Observed};
+    let read = |pieces: &[&[u8]]| -> Observed {
+        let mut tap = JsonTap::new();
+        for piece in pieces {
+            tap.feed(piece);
+        }
+        tap.finish()
+    };
+    let observed = read(&[data]);
     let (a, b) = data.split_at(data.len() / 2);
-    split.feed(a);
-    split.feed(b);
+    assert_eq!(read(&[a, b]), observed, "chunking changed the JSON reading");
     assert_eq!(
-        split.finish(),
+        read(&split_by_hash(data)),
         observed,
-        "chunking changed the JSON reading"
+        "a split in three changed the JSON reading"
     );
+    let bytes: Vec<&[u8]> = data.chunks(1).collect();
+    assert_eq!(
+        read(&bytes),
+        observed,
+        "byte-by-byte feeding changed the JSON reading"
+    );
+    if serde_json::from_slice::<serde_json::Value>(data).is_ok() {
+        assert!(
+            crate::usage::response::scans_as_json(data),
+            "the scanner refuses JSON serde_json reads"
+        );
+    }
+    if let Some(reference) = reference_json(data) {
+        assert_eq!(
+            observed, reference,
+            "the streaming reader and the reference disagree"
+        );
+    }
     for status in [200u16, 429, 500] {
         let c = settle::settle(100, status, &observed, Some("m"));
         match observed.reported {
             Some(r) => assert_eq!((c.input, c.output, c.estimated), (r.input, r.output, false)),
             None if status >= 400 => assert_eq!((c.input, c.output), (0, 0)),
-            None => assert!(c.estimated && c.input == 100),
+            None => {
+                assert!(c.estimated && c.input == 100);
+                assert_eq!(c.output == 0, observed.generated_bytes == 0);
+            }
         }
     }
     for enc in ["gzip", "deflate", "br", "zstd"] {
@@ -503,6 +545,18 @@ pub fn usage_json(data: &[u8]) {
             let _ = d.feed(data);
         }
     }
+}
+
+/// `data` in three pieces, cut where a hash of it says.
+fn split_by_hash(data: &[u8]) -> Vec<&[u8]> {
+    // FNV-1a: any cheap hash will do, it only has to vary with the input.
+    let hash = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let len = data.len() as u64 + 1;
+    let mut cuts = [(hash % len) as usize, ((hash >> 32) % len) as usize];
+    cuts.sort_unstable();
+    vec![&data[..cuts[0]], &data[cuts[0]..cuts[1]], &data[cuts[1]..]]
 }
 
 /// Target `request_body`: the data-plane request readers (SPEC 9.1–9.4).

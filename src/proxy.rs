@@ -460,10 +460,7 @@ impl Gateway {
             req.remove_header(hop);
         }
         req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-        let tap = ctx
-            .meter
-            .take()
-            .map(|m| spend::Tap::new(m, strip, self.max_data_body.max(16 * 1024 * 1024)));
+        let tap = ctx.meter.take().map(|m| spend::Tap::new(m, strip));
         let mut hooks = Stamp { gw: self, ctx, tap };
         let outcome = forward::exchange(
             &self.connector,

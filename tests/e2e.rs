@@ -21,6 +21,7 @@ mod e2e {
     mod key_headers;
     mod keytools;
     mod metering;
+    mod metering_answers;
     mod metrics;
     mod observability;
     mod paths;

@@ -11,7 +11,7 @@ use crate::keys::{Key, Limits, Snapshot};
 use crate::metrics::usage_metrics;
 use crate::policy::Spend;
 use crate::state::{Admission, Charge, CounterStore, Estimate, SubjectId, SubjectLimits};
-use crate::usage::response::{settle, Decoder, JsonTap, Observed, SseTap};
+use crate::usage::response::{settle, BodyReader, Observed};
 use crate::usage::{estimate, period, price};
 
 /// The key's and its workspace's limits as the store takes them; empty when
@@ -210,38 +210,25 @@ pub fn alert_once(subject: &SubjectId, period_key: &str, used: f64, threshold: f
     }
 }
 
-/// How a response body is read for usage.
-enum Reader {
-    None,
-    Sse(Box<SseTap>),
-    Json(Box<JsonTap>),
-}
-
 /// The response side of a counted request: reads usage as the body passes,
-/// strips the injected usage chunk (SPEC 9.4), settles at the end.
+/// strips the injected usage chunk, settles at the end.
 pub struct Tap {
     meter: Meter,
     /// The proxy set `stream_options.include_usage` for this request.
     strip: bool,
-    reader: Reader,
-    decoder: Option<Decoder>,
-    /// Decoded bytes are what the client gets (we strip a compressed stream).
-    forward_decoded: bool,
+    reader: Option<BodyReader>,
     status: u16,
-    json_cap: usize,
 }
 
 impl Tap {
-    /// A tap for a request metered by `meter`.
-    pub fn new(meter: Meter, strip: bool, json_cap: usize) -> Tap {
+    /// A tap for a request metered by `meter`; an answer of any size is
+    /// read in constant memory.
+    pub fn new(meter: Meter, strip: bool) -> Tap {
         Tap {
             meter,
             strip,
-            reader: Reader::None,
-            decoder: None,
-            forward_decoded: false,
+            reader: None,
             status: 0,
-            json_cap,
         }
     }
 
@@ -252,101 +239,45 @@ impl Tap {
         if !self.meter.counted {
             return;
         }
-        let ct = resp
+        let content_type = resp
             .headers
             .get(http::header::CONTENT_TYPE)
-            .map(|v| v.as_bytes().to_ascii_lowercase())
+            .map(|v| v.as_bytes())
             .unwrap_or_default();
         let encoding = resp
             .headers
             .get(http::header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("identity")
-            .to_string();
-        let sse = ct.starts_with(b"text/event-stream");
-        let json = ct.starts_with(b"application/json");
-        if !sse && !json {
-            return;
-        }
-        let Some(decoder) = Decoder::for_encoding(&encoding) else {
-            // Unknown encoding: the response passes untouched and is estimated.
+            .map(|v| v.to_str().unwrap_or("unreadable"));
+        // Unknown encoding or content type: the response passes untouched
+        // and is estimated.
+        let Some((reader, change)) = BodyReader::for_response(content_type, encoding, self.strip)
+        else {
             return;
         };
-        let strip = sse && self.strip;
-        if strip && !decoder.is_identity() {
-            self.forward_decoded = true;
+        if change.remove_content_encoding {
             resp.remove_header(&http::header::CONTENT_ENCODING);
+        }
+        if change.remove_content_length {
             resp.remove_header(&http::header::CONTENT_LENGTH);
         }
-        if sse && strip && decoder.is_identity() {
-            resp.remove_header(&http::header::CONTENT_LENGTH);
-        }
-        self.decoder = (!decoder.is_identity()).then_some(decoder);
-        self.reader = if sse {
-            Reader::Sse(Box::new(SseTap::new(strip)))
-        } else {
-            Reader::Json(Box::new(JsonTap::with_cap(self.json_cap)))
-        };
+        self.reader = Some(reader);
     }
 
     /// One chunk from the upstream; returns what the client gets.
     pub fn chunk(&mut self, chunk: Bytes) -> Bytes {
-        if matches!(self.reader, Reader::None) {
-            return chunk;
-        }
-        let decoded = match &mut self.decoder {
-            None => None,
-            Some(d) => match d.feed(&chunk) {
-                Ok(v) => Some(v),
-                Err(_) => {
-                    // Corrupt or too large: stop reading, estimate.
-                    self.reader = Reader::None;
-                    return chunk;
-                }
-            },
-        };
         match &mut self.reader {
-            Reader::None => chunk,
-            Reader::Json(j) => {
-                j.feed(decoded.as_deref().unwrap_or(&chunk));
-                chunk
-            }
-            Reader::Sse(s) => {
-                if self.forward_decoded {
-                    let mut out = Vec::new();
-                    s.feed(decoded.as_deref().unwrap_or_default(), &mut out);
-                    Bytes::from(out)
-                } else if let Some(d) = decoded {
-                    s.observe(&d);
-                    chunk
-                } else {
-                    let mut out = Vec::with_capacity(chunk.len());
-                    s.feed(&chunk, &mut out);
-                    if out.len() == chunk.len() {
-                        chunk
-                    } else {
-                        Bytes::from(out)
-                    }
-                }
-            }
+            Some(reader) => reader.chunk(chunk),
+            None => chunk,
         }
     }
 
     /// The end of the response: flush held bytes and settle.
     pub fn end(&mut self, _complete: bool) -> Bytes {
         let (tail, observed) = match &mut self.reader {
-            Reader::None => (Vec::new(), Observed::default()),
-            Reader::Json(j) => (Vec::new(), j.finish()),
-            Reader::Sse(s) => {
-                let mut out = Vec::new();
-                s.finish(&mut out);
-                if !self.forward_decoded && self.decoder.is_some() {
-                    out.clear();
-                }
-                (out, s.observed())
-            }
+            Some(reader) => reader.end(),
+            None => (Bytes::new(), Observed::default()),
         };
         self.meter.settle(self.status, &observed);
-        Bytes::from(tail)
+        tail
     }
 }

@@ -1,15 +1,19 @@
 //! Settlement (SPEC 9.3): what a finished response is charged, which replaces
 //! the reservation its request made.
 
-use super::Observed;
+use super::{Observed, Reported};
 
 /// What a response is charged, in tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Charge {
-    /// Input tokens.
+    /// Input tokens, all of them.
     pub input: u64,
     /// Output tokens.
     pub output: u64,
+    /// Of `input`, tokens read from a cache.
+    pub cached_input: u64,
+    /// Of `input`, tokens written to a cache.
+    pub cache_write: u64,
     /// `true` when the upstream reported no usage and this is the estimate.
     pub estimated: bool,
     /// The model to price: the one the response names, else the request's.
@@ -21,8 +25,10 @@ pub struct Charge {
 /// `request_model`.
 ///
 /// Reported usage is charged as reported. Without it, a response of status
-/// ≥ 400 is charged nothing; any other is charged its reserved input plus
-/// its generated text bytes ÷ 4 as output, marked estimated.
+/// 400 or more is charged nothing; any other is charged, marked estimated, its
+/// input (as the upstream reported it before the answer was cut, else as
+/// reserved) plus its generated text bytes / 4 as output — at least 1 when
+/// it carried any text.
 pub fn settle(
     reserved_input: u64,
     status: u16,
@@ -33,36 +39,41 @@ pub fn settle(
         .model
         .clone()
         .or_else(|| request_model.map(str::to_owned));
+    let charge = |r: Reported, estimated| Charge {
+        input: r.input,
+        output: r.output,
+        cached_input: r.cached_input,
+        cache_write: r.cache_write,
+        estimated,
+        model: model.clone(),
+    };
     match observed.reported {
-        Some(reported) => Charge {
-            input: reported.input,
-            output: reported.output,
-            estimated: false,
-            model,
-        },
-        None if status >= 400 => Charge {
-            input: 0,
-            output: 0,
-            estimated: false,
-            model,
-        },
-        None => Charge {
-            input: reserved_input,
-            output: observed.generated_bytes / 4,
-            estimated: true,
-            model,
-        },
+        Some(reported) => charge(reported, false),
+        None if status >= 400 => charge(Reported::default(), false),
+        None => {
+            let generated = observed.generated_bytes;
+            let output = (generated / 4).max(u64::from(generated > 0));
+            let input = observed.reported_input.unwrap_or(Reported {
+                input: reserved_input,
+                ..Reported::default()
+            });
+            charge(Reported { output, ..input }, true)
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::usage::response::Reported;
 
     fn observed(reported: Option<(u64, u64)>, model: Option<&str>, generated: u64) -> Observed {
         Observed {
-            reported: reported.map(|(input, output)| Reported { input, output }),
+            reported: reported.map(|(input, output)| Reported {
+                input,
+                output,
+                ..Reported::default()
+            }),
+            reported_input: None,
             model: model.map(str::to_owned),
             generated_bytes: generated,
         }
@@ -81,6 +92,8 @@ mod tests {
             Charge {
                 input: 19,
                 output: 10,
+                cached_input: 0,
+                cache_write: 0,
                 estimated: false,
                 model: Some("gpt-4o-2024-08-06".into())
             }
@@ -121,6 +134,8 @@ mod tests {
             Charge {
                 input: 500,
                 output: 10,
+                cached_input: 0,
+                cache_write: 0,
                 estimated: true,
                 model: Some("m".into())
             }
@@ -129,10 +144,66 @@ mod tests {
 
     #[test]
     fn redirect_without_usage_is_estimated() {
-        let charge = settle(7, 399, &observed(None, None, 3), None);
+        let charge = settle(7, 399, &observed(None, None, 0), None);
         assert_eq!(
             (charge.input, charge.output, charge.estimated),
             (7, 0, true)
+        );
+    }
+
+    #[test]
+    fn an_estimate_of_an_answer_that_carried_text_is_never_zero_output() {
+        for (generated, output) in [(0, 0), (1, 1), (3, 1), (4, 1), (7, 1), (8, 2), (41, 10)] {
+            let charge = settle(7, 200, &observed(None, None, generated), None);
+            assert_eq!(charge.output, output, "{generated} bytes");
+        }
+    }
+
+    #[test]
+    fn a_cut_anthropic_stream_is_charged_the_input_it_reported() {
+        let observed = Observed {
+            reported: None,
+            reported_input: Some(Reported {
+                input: 1110,
+                output: 0,
+                cached_input: 1000,
+                cache_write: 100,
+            }),
+            model: Some("claude".into()),
+            generated_bytes: 41,
+        };
+        let charge = settle(5000, 200, &observed, Some("claude-x"));
+        assert_eq!(
+            charge,
+            Charge {
+                input: 1110,
+                output: 10,
+                cached_input: 1000,
+                cache_write: 100,
+                estimated: true,
+                model: Some("claude".into())
+            }
+        );
+        // An error status without usage still charges nothing.
+        let charge = settle(5000, 500, &observed, None);
+        assert_eq!((charge.input, charge.output), (0, 0));
+    }
+
+    #[test]
+    fn reported_cache_counts_are_passed_on() {
+        let observed = Observed {
+            reported: Some(Reported {
+                input: 100,
+                output: 5,
+                cached_input: 64,
+                cache_write: 0,
+            }),
+            ..Observed::default()
+        };
+        let charge = settle(1, 200, &observed, None);
+        assert_eq!(
+            (charge.input, charge.cached_input, charge.estimated),
+            (100, 64, false)
         );
     }
 }

@@ -1,52 +1,90 @@
-//! The `text/event-stream` reader: parses a streamed response on the side of
-//! forwarding it and records the usage, model and generated text it carries
-//! (SPEC 9.3); in strip mode it also removes what `stream_options.include_usage`
-//! added, for a client that did not ask for it (SPEC 9.4).
+//! The `text/event-stream` reader: reads a streamed response on the side of
+//! forwarding it and records the usage, model and generated text it carries;
+//! in strip mode it also removes what `stream_options.include_usage` added,
+//! for a client that did not ask for it.
 //!
 //! Framing follows the HTML event-stream rules: lines end in `\n`, `\r\n` or
 //! `\r`; an empty line ends an event; `data:` lines are joined with `\n`;
 //! lines starting with `:` are comments; one space after the colon is dropped.
+//!
+//! Nothing is held to be read: each `data` line is fed to a push JSON
+//! scanner as its bytes arrive, so an event of any size or nesting is read
+//! in constant memory. Only strip mode holds bytes, and only while an event
+//! is small enough to be the usage-only chunk it may have to drop
+//! ([`HOLD_CAP`]); a larger event is forwarded as it arrives.
 
-use serde_json::Value;
+use memchr::{memchr, memchr2};
 
-use super::extract::{
-    generated_in_choices, model_of, optional, reported_from_usage, required, text_len,
+use super::extract::AnthropicUsage;
+use super::scan::{
+    Kind, Scanner, Shape, CHOICES, DELTA_OBJECT, DELTA_TEXT, KIND_CAP, MESSAGE, RESPONSE, TOP,
 };
 use super::{Observed, Reported};
 
-/// The most held or parsed for one event (and one line); a larger event
-/// is forwarded untouched and not parsed.
-pub const EVENT_CAP: usize = 1 << 20;
+/// Strip mode holds an event's bytes until its end only while it is at most
+/// this long: enough for any usage-only chunk (a few hundred bytes) and any
+/// ordinary chunk whose `"usage":null` is cut. A longer event is forwarded
+/// as it arrives, unedited (and still read).
+pub const HOLD_CAP: usize = 64 * 1024;
+
+/// Field names longer than this are none the reader knows.
+const NAME_CAP: usize = 8;
 
 /// Reads one event stream fed in arbitrary pieces.
 ///
 /// Without stripping, [`feed`](SseTap::feed) copies each piece to `out` at
-/// once and parses on the side. With stripping, each event is held until the
-/// empty line that ends it and then forwarded, edited or dropped; so a piece
-/// that ends on an event boundary is forwarded whole at once.
-#[derive(Debug)]
+/// once and reads on the side. With stripping, each event up to
+/// [`HOLD_CAP`] is held until the empty line that ends it and then
+/// forwarded, edited or dropped; so a piece that ends on an event boundary
+/// is forwarded whole at once.
+#[derive(Debug, Clone)]
 pub struct SseTap {
     strip: bool,
-    /// The current line, when it spans pieces (capped at [`EVENT_CAP`]).
-    line: Vec<u8>,
-    line_over_cap: bool,
+    /// Where the current line is.
+    line: Line,
+    /// The current line's field name, while it is read.
+    name: [u8; NAME_CAP],
+    name_len: usize,
+    name_over: bool,
+    /// The field whose value is being read.
+    field: FieldName,
     /// The last piece ended in `\r`: a `\n` starting the next one is part of
     /// the same line ending.
     after_cr: bool,
     /// That `\r` ended an event: the `\n` goes where the event went.
     cr_ended_event: Option<Fate>,
-    /// The event being parsed: its `data` (joined, each line followed by
-    /// `\n`), number of `data` lines, and `event` name.
-    data: Vec<u8>,
+    /// The event being read: its `data` lines so far (fed to `json`), and
+    /// its `event` name (up to [`KIND_CAP`] bytes).
     data_lines: usize,
+    json: Scanner,
     event: Vec<u8>,
-    /// The event is too big to parse: ignore it.
-    event_over_cap: bool,
+    event_over: bool,
     /// Strip mode: the raw bytes of the event being held.
     held: Vec<u8>,
-    /// Strip mode: the event outgrew [`EVENT_CAP`]; its bytes go straight out.
+    /// Strip mode: the event outgrew [`HOLD_CAP`]; its bytes go straight out.
     held_over_cap: bool,
     seen: Seen,
+}
+
+/// Where the reader is in a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// Nothing of the line yet.
+    Start,
+    /// Reading the field name.
+    Name,
+    /// Just after the colon (one space is dropped).
+    ValueStart,
+    /// Reading the value.
+    Value,
+}
+
+/// The fields the reader uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldName {
+    Data,
+    Event,
+    Other,
 }
 
 /// What becomes of a held event.
@@ -61,7 +99,7 @@ enum Fate {
 }
 
 /// What the stream has revealed so far.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct Seen {
     /// OpenAI chunk usage or Responses API `response.completed` usage; last wins.
     reported: Option<Reported>,
@@ -70,78 +108,23 @@ struct Seen {
     generated: u64,
 }
 
-/// Anthropic splits usage: `message_start` carries the input, `message_delta`
-/// the cumulative output (and, in newer versions, the input again).
-#[derive(Debug, Default)]
-struct AnthropicUsage {
-    input: Option<u64>,
-    cache_creation: u64,
-    cache_read: u64,
-    output: Option<u64>,
-}
-
-impl AnthropicUsage {
-    fn start(&mut self, usage: Option<&Value>) {
-        let Some(usage) = usage.and_then(Value::as_object) else {
-            return;
-        };
-        if let (Some(input), Some(creation), Some(read)) = (
-            required(usage, "input_tokens"),
-            optional(usage, "cache_creation_input_tokens"),
-            optional(usage, "cache_read_input_tokens"),
-        ) {
-            self.input = Some(input);
-            self.cache_creation = creation;
-            self.cache_read = read;
-        }
-    }
-
-    fn delta(&mut self, usage: Option<&Value>) {
-        let Some(usage) = usage.and_then(Value::as_object) else {
-            return;
-        };
-        if let Some(output) = required(usage, "output_tokens") {
-            self.output = Some(output);
-        }
-        // Counts a delta repeats replace those of `message_start`.
-        if let Some(input) = required(usage, "input_tokens") {
-            self.input = Some(input);
-        }
-        if let Some(creation) = required(usage, "cache_creation_input_tokens") {
-            self.cache_creation = creation;
-        }
-        if let Some(read) = required(usage, "cache_read_input_tokens") {
-            self.cache_read = read;
-        }
-    }
-
-    /// Usage only once both halves arrived: a stream cut before
-    /// `message_delta` reported no output.
-    fn reported(&self) -> Option<Reported> {
-        Some(Reported {
-            input: self
-                .input?
-                .saturating_add(self.cache_creation)
-                .saturating_add(self.cache_read),
-            output: self.output?,
-        })
-    }
-}
-
 impl SseTap {
     /// A reader; `strip_injected_usage` when the proxy turned on
     /// `stream_options.include_usage` for a client that did not ask for it.
     pub fn new(strip_injected_usage: bool) -> Self {
         SseTap {
             strip: strip_injected_usage,
-            line: Vec::new(),
-            line_over_cap: false,
+            line: Line::Start,
+            name: [0; NAME_CAP],
+            name_len: 0,
+            name_over: false,
+            field: FieldName::Other,
             after_cr: false,
             cr_ended_event: None,
-            data: Vec::new(),
             data_lines: 0,
+            json: Scanner::new(Shape::Event),
             event: Vec::new(),
-            event_over_cap: false,
+            event_over: false,
             held: Vec::new(),
             held_over_cap: false,
             seen: Seen::default(),
@@ -165,7 +148,7 @@ impl SseTap {
         self.scan(chunk, &mut discarded);
     }
 
-    /// Parses a piece; in strip mode also holds and releases events to `out`.
+    /// Reads a piece; in strip mode also holds and releases events to `out`.
     fn scan(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         let mut at = 0;
         if self.after_cr && !chunk.is_empty() {
@@ -184,8 +167,8 @@ impl SseTap {
         }
         while at < chunk.len() {
             let rest = &chunk[at..];
-            let Some(eol) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
-                self.line_continues(rest);
+            let Some(eol) = memchr2(b'\n', b'\r', rest) else {
+                self.line_bytes(rest);
                 if self.strip {
                     self.hold(rest, out);
                 }
@@ -199,7 +182,8 @@ impl SseTap {
                     None => self.after_cr = true,
                 }
             }
-            let dispatched = self.line_ends(&rest[..eol]);
+            self.line_bytes(&rest[..eol]);
+            let dispatched = self.line_ends();
             if self.strip {
                 self.hold(&rest[..end], out);
                 if let Some(fate) = dispatched {
@@ -214,12 +198,11 @@ impl SseTap {
     }
 
     /// Ends the stream: forwards whatever is still held (an event the stream
-    /// cut short is forwarded as it came, and not parsed).
+    /// cut short is forwarded as it came, and not read).
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.held);
         self.held_over_cap = false;
-        self.line = Vec::new();
-        self.line_over_cap = false;
+        self.line = Line::Start;
         self.after_cr = false;
         self.cr_ended_event = None;
         self.reset_event();
@@ -227,11 +210,16 @@ impl SseTap {
 
     /// What the stream has revealed so far.
     pub fn observed(&self) -> Observed {
+        let reported = self
+            .seen
+            .reported
+            .or_else(|| self.seen.anthropic.reported());
         Observed {
-            reported: self
-                .seen
-                .reported
-                .or_else(|| self.seen.anthropic.reported()),
+            reported,
+            reported_input: match reported {
+                Some(_) => None,
+                None => self.seen.anthropic.input(),
+            },
             model: self.seen.model.clone(),
             generated_bytes: self.seen.generated,
         }
@@ -241,10 +229,9 @@ impl SseTap {
     fn hold(&mut self, raw: &[u8], out: &mut Vec<u8>) {
         if self.held_over_cap {
             out.extend_from_slice(raw);
-        } else if self.held.len() + raw.len() > EVENT_CAP {
+        } else if self.held.len() + raw.len() > HOLD_CAP {
             out.append(&mut self.held);
             out.extend_from_slice(raw);
-            self.held = Vec::new();
             self.held_over_cap = true;
         } else {
             self.held.extend_from_slice(raw);
@@ -257,210 +244,212 @@ impl SseTap {
         if std::mem::take(&mut self.held_over_cap) {
             return Fate::Keep;
         }
-        let held = std::mem::take(&mut self.held);
         let done = match fate {
             Fate::Keep => {
-                out.extend_from_slice(&held);
+                out.extend_from_slice(&self.held);
                 Fate::Keep
             }
             Fate::Drop => Fate::Drop,
-            Fate::StripNullUsage => match null_usage_in_event(&held) {
+            Fate::StripNullUsage => match null_usage_in_event(&self.held) {
                 Some(cut) => {
-                    out.extend_from_slice(&held[..cut.start]);
-                    out.extend_from_slice(&held[cut.end..]);
+                    out.extend_from_slice(&self.held[..cut.start]);
+                    out.extend_from_slice(&self.held[cut.end..]);
                     Fate::StripNullUsage
                 }
                 None => {
-                    out.extend_from_slice(&held);
+                    out.extend_from_slice(&self.held);
                     Fate::Keep
                 }
             },
         };
-        // Keep a modest buffer for the next event; let a large one go.
-        if held.capacity() <= 64 * 1024 {
-            self.held = held;
-            self.held.clear();
-        }
+        self.held.clear();
         done
     }
 
-    /// A line continues past the end of this piece.
-    fn line_continues(&mut self, part: &[u8]) {
-        if self.line_over_cap {
-            return;
-        }
-        if self.line.len() + part.len() > EVENT_CAP {
-            self.line_over_cap = true;
-            self.line = Vec::new();
-        } else {
-            self.line.extend_from_slice(part);
-        }
-    }
-
-    /// A line ends with `tail`; returns the event's fate if it was the empty
-    /// line that ends one.
-    fn line_ends(&mut self, tail: &[u8]) -> Option<Fate> {
-        if self.line_over_cap {
-            // Too long to be read, and not empty: the event is skipped.
-            self.line_over_cap = false;
-            self.event_over_cap = true;
-            return None;
-        }
-        if self.line.is_empty() {
-            if tail.len() > EVENT_CAP {
-                self.event_over_cap = true;
-                return None;
-            }
-            return self.field(tail);
-        }
-        self.line_continues(tail);
-        if std::mem::take(&mut self.line_over_cap) {
-            self.event_over_cap = true;
-            return None;
-        }
-        let line = std::mem::take(&mut self.line);
-        self.field(&line)
-    }
-
-    /// One complete line of the stream.
-    fn field(&mut self, line: &[u8]) -> Option<Fate> {
-        if line.is_empty() {
-            return Some(self.dispatch());
-        }
-        let (name, value) = split_field(line);
-        match name {
-            b"data" if !self.event_over_cap => {
-                if self.data.len() + value.len() + 1 > EVENT_CAP {
-                    self.event_over_cap = true;
-                    self.data = Vec::new();
-                } else {
-                    self.data.extend_from_slice(value);
-                    self.data.push(b'\n');
-                    self.data_lines += 1;
+    /// Bytes of the current line (no line ending among them).
+    fn line_bytes(&mut self, mut part: &[u8]) {
+        while !part.is_empty() {
+            match self.line {
+                Line::Start => {
+                    self.line = Line::Name;
+                    self.name_len = 0;
+                    self.name_over = false;
+                }
+                Line::Name => match memchr(b':', part) {
+                    None => {
+                        self.name_bytes(part);
+                        return;
+                    }
+                    Some(colon) => {
+                        self.name_bytes(&part[..colon]);
+                        self.line = Line::ValueStart;
+                        part = &part[colon + 1..];
+                    }
+                },
+                Line::ValueStart => {
+                    if part[0] == b' ' {
+                        part = &part[1..];
+                    }
+                    self.value_starts();
+                }
+                Line::Value => {
+                    match self.field {
+                        FieldName::Data => self.json.feed(part),
+                        FieldName::Event => self.event_bytes(part),
+                        FieldName::Other => {}
+                    }
+                    return;
                 }
             }
-            b"event" => {
-                self.event.clear();
-                self.event.extend_from_slice(value);
-            }
-            _ => {}
         }
-        None
+    }
+
+    fn name_bytes(&mut self, bytes: &[u8]) {
+        let end = self.name_len + bytes.len();
+        if self.name_over || end > NAME_CAP {
+            self.name_over = true;
+        } else {
+            self.name[self.name_len..end].copy_from_slice(bytes);
+            self.name_len = end;
+        }
+    }
+
+    fn event_bytes(&mut self, bytes: &[u8]) {
+        if self.event_over || self.event.len() + bytes.len() > KIND_CAP {
+            self.event_over = true;
+        } else {
+            self.event.extend_from_slice(bytes);
+        }
+    }
+
+    /// The value of the current line's field starts.
+    fn value_starts(&mut self) {
+        self.field = match &self.name[..self.name_len] {
+            _ if self.name_over => FieldName::Other,
+            b"data" => FieldName::Data,
+            b"event" => FieldName::Event,
+            _ => FieldName::Other,
+        };
+        match self.field {
+            FieldName::Data => {
+                if self.data_lines > 0 {
+                    self.json.feed(b"\n");
+                }
+                self.data_lines += 1;
+            }
+            FieldName::Event => {
+                self.event.clear();
+                self.event_over = false;
+            }
+            FieldName::Other => {}
+        }
+        self.line = Line::Value;
+    }
+
+    /// The current line ended; returns the event's fate if it was the empty
+    /// line that ends one.
+    fn line_ends(&mut self) -> Option<Fate> {
+        let fate = match self.line {
+            Line::Start => Some(self.dispatch()),
+            // A line without a colon is a field with an empty value.
+            Line::Name | Line::ValueStart => {
+                self.value_starts();
+                None
+            }
+            Line::Value => None,
+        };
+        self.line = Line::Start;
+        fate
     }
 
     /// An empty line ended an event: read it.
     fn dispatch(&mut self) -> Fate {
-        let fate = if self.event_over_cap || self.data.is_empty() {
-            Fate::Keep
+        let fate = if self.data_lines > 0 && self.json.finish() {
+            self.observe_event()
         } else {
-            self.data.pop();
-            let single_line = self.data_lines == 1;
-            observe_event(&mut self.seen, &self.data, &self.event, single_line)
+            Fate::Keep
         };
         self.reset_event();
         fate
     }
 
     fn reset_event(&mut self) {
-        if self.data.capacity() > 64 * 1024 {
-            self.data = Vec::new();
-        }
-        self.data.clear();
+        self.json.reset();
         self.data_lines = 0;
         self.event.clear();
-        self.event_over_cap = false;
+        self.event_over = false;
     }
-}
 
-/// Splits `name:value`, dropping one space after the colon; a line without
-/// a colon is a name with an empty value.
-fn split_field(line: &[u8]) -> (&[u8], &[u8]) {
-    match line.iter().position(|&b| b == b':') {
-        Some(colon) => {
-            let value = &line[colon + 1..];
-            (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
-        }
-        None => (line, &[]),
-    }
-}
-
-/// Records what one event's data reveals; returns its fate in strip mode.
-fn observe_event(seen: &mut Seen, data: &[u8], event: &[u8], single_data_line: bool) -> Fate {
-    if data == b"[DONE]" {
-        return Fate::Keep;
-    }
-    let Ok(value) = serde_json::from_slice::<Value>(data) else {
-        return Fate::Keep;
-    };
-    let kind = match value.get("type") {
-        Some(Value::String(kind)) => kind.as_str(),
-        _ => std::str::from_utf8(event).unwrap_or(""),
-    };
-    match kind {
-        // Anthropic messages.
-        "message_start" => {
-            let message = value.get("message");
-            if let Some(model) = model_of(message.and_then(|m| m.get("model"))) {
-                seen.model = Some(model);
+    /// Records what the event just read reveals; returns its fate in strip mode.
+    fn observe_event(&mut self) -> Fate {
+        let found = self.json.findings();
+        let seen = &mut self.seen;
+        let kind: &[u8] = if found.kind.is_string() {
+            found.kind.text().map_or(b"", str::as_bytes)
+        } else if self.event_over || std::str::from_utf8(&self.event).is_err() {
+            b""
+        } else {
+            &self.event
+        };
+        match kind {
+            // Anthropic messages.
+            b"message_start" => {
+                if let Some(model) = found.models[MESSAGE].model() {
+                    seen.model = Some(model);
+                }
+                if found.usage_kind[MESSAGE] == Kind::Object {
+                    seen.anthropic.start(&found.usage[MESSAGE]);
+                }
             }
-            seen.anthropic.start(message.and_then(|m| m.get("usage")));
-        }
-        "message_delta" => seen.anthropic.delta(value.get("usage")),
-        "content_block_delta" => {
-            let delta = value.get("delta");
-            for key in ["text", "partial_json", "thinking"] {
-                let bytes = text_len(delta.and_then(|d| d.get(key)));
-                seen.generated = seen.generated.saturating_add(bytes);
+            b"message_delta" => {
+                if found.usage_kind[TOP] == Kind::Object {
+                    seen.anthropic.delta(&found.usage[TOP]);
+                }
             }
-        }
-        // Responses API.
-        "response.output_text.delta" | "response.function_call_arguments.delta" => {
-            seen.generated = seen.generated.saturating_add(text_len(value.get("delta")));
-        }
-        kind if kind.starts_with("response.") => {
-            let response = value.get("response");
-            if let Some(model) = model_of(response.and_then(|r| r.get("model"))) {
-                seen.model = Some(model);
+            b"content_block_delta" => {
+                seen.generated = seen.generated.saturating_add(found.text[DELTA_OBJECT]);
             }
-            if matches!(
-                kind,
-                "response.completed" | "response.incomplete" | "response.failed"
-            ) {
-                if let Some(reported) = response
-                    .and_then(|r| r.get("usage"))
-                    .and_then(reported_from_usage)
-                {
-                    seen.reported = Some(reported);
+            // Responses API.
+            b"response.output_text.delta" | b"response.function_call_arguments.delta" => {
+                seen.generated = seen.generated.saturating_add(found.text[DELTA_TEXT]);
+            }
+            kind if kind.starts_with(b"response.") => {
+                if let Some(model) = found.models[RESPONSE].model() {
+                    seen.model = Some(model);
+                }
+                let done = matches!(
+                    kind,
+                    b"response.completed" | b"response.incomplete" | b"response.failed"
+                );
+                if done && found.usage_kind[RESPONSE] == Kind::Object {
+                    if let Some(reported) = found.usage[RESPONSE].reported() {
+                        seen.reported = Some(reported);
+                    }
+                }
+            }
+            // OpenAI chat and completions chunks.
+            _ => {
+                if let Some(model) = found.models[TOP].model() {
+                    seen.model = Some(model);
+                }
+                seen.generated = seen.generated.saturating_add(found.text[CHOICES]);
+                match found.usage_kind[TOP] {
+                    Kind::Object => {
+                        if let Some(reported) = found.usage[TOP].reported() {
+                            seen.reported = Some(reported);
+                        }
+                        let usage_only = found.choices == Kind::Array && found.choices_empty;
+                        if usage_only {
+                            return Fate::Drop;
+                        }
+                    }
+                    // Only one data line is edited in place: OpenAI sends no other.
+                    Kind::Null if self.data_lines == 1 => return Fate::StripNullUsage,
+                    _ => {}
                 }
             }
         }
-        // OpenAI chat and completions chunks.
-        _ => return observe_chunk(seen, &value, single_data_line),
-    }
-    Fate::Keep
-}
-
-fn observe_chunk(seen: &mut Seen, chunk: &Value, single_data_line: bool) -> Fate {
-    if let Some(model) = model_of(chunk.get("model")) {
-        seen.model = Some(model);
-    }
-    let choices = chunk.get("choices");
-    seen.generated = seen.generated.saturating_add(generated_in_choices(choices));
-    match chunk.get("usage") {
-        Some(usage @ Value::Object(_)) => {
-            if let Some(reported) = reported_from_usage(usage) {
-                seen.reported = Some(reported);
-            }
-            let usage_only = matches!(choices, Some(Value::Array(c)) if c.is_empty());
-            if usage_only {
-                Fate::Drop
-            } else {
-                Fate::Keep
-            }
-        }
-        // Only one data line is edited in place: OpenAI sends no other.
-        Some(Value::Null) if single_data_line => Fate::StripNullUsage,
-        _ => Fate::Keep,
+        Fate::Keep
     }
 }
 

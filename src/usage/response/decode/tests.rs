@@ -83,7 +83,7 @@ fn every_encoding_round_trips_in_small_pieces() {
     ];
     for (encoding, encoded) in &cases {
         for piece in [1, 2, 3, 7, 64, 1000, encoded.len().max(1)] {
-            let decoded = decode_in_pieces(encoding, encoded, piece, DECODED_LIMIT);
+            let decoded = decode_in_pieces(encoding, encoded, piece, u64::MAX);
             assert_eq!(
                 decoded.as_deref(),
                 Ok(&text[..]),
@@ -144,42 +144,66 @@ fn unknown_and_stacked_encodings_are_unsupported() {
     }
 }
 
+/// A sink that keeps only the size of what it gets.
+#[derive(Default)]
+struct Sizes {
+    total: u64,
+    largest_piece: usize,
+}
+
+impl Write for Sizes {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.total += buf.len() as u64;
+        self.largest_piece = self.largest_piece.max(buf.len());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[test]
-fn gzip_bomb_stops_at_the_default_limit() {
-    // One member inflating to 1 MiB of zeros, repeated: 80 MiB in all.
-    let member = gzip(&vec![0u8; 1 << 20]);
-    let bomb: Vec<u8> = member
+fn a_bomb_decodes_whole_in_bounded_pieces_without_a_default_limit() {
+    // 80 MiB of zeros as one gzip member of 1 MiB repeated, 16 MiB as one
+    // deflate, brotli and zstd stream each. Each is written in a single
+    // call, the worst case: the sink still gets pieces of at most 128 KiB.
+    let zeros = vec![0u8; 16 << 20];
+    let member = gzip(&zeros[..1 << 20]);
+    let gzip_bomb: Vec<u8> = member
         .iter()
         .copied()
         .cycle()
         .take(member.len() * 80)
         .collect();
+    for (encoding, encoded, size) in [
+        ("gzip", gzip_bomb, 80 << 20),
+        ("deflate", zlib(&zeros), 16 << 20),
+        ("br", brotli(&zeros), 16 << 20),
+        ("zstd", zstd(&zeros), 16 << 20),
+    ] {
+        let mut decoder = Decoder::with_sink(encoding, Sizes::default(), u64::MAX)
+            .unwrap_or_else(|_| panic!("{encoding}"));
+        assert_eq!(decoder.write(&encoded), Ok(()), "{encoding}");
+        let sizes = decoder.sink_mut().unwrap();
+        assert_eq!(sizes.total, size, "{encoding}");
+        assert!(
+            sizes.largest_piece <= 128 << 10,
+            "{encoding}: {}",
+            sizes.largest_piece
+        );
+    }
+}
+
+#[test]
+fn for_encoding_has_no_limit() {
+    let zeros = vec![0u8; 70 << 20];
     let mut decoder = Decoder::for_encoding("gzip").unwrap();
     let mut total = 0u64;
-    let mut error = None;
-    for chunk in bomb.chunks(16 * 1024) {
-        match decoder.feed(chunk) {
-            Ok(decoded) => total += decoded.len() as u64,
-            Err(e) => {
-                error = Some(e);
-                break;
-            }
-        }
+    for chunk in gzip(&zeros).chunks(16 * 1024) {
+        total += decoder.feed(chunk).unwrap().len() as u64;
     }
-    assert_eq!(
-        error,
-        Some(DecodeError::TooLarge {
-            limit: DECODED_LIMIT
-        })
-    );
-    assert!(total <= DECODED_LIMIT);
-    // Once failed, it stays failed.
-    assert_eq!(
-        decoder.feed(b"more"),
-        Err(DecodeError::TooLarge {
-            limit: DECODED_LIMIT
-        })
-    );
+    assert_eq!(total, 70 << 20);
 }
 
 #[test]
@@ -251,7 +275,7 @@ fn truncated_stream_gives_a_prefix_without_error() {
         ("zstd", zstd(&text)),
     ] {
         let cut = &encoded[..encoded.len() * 2 / 3];
-        let decoded = decode_in_pieces(encoding, cut, 10, DECODED_LIMIT).unwrap();
+        let decoded = decode_in_pieces(encoding, cut, 10, u64::MAX).unwrap();
         assert!(text.starts_with(&decoded), "{encoding}");
         assert!(decoded.len() < text.len(), "{encoding}");
     }

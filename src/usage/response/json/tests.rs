@@ -76,7 +76,11 @@ fn observe(body: &str) -> Observed {
 }
 
 fn reported(input: u64, output: u64) -> Option<Reported> {
-    Some(Reported { input, output })
+    Some(Reported {
+        input,
+        output,
+        ..Reported::default()
+    })
 }
 
 #[test]
@@ -130,7 +134,15 @@ fn responses_body_reports_input_and_output_tokens() {
 #[test]
 fn anthropic_body_adds_cache_tokens_to_input() {
     let seen = observe(ANTHROPIC);
-    assert_eq!(seen.reported, reported(2095 + 100 + 2000, 503));
+    assert_eq!(
+        seen.reported,
+        Some(Reported {
+            input: 2095 + 100 + 2000,
+            output: 503,
+            cached_input: 2000,
+            cache_write: 100
+        })
+    );
     assert_eq!(seen.model.as_deref(), Some("claude-sonnet-4-20250514"));
     assert_eq!(seen.generated_bytes, "Hi! My name is Claude.".len() as u64);
 }
@@ -178,21 +190,62 @@ fn odd_member_types_are_ignored_not_fatal() {
 }
 
 #[test]
-fn body_over_the_cap_reports_nothing() {
-    let mut tap = JsonTap::with_cap(CHAT.len() - 1);
-    tap.feed(CHAT.as_bytes());
-    assert_eq!(tap.finish(), Observed::default());
-
-    let mut tap = JsonTap::with_cap(CHAT.len() - 1);
-    for chunk in CHAT.as_bytes().chunks(7) {
-        tap.feed(chunk);
-    }
-    assert_eq!(tap.finish(), Observed::default());
+fn responses_body_reports_cached_input() {
+    let body = RESPONSES.replace(
+        r#""input_tokens_details":{"cached_tokens":0}"#,
+        r#""input_tokens_details":{"cached_tokens":30}"#,
+    );
+    let seen = observe(&body);
+    assert_eq!(
+        seen.reported.map(|r| (r.input, r.cached_input)),
+        Some((36, 30))
+    );
 }
 
 #[test]
-fn body_exactly_at_the_cap_is_read() {
-    let mut tap = JsonTap::with_cap(CHAT.len());
-    tap.feed(CHAT.as_bytes());
-    assert_eq!(tap.finish().reported, reported(19, 10));
+fn chat_body_reports_cached_input() {
+    let body = CHAT.replace(r#""cached_tokens": 0"#, r#""cached_tokens": 16"#);
+    let seen = observe(&body);
+    assert_eq!(
+        seen.reported,
+        Some(Reported {
+            input: 19,
+            output: 10,
+            cached_input: 16,
+            cache_write: 0
+        })
+    );
+}
+
+#[test]
+fn escaped_keys_and_text_read_as_decoded() {
+    // `\u0075sage` is `usage`; `\n` and `\u00e9` are 1 and 2 bytes of text,
+    // a surrogate pair 4.
+    let body = r#"{"mod\u0065l":"gpt\u002d4o","choices":[{"message":{"content":"a\nb\u00e9\ud83d\ude00"}}],
+        "\u0075sage":{"prompt_tokens":1,"completion_tokens":2}}"#;
+    let seen = observe(body);
+    assert_eq!(seen.reported, reported(1, 2));
+    assert_eq!(seen.model.as_deref(), Some("gpt-4o"));
+    assert_eq!(seen.generated_bytes, 3 + 2 + 4);
+}
+
+#[test]
+fn the_last_occurrence_of_a_member_wins() {
+    let body = r#"{"model":"a","model":"b","choices":[{"text":"xx","text":"yyy"}],
+        "usage":{"prompt_tokens":1,"completion_tokens":1},"usage":{"prompt_tokens":2,"completion_tokens":2}}"#;
+    let seen = observe(body);
+    assert_eq!(seen.reported, reported(2, 2));
+    assert_eq!(seen.model.as_deref(), Some("b"));
+    assert_eq!(seen.generated_bytes, 3);
+    let body = r#"{"model":"a","model":null,"usage":{"prompt_tokens":1},"usage":null}"#;
+    assert_eq!(observe(body), Observed::default());
+}
+
+#[test]
+fn a_model_too_long_to_price_is_ignored() {
+    let long = "m".repeat(crate::usage::response::MODEL_CAP + 1);
+    let body = format!(r#"{{"model":"{long}","usage":{{"prompt_tokens":1}}}}"#);
+    let seen = observe(&body);
+    assert_eq!(seen.model, None);
+    assert_eq!(seen.reported, reported(1, 0));
 }

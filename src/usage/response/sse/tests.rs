@@ -165,7 +165,11 @@ fn run(strip: bool, input: &str) -> (String, Observed) {
 }
 
 fn reported(input: u64, output: u64) -> Option<Reported> {
-    Some(Reported { input, output })
+    Some(Reported {
+        input,
+        output,
+        ..Reported::default()
+    })
 }
 
 fn crlf(text: &str) -> String {
@@ -248,7 +252,15 @@ fn anthropic_stream_reports_start_input_plus_cache_and_last_delta_output() {
     for input in [ANTHROPIC.to_owned(), crlf(ANTHROPIC), cr(ANTHROPIC)] {
         let (out, seen) = run(false, &input);
         assert_eq!(out, input);
-        assert_eq!(seen.reported, reported(472 + 20 + 300, 89));
+        assert_eq!(
+            seen.reported,
+            Some(Reported {
+                input: 472 + 20 + 300,
+                output: 89,
+                cached_input: 300,
+                cache_write: 20
+            })
+        );
         assert_eq!(seen.model.as_deref(), Some("claude-sonnet-4-20250514"));
         let text = "Okay, let's check.".len() + r#"{"location": "Paris"}"#.len();
         assert_eq!(seen.generated_bytes, text as u64);
@@ -271,7 +283,15 @@ fn anthropic_delta_repeating_input_counts_replaces_the_start() {
                  event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":4}}\n\n\
                  event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":10,\"cache_read_input_tokens\":50,\"output_tokens\":9}}\n\n";
     let (_, seen) = run(false, input);
-    assert_eq!(seen.reported, reported(60, 9));
+    assert_eq!(
+        seen.reported,
+        Some(Reported {
+            input: 60,
+            output: 9,
+            cached_input: 50,
+            cache_write: 0
+        })
+    );
 }
 
 #[test]
@@ -279,6 +299,7 @@ fn anthropic_stream_cut_before_message_delta_reports_no_usage() {
     let cut = ANTHROPIC.find("event: message_delta").unwrap_or(0);
     let (_, seen) = run(false, &ANTHROPIC[..cut]);
     assert_eq!(seen.reported, None);
+    assert_eq!(seen.reported_input.map(|r| r.input), Some(472 + 20 + 300));
     assert_eq!(seen.model.as_deref(), Some("claude-sonnet-4-20250514"));
     assert!(seen.generated_bytes > 0);
 }
@@ -468,21 +489,29 @@ fn garbage_and_broken_framing_report_nothing() {
 }
 
 #[test]
-fn an_event_too_big_to_read_is_skipped_and_the_next_is_read() {
-    let filler = "x".repeat(EVENT_CAP + 10);
+fn an_event_of_any_size_is_read_without_being_held() {
+    // 3 MiB of data in one event, usage after it; then a small usage-only chunk.
+    let filler = "x".repeat(3 << 20);
     let input = format!(
-        "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":1}},\"pad\":\"{filler}\"}}\n\n\
+        "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{filler}\"}}}}],\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":1}}}}\n\n\
          data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":8}}}}\n\n"
     );
-    let pieces: Vec<&[u8]> = input.as_bytes().chunks(64 * 1024).collect();
+    let pieces: Vec<&[u8]> = input.as_bytes().chunks(64 * 1024 + 7).collect();
     for strip in [false, true] {
         let mut tap = SseTap::new(strip);
         let mut out = Vec::new();
-        for piece in &pieces {
+        tap.feed(pieces[0], &mut out);
+        // Even stripping, the big event is not held past the hold cap.
+        assert!(tap.held.len() <= HOLD_CAP);
+        assert!(out.len() >= pieces[0].len() - HOLD_CAP);
+        for piece in &pieces[1..] {
             tap.feed(piece, &mut out);
+            assert!(tap.held.capacity() <= HOLD_CAP);
         }
         tap.finish(&mut out);
-        assert_eq!(tap.observed().reported, reported(7, 8));
+        let seen = tap.observed();
+        assert_eq!(seen.reported, reported(7, 8));
+        assert_eq!(seen.generated_bytes, filler.len() as u64);
         if strip {
             // The big one went out untouched; the small usage-only one is dropped.
             let (big, _) = input.split_at(input.find("\n\n").unwrap_or(0) + 2);
@@ -490,16 +519,21 @@ fn an_event_too_big_to_read_is_skipped_and_the_next_is_read() {
         } else {
             assert_eq!(out, input.as_bytes());
         }
-        assert!(tap.held.capacity() <= EVENT_CAP);
-        assert!(tap.line.capacity() <= EVENT_CAP);
     }
+    // Usage in the big event alone is read too.
+    let (big, _) = input.split_at(input.find("\n\n").unwrap_or(0) + 2);
+    let mut tap = SseTap::new(false);
+    for piece in big.as_bytes().chunks(4093) {
+        tap.observe(piece);
+    }
+    assert_eq!(tap.observed().reported, reported(1, 1));
 }
 
 #[test]
 fn strip_mode_forwards_a_big_event_once_it_outgrows_the_hold() {
     let mut tap = SseTap::new(true);
     let mut out = Vec::new();
-    let head = format!("data: {{\"usage\":null,\"pad\":\"{}", "y".repeat(EVENT_CAP));
+    let head = format!("data: {{\"usage\":null,\"pad\":\"{}", "y".repeat(HOLD_CAP));
     tap.feed(head.as_bytes(), &mut out);
     assert_eq!(out, head.as_bytes(), "held bytes go out once over the cap");
     tap.feed(b"\"}\n", &mut out);
@@ -513,8 +547,8 @@ fn strip_mode_forwards_a_big_event_once_it_outgrows_the_hold() {
 }
 
 #[test]
-fn a_line_too_long_to_read_spoils_only_its_event() {
-    let long = "z".repeat(EVENT_CAP + 1);
+fn an_event_name_too_long_to_be_a_kind_names_none() {
+    let long = "z".repeat(KIND_CAP + 1);
     let input = format!(
         "event: {long}\ndata: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":1}}}}\n\n\
          data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":2,\"completion_tokens\":2}}}}\n\n"
@@ -525,6 +559,15 @@ fn a_line_too_long_to_read_spoils_only_its_event() {
         tap.feed(piece, &mut out);
     }
     assert_eq!(tap.observed().reported, reported(2, 2));
+    // A long name is no kind: `message_start` below is read as a chunk.
+    let input = format!(
+        r#"event: message_start{long}
+data: {{"message":{{"usage":{{"input_tokens":3}}}},"usage":{{"prompt_tokens":4}}}}
+
+"#
+    );
+    let (_, seen) = run(false, &input);
+    assert_eq!(seen.reported, reported(4, 0));
 }
 
 #[test]
@@ -535,5 +578,95 @@ fn observe_reads_like_feed_without_forwarding() {
             tap.observe(piece);
         }
         assert_eq!(tap.observed(), run(false, input).1);
+    }
+}
+
+#[test]
+fn stream_usage_reports_cached_input_in_every_shape() {
+    let chat = CHAT_WITH_USAGE.replace(
+        r#""prompt_tokens_details":{"cached_tokens":0"#,
+        r#""prompt_tokens_details":{"cached_tokens":8"#,
+    );
+    let responses = RESPONSES.replace(
+        r#""input_tokens_details":{"cached_tokens":0}"#,
+        r#""input_tokens_details":{"cached_tokens":32}"#,
+    );
+    let cases = [
+        (chat, (9, 6, 8, 0)),
+        (responses, (37, 11, 32, 0)),
+        (ANTHROPIC.to_owned(), (472 + 20 + 300, 89, 300, 20)),
+    ];
+    for (input, (input_tokens, output, cached, written)) in cases {
+        let (_, seen) = run(false, &input);
+        assert_eq!(
+            seen.reported,
+            Some(Reported {
+                input: input_tokens,
+                output,
+                cached_input: cached,
+                cache_write: written
+            })
+        );
+    }
+}
+
+#[test]
+fn anthropic_stream_cut_after_message_start_tells_the_input_it_reported() {
+    let cut = ANTHROPIC.find("event: message_delta").unwrap_or(0);
+    let (_, seen) = run(false, &ANTHROPIC[..cut]);
+    assert_eq!(seen.reported, None);
+    assert_eq!(
+        seen.reported_input,
+        Some(Reported {
+            input: 472 + 20 + 300,
+            output: 0,
+            cached_input: 300,
+            cache_write: 20
+        })
+    );
+    // Once the stream is whole the reported usage is all there is.
+    let (_, seen) = run(false, ANTHROPIC);
+    assert_eq!(seen.reported_input, None);
+}
+
+#[test]
+fn the_type_member_may_come_after_what_it_qualifies() {
+    let input = "data: {\"delta\":{\"text\":\"abcd\"},\"index\":0,\"type\":\"content_block_delta\"}\n\n\
+                 data: {\"message\":{\"model\":\"claude-x\",\"usage\":{\"input_tokens\":5}},\"type\":\"message_start\"}\n\n\
+                 data: {\"usage\":{\"output_tokens\":6},\"type\":\"message_delta\"}\n\n\
+                 data: {\"delta\":\"xyz\",\"type\":\"response.output_text.delta\"}\n\n";
+    let (_, seen) = run(false, input);
+    assert_eq!(seen.reported, reported(5, 6));
+    assert_eq!(seen.model.as_deref(), Some("claude-x"));
+    assert_eq!(seen.generated_bytes, 4 + 3);
+}
+
+/// `depth` nested arrays and objects: `{"a":[{"a":[ ... ]}]}`.
+fn nested(depth: usize) -> String {
+    let mut out = String::with_capacity(depth * 8);
+    for _ in 0..depth {
+        out.push_str(r#"{"a":["#);
+    }
+    out.push('1');
+    for _ in 0..depth {
+        out.push_str("]}");
+    }
+    out
+}
+
+#[test]
+fn usage_after_a_deeply_nested_tool_schema_is_read() {
+    for depth in [130, 10_000] {
+        let input = format!(
+            "event: response.completed\ndata: {{\"type\":\"response.completed\",\"response\":{{\"model\":\"gpt-x\",\"tools\":[{{\"parameters\":{}}}],\"usage\":{{\"input_tokens\":20,\"output_tokens\":3}}}}}}\n\n",
+            nested(depth)
+        );
+        let mut tap = SseTap::new(false);
+        for piece in input.as_bytes().chunks(777) {
+            tap.observe(piece);
+        }
+        let seen = tap.observed();
+        assert_eq!(seen.reported, reported(20, 3), "depth {depth}");
+        assert_eq!(seen.model.as_deref(), Some("gpt-x"));
     }
 }
