@@ -17,6 +17,7 @@ pub mod errors;
 pub mod fuzzing;
 pub mod keys;
 pub mod metrics;
+pub mod ops;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
