@@ -9,6 +9,7 @@ mod e2e {
     pub mod client;
     pub mod fixtures;
     pub mod harness;
+    pub mod otlp;
     pub mod upstream;
 
     mod cli;
@@ -31,6 +32,7 @@ mod e2e {
     mod streaming;
     mod tls;
     mod tls_listener;
+    mod traces_pipeline;
     mod upgrade;
     mod workspaces;
 }
