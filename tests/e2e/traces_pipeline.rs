@@ -149,6 +149,11 @@ fn spans_arrive_with_their_attributes(rx: &OtlpReceiver, traces: &Traces) {
     assert_eq!(client.int_attr("http.response.status_code"), Some(200));
     for s in &spans {
         assert_eq!(s.resource_str("service.name"), Some("scopegate-test"));
+        assert_eq!(
+            s.resource_str("service.version"),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(s.resource_str("telemetry.sdk.language"), Some("rust"));
         assert_eq!(s.scope, "scopegate");
     }
     assert!(

@@ -27,7 +27,7 @@ const MAX_SERVICE_NAME_LEN: usize = 255;
 /// `headers` values may hold `${VAR}`: the config loader expands them
 /// (through the hook [`TracingConfig::resolve`] takes), as it does for an
 /// upstream's `set_headers`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracingConfig {
     /// The collector: for `http/protobuf` a base URL that spans are POSTed
@@ -136,7 +136,7 @@ impl Default for BatchOptions {
 }
 
 /// Validated trace settings: what the exporter needs.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct TraceSettings {
     /// The URL exports go to: for `http/protobuf` the full URL including
     /// `/v1/traces`, for `grpc` `scheme://host:port`.
@@ -153,6 +153,37 @@ pub struct TraceSettings {
     pub export_timeout: Duration,
     /// Queue and batch sizes.
     pub batch: BatchOptions,
+}
+
+/// Header values may be secrets: debug output shows their names only.
+fn redacted<'a>(names: impl Iterator<Item = &'a String>) -> Vec<String> {
+    names.map(|n| format!("{n}: <redacted>")).collect()
+}
+
+impl std::fmt::Debug for TracingConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TracingConfig")
+            .field("otlp_endpoint", &self.otlp_endpoint)
+            .field("protocol", &self.protocol)
+            .field("headers", &redacted(self.headers.keys()))
+            .field("sample_ratio", &self.sample_ratio)
+            .field("service_name", &self.service_name)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TraceSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceSettings")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("headers", &redacted(self.headers.iter().map(|(n, _)| n)))
+            .field("sample_ratio", &self.sample_ratio)
+            .field("service_name", &self.service_name)
+            .field("export_timeout", &self.export_timeout)
+            .field("batch", &self.batch)
+            .finish()
+    }
 }
 
 impl TracingConfig {

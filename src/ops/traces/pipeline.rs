@@ -664,7 +664,15 @@ mod tests {
         assert!(traces.shutdown());
         late.finish(&facts(), None);
         assert_eq!(c.dropped.get(), before + 1);
-        assert!(!traces.begin(&Incoming::default()).is_recording());
+        let mut after = traces.begin(&Incoming::default());
+        assert!(!after.is_recording());
+        let call = crate::ops::traces::span::UpstreamCall {
+            method: "GET",
+            upstream: "completions",
+            address: "u",
+            port: 1,
+        };
+        assert_eq!(after.start_upstream(&call), None, "no all-zero traceparent");
         // A second shutdown does nothing.
         assert!(!traces.shutdown());
     }

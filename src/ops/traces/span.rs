@@ -281,11 +281,16 @@ impl RequestSpan {
     /// Begins the upstream call's CLIENT span and returns the `traceparent`
     /// to send upstream, naming it (for a request that is not recorded, it
     /// names the server span's ids with the sampled flag off, so the
-    /// upstream follows the decision). `None` when tracing is off. A second
+    /// upstream follows the decision). `None` when tracing is off (or the
+    /// pipeline was already shut down). A second
     /// call (a retried connection) ends the previous client span as failed.
     pub fn start_upstream(&mut self, call: &UpstreamCall<'_>) -> Option<String> {
         let a = self.active.as_mut()?;
         let server_cx = a.server.span_context().clone();
+        if !server_cx.is_valid() {
+            // Begun after shutdown: no ids to send.
+            return None;
+        }
         if !a.server.is_recording() {
             return Some(format_traceparent(
                 server_cx.trace_id(),

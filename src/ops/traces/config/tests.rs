@@ -325,3 +325,19 @@ fn ratio_and_service_name_from_the_environment() {
     assert_eq!(p[0].at, "OTEL_EXPORTER_OTLP_ENDPOINT");
     assert!(p[0].message.starts_with("OTEL_EXPORTER_OTLP_ENDPOINT: "));
 }
+
+#[test]
+fn debug_output_never_shows_a_header_value() {
+    let c = parse("otlp_endpoint: http://c:4318\nheaders: { x-token: secret-value }").unwrap();
+    let shown = format!("{c:?}");
+    assert!(
+        shown.contains("x-token") && !shown.contains("secret-value"),
+        "{shown}"
+    );
+    let s = c.resolve(&mut verbatim).unwrap();
+    let shown = format!("{s:?}");
+    assert!(
+        shown.contains("x-token") && !shown.contains("secret-value"),
+        "{shown}"
+    );
+}
