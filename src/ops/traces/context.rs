@@ -76,15 +76,19 @@ pub fn format_traceparent(trace_id: TraceId, span_id: SpanId, sampled: bool) -> 
     out[52] = b'-';
     out[53] = b'0';
     out[54] = if sampled { b'1' } else { b'0' };
-    // Only ASCII hex digits and dashes were written.
-    out.iter().map(|&b| b as char).collect()
+    ascii(&out)
 }
 
 /// A trace id as 32 lower-case hex digits, as logs and backends show it.
 pub fn trace_id_hex(trace_id: TraceId) -> String {
     let mut out = [0u8; 32];
     write_hex(&mut out, &trace_id.to_bytes());
-    out.iter().map(|&b| b as char).collect()
+    ascii(&out)
+}
+
+/// The hex digits and dashes written above, as a `String`.
+fn ascii(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// What a request brought: its parent, if its `traceparent` was valid, and

@@ -206,6 +206,11 @@ fn known_method(method: &str) -> Option<&'static str> {
     })
 }
 
+/// Most attributes a server span gets (HTTP, scopegate and GenAI ones).
+const SERVER_ATTRIBUTES: usize = 28;
+/// Most attributes a client span gets.
+const CLIENT_ATTRIBUTES: usize = 5;
+
 fn int(v: u64) -> Value {
     Value::I64(i64::try_from(v).unwrap_or(i64::MAX))
 }
@@ -217,7 +222,12 @@ impl Traces {
     /// now.
     pub fn begin(&self, incoming: &Incoming) -> RequestSpan {
         let tracer = &self.inner.tracer;
-        let builder = tracer.span_builder("HTTP").with_kind(SpanKind::Server);
+        // Room for every attribute `finish` sets, so a recorded span's list
+        // never grows by copying.
+        let builder = tracer
+            .span_builder("HTTP")
+            .with_kind(SpanKind::Server)
+            .with_attributes(Vec::with_capacity(SERVER_ATTRIBUTES));
         let server = match incoming.parent {
             Some(p) => {
                 let flags = if p.sampled {
@@ -313,14 +323,16 @@ impl RequestSpan {
             false,
             TraceState::NONE,
         );
+        let mut attributes = Vec::with_capacity(CLIENT_ATTRIBUTES);
+        attributes.extend([
+            KeyValue::new("server.address", call.address.to_string()),
+            KeyValue::new("server.port", i64::from(call.port)),
+            KeyValue::new("scopegate.upstream", call.upstream),
+        ]);
         let mut client = tracer
             .span_builder(name)
             .with_kind(SpanKind::Client)
-            .with_attributes([
-                KeyValue::new("server.address", call.address.to_string()),
-                KeyValue::new("server.port", i64::from(call.port)),
-                KeyValue::new("scopegate.upstream", call.upstream),
-            ])
+            .with_attributes(attributes)
             .start_with_context(tracer, &Context::new().with_remote_span_context(parent));
         let cx = client.span_context().clone();
         if !client.is_recording() {
@@ -396,7 +408,7 @@ impl RequestSpan {
             Some(q) => &facts.path[..q],
             None => facts.path,
         };
-        let mut attrs: Vec<KeyValue> = Vec::with_capacity(28);
+        let mut attrs: Vec<KeyValue> = Vec::with_capacity(SERVER_ATTRIBUTES);
         match method {
             Some(m) => attrs.push(KeyValue::new("http.request.method", m)),
             None => {
