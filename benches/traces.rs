@@ -127,6 +127,32 @@ fn request_spans(c: &mut Criterion) {
         );
     }
 
+    // The same, in CPU time of the benchmarking thread: on a shared
+    // machine wall time also counts the time other processes ran.
+    let mut g = c.benchmark_group("traces/request thread CPU");
+    g.measurement_time(Duration::from_secs(4));
+    g.bench_function("off", |b| {
+        b.iter_custom(|iters| {
+            let start = thread_cpu();
+            for _ in 0..iters {
+                request(black_box(RequestSpan::off()));
+            }
+            thread_cpu() - start
+        })
+    });
+    for (name, traces) in [("ratio 0 (not sampled)", &unsampled), ("sampled", &sampled)] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = thread_cpu();
+                for _ in 0..iters {
+                    request(traces.begin(black_box(&Incoming::default())));
+                }
+                thread_cpu() - start
+            })
+        });
+    }
+    g.finish();
+
     c.bench_function("traces/parse traceparent", |b| {
         b.iter(|| parse_traceparent(black_box(CLIENT_PARENT)))
     });
@@ -171,6 +197,17 @@ fn sink() -> String {
         }
     });
     format!("http://{addr}")
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// CPU time of the whole process (every thread), user + system.
