@@ -18,6 +18,7 @@ pub mod fuzzing;
 pub mod identity;
 pub mod keys;
 pub mod metrics;
+pub mod ops;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;

@@ -10,6 +10,7 @@ mod e2e {
     pub mod client;
     pub mod fixtures;
     pub mod harness;
+    pub mod otlp;
     pub mod upstream;
 
     mod cli;
@@ -36,6 +37,7 @@ mod e2e {
     mod streaming;
     mod tls;
     mod tls_listener;
+    mod traces_pipeline;
     mod upgrade;
     mod workspaces;
 }
