@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http::Method;
 
-use scopegate::keys::{build_snapshot, digest_hex, parse_keys_str, KeysDocument, Snapshot};
-use scopegate::policy::{decide, Body, Outcome, RequestFacts};
-use scopegate::ratelimit::{monotonic_ns, KeyLimiter, RateLimit};
-use scopegate::request::{presented_key, secret_in, KeyHeaders, Presented};
-use scopegate::routes::RouteTable;
+use scopegate::decision::decide::{decide, Body, Outcome, RequestFacts};
+use scopegate::decision::request::{presented_key, secret_in, KeyHeaders, Presented};
+use scopegate::decision::routes::RouteTable;
+use scopegate::identity::keys::{
+    build_snapshot, digest_hex, parse_keys_str, KeysDocument, Snapshot,
+};
+use scopegate::limits::rate::{monotonic_ns, KeyLimiter, RateLimit};
 
 const NOW: i64 = 1_800_000_000_000;
 
@@ -68,12 +70,12 @@ fn facts<'a>(
         content_type: None,
         content_type_repeated: false,
         bad_content_length: false,
-        upgrade: scopegate::request::Upgrade::None,
+        upgrade: scopegate::decision::request::Upgrade::None,
         body: Body::Empty,
         now: NOW,
         max_body: 65536,
         max_data_body: 16 * 1024 * 1024,
-        used_up: &scopegate::policy::nothing_used,
+        used_up: &scopegate::decision::decide::nothing_used,
     }
 }
 
@@ -182,7 +184,7 @@ fn bench_ratelimit(c: &mut Criterion) {
 }
 
 /// The key headers of one request with `value` in header `which` (an index
-/// into `scopegate::request::KEY_HEADERS`).
+/// into `scopegate::decision::request::KEY_HEADERS`).
 fn headers_with<'h, 'a>(which: usize, one: &'h [&'a [u8]]) -> KeyHeaders<'h, 'a> {
     let mut h = KeyHeaders::default();
     match which {
@@ -248,17 +250,17 @@ fn bench_key_headers(c: &mut Criterion) {
     let provider = "sk-ant-api03-0123456789abcdefghijklmnopq".to_string();
     assert_eq!(provider.len(), 40);
     assert!(snap
-        .lookup(&scopegate::keys::digest(in_file.as_bytes()))
+        .lookup(&scopegate::identity::keys::digest(in_file.as_bytes()))
         .is_some());
     let mut group = c.benchmark_group("strip_check_other_header");
     group.bench_function("digest_40_bytes", |b| {
-        b.iter(|| scopegate::keys::digest(black_box(provider.as_bytes())))
+        b.iter(|| scopegate::identity::keys::digest(black_box(provider.as_bytes())))
     });
     for (name, value) in [("provider_key", &provider), ("keys_file_key", &in_file)] {
         group.bench_with_input(BenchmarkId::new("x-api-key", name), value, |b, v| {
             b.iter(|| {
                 secret_in("x-api-key", black_box(v.as_bytes()))
-                    .is_some_and(|s| snap.lookup(&scopegate::keys::digest(s)).is_some())
+                    .is_some_and(|s| snap.lookup(&scopegate::identity::keys::digest(s)).is_some())
             })
         });
     }

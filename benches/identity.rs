@@ -18,9 +18,9 @@ use ring::signature::{
 };
 use serde_json::{json, Value};
 
-use scopegate::identity::{is_token, verify, JwksSet, TokenCache, VerifiedIdentity};
-use scopegate::keys::{parse_keys_str, OrgIdx, Snapshot};
-use scopegate::scopes::ScopeRegistry;
+use scopegate::identity::keys::{parse_keys_str, OrgIdx, Snapshot};
+use scopegate::identity::scopes::ScopeRegistry;
+use scopegate::identity::token::{is_token, verify, JwksSet, TokenCache, VerifiedIdentity};
 
 const NOW: i64 = 1_800_000_000_000;
 const RSA: &[u8] = include_bytes!("../tests/fixtures/jwt/rsa2048_a.der");

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
-use scopegate::ratelimit::RateLimit;
+use scopegate::limits::rate::RateLimit;
 use scopegate::state::{
     AdmitRequest, AdmitResult, CounterStore, NoMetrics, RedisConfig, RedisStore, SubjectId,
     SubjectLimits,

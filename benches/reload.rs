@@ -36,12 +36,12 @@ use std::time::Duration;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 
-use scopegate::keys::{
+use scopegate::decision::routes::RouteTable;
+use scopegate::identity::keys::{
     build_snapshot, digest, digest_hex, read_keys_file, release_freed_memory, KeyStore,
     KeysDocument, Snapshot,
 };
-use scopegate::routes::RouteTable;
-use scopegate::server::{load_keys, load_keys_text};
+use scopegate::ops::reload::{load_keys, load_keys_text};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

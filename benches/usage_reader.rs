@@ -10,7 +10,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use scopegate::fuzzing::{reference_json, whole_parse_sse};
-use scopegate::usage::response::{JsonTap, SseTap};
+use scopegate::limits::response::{JsonTap, SseTap};
 
 /// A chat completion of about 1.5 KiB, as OpenAI sends it.
 fn chat_answer() -> Vec<u8> {

@@ -182,7 +182,7 @@ fn main() {
         dir.path().join("keys.yaml"),
         format!(
             "organisations:\n  - id: org_bench\n    workspaces:\n      - id: ws_bench\nkeys:\n  - id: key_bench\n    type: workspace-service\n    workspace_id: ws_bench\n    sha256: \"{}\"\n    scopes: [\"completions.write\"]\n",
-            scopegate::keys::digest_hex(KEY.as_bytes())
+            scopegate::identity::keys::digest_hex(KEY.as_bytes())
         ),
     )
     .expect("write");

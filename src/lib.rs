@@ -1,34 +1,28 @@
 //! scopegate: a pingora reverse proxy that enforces Portkey-style API-key
 //! scopes in front of an LLM completions service and an admin service.
 //!
-//! The decision is a pure function ([`policy::decide`]) from request facts,
-//! the route table and a keys [`keys::Snapshot`]; the pingora layer
-//! ([`proxy`]) only gathers facts, asks, and answers or forwards.
+//! The crate is a house of rooms, each a folder, layered: a room imports only
+//! rooms below it (docs/architecture.md draws the map).
+//!
+//! - [`cli`]: the command line;
+//! - [`gateway`]: the pingora layer, thin glue around the decision;
+//! - [`ops`]: metrics, the file watcher, the keys reloader, traces;
+//! - [`config`]: the server config;
+//! - [`state`]: the counter store (local or Redis);
+//! - [`decision`]: the pure decision ([`decision::decide::decide`]) from
+//!   request facts, the route table and a keys snapshot;
+//! - [`identity`]: who is calling (scopes, API keys, identity tokens);
+//! - [`limits`]: rate limits, usage limits, prices, usage readers (pure);
+//! - [`diag`]: `FILE:LINE:COL` diagnostics for the files operators write.
 
-pub mod access_log;
 pub mod cli;
 pub mod config;
-pub mod conn_guard;
-pub mod demo;
-pub mod demo_cmd;
+pub mod decision;
 pub mod diag;
-pub mod errors;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gateway;
 pub mod identity;
-pub mod keys;
-pub mod metrics;
+pub mod limits;
 pub mod ops;
-pub mod policy;
-pub mod proxy;
-pub mod ratelimit;
-pub mod reload;
-pub mod request;
-pub mod request_id;
-pub mod routes;
-pub mod scopes;
-pub mod server;
 pub mod state;
-pub mod tls;
-pub mod tls_listen;
-pub mod usage;

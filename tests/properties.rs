@@ -19,11 +19,11 @@ use http::Method;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
-use scopegate::keys::{build_snapshot, digest_hex, KeysDocument, Snapshot};
-use scopegate::policy::{decide, Body, Outcome, RequestFacts};
-use scopegate::request::{non_canonical_reason, Presented};
-use scopegate::routes::{Plane, RouteSpec, RouteTable};
-use scopegate::scopes::KeyType;
+use scopegate::decision::decide::{decide, Body, Outcome, RequestFacts};
+use scopegate::decision::request::{non_canonical_reason, Presented};
+use scopegate::decision::routes::{Plane, RouteSpec, RouteTable};
+use scopegate::identity::keys::{build_snapshot, digest_hex, KeysDocument, Snapshot};
+use scopegate::identity::scopes::KeyType;
 
 const CASES: u32 = 512;
 const NOW: i64 = 1_800_000_000_000;
@@ -306,7 +306,12 @@ fn request() -> impl Strategy<Value = Request> {
 
 /// What the proxy does: decide, and if the decision asks for the body,
 /// decide again with it read (or too large).
-fn run(r: &Request) -> (scopegate::policy::Verdict, scopegate::policy::Verdict) {
+fn run(
+    r: &Request,
+) -> (
+    scopegate::decision::decide::Verdict,
+    scopegate::decision::decide::Verdict,
+) {
     let w = &*WORLD;
     let key = match &r.key {
         KeyChoice::Known(i) => Presented::Secret(KEYS[*i].1.as_bytes()),
@@ -333,12 +338,12 @@ fn run(r: &Request) -> (scopegate::policy::Verdict, scopegate::policy::Verdict) 
         content_type,
         content_type_repeated: false,
         bad_content_length: false,
-        upgrade: scopegate::request::Upgrade::None,
+        upgrade: scopegate::decision::request::Upgrade::None,
         body,
         now: NOW,
         max_body: MAX_BODY,
         max_data_body: MAX_BODY,
-        used_up: &scopegate::policy::nothing_used,
+        used_up: &scopegate::decision::decide::nothing_used,
     };
     let first = decide(&w.table, &w.snap, &facts);
     if first.outcome != Outcome::ReadBody {
@@ -546,7 +551,7 @@ fn the_reference_normaliser_normalises() {
 fn generated_requests_reach_the_outcomes_the_properties_are_about() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
-    use scopegate::errors::ErrorCode;
+    use scopegate::decision::errors::ErrorCode;
 
     let w = &*WORLD;
     let mut runner = TestRunner::deterministic();

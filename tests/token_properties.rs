@@ -20,9 +20,9 @@ use proptest::test_runner::Config;
 use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
 
-use scopegate::identity::{is_token, verify, JwksSet};
-use scopegate::keys::{parse_keys_str, OrgIdx, Snapshot};
-use scopegate::scopes::ScopeRegistry;
+use scopegate::identity::keys::{parse_keys_str, OrgIdx, Snapshot};
+use scopegate::identity::scopes::ScopeRegistry;
+use scopegate::identity::token::{is_token, verify, JwksSet};
 
 const CASES: u32 = 256;
 const NOW: i64 = 1_800_000_000_000;

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::keys::{Snapshot, UsageLimit};
+use crate::identity::keys::Snapshot;
+use crate::limits::period::{period_of, Period};
+use crate::limits::UsageLimit;
 use crate::state::{Scope, SubjectId, SubjectLimits, UsageNow, UsageRow};
-use crate::usage::period::{period_of, Period};
 
 /// One line of the report.
 struct Line {
@@ -122,7 +123,7 @@ pub fn run(
     workspace: Option<&str>,
     as_json: bool,
 ) -> ExitCode {
-    let now = crate::keys::now_millis();
+    let now = crate::identity::keys::now_millis();
     if let Some(k) = key {
         if snap.key_by_id(k).is_none() {
             eprintln!("scopegate usage: no key with id `{k}`");
@@ -229,7 +230,7 @@ fn format_amount(v: f64) -> String {
 /// the store the proxy writes (for `explain`'s budget step). A store that
 /// cannot be read counts as nothing used (with a warning on stderr).
 pub fn current_usage(config: &Config, snap: &Snapshot) -> HashMap<(Scope, Arc<str>), UsageNow> {
-    let now = crate::keys::now_millis();
+    let now = crate::identity::keys::now_millis();
     let subjects = subjects(snap, None, None, now);
     let rows = match read_rows(config, &subjects) {
         Ok(r) => r,

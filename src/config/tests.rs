@@ -863,7 +863,7 @@ fn route_meter_is_for_data_posts_without_upgrade_or_an_error() {
     );
     assert_eq!(
         config(&text).routes[0].meter,
-        Some(crate::routes::UsageApi::Chat)
+        Some(crate::limits::UsageApi::Chat)
     );
     let text = format!(
         "{MINIMAL}routes:

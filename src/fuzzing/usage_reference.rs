@@ -9,7 +9,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::usage::response::{Observed, Reported, KIND_CAP, MODEL_CAP};
+use crate::limits::response::{Observed, Reported, KIND_CAP, MODEL_CAP};
 
 /// What a whole JSON body reveals; `None` when serde_json cannot parse it
 /// as an object (not JSON, too deep for its recursion limit, a repeated
@@ -64,7 +64,7 @@ fn read_sse(stream: &[u8], check: bool) -> Option<Observed> {
         }
         let parsed = serde_json::from_slice::<Value>(&data);
         if check {
-            let scanned = crate::usage::response::scans_as_json(&data);
+            let scanned = crate::limits::response::scans_as_json(&data);
             match (&parsed, scanned) {
                 (Ok(_), false) => panic!(
                     "the scanner refuses event data serde_json reads: {:?}",

@@ -52,7 +52,7 @@ use super::{
     Admission, AdmitRequest, AdmitResult, Charge, CounterStore, StateError, SubjectId, UsageNow,
     UsageRow,
 };
-use crate::ratelimit::monotonic_ns;
+use crate::limits::rate::monotonic_ns;
 
 type Cell = Arc<Mutex<SubjectState>>;
 

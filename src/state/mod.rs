@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::keys::limits::{TokenRate, UsageKind, UsageLimit};
-use crate::ratelimit::{Quota, RateLimit};
+use crate::limits::rate::{Quota, RateLimit};
+use crate::limits::{TokenRate, UsageKind, UsageLimit};
 
 pub use local::LocalStore;
 pub use redis::{OnError, RedisConfig, RedisStore};

@@ -66,8 +66,8 @@ use super::{
     Admission, AdmitRequest, AdmitResult, Charge, CounterStore, Origin, Part, Quotas, RateKind,
     StateError, StateMetrics, SubjectId, SubjectLimits, TokenQuota, UsageNow, UsageRow,
 };
-use crate::keys::limits::UsageKind;
-use crate::ratelimit::Quota;
+use crate::limits::rate::Quota;
+use crate::limits::UsageKind;
 
 /// What to do when Redis is slow or down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::keys::limits::{TokenRate, UsageKind};
-use crate::ratelimit::{Quota, RateLimit};
+use crate::limits::rate::{Quota, RateLimit};
+use crate::limits::{TokenRate, UsageKind};
 
 use super::{
     Admission, AdmitResult, Charge, Estimate, Origin, Part, Quotas, RateKind, SubjectLimits,
@@ -53,7 +53,7 @@ impl PeriodUsage {
 pub(crate) struct SubjectState {
     /// Fingerprint of the rate limits the TATs belong to.
     pub fingerprint: u64,
-    /// Theoretical arrival times ([`crate::ratelimit::monotonic_ns`]) per request limit.
+    /// Theoretical arrival times ([`crate::limits::rate::monotonic_ns`]) per request limit.
     pub req_tat: Vec<u64>,
     /// Theoretical arrival times per token limit.
     pub tok_tat: Vec<u64>,

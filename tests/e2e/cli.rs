@@ -89,7 +89,7 @@ fn valid_config() -> (tempfile::TempDir, String) {
 
 /// Keys file with a duplicate key id (line 13) and a scope typo (line 18).
 fn broken_keys() -> String {
-    let h = |s: &str| scopegate::keys::digest_hex(s.as_bytes());
+    let h = |s: &str| scopegate::identity::keys::digest_hex(s.as_bytes());
     format!(
         r#"organisations:
   - id: org_acme
@@ -254,7 +254,10 @@ fn hash_key_ignores_the_trailing_newline() {
     assert_eq!(without.status.code(), Some(0), "{without:?}");
     assert_eq!(with_newline.stdout.trim_end(), expected, "{with_newline:?}");
     assert_eq!(without.stdout.trim_end(), expected, "{without:?}");
-    assert_eq!(expected, scopegate::keys::digest_hex(b"sk-some secret"));
+    assert_eq!(
+        expected,
+        scopegate::identity::keys::digest_hex(b"sk-some secret")
+    );
 }
 
 #[test]
@@ -292,7 +295,7 @@ fn new_key_prints_the_secret_once_and_an_entry_with_its_hash() {
     );
     assert!(
         run.stdout
-            .contains(&scopegate::keys::digest_hex(secret.as_bytes())),
+            .contains(&scopegate::identity::keys::digest_hex(secret.as_bytes())),
         "stdout entry does not hold the secret's hash: {run:?}"
     );
     assert!(run.stdout.contains("completions.write"), "{run:?}");

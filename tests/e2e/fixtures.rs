@@ -2,7 +2,7 @@
 //! one key per situation the decision table distinguishes. Secrets are
 //! named constants so a test reads as "who is calling".
 
-use scopegate::keys::digest_hex;
+use scopegate::identity::keys::digest_hex;
 
 /// organisation-service on org_acme: `workspaces.*`, `audit_logs.list`,
 /// `configs.*`, `logs.list`.

@@ -287,7 +287,7 @@ fn a_keys_file_written_in_place_in_two_steps_never_loads_half() {
     let entry = format!(
         "  - id: key_late\n    name: late\n    type: workspace-service\n    \
          workspace_id: ws_research\n    sha256: \"{}\"\n    scopes: [\"completions.write\"]\n",
-        scopegate::keys::digest_hex(LATE.as_bytes())
+        scopegate::identity::keys::digest_hex(LATE.as_bytes())
     );
     let full = keys_yaml_with(&format!("{entry}    status: revoked\n"));
     let half = keys_yaml_with(&entry);

@@ -25,7 +25,7 @@ fn ed25519() -> (EncodingKey, String) {
 }
 
 fn now_s() -> i64 {
-    scopegate::keys::now_millis() / 1000
+    scopegate::identity::keys::now_millis() / 1000
 }
 
 fn token(key: &EncodingKey, claims: serde_json::Value) -> String {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use scopegate::keys::digest_hex;
+use scopegate::identity::keys::digest_hex;
 use serde_yaml::Value as Yaml;
 
 use super::client::Response;

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use scopegate::keys::digest_hex;
+use scopegate::identity::keys::digest_hex;
 
 use super::client::Proto;
 use super::fixtures::*;

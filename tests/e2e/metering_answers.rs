@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use scopegate::keys::digest_hex;
+use scopegate::identity::keys::digest_hex;
 
 use super::fixtures::*;
 use super::harness::{poll_until, run_scopegate, Proxy, Upstreams};

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use scopegate::keys::digest_hex;
+use scopegate::identity::keys::digest_hex;
 
 use super::client::Response;
 use super::fixtures::*;

@@ -29,7 +29,7 @@ fn new_key_entry() -> String {
     sha256: "{}"
     scopes: ["completions.write"]
 "#,
-        scopegate::keys::digest_hex(NEW_SECRET.as_bytes())
+        scopegate::identity::keys::digest_hex(NEW_SECRET.as_bytes())
     )
 }
 

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use scopegate::keys::digest_hex;
+use scopegate::identity::keys::digest_hex;
 
 use super::client::Conn;
 use super::fixtures::*;

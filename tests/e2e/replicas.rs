@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use scopegate::keys::digest_hex;
+use scopegate::identity::keys::digest_hex;
 
 use super::client::{Conn, Response};
 use super::fixtures::*;

@@ -17,7 +17,7 @@ fn keys_with_custom_scope() -> String {
     sha256: "{}"
     scopes: ["x.read"]
 "#,
-        scopegate::keys::digest_hex(X_READER.as_bytes())
+        scopegate::identity::keys::digest_hex(X_READER.as_bytes())
     ))
     .replacen("keys:\n", "custom_scopes: [\"x.read\"]\nkeys:\n", 1)
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use scopegate::keys::digest_hex;
+use scopegate::identity::keys::digest_hex;
 
 use super::client::Conn;
 use super::fixtures::*;

@@ -2,8 +2,8 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use super::*;
-use crate::keys::limits::{TokenRate, UsageKind, UsageLimit};
-use crate::ratelimit::{KeyLimiter, RateLimit};
+use crate::limits::rate::{KeyLimiter, RateLimit};
+use crate::limits::{TokenRate, UsageKind, UsageLimit};
 use crate::state::{Estimate, RateKind};
 
 const SEC: u64 = 1_000_000_000;

@@ -7,8 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::AtomicUsize;
 
 use super::*;
-use crate::keys::limits::{TokenRate, UsageLimit};
-use crate::ratelimit::RateLimit;
+use crate::limits::rate::RateLimit;
+use crate::limits::{TokenRate, UsageLimit};
 use crate::state::{Estimate, NoMetrics};
 
 const REDIS: &str = "/usr/bin/redis-server";

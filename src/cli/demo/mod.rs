@@ -1,0 +1,177 @@
+//! `scopegate demo`: the example config, built-in demo upstreams on
+//! localhost, and ready-to-paste curl commands.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::identity::keys::KeyStore;
+
+pub mod upstreams;
+
+const EXAMPLE_CONFIG: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/config/scopegate.yaml"
+));
+const EXAMPLE_KEYS: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config/keys.yaml"));
+
+/// Demo secrets documented in `config/keys.yaml` (demo only).
+const ADMIN: &str = "sgk-demo-admin";
+const BOT: &str = "sgk-demo-research-bot";
+const BUDGET: &str = "sgk-demo-budget";
+const MINI: &str = "sgk-demo-mini";
+const ALICE: &str = "sgk-demo-alice";
+
+/// Finds the shipped example, or writes the copy built into the binary to a
+/// temporary folder (so `demo` works from any directory).
+fn example_config() -> std::io::Result<PathBuf> {
+    let shipped = Path::new("config/scopegate.yaml");
+    if shipped.is_file() && Path::new("config/keys.yaml").is_file() {
+        return Ok(shipped.to_path_buf());
+    }
+    let dir = std::env::temp_dir().join(format!("scopegate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("scopegate.yaml"), EXAMPLE_CONFIG)?;
+    std::fs::write(dir.join("keys.yaml"), EXAMPLE_KEYS)?;
+    Ok(dir.join("scopegate.yaml"))
+}
+
+fn upstream_addr(url: &str) -> Option<std::net::SocketAddr> {
+    url.strip_prefix("http://")?
+        .trim_end_matches('/')
+        .parse()
+        .ok()
+}
+
+/// Runs the demo until interrupted.
+pub fn run() -> ExitCode {
+    let path = match example_config() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("scopegate demo: cannot prepare the example config: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (mut config, table, snap) = match crate::cli::load_all(&path) {
+        Ok(x) => x,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("{p}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    // Each demo run counts usage afresh, so the budget walkthrough shows
+    // its 412 after the same number of calls every time.
+    config.state.path =
+        std::env::temp_dir().join(format!("scopegate-demo-{}.db", std::process::id()));
+    let (Some(completions), Some(admin)) = (
+        upstream_addr(&config.upstreams.completions.url),
+        upstream_addr(&config.upstreams.admin.url),
+    ) else {
+        eprintln!("scopegate demo: the example upstreams must be http://IP:PORT");
+        return ExitCode::FAILURE;
+    };
+    let (c_listener, a_listener) = match (
+        std::net::TcpListener::bind(completions),
+        std::net::TcpListener::bind(admin),
+    ) {
+        (Ok(c), Ok(a)) => (c, a),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!(
+                "scopegate demo: cannot bind the demo upstreams ({completions}, {admin}): {e}"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("scopegate-demo-upstreams".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let _ = c_listener.set_nonblocking(true);
+                let _ = a_listener.set_nonblocking(true);
+                let (Ok(c), Ok(a)) = (
+                    tokio::net::TcpListener::from_std(c_listener),
+                    tokio::net::TcpListener::from_std(a_listener),
+                ) else {
+                    return;
+                };
+                let _ = tokio::join!(
+                    crate::cli::demo::upstreams::serve_completions_mock(c),
+                    crate::cli::demo::upstreams::serve_admin_echo(a)
+                );
+            });
+        });
+    if let Err(e) = spawned {
+        eprintln!("scopegate demo: {e}");
+        return ExitCode::FAILURE;
+    }
+    let listen = config
+        .listen
+        .first()
+        .map(|l| l.address.clone())
+        .unwrap_or_default();
+    print_walkthrough(&listen, config.metrics_listen.as_deref());
+    crate::gateway::server::init_logging(config.log_format);
+    match crate::gateway::server::serve(config, table, KeyStore::new(snap)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("scopegate demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_walkthrough(listen: &str, metrics: Option<&str>) {
+    let base = format!("http://{listen}");
+    let chat = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
+    let ws = "-H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=='";
+    let stream =
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello"}]}"#;
+    println!(
+        "scopegate demo: proxy on {base}, demo upstreams on localhost (keys: config/keys.yaml)"
+    );
+    println!();
+    println!("# 1. Allowed: a workspace key calls chat completions (200)");
+    println!("curl -s {base}/v1/chat/completions -H 'Authorization: Bearer {BOT}' -H 'Content-Type: application/json' -d '{chat}'");
+    println!();
+    println!("# 2. Allowed, streamed: server-sent events arrive as they are produced");
+    println!("curl -sN {base}/v1/chat/completions -H 'x-portkey-api-key: {BOT}' -H 'Content-Type: application/json' -d '{stream}'");
+    println!();
+    println!("# 3. Refused: an admin key on a completion route (403 admin_key_not_allowed)");
+    println!("curl -s {base}/v1/chat/completions -H 'x-portkey-api-key: {ADMIN}' -H 'Content-Type: application/json' -d '{chat}'");
+    println!();
+    println!("# 4. Refused: a workspace key naming another workspace (403 workspace_mismatch)");
+    println!("curl -s '{base}/v1/configs?workspace_id=ws_prod' -H 'x-portkey-api-key: {BOT}'");
+    println!();
+    println!("# 5. Allowed: the admin key lists workspaces on the control plane");
+    println!("curl -s {base}/v1/admin/workspaces -H 'x-portkey-api-key: {ADMIN}'");
+    println!();
+    println!("# 6. Anthropic- and Azure-style clients: the key in x-api-key or api-key (200)");
+    println!("curl -s {base}/v1/chat/completions -H 'x-api-key: {BOT}' -H 'Content-Type: application/json' -d '{chat}'");
+    println!("curl -s {base}/v1/chat/completions -H 'api-key: {BOT}' -H 'Content-Type: application/json' -d '{chat}'");
+    println!();
+    println!("# 7. A small token budget: ~24 tokens a call, 80 a month; the 4th call answers 412 budget_exhausted");
+    println!("for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}}\\n' {base}/v1/chat/completions -H 'x-portkey-api-key: {BUDGET}' -H 'Content-Type: application/json' -d '{chat}'; done");
+    println!();
+    println!("# 8. A key restricted to gpt-4o-mini asks for gpt-4o (403 model_not_allowed), in the body or ?model=");
+    println!("curl -s {base}/v1/chat/completions -H 'x-portkey-api-key: {MINI}' -H 'Content-Type: application/json' -d '{{\"model\":\"gpt-4o\",\"messages\":[]}}'");
+    println!("curl -s '{base}/v1/chat/completions?model=gpt-4o' -H 'x-portkey-api-key: {MINI}' -H 'Content-Type: application/json' -d '{chat}'");
+    println!();
+    println!("# 9. WebSocket on the opted-in route /v1/realtime: 101, then the mock's first frame (tunnelled bytes are not inspected; curl stops after 2 s)");
+    println!("curl -si -N --max-time 2 {base}/v1/realtime -H 'Authorization: Bearer {ALICE}' {ws}");
+    println!("#    A key whose limits count tokens gets no tunnel (400 upgrade_not_allowed)");
+    println!(
+        "curl -si -N --max-time 2 {base}/v1/realtime -H 'Authorization: Bearer {BUDGET}' {ws}"
+    );
+    if let Some(m) = metrics {
+        println!();
+        println!("# Metrics (tokens, cost, budgets): curl -s http://{m}/metrics | grep scopegate_");
+    }
+    println!();
+}

@@ -1,0 +1,631 @@
+//! The decision (SPEC 5.1–5.3): a pure function from request facts, the
+//! route table and a keys snapshot to a verdict. No I/O, no clock, no
+//! locks: the proxy, `explain`, tests and benches all call the same code.
+
+use http::Method;
+
+use crate::decision::errors::{Denial, ErrorCode, ErrorShape};
+use crate::decision::request::{self, BodyWorkspace, Media, Presented, Upgrade};
+use crate::decision::routes::{Plane, Route, RouteIdx, RouteTable};
+use crate::identity::keys::{KeyIdx, KeyStatus, Snapshot, UnixMillis, WsIdx};
+use crate::limits::UsageApi;
+use crate::limits::{Limits, UsageLimit};
+
+/// What the decision knows about a request body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Body<'a> {
+    /// The request has no body (no `Content-Length` above 0, not chunked).
+    Empty,
+    /// A body may follow and has not been read; `Content-Length` if given.
+    Unread {
+        /// The declared length, if any.
+        declared_len: Option<u64>,
+    },
+    /// The whole body, read.
+    Read(&'a [u8]),
+    /// The body turned out larger than the inspection limit.
+    TooLarge,
+}
+
+/// Everything the decision looks at.
+#[derive(Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The raw path, without the query.
+    pub path: &'a str,
+    /// The raw query, without `?`.
+    pub query: Option<&'a str>,
+    /// The API key as presented.
+    pub key: Presented<'a>,
+    /// The `Content-Type` header (the first, when repeated).
+    pub content_type: Option<&'a [u8]>,
+    /// `Content-Type` was sent more than once: a body that must be
+    /// inspected is then refused (415), since upstream frameworks differ on
+    /// which one they read.
+    pub content_type_repeated: bool,
+    /// `Content-Length` is repeated, a list or not a number
+    /// ([`request::content_length`]): 400 `invalid_request`, right after
+    /// the path check.
+    pub bad_content_length: bool,
+    /// What the `Upgrade` header asks for ([`request::upgrade_of`]): the
+    /// tunnel after a `101` carries unchecked traffic, so only a WebSocket
+    /// upgrade on a route that opts in passes.
+    pub upgrade: Upgrade,
+    /// The body, as far as known.
+    pub body: Body<'a>,
+    /// Wall-clock time, for expiry.
+    pub now: UnixMillis,
+    /// `max_inspect_body_bytes`.
+    pub max_body: usize,
+    /// `max_data_body_bytes` (SPEC 9.1).
+    pub max_data_body: usize,
+    /// Whether a usage limit is used up already (counters read beforehand,
+    /// in memory): `(scope, id, limit)`.
+    pub used_up: &'a (dyn Fn(Scope, &str, &UsageLimit) -> bool + Sync),
+}
+
+/// Whose usage limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// A key's own limit.
+    Key,
+    /// The limit of a key's workspace, shared by all its keys.
+    Workspace,
+}
+
+/// A `used_up` that never says yes (tests, `explain` without a store).
+pub fn nothing_used(_: Scope, _: &str, _: &UsageLimit) -> bool {
+    false
+}
+
+/// What an allowed data-plane request needs for accounting (SPEC 9.3).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Spend {
+    /// The body was read and must be forwarded by the proxy.
+    pub body_read: bool,
+    /// Body length (read, or declared).
+    pub body_len: u64,
+    /// The API whose usage the route's answers report (`Route::usage`).
+    pub usage: Option<UsageApi>,
+    /// The request is counted: `usage` is set and the key or its workspace
+    /// has token rate limits or a usage limit. Its body was read (or it has
+    /// none), and the proxy forwards it itself so its answer is metered.
+    pub counted: bool,
+    /// The top-level `model` of a JSON body, or the first multipart one.
+    pub model: Option<String>,
+    /// The requested maximum output, if any.
+    pub max_output: Option<u64>,
+    /// `n` of a JSON body, if given.
+    pub n: Option<u64>,
+    /// `"stream": true` in a JSON body.
+    pub stream: bool,
+    /// `stream_options.include_usage` as the client set it.
+    pub include_usage: Option<bool>,
+}
+
+/// The result for a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forward it (subject to the key's rate limit).
+    Allow,
+    /// Read the body (at most `max_body` bytes) and decide again.
+    ReadBody,
+    /// Refuse it.
+    Deny(Denial),
+}
+
+/// The verdict with what was learnt on the way (for headers, logs, metrics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Allow, read the body, or deny.
+    pub outcome: Outcome,
+    /// The error body shape for this path.
+    pub shape: ErrorShape,
+    /// The matched route, once known.
+    pub route: Option<RouteIdx>,
+    /// The plane of the path, once known (for metrics when the method is unknown).
+    pub plane: Option<Plane>,
+    /// The matched path pattern (the metrics `route` label), even on a 405.
+    pub pattern: Option<std::sync::Arc<str>>,
+    /// The key, once identified.
+    pub key: Option<KeyIdx>,
+    /// The workspace the request acts in (canonical), once known; `None`
+    /// for organisation-wide admin requests.
+    pub workspace: Option<WsIdx>,
+    /// Allowed data-plane requests: what accounting needs.
+    pub spend: Option<Spend>,
+}
+
+impl Verdict {
+    fn deny(mut self, code: ErrorCode, message: impl Into<String>) -> Verdict {
+        self.outcome = Outcome::Deny(Denial::new(code, message));
+        self
+    }
+}
+
+/// Decides a request. See SPEC 5.1 for the order; the first failing step
+/// answers.
+pub fn decide(table: &RouteTable, snap: &Snapshot, facts: &RequestFacts<'_>) -> Verdict {
+    decide_inner(table, snap, facts, None)
+}
+
+/// Decides a request as if `key` had presented a valid secret (for
+/// `scopegate explain`, which knows key ids, never secrets). Key expiry and
+/// status still apply; per-secret rotation windows do not.
+pub fn decide_as(
+    table: &RouteTable,
+    snap: &Snapshot,
+    facts: &RequestFacts<'_>,
+    key: KeyIdx,
+) -> Verdict {
+    decide_inner(table, snap, facts, Some(key))
+}
+
+fn decide_inner(
+    table: &RouteTable,
+    snap: &Snapshot,
+    facts: &RequestFacts<'_>,
+    known: Option<KeyIdx>,
+) -> Verdict {
+    let mut v = Verdict {
+        outcome: Outcome::Allow,
+        shape: ErrorShape::OpenAi,
+        route: None,
+        plane: None,
+        pattern: None,
+        key: None,
+        workspace: None,
+        spend: None,
+    };
+
+    // 1. Canonical path (and a query of ASCII without controls).
+    if let Some(reason) = request::non_canonical_reason(facts.path)
+        .or_else(|| facts.query.and_then(request::invalid_query_reason))
+    {
+        return v.deny(ErrorCode::InvalidPath, format!("Invalid path: {reason}."));
+    }
+    let path_match = table.match_path(facts.path);
+    if let Some(m) = &path_match {
+        if m.entry.control {
+            v.shape = ErrorShape::Portkey;
+        }
+        v.plane = Some(if m.entry.control {
+            Plane::Control
+        } else {
+            Plane::Data
+        });
+        v.pattern = Some(m.entry.pattern.clone());
+    }
+    // An HTTP/1.1 upstream could frame the body otherwise than the proxy
+    // (and pingora reconciles equal duplicates, which upstreams need not).
+    if facts.bad_content_length {
+        return v.deny(
+            ErrorCode::InvalidRequest,
+            "Content-Length must be sent once, as one decimal number.",
+        );
+    }
+
+    // 2. Key.
+    let (key_idx, secret_expires) = match (known, facts.key) {
+        (Some(k), _) => (k, None),
+        (None, Presented::Missing) => return v.deny(
+            ErrorCode::MissingApiKey,
+            "Missing API key: send it in the x-portkey-api-key header, as Authorization: Bearer, or in x-api-key or api-key.",
+        ),
+        (None, Presented::Repeated) => {
+            return v.deny(
+                ErrorCode::InvalidApiKey,
+                "Invalid API key: the key header was sent more than once.",
+            )
+        }
+        (None, Presented::Secret(secret)) => {
+            let digest = crate::identity::keys::digest(secret);
+            match snap.lookup(&digest) {
+                Some((k, entry)) => (k, entry.expires_at),
+                None => return v.deny(ErrorCode::InvalidApiKey, "Invalid API key."),
+            }
+        }
+    };
+    v.key = Some(key_idx);
+    let key = snap.key(key_idx);
+    v.workspace = key.workspace;
+    if key.expires_at.is_some_and(|t| facts.now >= t) {
+        return v.deny(ErrorCode::ExpiredApiKey, "This API key has expired.");
+    }
+    if secret_expires.is_some_and(|t| facts.now >= t) {
+        return v.deny(
+            ErrorCode::ExpiredApiKey,
+            "This API key secret has expired after rotation; use the new secret.",
+        );
+    }
+    if key.status == KeyStatus::Revoked {
+        return v.deny(ErrorCode::RevokedApiKey, "This API key has been revoked.");
+    }
+
+    // 3. Route and method.
+    let Some(m) = path_match else {
+        return v.deny(
+            ErrorCode::RouteNotFound,
+            format!("No route for {} {}.", facts.method, facts.path),
+        );
+    };
+    let Some(route_idx) = m.entry.route_for(facts.method) else {
+        let mut v = v.deny(
+            ErrorCode::MethodNotAllowed,
+            format!(
+                "Method {} is not allowed on {}; allowed: {}.",
+                facts.method, m.entry.pattern, m.entry.allow
+            ),
+        );
+        if let Outcome::Deny(d) = &mut v.outcome {
+            d.allow = Some(m.entry.allow.clone());
+        }
+        return v;
+    };
+    let route = table.route(route_idx);
+    v.route = Some(route_idx);
+    v.plane = Some(route.plane);
+    v.shape = match route.plane {
+        Plane::Control => ErrorShape::Portkey,
+        Plane::Data if m.entry.control => ErrorShape::Portkey,
+        Plane::Data => ErrorShape::OpenAi,
+    };
+    match facts.upgrade {
+        Upgrade::None => {}
+        Upgrade::WebSocket if route.websocket => {}
+        Upgrade::WebSocket => {
+            return v.deny(
+                ErrorCode::UpgradeNotAllowed,
+                "Protocol upgrades (WebSocket) are not forwarded on this route.",
+            )
+        }
+        Upgrade::Other => {
+            return v.deny(
+                ErrorCode::UpgradeNotAllowed,
+                "Only WebSocket upgrades (one `Upgrade: websocket` on an HTTP/1.1 GET) are \
+                 forwarded, and only on routes that allow them.",
+            )
+        }
+    }
+
+    // 4. Key type, status and scopes.
+    if route.plane == Plane::Data && key.key_type.is_admin() {
+        return v.deny(
+            ErrorCode::AdminKeyNotAllowed,
+            "Admin (organisation) keys cannot call completion routes; use a workspace key.",
+        );
+    }
+    if route.plane == Plane::Data && key.status == KeyStatus::Exhausted {
+        return v.deny(
+            ErrorCode::BudgetExhausted,
+            "This API key has exhausted its budget.",
+        );
+    }
+    let (key_limits, ws_limits) = snap.limits_for(key_idx);
+    if route.plane == Plane::Data {
+        if let Some(u) = &key_limits.usage {
+            if (facts.used_up)(Scope::Key, &key.id, u) {
+                return v.deny(
+                    ErrorCode::BudgetExhausted,
+                    format!(
+                        "This API key has used up its {} budget for this period.",
+                        u.kind.as_str()
+                    ),
+                );
+            }
+        }
+        if let (Some(u), Some(ws)) = (ws_limits.and_then(|l| l.usage.as_ref()), key.workspace) {
+            if (facts.used_up)(Scope::Workspace, &snap.workspace(ws).id, u) {
+                return v.deny(
+                    ErrorCode::BudgetExhausted,
+                    format!(
+                        "This API key's workspace has used up its {} budget for this period.",
+                        u.kind.as_str()
+                    ),
+                );
+            }
+        }
+    }
+    if !route.requirement.is_met_by(&key.scopes) {
+        return v.deny(
+            ErrorCode::MissingScope,
+            format!(
+                "This API key lacks the permission for {} {}: it needs {}.",
+                facts.method, route.pattern, route.needs
+            ),
+        );
+    }
+
+    // What passes a tunnel is never read, so its tokens cannot be counted:
+    // a key whose limits (or whose workspace's) count tokens gets no tunnel.
+    if facts.upgrade == Upgrade::WebSocket
+        && (key_limits.counts_tokens() || ws_limits.is_some_and(Limits::counts_tokens))
+    {
+        return v.deny(
+            ErrorCode::UpgradeNotAllowed,
+            "This API key or its workspace has token rate limits or a token or cost usage \
+             limit, and the traffic of an upgraded (WebSocket) connection cannot be counted: \
+             upgrades are refused for it.",
+        );
+    }
+
+    // 5. Body (control-plane writes only).
+    let inspects_body = route.plane == Plane::Control
+        && matches!(*facts.method, Method::POST | Method::PUT | Method::PATCH);
+    let mut body_ws: Option<String> = None;
+    if inspects_body {
+        let non_empty = match facts.body {
+            Body::Empty => false,
+            Body::Unread { declared_len } => declared_len != Some(0),
+            Body::Read(b) => !b.is_empty(),
+            Body::TooLarge => true,
+        };
+        // A chunked body of unknown length is read first: it may be empty.
+        let known_non_empty = match facts.body {
+            Body::Unread { declared_len: None } => false,
+            _ => non_empty,
+        };
+        if known_non_empty
+            && (facts.content_type_repeated || !request::is_json_content_type(facts.content_type))
+        {
+            return v.deny(
+                ErrorCode::UnsupportedMediaType,
+                "Control-plane request bodies must be sent as Content-Type: application/json.",
+            );
+        }
+        match facts.body {
+            Body::Unread { declared_len } if non_empty => {
+                if declared_len.is_some_and(|n| n > facts.max_body as u64) {
+                    return too_large(v, facts.max_body);
+                }
+                v.outcome = Outcome::ReadBody;
+                return v;
+            }
+            Body::TooLarge => return too_large(v, facts.max_body),
+            Body::Read(b) if !b.is_empty() => match request::body_workspace(b) {
+                Ok(BodyWorkspace::Named(w)) => body_ws = Some(w),
+                Ok(BodyWorkspace::Absent) => {}
+                Err(e) => return v.deny(ErrorCode::InvalidJson, e.0),
+            },
+            _ => {}
+        }
+    }
+
+    // 6. Workspace: every source present must name the same workspace.
+    let resolve = |raw: &str| snap.workspace_by_name(raw);
+    let query_values = request::query_workspace_ids(facts.query);
+    let mut named: Option<(std::borrow::Cow<'_, str>, Option<WsIdx>)> = None;
+    let sources = m
+        .workspace
+        .map(std::borrow::Cow::Borrowed)
+        .into_iter()
+        .chain(query_values)
+        .chain(body_ws.map(std::borrow::Cow::Owned));
+    for raw in sources {
+        let resolved = resolve(&raw);
+        match &named {
+            None => named = Some((raw, resolved)),
+            Some((first_raw, first)) => {
+                let same = match (first, resolved) {
+                    (Some(a), Some(b)) => *a == b,
+                    _ => *first_raw == raw,
+                };
+                if !same {
+                    return v.deny(
+                        ErrorCode::ConflictingWorkspace,
+                        "The request names more than one workspace (path, query and body must agree).",
+                    );
+                }
+            }
+        }
+    }
+    let named = named.map(|(_, resolved)| resolved);
+    match (key.workspace, named) {
+        (Some(own), Some(n)) => {
+            if n != Some(own) {
+                return v.deny(
+                    ErrorCode::WorkspaceMismatch,
+                    "This workspace key cannot act in the workspace the request names.",
+                );
+            }
+        }
+        (Some(_), None) => {}
+        (None, Some(n)) => {
+            match n {
+                Some(ws) if snap.workspace(ws).organisation == key.organisation => {
+                    v.workspace = Some(ws);
+                }
+                _ => return v.deny(
+                    ErrorCode::WorkspaceNotFound,
+                    "The workspace the request names does not exist in this key's organisation.",
+                ),
+            }
+        }
+        (None, None) => {}
+    }
+    if route.plane == Plane::Data {
+        return data_plane(v, facts, route, key_limits, ws_limits);
+    }
+    v.outcome = Outcome::Allow;
+    v
+}
+
+/// The data-plane steps (SPEC 9.1–9.3): read the body where limits need
+/// it (415 for a type the proxy cannot read on an inference route, 413,
+/// 400 `invalid_json`), then the model allowlists (400 `missing_model`,
+/// 403 `model_not_allowed`), then tokens the proxy cannot see (403
+/// `usage_not_metered`).
+fn data_plane(
+    mut v: Verdict,
+    facts: &RequestFacts<'_>,
+    route: &Route,
+    key_limits: &Limits,
+    ws_limits: Option<&Limits>,
+) -> Verdict {
+    let lists: Vec<&[std::sync::Arc<str>]> = [Some(key_limits), ws_limits]
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.models.as_deref())
+        .collect();
+    let needs_body = key_limits.needs_body() || ws_limits.is_some_and(Limits::needs_body);
+    let counts = key_limits.counts_tokens() || ws_limits.is_some_and(Limits::counts_tokens);
+    // A repeated Content-Type is no type at all: frameworks differ on which
+    // one they read.
+    let media = if facts.content_type_repeated {
+        Media::Other
+    } else {
+        request::media_type(facts.content_type)
+    };
+    // Which bodies are read: JSON always; multipart on inference routes,
+    // and elsewhere when models are restricted (for its `model` parts).
+    let readable = match media {
+        Media::Json => true,
+        Media::Multipart => route.inference || !lists.is_empty(),
+        Media::Missing | Media::Other => false,
+    };
+    let may_have_body = match facts.body {
+        Body::Empty => false,
+        Body::Unread { declared_len } => declared_len != Some(0),
+        Body::Read(b) => !b.is_empty(),
+        Body::TooLarge => true,
+    };
+    // Upstreams parse JSON whatever the header says: on an inference route
+    // a body the proxy would not read is one it would not check.
+    if needs_body && may_have_body && !readable && (route.inference || facts.content_type_repeated)
+    {
+        let message = if facts.content_type_repeated {
+            "Content-Type was sent more than once; send one.".to_string()
+        } else {
+            format!(
+                "{} {} takes a body of Content-Type application/json (or another +json type) \
+                 or multipart/form-data for this API key.",
+                facts.method, route.pattern
+            )
+        };
+        return v.deny(ErrorCode::UnsupportedMediaType, message);
+    }
+    let reads = needs_body && readable;
+    let mut spend = Spend {
+        usage: route.usage,
+        ..Spend::default()
+    };
+    let mut background = false;
+    let mut named: Vec<String> = crate::limits::body::query_models(facts.query)
+        .into_iter()
+        .map(|m| m.into_owned())
+        .collect();
+    match facts.body {
+        Body::Unread { declared_len } if reads && declared_len != Some(0) => {
+            if declared_len.is_some_and(|n| n > facts.max_data_body as u64) {
+                return data_too_large(v, facts.max_data_body);
+            }
+            v.outcome = Outcome::ReadBody;
+            return v;
+        }
+        Body::Unread { declared_len } => spend.body_len = declared_len.unwrap_or(0),
+        Body::TooLarge if reads => return data_too_large(v, facts.max_data_body),
+        Body::Read(b) if reads && !b.is_empty() => {
+            spend.body_read = true;
+            spend.body_len = b.len() as u64;
+            if media == Media::Json {
+                match crate::limits::body::read_json_body(b) {
+                    Ok(j) => {
+                        if let Some(m) = &j.model {
+                            named.push(m.clone());
+                        }
+                        spend.model = j.model;
+                        spend.max_output = j.max_output;
+                        spend.n = j.n;
+                        spend.stream = j.stream;
+                        spend.include_usage = j.include_usage;
+                        background = j.background;
+                    }
+                    Err(e) => return v.deny(ErrorCode::InvalidJson, e.0),
+                }
+            } else {
+                let ct = facts.content_type.unwrap_or_default();
+                match crate::limits::body::multipart_models(ct, b) {
+                    Ok(models) => {
+                        spend.model = models.first().cloned();
+                        named.extend(models);
+                    }
+                    Err(e) => return v.deny(ErrorCode::InvalidJson, e.0),
+                }
+            }
+        }
+        Body::Read(b) => {
+            spend.body_read = true;
+            spend.body_len = b.len() as u64;
+        }
+        _ => {}
+    }
+    if !lists.is_empty() {
+        if route.opaque {
+            return v.deny(
+                ErrorCode::ModelNotAllowed,
+                format!(
+                    "{} {} carries its model where this proxy cannot check it, \
+                     and this API key may only use certain models.",
+                    facts.method, route.pattern
+                ),
+            );
+        }
+        if named.is_empty() && (route.inference || facts.upgrade == Upgrade::WebSocket) {
+            let message = if facts.upgrade == Upgrade::WebSocket {
+                "This API key may only use certain models: the WebSocket handshake must name \
+                 its `model` query parameter."
+            } else {
+                "This API key may only use certain models: the request must name its `model`."
+            };
+            return v.deny(ErrorCode::MissingModel, message);
+        }
+        if let Some(m) = named
+            .iter()
+            .find(|m| !crate::limits::models::allowed_by_all(&lists, m))
+        {
+            return v.deny(
+                ErrorCode::ModelNotAllowed,
+                format!(
+                    "This API key may not use the model `{}`.",
+                    crate::identity::keys::build::shown(m)
+                ),
+            );
+        }
+    }
+    if counts && (route.opaque || (route.usage == Some(UsageApi::Responses) && background)) {
+        let what = if route.opaque {
+            format!("{} {}", facts.method, route.pattern)
+        } else {
+            "A background response (`\"background\": true`)".to_string()
+        };
+        return v.deny(
+            ErrorCode::UsageNotMetered,
+            format!(
+                "{what} uses tokens this proxy cannot count, and this API key or its workspace \
+                 has token rate limits or a usage limit."
+            ),
+        );
+    }
+    spend.counted = counts && route.usage.is_some();
+    v.spend = Some(spend);
+    v.outcome = Outcome::Allow;
+    v
+}
+
+fn data_too_large(v: Verdict, max: usize) -> Verdict {
+    v.deny(
+        ErrorCode::BodyTooLarge,
+        format!("The request body is larger than the {max} bytes this proxy reads."),
+    )
+}
+
+fn too_large(v: Verdict, max: usize) -> Verdict {
+    v.deny(
+        ErrorCode::BodyTooLarge,
+        format!("The request body is larger than the {max} bytes this proxy inspects."),
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1185 @@
+//! The pingora layer: gather request facts, ask [`decide::decide`], then
+//! either write the JSON refusal or forward with identity headers.
+//!
+//! Each hook does one thing: `request_filter` decides (and may answer),
+//! `upstream_peer` picks the upstream of the route's plane,
+//! `upstream_request_filter` rewrites headers, `response_filter` stamps the
+//! request id and quota, `fail_to_proxy` turns upstream failures into
+//! 502/504, and `logging` counts and writes the access log.
+
+use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::{HttpPeer, ProxyHttp, Session};
+use pingora::proxy::FailToProxy;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::config::UpstreamConfig;
+use crate::decision::decide::{self, Body, Outcome, RequestFacts, Verdict};
+use crate::decision::errors::{self, ErrorCode, ErrorShape};
+use crate::decision::request::{self, KeySource};
+use crate::decision::routes::{Plane, RouteTable};
+use crate::gateway::access_log;
+use crate::identity::keys::{KeyStore, Snapshot};
+use crate::limits::rate::{self, Quota};
+use crate::ops::metrics::metrics;
+
+mod forward;
+pub mod spend;
+
+/// One upstream, resolved at start.
+pub struct Upstream {
+    /// `completions` or `admin` (the metrics label).
+    pub name: &'static str,
+    peer: HttpPeer,
+    authority: HeaderValue,
+    set_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Upstream {
+    /// Resolves the upstream's address and prepares its peer options.
+    ///
+    /// # Errors
+    /// When the host does not resolve, a header is invalid, or the CA file
+    /// cannot be read.
+    pub fn from_config(name: &'static str, cfg: &UpstreamConfig) -> anyhow::Result<Upstream> {
+        let addr = (
+            cfg.host.trim_start_matches('[').trim_end_matches(']'),
+            cfg.port,
+        )
+            .to_socket_addrs()
+            .map_err(|e| anyhow::anyhow!("upstream {name}: cannot resolve {}: {e}", cfg.host))?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("upstream {name}: {} resolves to nothing", cfg.host))?;
+        let mut peer = HttpPeer::new(addr, cfg.tls, cfg.sni.clone());
+        peer.options.connection_timeout = Some(Duration::from_millis(cfg.connect_timeout_ms));
+        peer.options.total_connection_timeout = Some(Duration::from_millis(
+            cfg.connect_timeout_ms.saturating_mul(2),
+        ));
+        peer.options.read_timeout = Some(Duration::from_millis(cfg.read_timeout_ms));
+        peer.options.write_timeout = Some(Duration::from_millis(cfg.read_timeout_ms));
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        if let Some(ca) = &cfg.ca_file {
+            peer.options.ca = Some(crate::gateway::upstream::load_ca_file(ca)?);
+        }
+        let set_headers = cfg
+            .set_headers
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    HeaderName::from_bytes(k.as_bytes())?,
+                    HeaderValue::from_str(v)?,
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map_err(|e| anyhow::anyhow!("upstream {name}: set_headers: {e}"))?;
+        Ok(Upstream {
+            name,
+            peer,
+            authority: HeaderValue::from_str(&cfg.authority)?,
+            set_headers,
+        })
+    }
+}
+
+/// The proxy application.
+pub struct Gateway {
+    table: Arc<RouteTable>,
+    store: KeyStore,
+    completions: Upstream,
+    admin: Upstream,
+    max_body: usize,
+    in_flight: Arc<AtomicUsize>,
+    /// Upstream connections for requests whose body the proxy read (see
+    /// `forward`).
+    connector: pingora::connectors::http::Connector,
+    /// Counters and usage (SPEC 9–10).
+    counters: Arc<dyn crate::state::CounterStore>,
+    /// `max_data_body_bytes`.
+    max_data_body: usize,
+    /// `inject_stream_usage`.
+    inject_stream_usage: bool,
+    /// `body_read_timeout_ms`.
+    body_read_timeout_ms: u64,
+    /// `default_output_reservation`.
+    default_output_reservation: u64,
+}
+
+/// What SPEC 9–10 add to a [`Gateway`].
+pub struct Spending {
+    /// The counter store.
+    pub counters: Arc<dyn crate::state::CounterStore>,
+    /// `max_data_body_bytes`.
+    pub max_data_body: usize,
+    /// `inject_stream_usage`.
+    pub inject_stream_usage: bool,
+    /// `body_read_timeout_ms`.
+    pub body_read_timeout_ms: u64,
+    /// `default_output_reservation`: output tokens reserved when a counted
+    /// request names no maximum.
+    pub default_output_reservation: u64,
+}
+
+impl Gateway {
+    /// A gateway over a route table, a key store and the two upstreams.
+    pub fn new(
+        table: Arc<RouteTable>,
+        store: KeyStore,
+        completions: Upstream,
+        admin: Upstream,
+        max_body: usize,
+        in_flight: Arc<AtomicUsize>,
+        spending: Spending,
+    ) -> Gateway {
+        Gateway {
+            table,
+            store,
+            completions,
+            admin,
+            max_body,
+            in_flight,
+            connector: pingora::connectors::http::Connector::new(None),
+            counters: spending.counters,
+            max_data_body: spending.max_data_body,
+            inject_stream_usage: spending.inject_stream_usage,
+            body_read_timeout_ms: spending.body_read_timeout_ms,
+            default_output_reservation: spending.default_output_reservation,
+        }
+    }
+
+    fn upstream(&self, plane: Plane) -> &Upstream {
+        match plane {
+            Plane::Data => &self.completions,
+            Plane::Control => &self.admin,
+        }
+    }
+
+    /// Reads the request's facts and decides.
+    fn decide(
+        &self,
+        session: &Session,
+        snap: &Snapshot,
+        body: Option<Body<'_>>,
+    ) -> (Verdict, KeySource) {
+        let req = session.req_header();
+        let values = |name: &str| -> Vec<&[u8]> {
+            req.headers
+                .get_all(name)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect()
+        };
+        let (portkey, authorization, x_api_key, api_key) = (
+            values(request::KEY_HEADERS[0]),
+            values(request::KEY_HEADERS[1]),
+            values(request::KEY_HEADERS[2]),
+            values(request::KEY_HEADERS[3]),
+        );
+        let (key, source) = request::presented_key(&request::KeyHeaders {
+            portkey: &portkey,
+            authorization: &authorization,
+            x_api_key: &x_api_key,
+            api_key: &api_key,
+        });
+        let body = body.unwrap_or_else(|| body_hint(req));
+        let mut content_types = req.headers.get_all(http::header::CONTENT_TYPE).iter();
+        let content_type = content_types.next().map(HeaderValue::as_bytes);
+        let content_length =
+            request::content_length(&values(http::header::CONTENT_LENGTH.as_str()));
+        let facts = RequestFacts {
+            method: &req.method,
+            path: req.uri.path(),
+            query: req.uri.query(),
+            key,
+            content_type,
+            content_type_repeated: content_types.next().is_some(),
+            bad_content_length: content_length == request::ContentLength::Invalid,
+            upgrade: request::upgrade_of(
+                &values(http::header::UPGRADE.as_str()),
+                req.version == http::Version::HTTP_11,
+            ),
+            body,
+            now: crate::identity::keys::now_millis(),
+            max_body: self.max_body,
+            max_data_body: self.max_data_body,
+            used_up: &|scope, id, limit| {
+                let p = crate::limits::period::period_of(
+                    limit.reset,
+                    crate::identity::keys::now_millis(),
+                );
+                let subject = match scope {
+                    decide::Scope::Key => crate::state::SubjectId::key(id),
+                    decide::Scope::Workspace => crate::state::SubjectId::workspace(id),
+                };
+                self.counters.usage(&subject, &p.key).exhausted(limit)
+            },
+        };
+        (decide::decide(&self.table, snap, &facts), source)
+    }
+
+    /// The request header as it goes upstream (SPEC 5.4).
+    fn prepare_upstream_request(&self, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+        let (Some(verdict), Some(snap)) = (&ctx.verdict, &ctx.snapshot) else {
+            return Error::e_explain(ErrorType::InternalError, "request not decided");
+        };
+        strip_client_headers(req, ctx.key_source, snap);
+        join_cookies(req)?;
+        if let Some(k) = verdict.key {
+            let key = snap.key(k);
+            req.insert_header("x-scopegate-key-id", &*key.id)?;
+            req.insert_header("x-scopegate-key-type", key.key_type.as_str())?;
+            req.insert_header(
+                "x-scopegate-organisation-id",
+                &*snap.organisation(key.organisation).id,
+            )?;
+            if let Some(ws) = verdict.workspace {
+                req.insert_header("x-scopegate-workspace-id", &*snap.workspace(ws).id)?;
+            }
+            if let Some(user) = &key.user_id {
+                req.insert_header("x-scopegate-user-id", &**user)?;
+            }
+        }
+        req.insert_header("x-request-id", ctx.request_id.clone())?;
+        let plane = verdict.plane.unwrap_or(Plane::Data);
+        let upstream = self.upstream(plane);
+        for (name, value) in &upstream.set_headers {
+            req.insert_header(name.clone(), value.clone())?;
+        }
+        req.insert_header(http::header::HOST, upstream.authority.clone())?;
+        Ok(())
+    }
+
+    /// The upstream's response header as it goes to the client.
+    fn stamp_response(&self, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        ctx.upstream_status = Some(resp.status.as_u16());
+        resp.insert_header("x-request-id", ctx.request_id.clone())?;
+        if let Some(q) = &ctx.quota {
+            add_quota_headers(resp, q)?;
+        }
+        if let Some(t) = &ctx.token_quota {
+            add_token_quota_headers(resp, t)?;
+        }
+        if let (Some(m), Some(plane)) = (metrics(), ctx.verdict.as_ref().and_then(|v| v.plane)) {
+            m.upstream_response(self.upstream(plane).name, resp.status.as_u16());
+        }
+        Ok(())
+    }
+
+    /// The counter store's checks (SPEC 9.3, 10): budgets, request and
+    /// token rate limits, concurrency. Returns `true` when it answered.
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        snap: &Arc<Snapshot>,
+    ) -> Result<bool> {
+        use crate::state::{AdmitRequest, AdmitResult, RateKind};
+        let Some(verdict) = ctx.verdict.as_ref() else {
+            return Ok(false);
+        };
+        let Some(k) = verdict.key else {
+            return Ok(false);
+        };
+        let key = snap.key(k);
+        let subjects = spend::subjects(snap, key, crate::identity::keys::now_millis());
+        if subjects.is_empty() {
+            return Ok(false);
+        }
+        let facts = verdict.spend.clone().unwrap_or_default();
+        let reservation = match verdict.plane {
+            Some(Plane::Data) => {
+                spend::reservation(&facts, &subjects, snap, self.default_output_reservation)
+            }
+            _ => None,
+        };
+        let workspace = key
+            .workspace
+            .map_or_else(|| Arc::from("none"), |w| snap.workspace(w).id.clone());
+        let result = self
+            .counters
+            .admit(&AdmitRequest {
+                subjects: &subjects,
+                estimate: reservation.map(|r| r.0),
+            })
+            .await;
+        let (code, message) = match result {
+            AdmitResult::Admitted { admission, quotas } => {
+                ctx.quota = quotas.requests;
+                ctx.token_quota = quotas.tokens;
+                ctx.meter = Some(spend::Meter {
+                    admission: Some(admission),
+                    reserved_input: reservation.map_or(0, |r| r.1),
+                    request_model: facts.model.clone(),
+                    workspace,
+                    snap: snap.clone(),
+                    counted: reservation.is_some(),
+                    store: self.counters.clone(),
+                    subjects,
+                });
+                return Ok(false);
+            }
+            AdmitResult::BudgetExhausted { subject } => (
+                ErrorCode::BudgetExhausted,
+                match subject.scope {
+                    crate::state::Scope::Key => {
+                        "This request would pass this API key's usage limit for this period."
+                    }
+                    crate::state::Scope::Workspace => {
+                        "This request would pass the usage limit of this API key's workspace for this period."
+                    }
+                }
+                .to_string(),
+            ),
+            AdmitResult::RateLimited {
+                which,
+                subject,
+                retry_after,
+                larger_than_limit,
+                quotas,
+            } => {
+                ctx.quota = quotas.requests;
+                ctx.token_quota = quotas.tokens;
+                let whose = match subject.scope {
+                    crate::state::Scope::Key => "this API key",
+                    crate::state::Scope::Workspace => "this API key's workspace",
+                };
+                let message = match which {
+                    RateKind::Requests => {
+                        ctx.quota = ctx.quota.map(|mut q| {
+                            q.retry_after = q.retry_after.or(Some(retry_after));
+                            q
+                        });
+                        if ctx.quota.is_none() {
+                            ctx.retry_after = Some(retry_after);
+                        }
+                        format!(
+                            "Rate limit exceeded for {whose}: requests; retry after {} s.",
+                            retry_after.as_secs().max(1)
+                        )
+                    }
+                    RateKind::Tokens if larger_than_limit => {
+                        ctx.retry_after = Some(retry_after);
+                        format!(
+                            "This request's estimated tokens are more than the whole token rate \
+                             limit of {whose}; it can never pass: send a smaller request or a \
+                             smaller max_tokens."
+                        )
+                    }
+                    RateKind::Tokens => {
+                        ctx.retry_after = Some(retry_after);
+                        format!(
+                            "Token rate limit exceeded for {whose}; retry after {} s.",
+                            retry_after.as_secs().max(1)
+                        )
+                    }
+                };
+                (ErrorCode::RateLimited, message)
+            }
+            AdmitResult::ConcurrencyLimited { quotas, .. } => {
+                ctx.quota = quotas.requests;
+                ctx.token_quota = quotas.tokens;
+                (
+                    ErrorCode::ConcurrencyLimited,
+                    "This API key already has its max_concurrent_requests in flight; retry when one ends."
+                        .to_string(),
+                )
+            }
+            AdmitResult::Unavailable => (
+                ErrorCode::LimitsUnavailable,
+                "The shared limits store is unavailable; the request was not forwarded.".to_string(),
+            ),
+        };
+        self.refuse(session, ctx, code, &message, None).await?;
+        Ok(true)
+    }
+
+    /// Forwards a request whose body was read: exactly those bytes, sent by
+    /// the proxy itself (see `forward`).
+    async fn forward_read_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        body: Bytes,
+    ) -> Result<()> {
+        let plane = ctx
+            .verdict
+            .as_ref()
+            .and_then(|v| v.plane)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route decided"))?;
+        let upstream = self.upstream(plane);
+        let mut req = session.req_header().clone();
+        // The upstream hop is HTTP/1.1 whatever the client spoke: an
+        // HTTP/2 request's header carries version 2 and an absolute URI,
+        // which an HTTP/1.1 upstream would refuse (pingora's own path does
+        // the same conversion). `Host` is set below.
+        req.set_version(http::Version::HTTP_11);
+        if req.uri.authority().is_some() {
+            let origin = req
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .parse::<http::Uri>()
+                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "request target", e))?;
+            req.set_uri(origin);
+        }
+        self.prepare_upstream_request(&mut req, ctx)?;
+        // SPEC 9.4: a counted stream that did not ask for usage gets it
+        // upstream, and the usage chunk is taken out of what the client sees.
+        let counted = ctx.meter.as_ref().is_some_and(|m| m.counted);
+        let mut strip = false;
+        let mut body = body;
+        if let (true, Some(spend)) = (
+            counted && self.inject_stream_usage,
+            ctx.verdict.as_ref().and_then(|v| v.spend.as_ref()),
+        ) {
+            if spend.stream
+                && spend.include_usage != Some(true)
+                && spend.usage.is_some_and(|a| a.injects_stream_usage())
+            {
+                if let Some(injected) = crate::limits::body::inject_include_usage(&body) {
+                    body = Bytes::from(injected);
+                    strip = true;
+                }
+            }
+        }
+        for hop in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "expect",
+            "upgrade",
+            "http2-settings",
+            "proxy-authorization",
+        ] {
+            req.remove_header(hop);
+        }
+        req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        let tap = ctx.meter.take().map(|m| spend::Tap::new(m, strip));
+        let mut hooks = Stamp { gw: self, ctx, tap };
+        let outcome = forward::exchange(
+            &self.connector,
+            &upstream.peer,
+            session,
+            req,
+            body,
+            &mut hooks,
+        )
+        .await;
+        if let forward::Exchange::Failed(e) = outcome {
+            tracing::debug!(error = %e, "upstream exchange failed");
+            ctx.upstream_error = Some(e.etype().as_str());
+            let (code, kind) = classify(&e);
+            if let Some(m) = metrics() {
+                m.upstream_error(upstream.name, kind);
+            }
+            let message = match code {
+                ErrorCode::UpstreamTimeout => "The upstream service timed out.",
+                _ => "The upstream service is unavailable.",
+            };
+            session.set_keepalive(None);
+            self.refuse(session, ctx, code, message, None).await?;
+        }
+        Ok(())
+    }
+
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        code: ErrorCode,
+        message: &str,
+        allow: Option<&str>,
+    ) -> Result<()> {
+        ctx.code = Some(code);
+        let body = errors::render(code, message, ctx.shape);
+        let mut resp = ResponseHeader::build(code.status(), Some(8))?;
+        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        resp.insert_header("x-request-id", ctx.request_id.clone())?;
+        if let Some(allow) = allow {
+            resp.insert_header(http::header::ALLOW, allow)?;
+        }
+        if let Some(q) = &ctx.quota {
+            add_quota_headers(&mut resp, q)?;
+            if let Some(s) = q.retry_after_secs() {
+                resp.insert_header(http::header::RETRY_AFTER, s.to_string())?;
+            }
+        }
+        if let Some(t) = &ctx.token_quota {
+            add_token_quota_headers(&mut resp, t)?;
+        }
+        if let Some(d) = ctx.retry_after {
+            let secs = (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1);
+            resp.insert_header(http::header::RETRY_AFTER, secs.to_string())?;
+        }
+        // An unread body would be taken for the next request: read and drop
+        // a small one to keep the connection, close on anything else.
+        if !session.as_mut().is_body_done() {
+            // A client waiting for `100 Continue` will not send its body:
+            // answer now and close.
+            let small = !expects_continue(session.req_header())
+                && code != ErrorCode::RequestTimeout
+                && matches!(body_hint(session.req_header()), Body::Unread { declared_len: Some(n) } if n <= self.max_body as u64);
+            if !(small && session.as_mut().drain_request_body().await.is_ok()) {
+                session.set_keepalive(None);
+            }
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
+        Ok(())
+    }
+}
+
+/// What the proxy learns about one request as it goes.
+pub struct Ctx {
+    start: Instant,
+    request_id: HeaderValue,
+    snapshot: Option<Arc<Snapshot>>,
+    verdict: Option<Verdict>,
+    shape: ErrorShape,
+    key_source: KeySource,
+    quota: Option<Quota>,
+    token_quota: Option<crate::state::TokenQuota>,
+    retry_after: Option<Duration>,
+    meter: Option<spend::Meter>,
+    in_flight_plane: Option<InFlightPlane>,
+    body: Option<Bytes>,
+    code: Option<ErrorCode>,
+    upstream_status: Option<u16>,
+    /// Why the proxy's own upstream exchange failed (`forward`): pingora
+    /// hands its own failures to `logging`, these it never sees.
+    upstream_error: Option<&'static str>,
+    probe: bool,
+    _in_flight: InFlight,
+}
+
+/// Counts a request as in flight until its context is dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a forwarded request in `scopegate_in_flight_requests{plane}`
+/// until its context is dropped.
+struct InFlightPlane(&'static str);
+
+impl InFlightPlane {
+    fn enter(plane: Plane) -> InFlightPlane {
+        let label = match plane {
+            Plane::Data => "data",
+            Plane::Control => "control",
+        };
+        if let Some(m) = crate::ops::metrics::usage_metrics() {
+            m.in_flight.with_label_values(&[label]).inc();
+        }
+        InFlightPlane(label)
+    }
+}
+
+impl Drop for InFlightPlane {
+    fn drop(&mut self) {
+        if let Some(m) = crate::ops::metrics::usage_metrics() {
+            m.in_flight.with_label_values(&[self.0]).dec();
+        }
+    }
+}
+
+/// A per-process secret the readiness probe sends, so that it knows the
+/// listener that answered is this process's (a port taken by another
+/// process would otherwise look ready).
+pub fn probe_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let mut raw = [0u8; 16];
+        let _ = getrandom::fill(&mut raw);
+        hex::encode(raw)
+    })
+}
+
+/// The header carrying [`probe_token`].
+pub const PROBE_HEADER: &str = "x-scopegate-probe";
+
+/// A client's `x-request-id` is kept when it is 1–128 of `[A-Za-z0-9._-]`.
+pub fn valid_request_id(v: &[u8]) -> bool {
+    (1..=128).contains(&v.len())
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn body_hint(req: &RequestHeader) -> Body<'static> {
+    if req.headers.contains_key(http::header::CONTENT_LENGTH) {
+        let values: Vec<&[u8]> = req
+            .headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        // An invalid one is refused by the decision (`invalid_request`).
+        return match request::content_length(&values) {
+            request::ContentLength::One(0) => Body::Empty,
+            request::ContentLength::One(n) => Body::Unread {
+                declared_len: Some(n),
+            },
+            _ => Body::Unread { declared_len: None },
+        };
+    }
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return Body::Unread { declared_len: None };
+    }
+    Body::Empty
+}
+
+fn add_token_quota_headers(resp: &mut ResponseHeader, q: &crate::state::TokenQuota) -> Result<()> {
+    resp.insert_header("x-ratelimit-limit-tokens", q.limit.to_string())?;
+    resp.insert_header("x-ratelimit-remaining-tokens", q.remaining.to_string())?;
+    resp.insert_header("x-ratelimit-reset-tokens", rate::format_reset(q.reset))?;
+    Ok(())
+}
+
+/// HTTP/2 frames the body itself: a request may carry one with neither
+/// `Content-Length` nor `Transfer-Encoding`, which [`body_hint`] would take
+/// for no body (and the body would go upstream uninspected).
+fn h2_body_hint(session: &mut Session) -> Option<Body<'static>> {
+    let downstream = session.as_mut();
+    let unframed = downstream.is_http2()
+        && !downstream
+            .req_header()
+            .headers
+            .contains_key(http::header::CONTENT_LENGTH)
+        && !downstream.is_body_empty();
+    unframed.then_some(Body::Unread { declared_len: None })
+}
+
+fn add_quota_headers(resp: &mut ResponseHeader, q: &Quota) -> Result<()> {
+    resp.insert_header("x-ratelimit-limit-requests", q.limit.to_string())?;
+    resp.insert_header("x-ratelimit-remaining-requests", q.remaining.to_string())?;
+    resp.insert_header("x-ratelimit-reset-requests", rate::format_reset(q.reset))?;
+    Ok(())
+}
+
+/// Reads the whole body, or `None` once it exceeds `max` bytes.
+async fn read_body_capped(session: &mut Session, max: usize) -> Result<Option<Bytes>> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        if buf.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Some(buf.freeze()))
+}
+
+/// Removes what must not reach the upstream (SPEC 5.4, issue #12): the
+/// header that carried the key, any other key header holding a key of the
+/// keys file, `x-portkey-api-key` always, every client header that reads as
+/// `x-scopegate-*` or as a key header once `_` is taken for `-` (CGI/WSGI
+/// servers map one to the other), and method-override headers (the decision
+/// was made on the wire method).
+fn strip_client_headers(req: &mut RequestHeader, source: KeySource, snap: &Snapshot) {
+    let carrying = match source {
+        KeySource::PortkeyHeader => "x-portkey-api-key",
+        KeySource::Authorization => "authorization",
+        KeySource::XApiKey => "x-api-key",
+        KeySource::ApiKey => "api-key",
+    };
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in req.headers.keys() {
+        let n = name.as_str();
+        let remove = if n.contains('_') {
+            let dashed = n.replace('_', "-");
+            is_identity_or_override(&dashed) || request::KEY_HEADERS.contains(&dashed.as_str())
+        } else if request::KEY_HEADERS.contains(&n) {
+            // A key of the keys file in any form: bare, after `Bearer` or
+            // after any other scheme.
+            n == carrying
+                || n == "x-portkey-api-key"
+                || req.headers.get_all(name).iter().any(|v| {
+                    request::key_candidates(v.as_bytes())
+                        .any(|s| snap.lookup(&crate::identity::keys::digest(s)).is_some())
+                })
+        } else {
+            is_identity_or_override(n)
+        };
+        if remove {
+            doomed.push(name.clone());
+        }
+    }
+    for name in doomed {
+        req.remove_header(&name);
+    }
+}
+
+/// Several `cookie` fields (HTTP/2 sends each cookie as its own field)
+/// become one, joined with `; ` (RFC 9113 8.2.3): the upstream hop is
+/// HTTP/1.1, where a request carries one `Cookie` header.
+fn join_cookies(req: &mut RequestHeader) -> Result<()> {
+    let mut values = req.headers.get_all(http::header::COOKIE).iter();
+    let (Some(_), Some(_)) = (values.next(), values.next()) else {
+        return Ok(());
+    };
+    let joined: Vec<u8> = req
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    let value = HeaderValue::from_bytes(&joined)
+        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "cookie", e))?;
+    req.insert_header(http::header::COOKIE, value)
+}
+
+/// `x-scopegate-*` or a method-override header (lower-case, dashed name).
+fn is_identity_or_override(n: &str) -> bool {
+    n.starts_with("x-scopegate-")
+        || matches!(
+            n,
+            "x-http-method-override" | "x-http-method" | "x-method-override"
+        )
+}
+
+/// The response hooks of a forward: stamp the header; a metered request's
+/// body also passes its usage tap.
+struct Stamp<'a> {
+    gw: &'a Gateway,
+    ctx: &'a mut Ctx,
+    tap: Option<spend::Tap>,
+}
+
+impl forward::ResponseHooks for Stamp<'_> {
+    fn header(&mut self, resp: &mut ResponseHeader) -> Result<()> {
+        if let Some(t) = &mut self.tap {
+            t.header(resp);
+        }
+        self.gw.stamp_response(resp, self.ctx)
+    }
+
+    fn chunk(&mut self, chunk: Bytes) -> Bytes {
+        match &mut self.tap {
+            Some(t) => t.chunk(chunk),
+            None => chunk,
+        }
+    }
+
+    fn end(&mut self, complete: bool) -> Bytes {
+        match &mut self.tap {
+            Some(t) => t.end(complete),
+            None => Bytes::new(),
+        }
+    }
+}
+
+/// Whether the client waits for `100 Continue` before sending its body.
+fn expects_continue(req: &RequestHeader) -> bool {
+    req.headers
+        .get_all(http::header::EXPECT)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Maps an upstream failure to the answer and the metrics `kind`.
+fn classify(e: &Error) -> (ErrorCode, &'static str) {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => {
+            (ErrorCode::UpstreamTimeout, "timeout")
+        }
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            (ErrorCode::UpstreamTimeout, "timeout")
+        }
+        ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::BindError
+        | ErrorType::SocketError
+        | ErrorType::TLSHandshakeFailure
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError => (ErrorCode::UpstreamUnavailable, "connect"),
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+            (ErrorCode::UpstreamUnavailable, "reset")
+        }
+        _ => (ErrorCode::UpstreamUnavailable, "other"),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Ctx {
+            start: Instant::now(),
+            request_id: HeaderValue::from_static(""),
+            snapshot: None,
+            verdict: None,
+            shape: ErrorShape::OpenAi,
+            key_source: KeySource::PortkeyHeader,
+            quota: None,
+            token_quota: None,
+            retry_after: None,
+            meter: None,
+            in_flight_plane: None,
+            body: None,
+            code: None,
+            upstream_status: None,
+            upstream_error: None,
+            probe: false,
+            _in_flight: InFlight(self.in_flight.clone()),
+        }
+    }
+
+    /// The request header is whole: its deadline (`conn_guard`) is met.
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        crate::gateway::conn_guard::mark_header_done(session.as_downstream());
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if session
+            .req_header()
+            .headers
+            .get(PROBE_HEADER)
+            .is_some_and(|v| v.as_bytes() == probe_token().as_bytes())
+        {
+            ctx.probe = true;
+            let mut resp = ResponseHeader::build(204, Some(1))?;
+            resp.insert_header(http::header::CONNECTION, "close")?;
+            session.set_keepalive(None);
+            session.write_response_header(Box::new(resp), true).await?;
+            return Ok(true);
+        }
+        ctx.request_id = match session.req_header().headers.get("x-request-id") {
+            Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
+            _ => HeaderValue::from_str(&crate::gateway::request_id::next())
+                .unwrap_or_else(|_| HeaderValue::from_static("0")),
+        };
+        let snap = self.store.load();
+        let hint = h2_body_hint(session);
+        let (mut verdict, source) = self.decide(session, &snap, hint);
+        // A counted request is always sent by the proxy itself, so that its
+        // answer passes the usage tap: one with no body to check (the
+        // decision reads every other) is read too, which costs nothing.
+        let counted_unread = verdict.outcome == Outcome::Allow
+            && verdict
+                .spend
+                .as_ref()
+                .is_some_and(|s| s.counted && !s.body_read);
+        if verdict.outcome == Outcome::ReadBody || counted_unread {
+            // The body is read here, checked, and then sent by the proxy
+            // itself (`forward`): pingora would replay only 64 KiB of it.
+            // A client waiting for `100 Continue` gets it first.
+            if expects_continue(session.req_header()) {
+                session.as_mut().write_continue_response().await?;
+            }
+            let cap = match verdict.plane {
+                Some(Plane::Data) => self.max_data_body,
+                _ => self.max_body,
+            };
+            let deadline = Duration::from_millis(self.body_read_timeout_ms);
+            let Ok(body) = tokio::time::timeout(deadline, read_body_capped(session, cap)).await
+            else {
+                // A body that never ends must not hold the request (and a
+                // worker's attention) forever: per-read timeouts alone let
+                // a client trickle one byte a minute.
+                ctx.shape = verdict.shape;
+                ctx.snapshot = Some(snap.clone());
+                ctx.verdict = Some(verdict);
+                session.set_keepalive(None);
+                let msg = format!(
+                    "The request body did not arrive within {} ms.",
+                    self.body_read_timeout_ms
+                );
+                self.refuse(session, ctx, ErrorCode::RequestTimeout, &msg, None)
+                    .await?;
+                return Ok(true);
+            };
+            let body = body?;
+            let facts_body = match &body {
+                Some(b) => Body::Read(b),
+                None => Body::TooLarge,
+            };
+            verdict = self.decide(session, &snap, Some(facts_body)).0;
+            ctx.body = body;
+        }
+        ctx.key_source = source;
+        ctx.shape = verdict.shape;
+        let outcome = verdict.outcome.clone();
+        ctx.verdict = Some(verdict);
+        ctx.snapshot = Some(snap.clone());
+        match outcome {
+            Outcome::Deny(d) => {
+                self.refuse(session, ctx, d.code, &d.message, d.allow.as_deref())
+                    .await?;
+                Ok(true)
+            }
+            Outcome::ReadBody => {
+                // Unreachable after a read; refuse rather than forward unchecked.
+                self.refuse(
+                    session,
+                    ctx,
+                    ErrorCode::InvalidJson,
+                    "The body could not be read.",
+                    None,
+                )
+                .await?;
+                Ok(true)
+            }
+            Outcome::Allow => {
+                if self.admit(session, ctx, &snap).await? {
+                    return Ok(true);
+                }
+                if let Some(plane) = ctx.verdict.as_ref().and_then(|v| v.plane) {
+                    ctx.in_flight_plane = Some(InFlightPlane::enter(plane));
+                }
+                if let Some(body) = ctx.body.clone() {
+                    self.forward_read_body(session, ctx, body).await?;
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let plane = ctx
+            .verdict
+            .as_ref()
+            .and_then(|v| v.plane)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route decided"))?;
+        Ok(Box::new(self.upstream(plane).peer.clone()))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        self.prepare_upstream_request(req, ctx)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        self.stamp_response(resp, ctx)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let upstream_side = matches!(e.esource(), ErrorSource::Upstream)
+            || matches!(
+                e.etype(),
+                ErrorType::ConnectTimedout
+                    | ErrorType::ConnectRefused
+                    | ErrorType::ConnectNoRoute
+                    | ErrorType::ConnectError
+            );
+        if !upstream_side {
+            // The client went away: nothing to write. It sent garbage: 400.
+            let code = match (e.esource(), e.etype()) {
+                (
+                    ErrorSource::Downstream,
+                    ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError,
+                ) => 0,
+                (ErrorSource::Downstream, _) => 400,
+                _ => 500,
+            };
+            if code > 0 && session.response_written().is_none() {
+                let _ = session.respond_error(code).await;
+            }
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
+        let (code, kind) = classify(e);
+        if let (Some(m), Some(plane)) = (metrics(), ctx.verdict.as_ref().and_then(|v| v.plane)) {
+            m.upstream_error(self.upstream(plane).name, kind);
+        }
+        if session.response_written().is_some() {
+            // Mid-stream failure: the status is already on the wire.
+            ctx.code = Some(code);
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        let message = match code {
+            ErrorCode::UpstreamTimeout => "The upstream service timed out.",
+            _ => "The upstream service is unavailable.",
+        };
+        // pingora closes the client connection after a failed proxy attempt;
+        // say so in the response rather than advertise keep-alive.
+        session.set_keepalive(None);
+        let _ = self.refuse(session, ctx, code, message, None).await;
+        FailToProxy {
+            error_code: code.status(),
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// A client that goes away mid-request is routine (load balancers,
+    /// cancelled streams); the access log records it, so pingora need not
+    /// log an ERROR line for each one.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+        matches!(error.esource(), ErrorSource::Downstream)
+            && matches!(
+                error.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+    }
+
+    /// pingora's error lines print this; the default holds the whole URI,
+    /// and a query string may carry something secret.
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {} request_id={}",
+            req.method,
+            req.uri.path(),
+            ctx.request_id.to_str().unwrap_or_default()
+        )
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        crate::gateway::conn_guard::mark_request_done(session.as_downstream_mut());
+        if ctx.probe {
+            return;
+        }
+        if let (Some(mut meter), Some(status)) = (ctx.meter.take(), ctx.upstream_status) {
+            // Forwarded by pingora: a request that is not counted (counted
+            // ones are sent by the proxy itself, through the usage tap), so
+            // this gives its admission back (request limits, concurrency).
+            // Were a counted one ever to come here, its reserved input
+            // would be charged as an estimate.
+            meter.settle(status, &crate::limits::response::Observed::default());
+        }
+        access_log::record(session, e, ctx_view(ctx, self));
+    }
+}
+
+/// What the access log and metrics need from a finished request.
+pub struct Finished<'a> {
+    /// Request id.
+    pub request_id: &'a str,
+    /// Decision and context.
+    pub verdict: Option<&'a Verdict>,
+    /// The snapshot the request was decided with.
+    pub snapshot: Option<&'a Snapshot>,
+    /// The code the proxy answered with (None: forwarded fine).
+    pub code: Option<ErrorCode>,
+    /// Status from the upstream, when forwarded.
+    pub upstream_status: Option<u16>,
+    /// Upstream name, when forwarded.
+    pub upstream: Option<&'static str>,
+    /// Elapsed time.
+    pub elapsed: Duration,
+    /// What failed upstream when the proxy forwarded the request itself
+    /// (pingora's own failures come to the access log as its error).
+    pub error: Option<&'static str>,
+}
+
+fn ctx_view<'a>(ctx: &'a Ctx, gw: &'a Gateway) -> Finished<'a> {
+    let forwarded = ctx.code.is_none()
+        || matches!(
+            ctx.code,
+            Some(ErrorCode::UpstreamTimeout | ErrorCode::UpstreamUnavailable)
+        );
+    let upstream = ctx
+        .verdict
+        .as_ref()
+        .filter(|_| forwarded)
+        .and_then(|v| v.plane)
+        .map(|p| gw.upstream(p).name);
+    Finished {
+        request_id: ctx.request_id.to_str().unwrap_or_default(),
+        verdict: ctx.verdict.as_ref(),
+        snapshot: ctx.snapshot.as_deref(),
+        code: ctx.code,
+        upstream_status: ctx.upstream_status,
+        upstream,
+        elapsed: ctx.start.elapsed(),
+        error: ctx.upstream_error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_fields_are_joined_into_one() {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("request");
+        req.append_header("cookie", "a=1").expect("cookie");
+        req.append_header("cookie", "b=2; c=3").expect("cookie");
+        join_cookies(&mut req).expect("joined");
+        let all: Vec<&[u8]> = req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        assert_eq!(all, [&b"a=1; b=2; c=3"[..]]);
+        let mut one = RequestHeader::build("GET", b"/", None).expect("request");
+        one.append_header("cookie", "a=1").expect("cookie");
+        join_cookies(&mut one).expect("untouched");
+        assert_eq!(
+            one.headers.get(http::header::COOKIE).map(|v| v.as_bytes()),
+            Some(&b"a=1"[..])
+        );
+    }
+
+    #[test]
+    fn body_hint_reads_one_content_length_and_distrusts_the_rest() {
+        let hint = |lengths: &[&str], chunked: bool| {
+            let mut req = RequestHeader::build("POST", b"/", None).expect("request");
+            for l in lengths {
+                req.append_header("content-length", *l).expect("length");
+            }
+            if chunked {
+                req.append_header("transfer-encoding", "chunked")
+                    .expect("te");
+            }
+            body_hint(&req)
+        };
+        assert_eq!(hint(&[], false), Body::Empty);
+        assert_eq!(hint(&["0"], false), Body::Empty);
+        assert_eq!(
+            hint(&["12"], false),
+            Body::Unread {
+                declared_len: Some(12)
+            }
+        );
+        assert_eq!(hint(&["5, 5"], false), Body::Unread { declared_len: None });
+        assert_eq!(
+            hint(&["5", "5"], false),
+            Body::Unread { declared_len: None }
+        );
+        assert_eq!(hint(&[], true), Body::Unread { declared_len: None });
+    }
+
+    #[test]
+    fn request_id_rule() {
+        assert!(valid_request_id(b"abc-123_x.y"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"has space"));
+        assert!(!valid_request_id(&[b'a'; 129]));
+        assert!(valid_request_id(&[b'a'; 128]));
+    }
+}

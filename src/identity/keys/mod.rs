@@ -1,0 +1,33 @@
+//! API keys: the file model, validation, the indexed snapshot the decision
+//! reads, and the store that swaps snapshots atomically.
+
+pub mod build;
+pub mod load;
+pub mod model;
+pub mod snapshot;
+pub mod store;
+pub mod tokens;
+
+pub use build::{build_snapshot, Problem};
+pub use load::{load_keys_file, parse_keys_str, read_keys_file};
+pub use model::{
+    ClaimNamesSpec, IdentityTokensSpec, KeySpec, KeysDocument, ModelPrices, OrganisationSpec,
+    PriceSpec, RateLimitSpec, SecretSpec, UsageLimitSpec, UsageLimitsSpec, WorkspaceSpec,
+};
+pub use snapshot::{
+    now_millis, Digest, Key, KeyIdx, KeyStatus, OrgIdx, Organisation, SecretEntry, Snapshot,
+    UnixMillis, Workspace, WsIdx,
+};
+pub use store::{release_freed_memory, KeyStore};
+pub use tokens::{ClaimNames, IdentityIndex, JwksSource, SigningAlg, TokenSettings};
+
+/// SHA-256 of a presented secret.
+pub fn digest(secret: &[u8]) -> Digest {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(secret).into()
+}
+
+/// SHA-256 as 64 lowercase hex digits (what the keys file stores).
+pub fn digest_hex(secret: &[u8]) -> String {
+    hex::encode(digest(secret))
+}

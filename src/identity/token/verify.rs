@@ -1,0 +1,607 @@
+//! Verifying a token into an identity: pure, given the token, the time,
+//! the keys snapshot (which organisation accepts which issuer, and how) and
+//! the organisations' JWK sets.
+//!
+//! The checks run in a fixed order and the first failure answers, naming
+//! its check and never quoting the token:
+//!
+//! 1. format: three base64url parts, header and payload JSON objects, no
+//!    `crit` extensions;
+//! 2. `iss` names an organisation that accepts tokens. The issuer is read
+//!    from the payload before the signature is checked, only to choose
+//!    whose keys verify it; the claims used afterwards are those the
+//!    signature covers (the same bytes);
+//! 3. that organisation's JWK set has been loaded (else *unavailable*);
+//! 4. `alg` is one the organisation lists; `none` and HMAC never are;
+//! 5. `kid` names a key of the set (or is absent and the set holds one
+//!    key), and that key is of the kind `alg` needs;
+//! 6. the signature verifies (jsonwebtoken, on ring);
+//! 7. `aud` contains the audience;
+//! 8. `exp` is present and not past, `nbf` and `iat` not in the future,
+//!    each within the leeway;
+//! 9. the subject (`sub`) is 1 to 256 visible ASCII characters, and not
+//!    revoked;
+//! 10. the workspace claim names a workspace of the organisation;
+//! 11. for `workspace-user` tokens, the user claim is a valid user id.
+//!
+//! Scopes are then read, never refused: words that grant nothing
+//! (`openid`) are ignored.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::claims::{self, Claims, NumericDate};
+use super::jwks::JwksSet;
+use super::shape::{self, MAX_TOKEN_BYTES};
+use crate::identity::keys::tokens::is_valid_subject;
+use crate::identity::keys::{OrgIdx, SigningAlg, Snapshot, TokenSettings, UnixMillis, WsIdx};
+use crate::identity::scopes::{KeyType, ScopeSet};
+use crate::limits::rate::RateLimit;
+use crate::limits::Limits;
+
+/// The JWK sets of the organisations that accept tokens.
+pub trait KeySets {
+    /// An organisation's set; `None` until one has been loaded or fetched.
+    fn key_set(&self, org: OrgIdx) -> Option<&JwksSet>;
+}
+
+impl KeySets for HashMap<OrgIdx, Arc<JwksSet>> {
+    fn key_set(&self, org: OrgIdx) -> Option<&JwksSet> {
+        self.get(&org).map(|s| &**s)
+    }
+}
+
+/// A check of a token, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Check {
+    /// Three base64url parts with JSON header and payload.
+    Format,
+    /// `iss` is an organisation's issuer.
+    Issuer,
+    /// The organisation's JWK set is loaded.
+    Keys,
+    /// `alg` is accepted.
+    Algorithm,
+    /// `kid` names a key that can verify `alg`.
+    KeyId,
+    /// The signature verifies.
+    Signature,
+    /// `aud` contains the audience.
+    Audience,
+    /// `exp` is present and not past.
+    Expiry,
+    /// `nbf` is not in the future.
+    NotBefore,
+    /// `iat` is not in the future.
+    IssuedAt,
+    /// `sub` is a valid subject.
+    Subject,
+    /// The subject is not revoked.
+    Revoked,
+    /// The workspace claim names a workspace of the organisation.
+    Workspace,
+    /// The user claim (workspace-user tokens).
+    User,
+}
+
+impl Check {
+    /// Every check, in order.
+    pub const ALL: [Check; 14] = [
+        Check::Format,
+        Check::Issuer,
+        Check::Keys,
+        Check::Algorithm,
+        Check::KeyId,
+        Check::Signature,
+        Check::Audience,
+        Check::Expiry,
+        Check::NotBefore,
+        Check::IssuedAt,
+        Check::Subject,
+        Check::Revoked,
+        Check::Workspace,
+        Check::User,
+    ];
+
+    /// A short name: what an operator sees in messages and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::Format => "format",
+            Check::Issuer => "iss",
+            Check::Keys => "jwks",
+            Check::Algorithm => "alg",
+            Check::KeyId => "kid",
+            Check::Signature => "signature",
+            Check::Audience => "aud",
+            Check::Expiry => "exp",
+            Check::NotBefore => "nbf",
+            Check::IssuedAt => "iat",
+            Check::Subject => "sub",
+            Check::Revoked => "revoked",
+            Check::Workspace => "workspace",
+            Check::User => "user",
+        }
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a refused token is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Failure {
+    /// 401 `invalid_api_key`.
+    Invalid,
+    /// 401 `expired_api_key`.
+    Expired,
+    /// 401 `revoked_api_key`.
+    Revoked,
+    /// 503 `identity_unavailable`: the issuer's keys are not loaded yet.
+    Unavailable,
+}
+
+impl Failure {
+    /// The `result` label of `scopegate_token_verifications_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Invalid => "invalid",
+            Failure::Expired => "expired",
+            Failure::Revoked => "revoked",
+            Failure::Unavailable => "unavailable",
+        }
+    }
+
+    /// The error code of the answer.
+    pub fn code(self) -> &'static str {
+        match self {
+            Failure::Invalid => "invalid_api_key",
+            Failure::Expired => "expired_api_key",
+            Failure::Revoked => "revoked_api_key",
+            Failure::Unavailable => "identity_unavailable",
+        }
+    }
+
+    /// The HTTP status of the answer.
+    pub fn status(self) -> u16 {
+        match self {
+            Failure::Unavailable => 503,
+            _ => 401,
+        }
+    }
+}
+
+/// Why a token was refused. The message names the check and never holds
+/// any part of the token: it may go into an error body and a log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenError {
+    /// The check that failed.
+    pub check: Check,
+    /// How to answer.
+    pub failure: Failure,
+    /// In words.
+    pub message: Cow<'static, str>,
+    /// The token's `kid` is not in the set: a fetched set may be stale, so
+    /// the refresher may fetch it again (at most once per 10 s).
+    pub unknown_kid: bool,
+    /// The organisation, once the issuer was known.
+    pub organisation: Option<OrgIdx>,
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "identity token refused ({}): {}",
+            self.check, self.message
+        )
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+/// What a verified token is: a workspace key without an entry of its own.
+#[derive(Clone, Debug)]
+pub struct VerifiedIdentity {
+    /// The organisation whose issuer signed it.
+    pub organisation: OrgIdx,
+    /// The workspace its claim names.
+    pub workspace: WsIdx,
+    /// `sub`.
+    pub subject: Arc<str>,
+    /// What it acts as.
+    pub key_type: KeyType,
+    /// The user of a workspace-user token (the user claim).
+    pub user_id: Option<Arc<str>>,
+    /// Its scopes, within what the organisation allows.
+    pub scopes: ScopeSet,
+    /// `exp`.
+    pub expires_at: UnixMillis,
+    /// `exp` plus the leeway: from then on it no longer verifies.
+    pub valid_until: UnixMillis,
+    /// The organisation's settings, with the per-subject limits.
+    pub settings: Arc<TokenSettings>,
+}
+
+impl VerifiedIdentity {
+    /// The id it is known by in logs, counters and upstream headers:
+    /// `token:<subject>`.
+    pub fn key_id(&self) -> String {
+        format!("token:{}", self.subject)
+    }
+
+    /// Per-subject request rate limits.
+    pub fn rate_limits(&self) -> &[RateLimit] {
+        &self.settings.rate_limits
+    }
+
+    /// Per-subject models, token rates, usage limit and concurrency.
+    pub fn limits(&self) -> &Limits {
+        &self.settings.limits
+    }
+}
+
+/// The header members read.
+#[derive(Deserialize)]
+struct Header {
+    alg: Value,
+    #[serde(default)]
+    kid: Option<Value>,
+    #[serde(default)]
+    crit: Option<IgnoredAny>,
+}
+
+/// Records the checks a token passed, with what they saw (for
+/// `inspect-token`); the request path records nothing.
+pub(crate) trait Trace {
+    fn passed(&mut self, check: Check, detail: &dyn Fn() -> String);
+}
+
+struct NoTrace;
+
+impl Trace for NoTrace {
+    #[inline]
+    fn passed(&mut self, _: Check, _: &dyn Fn() -> String) {}
+}
+
+impl Trace for Vec<(Check, String)> {
+    fn passed(&mut self, check: Check, detail: &dyn Fn() -> String) {
+        self.push((check, detail()));
+    }
+}
+
+/// Verifies a token at `now`.
+///
+/// # Errors
+/// The first check that fails.
+pub fn verify(
+    token: &str,
+    now: UnixMillis,
+    snap: &Snapshot,
+    sets: &dyn KeySets,
+) -> Result<VerifiedIdentity, TokenError> {
+    run(token, now, snap, sets, &mut NoTrace)
+}
+
+fn fail(check: Check, message: impl Into<Cow<'static, str>>) -> TokenError {
+    TokenError {
+        check,
+        failure: Failure::Invalid,
+        message: message.into(),
+        unknown_kid: false,
+        organisation: None,
+    }
+}
+
+fn to_jwt(alg: SigningAlg) -> jsonwebtoken::Algorithm {
+    use jsonwebtoken::Algorithm as A;
+    match alg {
+        SigningAlg::RS256 => A::RS256,
+        SigningAlg::RS384 => A::RS384,
+        SigningAlg::RS512 => A::RS512,
+        SigningAlg::PS256 => A::PS256,
+        SigningAlg::ES256 => A::ES256,
+        SigningAlg::ES384 => A::ES384,
+        SigningAlg::EdDSA => A::EdDSA,
+    }
+}
+
+pub(crate) fn run(
+    token: &str,
+    now: UnixMillis,
+    snap: &Snapshot,
+    sets: &dyn KeySets,
+    trace: &mut dyn Trace,
+) -> Result<VerifiedIdentity, TokenError> {
+    // 1. Format.
+    const FORMAT: &str = "a token is three base64url parts whose header and payload are JSON \
+                          objects, the header with `alg`";
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(fail(
+            Check::Format,
+            format!("the token is longer than {} KiB", MAX_TOKEN_BYTES / 1024),
+        ));
+    }
+    let parts = shape::split(token).ok_or_else(|| fail(Check::Format, FORMAT))?;
+    let header: Header = shape::decode_part(parts.header)
+        .and_then(|json| shape::object(&json))
+        .ok_or_else(|| fail(Check::Format, FORMAT))?;
+    let claims: Claims = shape::decode_part(parts.payload)
+        .and_then(|json| serde_json::from_slice(&json).ok())
+        .ok_or_else(|| fail(Check::Format, FORMAT))?;
+    if header.crit.is_some() {
+        return Err(fail(
+            Check::Format,
+            "the header has `crit`: it names extensions scopegate does not implement",
+        ));
+    }
+    trace.passed(Check::Format, &|| {
+        "three parts; header and payload are JSON objects".into()
+    });
+
+    // 2. Issuer: chooses the organisation, hence the keys.
+    let iss = claims::string(&claims, "iss")
+        .ok_or_else(|| fail(Check::Issuer, "the token has no issuer (iss)"))?;
+    let settings = snap.identity().for_issuer(iss).ok_or_else(|| {
+        fail(
+            Check::Issuer,
+            "the token's issuer (iss) is not one any organisation accepts",
+        )
+    })?;
+    let org = settings.organisation;
+    let fail = |check: Check, message: Cow<'static, str>| TokenError {
+        organisation: Some(org),
+        ..fail(check, message)
+    };
+    trace.passed(Check::Issuer, &|| {
+        format!("{iss} → organisation {}", snap.organisation(org).id)
+    });
+
+    // 3. The organisation's keys.
+    let set = sets.key_set(org).ok_or_else(|| TokenError {
+        failure: Failure::Unavailable,
+        ..fail(
+            Check::Keys,
+            "the signing keys of the token's issuer have not been loaded yet".into(),
+        )
+    })?;
+    trace.passed(Check::Keys, &|| format!("{} usable keys", set.len()));
+
+    // 4. Algorithm.
+    let alg_name = header.alg.as_str().unwrap_or("");
+    if alg_name.eq_ignore_ascii_case("none") || alg_name.starts_with("HS") {
+        return Err(fail(
+            Check::Algorithm,
+            "unsigned (none) and shared-secret (HS256, HS384, HS512) tokens are never accepted"
+                .into(),
+        ));
+    }
+    let alg = SigningAlg::parse(alg_name)
+        .filter(|a| settings.accepts(*a))
+        .ok_or_else(|| {
+            let list: Vec<&str> = settings.algorithms.iter().map(|a| a.as_str()).collect();
+            fail(
+                Check::Algorithm,
+                format!(
+                    "the token's alg is not one its organisation accepts ({})",
+                    list.join(", ")
+                )
+                .into(),
+            )
+        })?;
+    trace.passed(Check::Algorithm, &|| alg.to_string());
+
+    // 5. Key id.
+    let key = match &header.kid {
+        Some(Value::String(kid)) => set.find(kid).ok_or_else(|| TokenError {
+            unknown_kid: true,
+            ..fail(
+                Check::KeyId,
+                "the token's kid names no key of its issuer's key set".into(),
+            )
+        })?,
+        Some(_) => return Err(fail(Check::KeyId, "the token's kid is not a string".into())),
+        None => set.only().ok_or_else(|| {
+            fail(
+                Check::KeyId,
+                format!(
+                    "the token has no kid, and its issuer's key set holds {} keys",
+                    set.len()
+                )
+                .into(),
+            )
+        })?,
+    };
+    if !key.kind.verifies(alg) || key.alg.is_some_and(|a| a != alg) {
+        return Err(fail(
+            Check::KeyId,
+            format!(
+                "the key the token names is a {} key that cannot verify {alg}",
+                key.kind
+            )
+            .into(),
+        ));
+    }
+    trace.passed(Check::KeyId, &|| match &key.kid {
+        Some(kid) => format!("{kid} ({})", key.kind),
+        None => format!("the set's only key ({})", key.kind),
+    });
+
+    // 6. Signature.
+    let verified = jsonwebtoken::crypto::verify(
+        parts.signature,
+        parts.signing_input.as_bytes(),
+        &key.key,
+        to_jwt(alg),
+    )
+    .unwrap_or(false);
+    if !verified {
+        return Err(fail(
+            Check::Signature,
+            "the token's signature does not verify".into(),
+        ));
+    }
+    trace.passed(Check::Signature, &|| "verified".into());
+
+    // 7. Audience.
+    if !claims::audience_contains(&claims, &settings.audience) {
+        return Err(fail(
+            Check::Audience,
+            "the token's audience (aud) does not include this organisation's".into(),
+        ));
+    }
+    trace.passed(Check::Audience, &|| {
+        format!("contains {}", settings.audience)
+    });
+
+    // 8. Times.
+    let leeway = i64::try_from(settings.leeway.as_millis()).unwrap_or(i64::MAX);
+    let exp = match claims::numeric_date(&claims, "exp") {
+        NumericDate::Missing => {
+            return Err(fail(Check::Expiry, "the token has no expiry (exp)".into()))
+        }
+        NumericDate::Invalid => return Err(fail(Check::Expiry, "exp is not a number".into())),
+        NumericDate::At(exp) => exp,
+    };
+    let valid_until = exp.saturating_add(leeway);
+    if now >= valid_until {
+        return Err(TokenError {
+            failure: Failure::Expired,
+            ..fail(Check::Expiry, "the token has expired".into())
+        });
+    }
+    trace.passed(Check::Expiry, &|| {
+        format!("{} (in {} s)", exp / 1000, (exp - now).div_euclid(1000))
+    });
+    let latest = now.saturating_add(leeway);
+    for (check, name, message) in [
+        (Check::NotBefore, "nbf", "the token is not valid yet (nbf)"),
+        (
+            Check::IssuedAt,
+            "iat",
+            "the token was issued in the future (iat)",
+        ),
+    ] {
+        match claims::numeric_date(&claims, name) {
+            NumericDate::Missing => trace.passed(check, &|| "absent".into()),
+            NumericDate::Invalid => {
+                return Err(fail(check, format!("{name} is not a number").into()))
+            }
+            NumericDate::At(t) if t > latest => return Err(fail(check, message.into())),
+            NumericDate::At(t) => trace.passed(check, &|| format!("{}", t / 1000)),
+        }
+    }
+
+    // 9. Subject.
+    let sub = claims::string(&claims, "sub")
+        .filter(|s| is_valid_subject(s))
+        .ok_or_else(|| {
+            fail(
+                Check::Subject,
+                "the token's subject (sub) is missing or not 1 to 256 visible ASCII characters"
+                    .into(),
+            )
+        })?;
+    trace.passed(Check::Subject, &|| sub.to_string());
+    if settings.revoked_subjects.contains(sub) {
+        return Err(TokenError {
+            failure: Failure::Revoked,
+            ..fail(Check::Revoked, "the token's subject is revoked".into())
+        });
+    }
+    trace.passed(Check::Revoked, &|| "not revoked".into());
+
+    // 10. Workspace.
+    let ws_claim = &settings.claims.workspace;
+    let name = claims::workspace(&claims, ws_claim)
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            fail(
+                Check::Workspace,
+                format!(
+                    "the token names no workspace (claim `{ws_claim}`, or `{}`)",
+                    claims::WORKSPACE_FALLBACK
+                )
+                .into(),
+            )
+        })?;
+    let workspace = snap
+        .workspace_by_name(name)
+        .filter(|w| snap.workspace(*w).organisation == org)
+        .ok_or_else(|| {
+            fail(
+                Check::Workspace,
+                format!(
+                    "the workspace the token names is not one of organisation {}",
+                    snap.organisation(org).id
+                )
+                .into(),
+            )
+        })?;
+    trace.passed(Check::Workspace, &|| {
+        snap.workspace(workspace).id.to_string()
+    });
+
+    // 11. User.
+    let subject: Arc<str> = sub.into();
+    let user_id = match settings.key_type {
+        KeyType::WorkspaceUser => {
+            let user_claim = &settings.claims.user;
+            let user = claims::string(&claims, user_claim)
+                .filter(|u| is_valid_subject(u))
+                .ok_or_else(|| {
+                    fail(
+                        Check::User,
+                        format!(
+                            "the token's user claim (`{user_claim}`) is missing or not 1 to 256 \
+                             visible ASCII characters"
+                        )
+                        .into(),
+                    )
+                })?;
+            trace.passed(Check::User, &|| user.to_string());
+            Some(if user == sub {
+                subject.clone()
+            } else {
+                Arc::from(user)
+            })
+        }
+        _ => {
+            trace.passed(Check::User, &|| "none (workspace-service)".into());
+            None
+        }
+    };
+
+    // Scopes: what the words grant, within the organisation's cap.
+    let mut scopes = ScopeSet::EMPTY;
+    for word in claims::scope_words(&claims, &settings.claims.scopes) {
+        if let Some(granted) = settings.scope_words.get(word) {
+            for id in granted.iter() {
+                scopes.insert(id);
+            }
+        }
+    }
+    Ok(VerifiedIdentity {
+        organisation: org,
+        workspace,
+        subject,
+        key_type: settings.key_type,
+        user_id,
+        scopes,
+        expires_at: exp,
+        valid_until,
+        settings: settings.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

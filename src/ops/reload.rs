@@ -1,0 +1,632 @@
+//! Live reload of the keys file (SPEC 6).
+//!
+//! Three triggers feed one loop on a thread of its own: filesystem events
+//! on the keys file's folder (so atomic renames, in-place rewrites and
+//! Kubernetes ConfigMap symlink swaps are all seen), SIGHUP, and a content
+//! poll. A reload parses and validates the whole file off the request path,
+//! then swaps the snapshot in atomically; any failure leaves the last good
+//! snapshot in force and is logged with its position and counted.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::decision::routes::RouteTable;
+use crate::diag::Diagnostic;
+use crate::identity::keys::{self, Digest, KeyStore, Snapshot};
+use crate::ops::metrics::metrics;
+
+/// Loads the keys file against the route table, and checks that every
+/// custom scope an extra route needs is declared in `custom_scopes`.
+///
+/// # Errors
+/// Every problem of the keys file.
+pub fn load_keys(keys_file: &Path, table: &RouteTable) -> Result<Snapshot, Vec<Diagnostic>> {
+    let text = keys::read_keys_file(keys_file).map_err(|d| vec![d])?;
+    load_keys_text(&text, keys_file, table)
+}
+
+/// [`load_keys`] for text already read from `keys_file` (the reloader
+/// parses exactly the bytes it compared).
+///
+/// # Errors
+/// Every problem of the keys file.
+pub fn load_keys_text(
+    text: &str,
+    keys_file: &Path,
+    table: &RouteTable,
+) -> Result<Snapshot, Vec<Diagnostic>> {
+    let snap = keys::parse_keys_str(text, keys_file, table.registry())?;
+    let missing: Vec<Diagnostic> = table
+        .custom_scopes()
+        .filter(|s| !snap.custom_scopes().iter().any(|c| c == s))
+        .map(|s| {
+            Diagnostic::file(
+                keys_file,
+                format!("scope `{s}` is used by an extra route in the server config but is not listed in custom_scopes"),
+            )
+        })
+        .collect();
+    if missing.is_empty() {
+        Ok(snap)
+    } else {
+        Err(missing)
+    }
+}
+
+/// Why a reload was attempted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    /// Something changed in the folder.
+    FsEvent,
+    /// SIGHUP: reload even if the content looks the same.
+    Signal,
+}
+
+/// Quiet time that ends a burst of filesystem events.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Longest a burst may postpone a reload.
+const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
+/// How often a poll reads the content even when `stat` says nothing moved.
+const FULL_CHECK: Duration = Duration::from_secs(60);
+/// A file changed less than this before a look may change again within the
+/// same timestamp tick, invisibly to `stat` (Linux ticks are ≤ 10 ms; some
+/// filesystems keep whole or even two seconds).
+const RACY: Duration = Duration::from_secs(3);
+/// How long a content written in place (same inode) must stay unchanged
+/// before it is loaded: a writer that writes in several steps (issue #12:
+/// two `write()`s 1.2 s apart) must not have its half-written file loaded.
+/// An atomic replacement (new inode: rename, ConfigMap symlink swap) and
+/// SIGHUP load at once. Measured from the file's mtime, so the 2 s bound of
+/// SPEC 6 holds for in-place writers too.
+pub const SETTLE: Duration = Duration::from_millis(1300);
+
+/// Watches the keys file and swaps new snapshots into the store.
+pub struct Reloader {
+    path: PathBuf,
+    table: Arc<RouteTable>,
+    store: KeyStore,
+    poll: Duration,
+}
+
+impl Reloader {
+    /// A reloader for `path`, polling every `poll_ms`.
+    pub fn new(path: PathBuf, table: Arc<RouteTable>, store: KeyStore, poll_ms: u64) -> Reloader {
+        Reloader {
+            path,
+            table,
+            store,
+            poll: Duration::from_millis(poll_ms.max(10)),
+        }
+    }
+
+    /// Starts the watcher, the SIGHUP listener and the reload loop.
+    ///
+    /// # Errors
+    /// When the threads cannot be started. A folder that cannot be watched
+    /// only logs a warning: polling and SIGHUP still work.
+    pub fn spawn(self) -> anyhow::Result<()> {
+        let (tx, rx) = mpsc::channel::<Trigger>();
+
+        let watcher = {
+            let tx = tx.clone();
+            let dir = self
+                .path
+                .parent()
+                .map(Path::to_path_buf)
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or_else(|| PathBuf::from("."));
+            let name = self.path.file_name().map(|n| n.to_os_string());
+            let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if let Ok(ev) = res {
+                    if !matches!(ev.kind, notify::EventKind::Access(_))
+                        && concerns_keys_file(&ev.paths, name.as_deref())
+                    {
+                        let _ = tx.send(Trigger::FsEvent);
+                    }
+                }
+            });
+            match watcher {
+                Ok(mut w) => {
+                    use notify::Watcher as _;
+                    match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                        Ok(()) => Some(w),
+                        Err(e) => {
+                            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the keys folder; relying on polling and SIGHUP");
+                            None
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no filesystem watcher; relying on polling and SIGHUP");
+                    None
+                }
+            }
+        };
+
+        forward_sighup("scopegate-sighup", tx, Trigger::Signal)?;
+
+        std::thread::Builder::new()
+            .name("scopegate-reload".into())
+            .spawn(move || {
+                let _watcher = watcher;
+                self.run(rx);
+            })?;
+        Ok(())
+    }
+
+    fn run(self, rx: mpsc::Receiver<Trigger>) {
+        // The digest of the text the keys in force were parsed from, so a
+        // write between the start-up load and now is still a change.
+        let seed = self.store.load().source_digest().copied();
+        let mut detector = ChangeDetector::new(seed, FULL_CHECK);
+        let mut next_poll = Instant::now() + self.poll;
+        // The file's identity when the keys in force were read.
+        let mut loaded_identity = detector.identity_now(&self.path);
+        // A content written in place, waiting to settle.
+        let mut pending: Option<Pending> = None;
+        loop {
+            let mut wait = next_poll.saturating_duration_since(Instant::now());
+            if let Some(p) = &pending {
+                wait = wait.min(p.ready_in());
+            }
+            let trigger = match rx.recv_timeout(wait) {
+                Ok(t) => Some(debounce(&rx, t)),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            if trigger.is_none() && Instant::now() >= next_poll {
+                next_poll = Instant::now() + self.poll;
+            }
+            // An event, a signal or a pending content always reads the
+            // content; a timed poll reads it only when `stat` cannot vouch
+            // for it.
+            let thorough = trigger.is_some() || pending.is_some();
+            match detector.look(&self.path, thorough) {
+                Look::Read { changed, text } => {
+                    let identity = detector.identity();
+                    let signal = trigger == Some(Trigger::Signal);
+                    if signal || (changed && identity != loaded_identity) {
+                        // SIGHUP, or an atomic replacement: complete by
+                        // construction.
+                        pending = None;
+                        loaded_identity = identity;
+                        self.reload(trigger, text);
+                    } else if changed {
+                        pending = Some(Pending {
+                            text,
+                            seen: Instant::now(),
+                            written: detector.changed_at(),
+                            trigger,
+                        });
+                    } else if pending.as_ref().is_some_and(Pending::ready) {
+                        if let Some(p) = pending.take() {
+                            loaded_identity = identity;
+                            self.reload(p.trigger, p.text);
+                        }
+                    }
+                }
+                Look::Skipped => {}
+            }
+        }
+    }
+
+    /// Parses `text`, the bytes the detector just compared, so what is
+    /// loaded is what was seen.
+    fn reload(&self, trigger: Option<Trigger>, text: Result<String, Diagnostic>) {
+        let started = Instant::now();
+        let result = text
+            .map_err(|d| vec![d])
+            .and_then(|text| load_keys_text(&text, &self.path, &self.table));
+        let how = match trigger {
+            Some(Trigger::Signal) => "sighup",
+            Some(Trigger::FsEvent) => "fs-event",
+            None => "poll",
+        };
+        match result {
+            Ok(snap) => {
+                let keys = snap.keys().len();
+                // The old snapshot goes when the last request holding it ends.
+                drop(self.store.swap(snap));
+                crate::identity::keys::release_freed_memory();
+                // Count only once the new keys are in force, so a reader
+                // of the counter never sees the old keys afterwards.
+                if let Some(m) = metrics() {
+                    m.keys_loaded(&self.store.load());
+                }
+                tracing::info!(
+                    trigger = how,
+                    keys,
+                    took_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "keys reloaded"
+                );
+            }
+            Err(problems) => {
+                if let Some(m) = metrics() {
+                    m.keys_load_failed();
+                }
+                for p in &problems {
+                    tracing::error!(trigger = how, problem = %p, "keys reload rejected; the last good keys stay in force");
+                }
+            }
+        }
+    }
+}
+
+/// A content written in place that has not yet been unchanged for [`SETTLE`].
+struct Pending {
+    text: Result<String, Diagnostic>,
+    /// When the reloader first read it.
+    seen: Instant,
+    /// When the file says it was written.
+    written: Option<SystemTime>,
+    trigger: Option<Trigger>,
+}
+
+impl Pending {
+    /// Unchanged for [`SETTLE`]: since it was first read, or by its mtime.
+    fn ready(&self) -> bool {
+        self.ready_in().is_zero()
+    }
+
+    fn ready_in(&self) -> Duration {
+        let by_seen = SETTLE.saturating_sub(self.seen.elapsed());
+        let by_mtime = self
+            .written
+            .and_then(|w| SystemTime::now().duration_since(w).ok())
+            .map_or(SETTLE, |age| SETTLE.saturating_sub(age));
+        by_seen.min(by_mtime)
+    }
+}
+
+/// Sends `message` on `tx` at every SIGHUP, from a thread named `name`,
+/// until the receiver is gone (signal-hook lets several watchers coexist:
+/// the keys reloader and the certificate reloader each have one).
+///
+/// # Errors
+/// When the handler or the thread cannot be set up.
+pub fn forward_sighup<T: Clone + Send + 'static>(
+    name: &str,
+    tx: mpsc::Sender<T>,
+    message: T,
+) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if tx.send(message.clone()).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Whether an event in the keys file's folder may have changed the keys
+/// file: it names the file, a Kubernetes ConfigMap/Secret swap entry
+/// (`..data`, `..2026_11_30_…`), or nothing at all. Other files there (the
+/// usage database written every second, editors' swap files) are not
+/// worth re-reading a large keys file for.
+fn concerns_keys_file(paths: &[PathBuf], name: Option<&std::ffi::OsStr>) -> bool {
+    paths.is_empty()
+        || paths.iter().any(|p| match p.file_name() {
+            None => true,
+            Some(n) => Some(n) == name || n.to_string_lossy().starts_with(".."),
+        })
+}
+
+/// Collects the rest of a burst of triggers; a signal in the burst wins.
+fn debounce(rx: &mpsc::Receiver<Trigger>, first: Trigger) -> Trigger {
+    let start = Instant::now();
+    let mut t = first;
+    while start.elapsed() < DEBOUNCE_MAX {
+        match rx.recv_timeout(DEBOUNCE) {
+            Ok(next) => {
+                if next == Trigger::Signal {
+                    t = Trigger::Signal;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    t
+}
+
+/// Tells whether the keys file's content changed since it last looked.
+///
+/// Hashing the whole file on every poll is not free: 18 MB at 100,000 keys
+/// cost ~2 % of a core at the default 1 s poll. So a poll first compares
+/// what `stat` says (device, inode, size, mtime, ctime — through symlinks,
+/// so a ConfigMap swap moves it) and reads the content only when `stat`
+/// cannot vouch for it:
+/// - the stamp moved;
+/// - the file last changed less than [`RACY`] before the previous look
+///   (a second write inside the same timestamp tick leaves the stamp as it
+///   was; git's index has the same "racily clean" rule);
+/// - `full_check` has passed since the last read (clocks that disagree,
+///   e.g. a network filesystem's).
+struct ChangeDetector {
+    stamp: Option<Stamp>,
+    digest: Option<Digest>,
+    /// Wall-clock time just before the last `stat` that led to a read.
+    looked_at: SystemTime,
+    read_at: Instant,
+    full_check: Duration,
+}
+
+/// What a look found.
+enum Look {
+    /// `stat` vouched that nothing changed; the content was not read.
+    Skipped,
+    /// The content was read: whether it differs, and the text (or why it
+    /// could not be read) for the reload to parse.
+    Read {
+        changed: bool,
+        text: Result<String, Diagnostic>,
+    },
+}
+
+/// The cheap part of a file's identity and state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    /// When the file last changed, by its own timestamps.
+    fn changed_at(&self) -> Option<SystemTime> {
+        let at = |(s, ns): (i64, i64)| {
+            let s = u64::try_from(s).ok()?;
+            let ns = u32::try_from(ns).ok()?;
+            UNIX_EPOCH.checked_add(Duration::new(s, ns))
+        };
+        at(self.mtime.max(self.ctime))
+    }
+}
+
+impl ChangeDetector {
+    /// `digest`: of the text the keys in force came from. The first look
+    /// always reads.
+    fn new(digest: Option<Digest>, full_check: Duration) -> ChangeDetector {
+        ChangeDetector {
+            stamp: None,
+            digest,
+            looked_at: UNIX_EPOCH,
+            read_at: Instant::now(),
+            full_check,
+        }
+    }
+
+    /// Looks at the file; `thorough` reads the content whatever `stat` says.
+    fn look(&mut self, path: &Path, thorough: bool) -> Look {
+        let now = SystemTime::now();
+        // stat before reading: a write in between moves the next stamp.
+        let stamp = read_stamp(path);
+        let vouched = !thorough
+            && stamp.is_some()
+            && stamp == self.stamp
+            && !self.racy(&stamp)
+            && self.read_at.elapsed() < self.full_check;
+        if vouched {
+            return Look::Skipped;
+        }
+        self.stamp = stamp;
+        self.looked_at = now;
+        self.read_at = Instant::now();
+        let text = crate::identity::keys::read_keys_file(path);
+        let digest = text
+            .as_ref()
+            .ok()
+            .map(|t| crate::identity::keys::digest(t.as_bytes()));
+        let changed = digest != self.digest;
+        self.digest = digest;
+        Look::Read { changed, text }
+    }
+
+    /// Device and inode of the file (through symlinks) at the last read.
+    fn identity(&self) -> Option<(u64, u64)> {
+        self.stamp.map(|s| (s.dev, s.ino))
+    }
+
+    /// Device and inode of the file now.
+    fn identity_now(&self, path: &Path) -> Option<(u64, u64)> {
+        read_stamp(path).map(|s| (s.dev, s.ino))
+    }
+
+    /// When the file last changed, by its timestamps, at the last read.
+    fn changed_at(&self) -> Option<SystemTime> {
+        self.stamp.as_ref().and_then(Stamp::changed_at)
+    }
+
+    /// Whether the file changed so close to the last look that a write
+    /// since may have kept the same stamp.
+    fn racy(&self, stamp: &Option<Stamp>) -> bool {
+        match stamp.as_ref().and_then(Stamp::changed_at) {
+            Some(at) => at + RACY > self.looked_at,
+            None => true,
+        }
+    }
+}
+
+fn read_stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn write(path: &Path, text: &str) {
+        std::fs::write(path, text).expect("write test file");
+    }
+
+    /// A detector that has read `path` as it is now.
+    fn seen(path: &Path, full_check: Duration) -> ChangeDetector {
+        let mut d = ChangeDetector::new(None, full_check);
+        assert!(matches!(d.look(path, false), Look::Read { .. }));
+        d
+    }
+
+    /// Pretends the last look was long after the file's last change, as on
+    /// a poll minutes after the last write.
+    fn age(d: &mut ChangeDetector) {
+        d.looked_at = SystemTime::now() + Duration::from_secs(60);
+    }
+
+    fn changed(look: Look) -> Option<bool> {
+        match look {
+            Look::Skipped => None,
+            Look::Read { changed, .. } => Some(changed),
+        }
+    }
+
+    #[test]
+    fn only_events_about_the_keys_file_trigger() {
+        let name = Some(std::ffi::OsStr::new("keys.yaml"));
+        let p = |s: &str| vec![PathBuf::from(s)];
+        assert!(concerns_keys_file(&p("/c/keys.yaml"), name));
+        assert!(concerns_keys_file(&p("/c/..data"), name));
+        assert!(concerns_keys_file(&p("/c/..2026_11_30_10_00_00.123"), name));
+        assert!(concerns_keys_file(&[], name));
+        assert!(concerns_keys_file(
+            &[
+                PathBuf::from("/c/keys.yaml.tmp"),
+                PathBuf::from("/c/keys.yaml")
+            ],
+            name
+        ));
+        assert!(!concerns_keys_file(&p("/c/state.db-wal"), name));
+        assert!(!concerns_keys_file(&p("/c/.keys.yaml.swp"), name));
+    }
+
+    #[test]
+    fn an_untouched_file_is_not_read_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys.yaml");
+        write(&path, "keys: []\n");
+        let mut d = seen(&path, HOUR);
+        age(&mut d);
+        assert_eq!(changed(d.look(&path, false)), None, "stat vouches for it");
+        assert_eq!(changed(d.look(&path, true)), Some(false), "thorough reads");
+    }
+
+    #[test]
+    fn a_rewrite_is_seen_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys.yaml");
+        write(&path, "keys: []\n");
+        let mut d = seen(&path, HOUR);
+        age(&mut d);
+        write(&path, "keys: [] # a longer file\n");
+        assert_eq!(changed(d.look(&path, false)), Some(true), "size moved");
+        age(&mut d);
+        assert_eq!(changed(d.look(&path, false)), None, "seen once, not again");
+    }
+
+    #[test]
+    fn the_same_bytes_written_again_are_no_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys.yaml");
+        write(&path, "keys: []\n");
+        let mut d = seen(&path, HOUR);
+        age(&mut d);
+        d.stamp = None; // as if stat moved
+        write(&path, "keys: []\n");
+        assert_eq!(changed(d.look(&path, false)), Some(false));
+    }
+
+    #[test]
+    fn a_rewrite_stat_cannot_see_is_read_while_the_file_is_racy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys.yaml");
+        write(&path, "keys: [a]\n");
+        let mut d = seen(&path, HOUR);
+        // Same size, and the stamp put back: only the content moved, as with
+        // two writes inside one timestamp tick.
+        let before = d.stamp;
+        write(&path, "keys: [b]\n");
+        d.stamp = read_stamp(&path);
+        assert_ne!(before, None);
+        // The file changed just now, less than RACY before the last look.
+        assert_eq!(changed(d.look(&path, false)), Some(true), "racy: read");
+    }
+
+    #[test]
+    fn a_rewrite_stat_cannot_see_waits_for_an_event_or_the_full_check() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys.yaml");
+        write(&path, "keys: [a]\n");
+        let mut d = seen(&path, HOUR);
+        age(&mut d);
+        write(&path, "keys: [b]\n");
+        d.stamp = read_stamp(&path);
+        assert_eq!(
+            changed(d.look(&path, false)),
+            None,
+            "stat alone cannot tell"
+        );
+        assert_eq!(changed(d.look(&path, true)), Some(true), "an event reads");
+
+        let mut full = seen(&path, Duration::ZERO);
+        age(&mut full);
+        write(&path, "keys: [c]\n");
+        full.stamp = read_stamp(&path);
+        assert_eq!(changed(full.look(&path, false)), Some(true), "full check");
+    }
+
+    #[test]
+    fn a_file_that_appears_or_goes_is_a_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys.yaml");
+        let mut d = seen(&path, HOUR);
+        assert_eq!(changed(d.look(&path, false)), Some(false), "still missing");
+        write(&path, "keys: []\n");
+        assert_eq!(changed(d.look(&path, false)), Some(true), "appeared");
+        std::fs::remove_file(&path).expect("remove");
+        let look = d.look(&path, false);
+        assert!(
+            matches!(
+                &look,
+                Look::Read {
+                    changed: true,
+                    text: Err(_)
+                }
+            ),
+            "gone, with the reason for the reload to report"
+        );
+    }
+
+    #[test]
+    fn the_first_look_compares_with_what_was_loaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys.yaml");
+        write(&path, "keys: [new]\n");
+        let loaded = crate::identity::keys::digest(b"keys: [old]\n");
+        let mut d = ChangeDetector::new(Some(loaded), HOUR);
+        assert_eq!(
+            changed(d.look(&path, false)),
+            Some(true),
+            "written after the load"
+        );
+
+        let mut same =
+            ChangeDetector::new(Some(crate::identity::keys::digest(b"keys: [new]\n")), HOUR);
+        assert_eq!(changed(same.look(&path, false)), Some(false));
+    }
+}
