@@ -626,16 +626,11 @@ fn explain(args: &ExplainArgs) -> ExitCode {
     };
     // Budgets: the usage the running proxy has counted (SPEC 9.5).
     let usage = usage_cmd::current_usage(&config, &snap);
-    let used_up =
-        |scope: crate::decision::decide::Scope, id: &str, limit: &crate::limits::UsageLimit| {
-            let scope = match scope {
-                crate::decision::decide::Scope::Key => crate::state::Scope::Key,
-                crate::decision::decide::Scope::Workspace => crate::state::Scope::Workspace,
-            };
-            usage
-                .get(&(scope, std::sync::Arc::from(id)))
-                .is_some_and(|u| u.exhausted(limit))
-        };
+    let used_up = |scope: crate::limits::Scope, id: &str, limit: &crate::limits::UsageLimit| {
+        usage
+            .get(&(scope, std::sync::Arc::from(id)))
+            .is_some_and(|u| u.exhausted(limit))
+    };
     let facts = crate::decision::decide::RequestFacts {
         method: &method,
         path,

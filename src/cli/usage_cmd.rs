@@ -11,8 +11,9 @@ use serde_json::json;
 use crate::config::Config;
 use crate::identity::keys::Snapshot;
 use crate::limits::period::{period_of, Period};
+use crate::limits::Scope;
 use crate::limits::UsageLimit;
-use crate::state::{Scope, SubjectId, SubjectLimits, UsageNow, UsageRow};
+use crate::state::{SubjectId, SubjectLimits, UsageNow, UsageRow};
 
 /// One line of the report.
 struct Line {

@@ -7,6 +7,8 @@
 
 use serde_json::json;
 
+use crate::limits::{RateKind, Refusal, Scope};
+
 /// Every way a request can be refused or fail, in decision order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -213,6 +215,60 @@ impl Denial {
             code,
             message: message.into(),
             allow: None,
+        }
+    }
+
+    /// The denial of a request the counter store refused.
+    pub fn of_refusal(refusal: Refusal) -> Denial {
+        let whose = |scope| match scope {
+            Scope::Key => "this API key",
+            Scope::Workspace => "this API key's workspace",
+        };
+        match refusal {
+            Refusal::Budget { scope } => Denial::new(
+                ErrorCode::BudgetExhausted,
+                match scope {
+                    Scope::Key => {
+                        "This request would pass this API key's usage limit for this period."
+                    }
+                    Scope::Workspace => {
+                        "This request would pass the usage limit of this API key's workspace for this period."
+                    }
+                },
+            ),
+            Refusal::Rate {
+                kind,
+                scope,
+                retry_after,
+                never,
+            } => {
+                let whose = whose(scope);
+                let secs = retry_after.as_secs().max(1);
+                Denial::new(
+                    ErrorCode::RateLimited,
+                    match kind {
+                        RateKind::Requests => format!(
+                            "Rate limit exceeded for {whose}: requests; retry after {secs} s."
+                        ),
+                        RateKind::Tokens if never => format!(
+                            "This request's estimated tokens are more than the whole token rate \
+                             limit of {whose}; it can never pass: send a smaller request or a \
+                             smaller max_tokens."
+                        ),
+                        RateKind::Tokens => format!(
+                            "Token rate limit exceeded for {whose}; retry after {secs} s."
+                        ),
+                    },
+                )
+            }
+            Refusal::Concurrency => Denial::new(
+                ErrorCode::ConcurrencyLimited,
+                "This API key already has its max_concurrent_requests in flight; retry when one ends.",
+            ),
+            Refusal::Unavailable => Denial::new(
+                ErrorCode::LimitsUnavailable,
+                "The shared limits store is unavailable; the request was not forwarded.",
+            ),
         }
     }
 }

@@ -553,6 +553,110 @@ struct Pending {
     meter: Option<UsageApi>,
 }
 
+/// The built-in routes, parsed.
+fn builtin_pending(problems: &mut Vec<RouteProblem>) -> Vec<Pending> {
+    let mut pending = Vec::new();
+    for b in builtin_routes() {
+        match parse_pattern(&b.path) {
+            Ok(parsed) => pending.push(Pending {
+                methods: b
+                    .methods
+                    .iter()
+                    .filter_map(|m| parse_method(m).ok())
+                    .collect(),
+                pattern: b.path,
+                parsed,
+                plane: b.plane,
+                any: b.any,
+                all: b.all,
+                websocket: false,
+                meter: None,
+            }),
+            Err(message) => problems.push(RouteProblem {
+                index: None,
+                message,
+            }),
+        }
+    }
+    pending
+}
+
+/// One extra route of the config, checked: every problem goes to `bad`;
+/// `None` when its pattern cannot be parsed.
+fn extra_pending(spec: &RouteSpec, bad: &mut dyn FnMut(String)) -> Option<Pending> {
+    let parsed = match parse_pattern(&spec.path) {
+        Ok(p) => Some(p),
+        Err(m) => {
+            bad(m);
+            None
+        }
+    };
+    let mut methods = Vec::new();
+    if spec.methods.is_empty() {
+        bad("a route needs at least one method".to_string());
+    }
+    for m in &spec.methods {
+        match parse_method(m) {
+            Ok(m) => methods.push(m),
+            Err(e) => bad(e),
+        }
+    }
+    match (spec.scopes.is_empty(), spec.scopes_all.is_empty()) {
+        (true, true) => bad("a route needs `scopes` (any of) or `scopes_all` (all of)".to_string()),
+        (false, false) => {
+            bad("give either `scopes` (any of) or `scopes_all` (all of), not both".to_string())
+        }
+        _ => {}
+    }
+    for s in spec.scopes.iter().chain(&spec.scopes_all) {
+        if s.is_empty() || s.contains('*') {
+            bad(format!(
+                "route scope `{s}` must be a plain scope name (no wildcards)"
+            ));
+        }
+    }
+    let websocket = check_upgrade(spec.upgrade.as_deref(), &spec.methods).unwrap_or_else(|m| {
+        bad(m);
+        false
+    });
+    if let Err(m) = check_meter(
+        spec.meter,
+        spec.plane,
+        spec.upgrade.as_deref(),
+        &spec.methods,
+    ) {
+        bad(m);
+    }
+    Some(Pending {
+        methods,
+        pattern: spec.path.clone(),
+        parsed: parsed?,
+        plane: spec.plane,
+        any: spec.scopes.clone(),
+        all: spec.scopes_all.clone(),
+        websocket,
+        meter: spec.meter,
+    })
+}
+
+/// The scope registry: the vocabulary, plus the scopes extra routes name
+/// that are not in it (custom scopes).
+fn registry_with(extra: &[Pending]) -> Result<ScopeRegistry, Vec<RouteProblem>> {
+    let builtin = ScopeRegistry::builtin();
+    let custom: Vec<&str> = extra
+        .iter()
+        .flat_map(|p| p.any.iter().chain(&p.all))
+        .map(String::as_str)
+        .filter(|s| builtin.id(s).is_none())
+        .collect();
+    ScopeRegistry::with_custom(custom).map_err(|message| {
+        vec![RouteProblem {
+            index: None,
+            message,
+        }]
+    })
+}
+
 impl RouteTable {
     /// Builds the table from the built-in routes (when `builtin`) and the
     /// config's extra routes, which win over a built-in route with the same
@@ -567,28 +671,7 @@ impl RouteTable {
         let mut problems = Vec::new();
         let mut pending: Vec<Pending> = Vec::new();
         if builtin {
-            for b in builtin_routes() {
-                match parse_pattern(&b.path) {
-                    Ok(parsed) => pending.push(Pending {
-                        methods: b
-                            .methods
-                            .iter()
-                            .filter_map(|m| parse_method(m).ok())
-                            .collect(),
-                        pattern: b.path,
-                        parsed,
-                        plane: b.plane,
-                        any: b.any,
-                        all: b.all,
-                        websocket: false,
-                        meter: None,
-                    }),
-                    Err(message) => problems.push(RouteProblem {
-                        index: None,
-                        message,
-                    }),
-                }
-            }
+            pending.extend(builtin_pending(&mut problems));
         }
         let builtin_count = pending.len();
         for (i, spec) in extra.iter().enumerate() {
@@ -598,156 +681,20 @@ impl RouteTable {
                     message,
                 })
             };
-            let parsed = match parse_pattern(&spec.path) {
-                Ok(p) => Some(p),
-                Err(m) => {
-                    bad(m);
-                    None
-                }
-            };
-            let mut methods = Vec::new();
-            if spec.methods.is_empty() {
-                bad("a route needs at least one method".to_string());
-            }
-            for m in &spec.methods {
-                match parse_method(m) {
-                    Ok(m) => methods.push(m),
-                    Err(e) => bad(e),
-                }
-            }
-            match (spec.scopes.is_empty(), spec.scopes_all.is_empty()) {
-                (true, true) => {
-                    bad("a route needs `scopes` (any of) or `scopes_all` (all of)".to_string())
-                }
-                (false, false) => bad(
-                    "give either `scopes` (any of) or `scopes_all` (all of), not both".to_string(),
-                ),
-                _ => {}
-            }
-            for s in spec.scopes.iter().chain(&spec.scopes_all) {
-                if s.is_empty() || s.contains('*') {
-                    bad(format!(
-                        "route scope `{s}` must be a plain scope name (no wildcards)"
-                    ));
-                }
-            }
-            let websocket =
-                check_upgrade(spec.upgrade.as_deref(), &spec.methods).unwrap_or_else(|m| {
-                    bad(m);
-                    false
-                });
-            if let Err(m) = check_meter(
-                spec.meter,
-                spec.plane,
-                spec.upgrade.as_deref(),
-                &spec.methods,
-            ) {
-                bad(m);
-            }
-            if let Some(parsed) = parsed {
-                pending.push(Pending {
-                    methods,
-                    pattern: spec.path.clone(),
-                    parsed,
-                    plane: spec.plane,
-                    any: spec.scopes.clone(),
-                    all: spec.scopes_all.clone(),
-                    websocket,
-                    meter: spec.meter,
-                });
-            }
+            pending.extend(extra_pending(spec, &mut bad));
         }
         if !problems.is_empty() {
             return Err(problems);
         }
-        let custom: Vec<&str> = pending[builtin_count..]
-            .iter()
-            .flat_map(|p| p.any.iter().chain(&p.all))
-            .map(String::as_str)
-            .collect();
-        let registry = ScopeRegistry::builtin();
-        let custom: Vec<&str> = custom
-            .into_iter()
-            .filter(|s| registry.id(s).is_none())
-            .collect();
-        let registry = ScopeRegistry::with_custom(custom).map_err(|message| {
-            vec![RouteProblem {
-                index: None,
-                message,
-            }]
-        })?;
-
         let mut table = RouteTable {
             router: matchit::Router::new(),
             entries: Vec::new(),
             routes: Vec::new(),
-            registry,
+            registry: registry_with(&pending[builtin_count..])?,
         };
         let mut by_normalized: HashMap<String, usize> = HashMap::new();
         for p in pending {
-            let mut set = ScopeSet::EMPTY;
-            for s in p.any.iter().chain(&p.all) {
-                if let Some(id) = table.registry.id(s) {
-                    set.insert(id);
-                }
-            }
-            let requirement = if p.all.is_empty() {
-                Requirement::AnyOf(set)
-            } else {
-                Requirement::AllOf(set)
-            };
-            let needs: Arc<str> = describe_needs(&p.any, &p.all).into();
-            let entry_idx = match by_normalized.get(&p.parsed.normalized) {
-                Some(i) => *i,
-                None => {
-                    let idx = table.entries.len();
-                    table
-                        .router
-                        .insert(p.parsed.normalized.clone(), idx)
-                        .map_err(|e| {
-                            vec![RouteProblem {
-                                index: None,
-                                message: format!("route `{}` conflicts: {e}", p.pattern),
-                            }]
-                        })?;
-                    table.entries.push(PathEntry {
-                        pattern: p.pattern.as_str().into(),
-                        methods: Vec::new(),
-                        allow: "".into(),
-                        control: false,
-                        workspace_param: p.parsed.workspace_param.as_deref().map(Into::into),
-                    });
-                    by_normalized.insert(p.parsed.normalized.clone(), idx);
-                    idx
-                }
-            };
-            let pattern: Arc<str> = p.pattern.as_str().into();
-            for method in p.methods {
-                let route_idx = RouteIdx(table.routes.len() as u32);
-                let post_data = method == Method::POST && p.plane == Plane::Data;
-                let usage = post_data
-                    .then(|| p.meter.or_else(|| UsageApi::of_builtin(&p.pattern)))
-                    .flatten();
-                table.routes.push(Route {
-                    pattern: pattern.clone(),
-                    method: method.clone(),
-                    plane: p.plane,
-                    requirement,
-                    needs: needs.clone(),
-                    websocket: p.websocket && method == Method::GET,
-                    usage,
-                    inference: post_data
-                        && (usage.is_some() || INFERENCE_ROUTES.contains(&p.pattern.as_str())),
-                    opaque: p.plane == Plane::Data && is_opaque(&method, &p.pattern),
-                });
-                let entry = &mut table.entries[entry_idx];
-                // Later routes (extra) replace earlier ones (built-in).
-                if let Some(slot) = entry.methods.iter_mut().find(|(m, _)| *m == method) {
-                    slot.1 = route_idx;
-                } else {
-                    entry.methods.push((method, route_idx));
-                }
-            }
+            table.add(p, &mut by_normalized)?;
         }
         for entry in &mut table.entries {
             entry.control = entry
@@ -759,6 +706,77 @@ impl RouteTable {
             entry.allow = names.join(", ").into();
         }
         Ok(table)
+    }
+
+    /// Adds one route's methods, under the entry of its (normalized) pattern.
+    fn add(
+        &mut self,
+        p: Pending,
+        by_normalized: &mut HashMap<String, usize>,
+    ) -> Result<(), Vec<RouteProblem>> {
+        let mut set = ScopeSet::EMPTY;
+        for s in p.any.iter().chain(&p.all) {
+            if let Some(id) = self.registry.id(s) {
+                set.insert(id);
+            }
+        }
+        let requirement = if p.all.is_empty() {
+            Requirement::AnyOf(set)
+        } else {
+            Requirement::AllOf(set)
+        };
+        let needs: Arc<str> = describe_needs(&p.any, &p.all).into();
+        let entry_idx = match by_normalized.get(&p.parsed.normalized) {
+            Some(i) => *i,
+            None => {
+                let idx = self.entries.len();
+                self.router
+                    .insert(p.parsed.normalized.clone(), idx)
+                    .map_err(|e| {
+                        vec![RouteProblem {
+                            index: None,
+                            message: format!("route `{}` conflicts: {e}", p.pattern),
+                        }]
+                    })?;
+                self.entries.push(PathEntry {
+                    pattern: p.pattern.as_str().into(),
+                    methods: Vec::new(),
+                    allow: "".into(),
+                    control: false,
+                    workspace_param: p.parsed.workspace_param.as_deref().map(Into::into),
+                });
+                by_normalized.insert(p.parsed.normalized.clone(), idx);
+                idx
+            }
+        };
+        let pattern: Arc<str> = p.pattern.as_str().into();
+        for method in p.methods {
+            let route_idx = RouteIdx(self.routes.len() as u32);
+            let post_data = method == Method::POST && p.plane == Plane::Data;
+            let usage = post_data
+                .then(|| p.meter.or_else(|| UsageApi::of_builtin(&p.pattern)))
+                .flatten();
+            self.routes.push(Route {
+                pattern: pattern.clone(),
+                method: method.clone(),
+                plane: p.plane,
+                requirement,
+                needs: needs.clone(),
+                websocket: p.websocket && method == Method::GET,
+                usage,
+                inference: post_data
+                    && (usage.is_some() || INFERENCE_ROUTES.contains(&p.pattern.as_str())),
+                opaque: p.plane == Plane::Data && is_opaque(&method, &p.pattern),
+            });
+            let entry = &mut self.entries[entry_idx];
+            // Later routes (extra) replace earlier ones (built-in).
+            if let Some(slot) = entry.methods.iter_mut().find(|(m, _)| *m == method) {
+                slot.1 = route_idx;
+            } else {
+                entry.methods.push((method, route_idx));
+            }
+        }
+        Ok(())
     }
 
     /// Matches a (canonical) path to its pattern.

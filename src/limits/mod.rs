@@ -29,5 +29,6 @@ pub mod types;
 
 pub use estimate::UsageApi;
 pub use types::{
-    pattern_matches, price_of, Limits, Price, PriceTable, Reset, TokenRate, UsageKind, UsageLimit,
+    pattern_matches, price_of, Limits, Price, PriceTable, RateKind, Refusal, Reset, Scope,
+    TokenRate, UsageKind, UsageLimit,
 };

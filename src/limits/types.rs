@@ -154,6 +154,72 @@ pub fn price_of(table: &[(Arc<str>, Price)], model: &str) -> Option<Price> {
         .map(|(_, price)| *price)
 }
 
+/// Whether a subject is a key or a workspace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// An API key.
+    Key,
+    /// A workspace (its limits bind all its keys together).
+    Workspace,
+}
+
+impl Scope {
+    /// `key` or `workspace`: the spelling in the database, Redis keys and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Key => "key",
+            Scope::Workspace => "workspace",
+        }
+    }
+
+    /// Parses [`Scope::as_str`].
+    pub fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "key" => Some(Scope::Key),
+            "workspace" => Some(Scope::Workspace),
+            _ => None,
+        }
+    }
+}
+
+/// Which kind of rate limit refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateKind {
+    /// A request rate limit.
+    Requests,
+    /// A token rate limit.
+    Tokens,
+}
+
+/// Why the counter store refused a request the decision allowed. Typed,
+/// so that the one place errors become bodies (`decision::errors`) words
+/// it, and the glue only carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 412: the request's reservation would pass `scope`'s usage limit for
+    /// this period.
+    Budget {
+        /// Whose limit.
+        scope: Scope,
+    },
+    /// 429: a rate limit of `scope`.
+    Rate {
+        /// Requests or tokens.
+        kind: RateKind,
+        /// Whose limit.
+        scope: Scope,
+        /// Until the request could pass (`Retry-After`).
+        retry_after: Duration,
+        /// The request's estimated tokens are more than the whole token
+        /// limit: waiting will not help.
+        never: bool,
+    },
+    /// 429: the key's `max_concurrent_requests` are in flight.
+    Concurrency,
+    /// 503: the shared limits store is unavailable (`on_error: deny`).
+    Unavailable,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

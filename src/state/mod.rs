@@ -19,38 +19,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::limits::rate::{Quota, RateLimit};
-use crate::limits::{TokenRate, UsageKind, UsageLimit};
+use crate::limits::{RateKind, Refusal, Scope, TokenRate, UsageKind, UsageLimit};
 
 pub use local::LocalStore;
 pub use redis::{OnError, RedisConfig, RedisStore};
-
-/// Whether a subject is a key or a workspace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Scope {
-    /// An API key.
-    Key,
-    /// A workspace (its limits bind all its keys together).
-    Workspace,
-}
-
-impl Scope {
-    /// `key` or `workspace`: the spelling in the database, Redis keys and reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Key => "key",
-            Scope::Workspace => "workspace",
-        }
-    }
-
-    /// Parses [`Scope::as_str`].
-    pub fn parse(s: &str) -> Option<Scope> {
-        match s {
-            "key" => Some(Scope::Key),
-            "workspace" => Some(Scope::Workspace),
-            _ => None,
-        }
-    }
-}
 
 /// Who owns a set of counters: a key or a workspace, by id.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -198,15 +170,6 @@ pub struct Quotas {
     pub tokens: Option<TokenQuota>,
 }
 
-/// Which kind of rate limit refused a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RateKind {
-    /// A request rate limit.
-    Requests,
-    /// A token rate limit.
-    Tokens,
-}
-
 /// The answer to [`CounterStore::admit`].
 #[derive(Debug)]
 pub enum AdmitResult {
@@ -244,6 +207,54 @@ pub enum AdmitResult {
     },
     /// 503 `limits_unavailable` (the caller applies `on_error: deny`).
     Unavailable,
+}
+
+/// A request the store refused: why, typed (the proxy turns it into a
+/// denial through `decision::errors`), and the quotas for the response
+/// headers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Refused {
+    /// Why.
+    pub refusal: Refusal,
+    /// For the response headers (nothing was taken); empty for a budget or
+    /// an unavailable store.
+    pub quotas: Quotas,
+}
+
+impl AdmitResult {
+    /// The admission and its quotas, or the typed refusal.
+    ///
+    /// # Errors
+    /// Every answer but `Admitted`, as a [`Refused`].
+    pub fn into_admission(self) -> Result<(Admission, Quotas), Refused> {
+        let (refusal, quotas) = match self {
+            AdmitResult::Admitted { admission, quotas } => return Ok((admission, quotas)),
+            AdmitResult::BudgetExhausted { subject } => (
+                Refusal::Budget {
+                    scope: subject.scope,
+                },
+                Quotas::default(),
+            ),
+            AdmitResult::RateLimited {
+                which,
+                subject,
+                retry_after,
+                larger_than_limit,
+                quotas,
+            } => (
+                Refusal::Rate {
+                    kind: which,
+                    scope: subject.scope,
+                    retry_after,
+                    never: larger_than_limit,
+                },
+                quotas,
+            ),
+            AdmitResult::ConcurrencyLimited { quotas, .. } => (Refusal::Concurrency, quotas),
+            AdmitResult::Unavailable => (Refusal::Unavailable, Quotas::default()),
+        };
+        Err(Refused { refusal, quotas })
+    }
 }
 
 /// A request's usage as the upstream reported it (or as estimated).

@@ -6,10 +6,10 @@ use http::Method;
 
 use crate::decision::errors::{Denial, ErrorCode, ErrorShape};
 use crate::decision::request::{self, BodyWorkspace, Media, Presented, Upgrade};
-use crate::decision::routes::{Plane, Route, RouteIdx, RouteTable};
+use crate::decision::routes::{PathMatch, Plane, Route, RouteIdx, RouteTable};
 use crate::identity::keys::{KeyIdx, KeyStatus, Snapshot, UnixMillis, WsIdx};
 use crate::limits::UsageApi;
-use crate::limits::{Limits, UsageLimit};
+use crate::limits::{Limits, Scope, UsageLimit};
 
 /// What the decision knows about a request body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,15 +63,6 @@ pub struct RequestFacts<'a> {
     /// Whether a usage limit is used up already (counters read beforehand,
     /// in memory): `(scope, id, limit)`.
     pub used_up: &'a (dyn Fn(Scope, &str, &UsageLimit) -> bool + Sync),
-}
-
-/// Whose usage limit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Scope {
-    /// A key's own limit.
-    Key,
-    /// The limit of a key's workspace, shared by all its keys.
-    Workspace,
 }
 
 /// A `used_up` that never says yes (tests, `explain` without a store).
@@ -137,15 +128,24 @@ pub struct Verdict {
     pub spend: Option<Spend>,
 }
 
-impl Verdict {
-    fn deny(mut self, code: ErrorCode, message: impl Into<String>) -> Verdict {
-        self.outcome = Outcome::Deny(Denial::new(code, message));
-        self
-    }
+/// Why the decision stopped before its last step.
+enum Stop {
+    /// A step refused the request.
+    Deny(Denial),
+    /// A step needs the body: read it and decide again.
+    ReadBody,
 }
 
-/// Decides a request. See SPEC 5.1 for the order; the first failing step
-/// answers.
+/// What a step gives the next one, or why the decision stops.
+type Step<T> = Result<T, Stop>;
+
+/// A refusal with its code and words.
+fn deny(code: ErrorCode, message: impl Into<String>) -> Stop {
+    Stop::Deny(Denial::new(code, message))
+}
+
+/// Decides a request. See docs/reference.md#the-decision for the order; the
+/// first failing step answers.
 pub fn decide(table: &RouteTable, snap: &Snapshot, facts: &RequestFacts<'_>) -> Verdict {
     decide_inner(table, snap, facts, None)
 }
@@ -178,12 +178,58 @@ fn decide_inner(
         workspace: None,
         spend: None,
     };
+    match steps(table, snap, facts, known, &mut v) {
+        Ok(()) => {}
+        Err(Stop::Deny(d)) => v.outcome = Outcome::Deny(d),
+        Err(Stop::ReadBody) => v.outcome = Outcome::ReadBody,
+    }
+    v
+}
 
-    // 1. Canonical path (and a query of ASCII without controls).
+/// The decision table, a step a line: each refuses by returning early, and
+/// records in `v` what it learnt (shape, route, key, workspace) so that a
+/// refusal further down is answered in the right shape and logged with it.
+fn steps(
+    table: &RouteTable,
+    snap: &Snapshot,
+    facts: &RequestFacts<'_>,
+    known: Option<KeyIdx>,
+    v: &mut Verdict,
+) -> Step<()> {
+    // 1. A canonical path and query, one Content-Length (400).
+    let path_match = canonical(table, facts, v)?;
+    // 2. A known key, not expired, not revoked (401, 403).
+    let key_idx = identify(snap, facts, known, v)?;
+    // 3. A route for the path and the method, upgrades where allowed (404, 405, 400).
+    let (m, route) = route_and_method(table, path_match, facts, v)?;
+    // 4. The key may call it: key type, budget, scopes, tunnels (403, 412).
+    let (key_limits, ws_limits) = key_may_call(snap, key_idx, route, facts)?;
+    // 5. A control-plane write's body: JSON, inspected (415, 413, 400).
+    let body_ws = control_body(route, facts)?;
+    // 6. One workspace, one the key may act in (409, 403, 404).
+    v.workspace = workspace(snap, key_idx, &m, body_ws, facts)?;
+    // 7. Data plane: the body where limits need it, models, metering.
+    if route.plane == Plane::Data {
+        v.spend = Some(data_plane(facts, route, key_limits, ws_limits)?);
+    }
+    Ok(())
+}
+
+/// Step 1: the path is canonical, the query is ASCII without controls, and
+/// `Content-Length` is one number. Returns the path's match, if any, and
+/// sets the shape, plane and pattern it implies.
+fn canonical<'t, 'p>(
+    table: &'t RouteTable,
+    facts: &RequestFacts<'p>,
+    v: &mut Verdict,
+) -> Step<Option<PathMatch<'t, 'p>>> {
     if let Some(reason) = request::non_canonical_reason(facts.path)
         .or_else(|| facts.query.and_then(request::invalid_query_reason))
     {
-        return v.deny(ErrorCode::InvalidPath, format!("Invalid path: {reason}."));
+        return Err(deny(
+            ErrorCode::InvalidPath,
+            format!("Invalid path: {reason}."),
+        ));
     }
     let path_match = table.match_path(facts.path);
     if let Some(m) = &path_match {
@@ -200,30 +246,39 @@ fn decide_inner(
     // An HTTP/1.1 upstream could frame the body otherwise than the proxy
     // (and pingora reconciles equal duplicates, which upstreams need not).
     if facts.bad_content_length {
-        return v.deny(
+        return Err(deny(
             ErrorCode::InvalidRequest,
             "Content-Length must be sent once, as one decimal number.",
-        );
+        ));
     }
+    Ok(path_match)
+}
 
-    // 2. Key.
+/// Step 2: the key, by the digest of its secret (or as `explain` names it),
+/// then the expiry of the key and of that secret, then its status.
+fn identify(
+    snap: &Snapshot,
+    facts: &RequestFacts<'_>,
+    known: Option<KeyIdx>,
+    v: &mut Verdict,
+) -> Step<KeyIdx> {
     let (key_idx, secret_expires) = match (known, facts.key) {
         (Some(k), _) => (k, None),
-        (None, Presented::Missing) => return v.deny(
+        (None, Presented::Missing) => return Err(deny(
             ErrorCode::MissingApiKey,
             "Missing API key: send it in the x-portkey-api-key header, as Authorization: Bearer, or in x-api-key or api-key.",
-        ),
+        )),
         (None, Presented::Repeated) => {
-            return v.deny(
+            return Err(deny(
                 ErrorCode::InvalidApiKey,
                 "Invalid API key: the key header was sent more than once.",
-            )
+            ))
         }
         (None, Presented::Secret(secret)) => {
             let digest = crate::identity::keys::digest(secret);
             match snap.lookup(&digest) {
                 Some((k, entry)) => (k, entry.expires_at),
-                None => return v.deny(ErrorCode::InvalidApiKey, "Invalid API key."),
+                None => return Err(deny(ErrorCode::InvalidApiKey, "Invalid API key.")),
             }
         }
     };
@@ -231,37 +286,47 @@ fn decide_inner(
     let key = snap.key(key_idx);
     v.workspace = key.workspace;
     if key.expires_at.is_some_and(|t| facts.now >= t) {
-        return v.deny(ErrorCode::ExpiredApiKey, "This API key has expired.");
+        return Err(deny(ErrorCode::ExpiredApiKey, "This API key has expired."));
     }
     if secret_expires.is_some_and(|t| facts.now >= t) {
-        return v.deny(
+        return Err(deny(
             ErrorCode::ExpiredApiKey,
             "This API key secret has expired after rotation; use the new secret.",
-        );
+        ));
     }
     if key.status == KeyStatus::Revoked {
-        return v.deny(ErrorCode::RevokedApiKey, "This API key has been revoked.");
+        return Err(deny(
+            ErrorCode::RevokedApiKey,
+            "This API key has been revoked.",
+        ));
     }
+    Ok(key_idx)
+}
 
-    // 3. Route and method.
+/// Step 3: a route for the path (404) and the method (405, with `Allow`),
+/// and an `Upgrade` only where the route takes WebSockets.
+fn route_and_method<'t, 'p>(
+    table: &'t RouteTable,
+    path_match: Option<PathMatch<'t, 'p>>,
+    facts: &RequestFacts<'_>,
+    v: &mut Verdict,
+) -> Step<(PathMatch<'t, 'p>, &'t Route)> {
     let Some(m) = path_match else {
-        return v.deny(
+        return Err(deny(
             ErrorCode::RouteNotFound,
             format!("No route for {} {}.", facts.method, facts.path),
-        );
+        ));
     };
     let Some(route_idx) = m.entry.route_for(facts.method) else {
-        let mut v = v.deny(
+        let mut d = Denial::new(
             ErrorCode::MethodNotAllowed,
             format!(
                 "Method {} is not allowed on {}; allowed: {}.",
                 facts.method, m.entry.pattern, m.entry.allow
             ),
         );
-        if let Outcome::Deny(d) = &mut v.outcome {
-            d.allow = Some(m.entry.allow.clone());
-        }
-        return v;
+        d.allow = Some(m.entry.allow.clone());
+        return Err(Stop::Deny(d));
     };
     let route = table.route(route_idx);
     v.route = Some(route_idx);
@@ -275,125 +340,195 @@ fn decide_inner(
         Upgrade::None => {}
         Upgrade::WebSocket if route.websocket => {}
         Upgrade::WebSocket => {
-            return v.deny(
+            return Err(deny(
                 ErrorCode::UpgradeNotAllowed,
                 "Protocol upgrades (WebSocket) are not forwarded on this route.",
-            )
+            ))
         }
         Upgrade::Other => {
-            return v.deny(
+            return Err(deny(
                 ErrorCode::UpgradeNotAllowed,
                 "Only WebSocket upgrades (one `Upgrade: websocket` on an HTTP/1.1 GET) are \
                  forwarded, and only on routes that allow them.",
-            )
+            ))
         }
     }
+    Ok((m, route))
+}
 
-    // 4. Key type, status and scopes.
+/// Step 4: the key may call the route: no admin key and no exhausted key on
+/// the data plane, no usage limit used up, the scopes the route needs, and
+/// no tunnel for a key whose tokens are counted. Returns the limits of the
+/// key and of its workspace.
+fn key_may_call<'s>(
+    snap: &'s Snapshot,
+    key_idx: KeyIdx,
+    route: &Route,
+    facts: &RequestFacts<'_>,
+) -> Step<(&'s Limits, Option<&'s Limits>)> {
+    let key = snap.key(key_idx);
     if route.plane == Plane::Data && key.key_type.is_admin() {
-        return v.deny(
+        return Err(deny(
             ErrorCode::AdminKeyNotAllowed,
             "Admin (organisation) keys cannot call completion routes; use a workspace key.",
-        );
+        ));
     }
     if route.plane == Plane::Data && key.status == KeyStatus::Exhausted {
-        return v.deny(
+        return Err(deny(
             ErrorCode::BudgetExhausted,
             "This API key has exhausted its budget.",
-        );
+        ));
     }
     let (key_limits, ws_limits) = snap.limits_for(key_idx);
     if route.plane == Plane::Data {
-        if let Some(u) = &key_limits.usage {
-            if (facts.used_up)(Scope::Key, &key.id, u) {
-                return v.deny(
-                    ErrorCode::BudgetExhausted,
-                    format!(
-                        "This API key has used up its {} budget for this period.",
-                        u.kind.as_str()
-                    ),
-                );
-            }
-        }
-        if let (Some(u), Some(ws)) = (ws_limits.and_then(|l| l.usage.as_ref()), key.workspace) {
-            if (facts.used_up)(Scope::Workspace, &snap.workspace(ws).id, u) {
-                return v.deny(
-                    ErrorCode::BudgetExhausted,
-                    format!(
-                        "This API key's workspace has used up its {} budget for this period.",
-                        u.kind.as_str()
-                    ),
-                );
-            }
-        }
+        budgets_left(snap, key_idx, facts, key_limits, ws_limits)?;
     }
     if !route.requirement.is_met_by(&key.scopes) {
-        return v.deny(
+        return Err(deny(
             ErrorCode::MissingScope,
             format!(
                 "This API key lacks the permission for {} {}: it needs {}.",
                 facts.method, route.pattern, route.needs
             ),
-        );
+        ));
     }
-
     // What passes a tunnel is never read, so its tokens cannot be counted:
     // a key whose limits (or whose workspace's) count tokens gets no tunnel.
     if facts.upgrade == Upgrade::WebSocket
         && (key_limits.counts_tokens() || ws_limits.is_some_and(Limits::counts_tokens))
     {
-        return v.deny(
+        return Err(deny(
             ErrorCode::UpgradeNotAllowed,
             "This API key or its workspace has token rate limits or a token or cost usage \
              limit, and the traffic of an upgraded (WebSocket) connection cannot be counted: \
              upgrades are refused for it.",
-        );
+        ));
     }
+    Ok((key_limits, ws_limits))
+}
 
-    // 5. Body (control-plane writes only).
+/// Part of step 4: neither the key's usage limit nor its workspace's is
+/// used up (412), by the counters read before the decision.
+fn budgets_left(
+    snap: &Snapshot,
+    key_idx: KeyIdx,
+    facts: &RequestFacts<'_>,
+    key_limits: &Limits,
+    ws_limits: Option<&Limits>,
+) -> Step<()> {
+    let key = snap.key(key_idx);
+    if let Some(u) = &key_limits.usage {
+        if (facts.used_up)(Scope::Key, &key.id, u) {
+            return Err(deny(
+                ErrorCode::BudgetExhausted,
+                format!(
+                    "This API key has used up its {} budget for this period.",
+                    u.kind.as_str()
+                ),
+            ));
+        }
+    }
+    if let (Some(u), Some(ws)) = (ws_limits.and_then(|l| l.usage.as_ref()), key.workspace) {
+        if (facts.used_up)(Scope::Workspace, &snap.workspace(ws).id, u) {
+            return Err(deny(
+                ErrorCode::BudgetExhausted,
+                format!(
+                    "This API key's workspace has used up its {} budget for this period.",
+                    u.kind.as_str()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a body is there or may follow.
+fn may_have_body(body: Body<'_>) -> bool {
+    match body {
+        Body::Empty => false,
+        Body::Unread { declared_len } => declared_len != Some(0),
+        Body::Read(b) => !b.is_empty(),
+        Body::TooLarge => true,
+    }
+}
+
+/// Step 5: the body of a control-plane `POST`/`PUT`/`PATCH` is JSON (415)
+/// within `max_inspect_body_bytes` (413), read before going on; returns the
+/// workspace its top level names.
+fn control_body(route: &Route, facts: &RequestFacts<'_>) -> Step<Option<String>> {
     let inspects_body = route.plane == Plane::Control
         && matches!(*facts.method, Method::POST | Method::PUT | Method::PATCH);
-    let mut body_ws: Option<String> = None;
-    if inspects_body {
-        let non_empty = match facts.body {
-            Body::Empty => false,
-            Body::Unread { declared_len } => declared_len != Some(0),
-            Body::Read(b) => !b.is_empty(),
-            Body::TooLarge => true,
-        };
-        // A chunked body of unknown length is read first: it may be empty.
-        let known_non_empty = match facts.body {
-            Body::Unread { declared_len: None } => false,
-            _ => non_empty,
-        };
-        if known_non_empty
-            && (facts.content_type_repeated || !request::is_json_content_type(facts.content_type))
-        {
-            return v.deny(
-                ErrorCode::UnsupportedMediaType,
-                "Control-plane request bodies must be sent as Content-Type: application/json.",
-            );
-        }
-        match facts.body {
-            Body::Unread { declared_len } if non_empty => {
-                if declared_len.is_some_and(|n| n > facts.max_body as u64) {
-                    return too_large(v, facts.max_body);
-                }
-                v.outcome = Outcome::ReadBody;
-                return v;
-            }
-            Body::TooLarge => return too_large(v, facts.max_body),
-            Body::Read(b) if !b.is_empty() => match request::body_workspace(b) {
-                Ok(BodyWorkspace::Named(w)) => body_ws = Some(w),
-                Ok(BodyWorkspace::Absent) => {}
-                Err(e) => return v.deny(ErrorCode::InvalidJson, e.0),
-            },
-            _ => {}
-        }
+    if !inspects_body {
+        return Ok(None);
     }
+    let non_empty = may_have_body(facts.body);
+    // A chunked body of unknown length is read first: it may be empty.
+    let known_non_empty = match facts.body {
+        Body::Unread { declared_len: None } => false,
+        _ => non_empty,
+    };
+    if known_non_empty
+        && (facts.content_type_repeated || !request::is_json_content_type(facts.content_type))
+    {
+        return Err(deny(
+            ErrorCode::UnsupportedMediaType,
+            "Control-plane request bodies must be sent as Content-Type: application/json.",
+        ));
+    }
+    match facts.body {
+        Body::Unread { declared_len } if non_empty => {
+            if declared_len.is_some_and(|n| n > facts.max_body as u64) {
+                return Err(too_large(facts.max_body));
+            }
+            Err(Stop::ReadBody)
+        }
+        Body::TooLarge => Err(too_large(facts.max_body)),
+        Body::Read(b) if !b.is_empty() => match request::body_workspace(b) {
+            Ok(BodyWorkspace::Named(w)) => Ok(Some(w)),
+            Ok(BodyWorkspace::Absent) => Ok(None),
+            Err(e) => Err(deny(ErrorCode::InvalidJson, e.0)),
+        },
+        _ => Ok(None),
+    }
+}
 
-    // 6. Workspace: every source present must name the same workspace.
-    let resolve = |raw: &str| snap.workspace_by_name(raw);
+/// Step 6: every source present (path parameter, query, body) names the
+/// same workspace (409); a workspace key acts only in its own (403), an
+/// admin key only in its organisation's (404). Returns the workspace the
+/// request acts in.
+fn workspace(
+    snap: &Snapshot,
+    key_idx: KeyIdx,
+    m: &PathMatch<'_, '_>,
+    body_ws: Option<String>,
+    facts: &RequestFacts<'_>,
+) -> Step<Option<WsIdx>> {
+    let key = snap.key(key_idx);
+    match (key.workspace, named_workspace(snap, m, body_ws, facts)?) {
+        (Some(own), Some(n)) if n != Some(own) => Err(deny(
+            ErrorCode::WorkspaceMismatch,
+            "This workspace key cannot act in the workspace the request names.",
+        )),
+        (Some(own), _) => Ok(Some(own)),
+        (None, Some(Some(ws))) if snap.workspace(ws).organisation == key.organisation => {
+            Ok(Some(ws))
+        }
+        (None, Some(_)) => Err(deny(
+            ErrorCode::WorkspaceNotFound,
+            "The workspace the request names does not exist in this key's organisation.",
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The one workspace the request names, if it names any: `Some(None)` for
+/// a name that resolves to no workspace. Sources that disagree are refused.
+fn named_workspace(
+    snap: &Snapshot,
+    m: &PathMatch<'_, '_>,
+    body_ws: Option<String>,
+    facts: &RequestFacts<'_>,
+) -> Step<Option<Option<WsIdx>>> {
     let query_values = request::query_workspace_ids(facts.query);
     let mut named: Option<(std::borrow::Cow<'_, str>, Option<WsIdx>)> = None;
     let sources = m
@@ -403,7 +538,7 @@ fn decide_inner(
         .chain(query_values)
         .chain(body_ws.map(std::borrow::Cow::Owned));
     for raw in sources {
-        let resolved = resolve(&raw);
+        let resolved = snap.workspace_by_name(&raw);
         match &named {
             None => named = Some((raw, resolved)),
             Some((first_raw, first)) => {
@@ -412,57 +547,28 @@ fn decide_inner(
                     _ => *first_raw == raw,
                 };
                 if !same {
-                    return v.deny(
+                    return Err(deny(
                         ErrorCode::ConflictingWorkspace,
                         "The request names more than one workspace (path, query and body must agree).",
-                    );
+                    ));
                 }
             }
         }
     }
-    let named = named.map(|(_, resolved)| resolved);
-    match (key.workspace, named) {
-        (Some(own), Some(n)) => {
-            if n != Some(own) {
-                return v.deny(
-                    ErrorCode::WorkspaceMismatch,
-                    "This workspace key cannot act in the workspace the request names.",
-                );
-            }
-        }
-        (Some(_), None) => {}
-        (None, Some(n)) => {
-            match n {
-                Some(ws) if snap.workspace(ws).organisation == key.organisation => {
-                    v.workspace = Some(ws);
-                }
-                _ => return v.deny(
-                    ErrorCode::WorkspaceNotFound,
-                    "The workspace the request names does not exist in this key's organisation.",
-                ),
-            }
-        }
-        (None, None) => {}
-    }
-    if route.plane == Plane::Data {
-        return data_plane(v, facts, route, key_limits, ws_limits);
-    }
-    v.outcome = Outcome::Allow;
-    v
+    Ok(named.map(|(_, resolved)| resolved))
 }
 
-/// The data-plane steps (SPEC 9.1–9.3): read the body where limits need
-/// it (415 for a type the proxy cannot read on an inference route, 413,
-/// 400 `invalid_json`), then the model allowlists (400 `missing_model`,
-/// 403 `model_not_allowed`), then tokens the proxy cannot see (403
-/// `usage_not_metered`).
+/// Step 7, the data plane: read the body where limits need it (415 for a
+/// type the proxy cannot read on an inference route, 413, 400
+/// `invalid_json`), then the model allowlists (400 `missing_model`, 403
+/// `model_not_allowed`), then tokens the proxy cannot see (403
+/// `usage_not_metered`). Returns what accounting needs.
 fn data_plane(
-    mut v: Verdict,
     facts: &RequestFacts<'_>,
     route: &Route,
     key_limits: &Limits,
     ws_limits: Option<&Limits>,
-) -> Verdict {
+) -> Step<Spend> {
     let lists: Vec<&[std::sync::Arc<str>]> = [Some(key_limits), ws_limits]
         .into_iter()
         .flatten()
@@ -470,6 +576,46 @@ fn data_plane(
         .collect();
     let needs_body = key_limits.needs_body() || ws_limits.is_some_and(Limits::needs_body);
     let counts = key_limits.counts_tokens() || ws_limits.is_some_and(Limits::counts_tokens);
+    let media = readable_media(facts, route, needs_body, !lists.is_empty())?;
+    let mut spend = Spend {
+        usage: route.usage,
+        ..Spend::default()
+    };
+    let mut named: Vec<String> = crate::limits::body::query_models(facts.query)
+        .into_iter()
+        .map(|m| m.into_owned())
+        .collect();
+    let background = read_data_body(facts, media, &mut spend, &mut named)?;
+    if !lists.is_empty() {
+        models_allowed(facts, route, &lists, &named)?;
+    }
+    if counts && (route.opaque || (route.usage == Some(UsageApi::Responses) && background)) {
+        let what = if route.opaque {
+            format!("{} {}", facts.method, route.pattern)
+        } else {
+            "A background response (`\"background\": true`)".to_string()
+        };
+        return Err(deny(
+            ErrorCode::UsageNotMetered,
+            format!(
+                "{what} uses tokens this proxy cannot count, and this API key or its workspace \
+                 has token rate limits or a usage limit."
+            ),
+        ));
+    }
+    spend.counted = counts && route.usage.is_some();
+    Ok(spend)
+}
+
+/// Part of step 7: the body's media type when the limits need the body
+/// read (`None`: it is not read), refusing a body the proxy would not read
+/// on an inference route (415).
+fn readable_media(
+    facts: &RequestFacts<'_>,
+    route: &Route,
+    needs_body: bool,
+    models_restricted: bool,
+) -> Step<Option<Media>> {
     // A repeated Content-Type is no type at all: frameworks differ on which
     // one they read.
     let media = if facts.content_type_repeated {
@@ -481,18 +627,15 @@ fn data_plane(
     // and elsewhere when models are restricted (for its `model` parts).
     let readable = match media {
         Media::Json => true,
-        Media::Multipart => route.inference || !lists.is_empty(),
+        Media::Multipart => route.inference || models_restricted,
         Media::Missing | Media::Other => false,
-    };
-    let may_have_body = match facts.body {
-        Body::Empty => false,
-        Body::Unread { declared_len } => declared_len != Some(0),
-        Body::Read(b) => !b.is_empty(),
-        Body::TooLarge => true,
     };
     // Upstreams parse JSON whatever the header says: on an inference route
     // a body the proxy would not read is one it would not check.
-    if needs_body && may_have_body && !readable && (route.inference || facts.content_type_repeated)
+    if needs_body
+        && may_have_body(facts.body)
+        && !readable
+        && (route.inference || facts.content_type_repeated)
     {
         let message = if facts.content_type_repeated {
             "Content-Type was sent more than once; send one.".to_string()
@@ -503,125 +646,118 @@ fn data_plane(
                 facts.method, route.pattern
             )
         };
-        return v.deny(ErrorCode::UnsupportedMediaType, message);
+        return Err(deny(ErrorCode::UnsupportedMediaType, message));
     }
-    let reads = needs_body && readable;
-    let mut spend = Spend {
-        usage: route.usage,
-        ..Spend::default()
-    };
-    let mut background = false;
-    let mut named: Vec<String> = crate::limits::body::query_models(facts.query)
-        .into_iter()
-        .map(|m| m.into_owned())
-        .collect();
+    Ok((needs_body && readable).then_some(media))
+}
+
+/// Part of step 7: reads the body when `media` says so (or asks for it,
+/// within `max_data_body_bytes`), filling `spend` and the models the
+/// request names. Returns whether it asks for a background response.
+fn read_data_body(
+    facts: &RequestFacts<'_>,
+    media: Option<Media>,
+    spend: &mut Spend,
+    named: &mut Vec<String>,
+) -> Step<bool> {
+    let reads = media.is_some();
     match facts.body {
         Body::Unread { declared_len } if reads && declared_len != Some(0) => {
             if declared_len.is_some_and(|n| n > facts.max_data_body as u64) {
-                return data_too_large(v, facts.max_data_body);
+                return Err(data_too_large(facts.max_data_body));
             }
-            v.outcome = Outcome::ReadBody;
-            return v;
+            Err(Stop::ReadBody)
         }
-        Body::Unread { declared_len } => spend.body_len = declared_len.unwrap_or(0),
-        Body::TooLarge if reads => return data_too_large(v, facts.max_data_body),
+        Body::Unread { declared_len } => {
+            spend.body_len = declared_len.unwrap_or(0);
+            Ok(false)
+        }
+        Body::TooLarge if reads => Err(data_too_large(facts.max_data_body)),
         Body::Read(b) if reads && !b.is_empty() => {
             spend.body_read = true;
             spend.body_len = b.len() as u64;
-            if media == Media::Json {
-                match crate::limits::body::read_json_body(b) {
-                    Ok(j) => {
-                        if let Some(m) = &j.model {
-                            named.push(m.clone());
-                        }
-                        spend.model = j.model;
-                        spend.max_output = j.max_output;
-                        spend.n = j.n;
-                        spend.stream = j.stream;
-                        spend.include_usage = j.include_usage;
-                        background = j.background;
-                    }
-                    Err(e) => return v.deny(ErrorCode::InvalidJson, e.0),
+            if media == Some(Media::Json) {
+                let j = crate::limits::body::read_json_body(b)
+                    .map_err(|e| deny(ErrorCode::InvalidJson, e.0))?;
+                if let Some(m) = &j.model {
+                    named.push(m.clone());
                 }
+                spend.model = j.model;
+                spend.max_output = j.max_output;
+                spend.n = j.n;
+                spend.stream = j.stream;
+                spend.include_usage = j.include_usage;
+                Ok(j.background)
             } else {
                 let ct = facts.content_type.unwrap_or_default();
-                match crate::limits::body::multipart_models(ct, b) {
-                    Ok(models) => {
-                        spend.model = models.first().cloned();
-                        named.extend(models);
-                    }
-                    Err(e) => return v.deny(ErrorCode::InvalidJson, e.0),
-                }
+                let models = crate::limits::body::multipart_models(ct, b)
+                    .map_err(|e| deny(ErrorCode::InvalidJson, e.0))?;
+                spend.model = models.first().cloned();
+                named.extend(models);
+                Ok(false)
             }
         }
         Body::Read(b) => {
             spend.body_read = true;
             spend.body_len = b.len() as u64;
+            Ok(false)
         }
-        _ => {}
+        _ => Ok(false),
     }
-    if !lists.is_empty() {
-        if route.opaque {
-            return v.deny(
-                ErrorCode::ModelNotAllowed,
-                format!(
-                    "{} {} carries its model where this proxy cannot check it, \
-                     and this API key may only use certain models.",
-                    facts.method, route.pattern
-                ),
-            );
-        }
-        if named.is_empty() && (route.inference || facts.upgrade == Upgrade::WebSocket) {
-            let message = if facts.upgrade == Upgrade::WebSocket {
-                "This API key may only use certain models: the WebSocket handshake must name \
-                 its `model` query parameter."
-            } else {
-                "This API key may only use certain models: the request must name its `model`."
-            };
-            return v.deny(ErrorCode::MissingModel, message);
-        }
-        if let Some(m) = named
-            .iter()
-            .find(|m| !crate::limits::models::allowed_by_all(&lists, m))
-        {
-            return v.deny(
-                ErrorCode::ModelNotAllowed,
-                format!(
-                    "This API key may not use the model `{}`.",
-                    crate::identity::keys::build::shown(m)
-                ),
-            );
-        }
-    }
-    if counts && (route.opaque || (route.usage == Some(UsageApi::Responses) && background)) {
-        let what = if route.opaque {
-            format!("{} {}", facts.method, route.pattern)
-        } else {
-            "A background response (`\"background\": true`)".to_string()
-        };
-        return v.deny(
-            ErrorCode::UsageNotMetered,
-            format!(
-                "{what} uses tokens this proxy cannot count, and this API key or its workspace \
-                 has token rate limits or a usage limit."
-            ),
-        );
-    }
-    spend.counted = counts && route.usage.is_some();
-    v.spend = Some(spend);
-    v.outcome = Outcome::Allow;
-    v
 }
 
-fn data_too_large(v: Verdict, max: usize) -> Verdict {
-    v.deny(
+/// Part of step 7, for a key (or workspace) restricted to certain models:
+/// the route shows its model (403), the request names one where it must
+/// (400 `missing_model`), and every model named is allowed by every list.
+fn models_allowed(
+    facts: &RequestFacts<'_>,
+    route: &Route,
+    lists: &[&[std::sync::Arc<str>]],
+    named: &[String],
+) -> Step<()> {
+    if route.opaque {
+        return Err(deny(
+            ErrorCode::ModelNotAllowed,
+            format!(
+                "{} {} carries its model where this proxy cannot check it, \
+                 and this API key may only use certain models.",
+                facts.method, route.pattern
+            ),
+        ));
+    }
+    if named.is_empty() && (route.inference || facts.upgrade == Upgrade::WebSocket) {
+        let message = if facts.upgrade == Upgrade::WebSocket {
+            "This API key may only use certain models: the WebSocket handshake must name \
+             its `model` query parameter."
+        } else {
+            "This API key may only use certain models: the request must name its `model`."
+        };
+        return Err(deny(ErrorCode::MissingModel, message));
+    }
+    if let Some(m) = named
+        .iter()
+        .find(|m| !crate::limits::models::allowed_by_all(lists, m))
+    {
+        return Err(deny(
+            ErrorCode::ModelNotAllowed,
+            format!(
+                "This API key may not use the model `{}`.",
+                crate::identity::keys::build::shown(m)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn data_too_large(max: usize) -> Stop {
+    deny(
         ErrorCode::BodyTooLarge,
         format!("The request body is larger than the {max} bytes this proxy reads."),
     )
 }
 
-fn too_large(v: Verdict, max: usize) -> Verdict {
-    v.deny(
+fn too_large(max: usize) -> Stop {
+    deny(
         ErrorCode::BodyTooLarge,
         format!("The request body is larger than the {max} bytes this proxy inspects."),
     )

@@ -22,7 +22,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::config::UpstreamConfig;
 use crate::decision::decide::{self, Body, Outcome, RequestFacts, Verdict};
-use crate::decision::errors::{self, ErrorCode, ErrorShape};
+use crate::decision::errors::{self, Denial, ErrorCode, ErrorShape};
 use crate::decision::request::{self, KeySource};
 use crate::decision::routes::{Plane, RouteTable};
 use crate::gateway::access_log;
@@ -213,9 +213,9 @@ impl Gateway {
                     limit.reset,
                     crate::identity::keys::now_millis(),
                 );
-                let subject = match scope {
-                    decide::Scope::Key => crate::state::SubjectId::key(id),
-                    decide::Scope::Workspace => crate::state::SubjectId::workspace(id),
+                let subject = crate::state::SubjectId {
+                    scope,
+                    id: id.into(),
                 };
                 self.counters.usage(&subject, &p.key).exhausted(limit)
             },
@@ -279,7 +279,7 @@ impl Gateway {
         ctx: &mut Ctx,
         snap: &Arc<Snapshot>,
     ) -> Result<bool> {
-        use crate::state::{AdmitRequest, AdmitResult, RateKind};
+        use crate::state::AdmitRequest;
         let Some(verdict) = ctx.verdict.as_ref() else {
             return Ok(false);
         };
@@ -308,8 +308,8 @@ impl Gateway {
                 estimate: reservation.map(|r| r.0),
             })
             .await;
-        let (code, message) = match result {
-            AdmitResult::Admitted { admission, quotas } => {
+        let refused = match result.into_admission() {
+            Ok((admission, quotas)) => {
                 ctx.quota = quotas.requests;
                 ctx.token_quota = quotas.tokens;
                 ctx.meter = Some(spend::Meter {
@@ -324,78 +324,12 @@ impl Gateway {
                 });
                 return Ok(false);
             }
-            AdmitResult::BudgetExhausted { subject } => (
-                ErrorCode::BudgetExhausted,
-                match subject.scope {
-                    crate::state::Scope::Key => {
-                        "This request would pass this API key's usage limit for this period."
-                    }
-                    crate::state::Scope::Workspace => {
-                        "This request would pass the usage limit of this API key's workspace for this period."
-                    }
-                }
-                .to_string(),
-            ),
-            AdmitResult::RateLimited {
-                which,
-                subject,
-                retry_after,
-                larger_than_limit,
-                quotas,
-            } => {
-                ctx.quota = quotas.requests;
-                ctx.token_quota = quotas.tokens;
-                let whose = match subject.scope {
-                    crate::state::Scope::Key => "this API key",
-                    crate::state::Scope::Workspace => "this API key's workspace",
-                };
-                let message = match which {
-                    RateKind::Requests => {
-                        ctx.quota = ctx.quota.map(|mut q| {
-                            q.retry_after = q.retry_after.or(Some(retry_after));
-                            q
-                        });
-                        if ctx.quota.is_none() {
-                            ctx.retry_after = Some(retry_after);
-                        }
-                        format!(
-                            "Rate limit exceeded for {whose}: requests; retry after {} s.",
-                            retry_after.as_secs().max(1)
-                        )
-                    }
-                    RateKind::Tokens if larger_than_limit => {
-                        ctx.retry_after = Some(retry_after);
-                        format!(
-                            "This request's estimated tokens are more than the whole token rate \
-                             limit of {whose}; it can never pass: send a smaller request or a \
-                             smaller max_tokens."
-                        )
-                    }
-                    RateKind::Tokens => {
-                        ctx.retry_after = Some(retry_after);
-                        format!(
-                            "Token rate limit exceeded for {whose}; retry after {} s.",
-                            retry_after.as_secs().max(1)
-                        )
-                    }
-                };
-                (ErrorCode::RateLimited, message)
-            }
-            AdmitResult::ConcurrencyLimited { quotas, .. } => {
-                ctx.quota = quotas.requests;
-                ctx.token_quota = quotas.tokens;
-                (
-                    ErrorCode::ConcurrencyLimited,
-                    "This API key already has its max_concurrent_requests in flight; retry when one ends."
-                        .to_string(),
-                )
-            }
-            AdmitResult::Unavailable => (
-                ErrorCode::LimitsUnavailable,
-                "The shared limits store is unavailable; the request was not forwarded.".to_string(),
-            ),
+            Err(refused) => refused,
         };
-        self.refuse(session, ctx, code, &message, None).await?;
+        ctx.note_refusal(&refused);
+        let denial = Denial::of_refusal(refused.refusal);
+        self.refuse(session, ctx, denial.code, &denial.message, None)
+            .await?;
         Ok(true)
     }
 
@@ -562,6 +496,37 @@ pub struct Ctx {
     upstream_error: Option<&'static str>,
     probe: bool,
     _in_flight: InFlight,
+}
+
+impl Ctx {
+    /// Keeps what a refusal of the counter store puts in the response
+    /// headers: the quotas, and when the request could pass (in the request
+    /// quota when there is one, else as its own `Retry-After`).
+    fn note_refusal(&mut self, refused: &crate::state::Refused) {
+        use crate::limits::{RateKind, Refusal};
+        let retry_after = match refused.refusal {
+            Refusal::Budget { .. } | Refusal::Unavailable => return,
+            Refusal::Concurrency => None,
+            Refusal::Rate {
+                kind, retry_after, ..
+            } => Some((kind, retry_after)),
+        };
+        self.quota = refused.quotas.requests;
+        self.token_quota = refused.quotas.tokens;
+        match retry_after {
+            Some((RateKind::Requests, after)) => {
+                self.quota = self.quota.map(|mut q| {
+                    q.retry_after = q.retry_after.or(Some(after));
+                    q
+                });
+                if self.quota.is_none() {
+                    self.retry_after = Some(after);
+                }
+            }
+            Some((RateKind::Tokens, after)) => self.retry_after = Some(after),
+            None => {}
+        }
+    }
 }
 
 /// Counts a request as in flight until its context is dropped.

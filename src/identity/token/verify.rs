@@ -37,7 +37,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::claims::{self, Claims, NumericDate};
-use super::jwks::JwksSet;
+use super::jwks::{JwksSet, SetKey};
 use super::shape::{self, MAX_TOKEN_BYTES};
 use crate::identity::keys::tokens::is_valid_subject;
 use crate::identity::keys::{OrgIdx, SigningAlg, Snapshot, TokenSettings, UnixMillis, WsIdx};
@@ -322,6 +322,92 @@ pub(crate) fn run(
     trace: &mut dyn Trace,
 ) -> Result<VerifiedIdentity, TokenError> {
     // 1. Format.
+    let (parts, header, claims) = format(token, trace)?;
+    // 2. Issuer: chooses the organisation, hence the keys.
+    let o = issuer(&claims, snap, trace)?;
+    let settings = o.settings;
+    // 3. The organisation's keys.
+    let set = sets.key_set(o.org).ok_or_else(|| TokenError {
+        failure: Failure::Unavailable,
+        ..o.fail(
+            Check::Keys,
+            "the signing keys of the token's issuer have not been loaded yet".into(),
+        )
+    })?;
+    trace.passed(Check::Keys, &|| format!("{} usable keys", set.len()));
+    // 4. Algorithm.
+    let alg = algorithm(&header, &o, trace)?;
+    // 5. Key id.
+    let key = signing_key(&header, set, alg, &o, trace)?;
+    // 6. Signature.
+    let verified = jsonwebtoken::crypto::verify(
+        parts.signature,
+        parts.signing_input.as_bytes(),
+        &key.key,
+        to_jwt(alg),
+    )
+    .unwrap_or(false);
+    if !verified {
+        return Err(o.fail(
+            Check::Signature,
+            "the token's signature does not verify".into(),
+        ));
+    }
+    trace.passed(Check::Signature, &|| "verified".into());
+    // 7. Audience.
+    if !claims::audience_contains(&claims, &settings.audience) {
+        return Err(o.fail(
+            Check::Audience,
+            "the token's audience (aud) does not include this organisation's".into(),
+        ));
+    }
+    trace.passed(Check::Audience, &|| {
+        format!("contains {}", settings.audience)
+    });
+    // 8. Times.
+    let (exp, valid_until) = times(&claims, now, &o, trace)?;
+    // 9. Subject.
+    let sub = subject(&claims, &o, trace)?;
+    // 10. Workspace.
+    let workspace = workspace(&claims, snap, &o, trace)?;
+    // 11. User.
+    let subject: Arc<str> = sub.into();
+    let user_id = user(&claims, &subject, &o, trace)?;
+    Ok(VerifiedIdentity {
+        organisation: o.org,
+        workspace,
+        subject,
+        key_type: settings.key_type,
+        user_id,
+        scopes: scopes(&claims, settings),
+        expires_at: exp,
+        valid_until,
+        settings: settings.clone(),
+    })
+}
+
+/// The organisation a token's issuer chose, for the checks after it: their
+/// failures name it.
+struct Org<'s> {
+    org: OrgIdx,
+    settings: &'s Arc<TokenSettings>,
+}
+
+impl Org<'_> {
+    fn fail(&self, check: Check, message: Cow<'static, str>) -> TokenError {
+        TokenError {
+            organisation: Some(self.org),
+            ..fail(check, message)
+        }
+    }
+}
+
+/// Check 1: three base64url parts, header and payload JSON objects, no
+/// `crit`.
+fn format<'t>(
+    token: &'t str,
+    trace: &mut dyn Trace,
+) -> Result<(shape::Parts<'t>, Header, Claims), TokenError> {
     const FORMAT: &str = "a token is three base64url parts whose header and payload are JSON \
                           objects, the header with `alg`";
     if token.len() > MAX_TOKEN_BYTES {
@@ -346,9 +432,16 @@ pub(crate) fn run(
     trace.passed(Check::Format, &|| {
         "three parts; header and payload are JSON objects".into()
     });
+    Ok((parts, header, claims))
+}
 
-    // 2. Issuer: chooses the organisation, hence the keys.
-    let iss = claims::string(&claims, "iss")
+/// Check 2: `iss` names an organisation that accepts tokens.
+fn issuer<'s>(
+    claims: &Claims,
+    snap: &'s Snapshot,
+    trace: &mut dyn Trace,
+) -> Result<Org<'s>, TokenError> {
+    let iss = claims::string(claims, "iss")
         .ok_or_else(|| fail(Check::Issuer, "the token has no issuer (iss)"))?;
     let settings = snap.identity().for_issuer(iss).ok_or_else(|| {
         fail(
@@ -357,38 +450,31 @@ pub(crate) fn run(
         )
     })?;
     let org = settings.organisation;
-    let fail = |check: Check, message: Cow<'static, str>| TokenError {
-        organisation: Some(org),
-        ..fail(check, message)
-    };
     trace.passed(Check::Issuer, &|| {
         format!("{iss} → organisation {}", snap.organisation(org).id)
     });
+    Ok(Org { org, settings })
+}
 
-    // 3. The organisation's keys.
-    let set = sets.key_set(org).ok_or_else(|| TokenError {
-        failure: Failure::Unavailable,
-        ..fail(
-            Check::Keys,
-            "the signing keys of the token's issuer have not been loaded yet".into(),
-        )
-    })?;
-    trace.passed(Check::Keys, &|| format!("{} usable keys", set.len()));
-
-    // 4. Algorithm.
+/// Check 4: `alg` is one the organisation lists; `none` and HMAC never are.
+fn algorithm(
+    header: &Header,
+    o: &Org<'_>,
+    trace: &mut dyn Trace,
+) -> Result<SigningAlg, TokenError> {
     let alg_name = header.alg.as_str().unwrap_or("");
     if alg_name.eq_ignore_ascii_case("none") || alg_name.starts_with("HS") {
-        return Err(fail(
+        return Err(o.fail(
             Check::Algorithm,
             "unsigned (none) and shared-secret (HS256, HS384, HS512) tokens are never accepted"
                 .into(),
         ));
     }
     let alg = SigningAlg::parse(alg_name)
-        .filter(|a| settings.accepts(*a))
+        .filter(|a| o.settings.accepts(*a))
         .ok_or_else(|| {
-            let list: Vec<&str> = settings.algorithms.iter().map(|a| a.as_str()).collect();
-            fail(
+            let list: Vec<&str> = o.settings.algorithms.iter().map(|a| a.as_str()).collect();
+            o.fail(
                 Check::Algorithm,
                 format!(
                     "the token's alg is not one its organisation accepts ({})",
@@ -398,19 +484,29 @@ pub(crate) fn run(
             )
         })?;
     trace.passed(Check::Algorithm, &|| alg.to_string());
+    Ok(alg)
+}
 
-    // 5. Key id.
+/// Check 5: `kid` names a key of the set (or is absent and the set holds
+/// one key), of the kind `alg` needs.
+fn signing_key<'k>(
+    header: &Header,
+    set: &'k JwksSet,
+    alg: SigningAlg,
+    o: &Org<'_>,
+    trace: &mut dyn Trace,
+) -> Result<&'k SetKey, TokenError> {
     let key = match &header.kid {
         Some(Value::String(kid)) => set.find(kid).ok_or_else(|| TokenError {
             unknown_kid: true,
-            ..fail(
+            ..o.fail(
                 Check::KeyId,
                 "the token's kid names no key of its issuer's key set".into(),
             )
         })?,
-        Some(_) => return Err(fail(Check::KeyId, "the token's kid is not a string".into())),
+        Some(_) => return Err(o.fail(Check::KeyId, "the token's kid is not a string".into())),
         None => set.only().ok_or_else(|| {
-            fail(
+            o.fail(
                 Check::KeyId,
                 format!(
                     "the token has no kid, and its issuer's key set holds {} keys",
@@ -421,7 +517,7 @@ pub(crate) fn run(
         })?,
     };
     if !key.kind.verifies(alg) || key.alg.is_some_and(|a| a != alg) {
-        return Err(fail(
+        return Err(o.fail(
             Check::KeyId,
             format!(
                 "the key the token names is a {} key that cannot verify {alg}",
@@ -434,48 +530,30 @@ pub(crate) fn run(
         Some(kid) => format!("{kid} ({})", key.kind),
         None => format!("the set's only key ({})", key.kind),
     });
+    Ok(key)
+}
 
-    // 6. Signature.
-    let verified = jsonwebtoken::crypto::verify(
-        parts.signature,
-        parts.signing_input.as_bytes(),
-        &key.key,
-        to_jwt(alg),
-    )
-    .unwrap_or(false);
-    if !verified {
-        return Err(fail(
-            Check::Signature,
-            "the token's signature does not verify".into(),
-        ));
-    }
-    trace.passed(Check::Signature, &|| "verified".into());
-
-    // 7. Audience.
-    if !claims::audience_contains(&claims, &settings.audience) {
-        return Err(fail(
-            Check::Audience,
-            "the token's audience (aud) does not include this organisation's".into(),
-        ));
-    }
-    trace.passed(Check::Audience, &|| {
-        format!("contains {}", settings.audience)
-    });
-
-    // 8. Times.
-    let leeway = i64::try_from(settings.leeway.as_millis()).unwrap_or(i64::MAX);
-    let exp = match claims::numeric_date(&claims, "exp") {
+/// Check 8: `exp` present and not past, `nbf` and `iat` not in the future,
+/// each within the leeway. Returns `exp` and the end of validity.
+fn times(
+    claims: &Claims,
+    now: UnixMillis,
+    o: &Org<'_>,
+    trace: &mut dyn Trace,
+) -> Result<(UnixMillis, UnixMillis), TokenError> {
+    let leeway = i64::try_from(o.settings.leeway.as_millis()).unwrap_or(i64::MAX);
+    let exp = match claims::numeric_date(claims, "exp") {
         NumericDate::Missing => {
-            return Err(fail(Check::Expiry, "the token has no expiry (exp)".into()))
+            return Err(o.fail(Check::Expiry, "the token has no expiry (exp)".into()))
         }
-        NumericDate::Invalid => return Err(fail(Check::Expiry, "exp is not a number".into())),
+        NumericDate::Invalid => return Err(o.fail(Check::Expiry, "exp is not a number".into())),
         NumericDate::At(exp) => exp,
     };
     let valid_until = exp.saturating_add(leeway);
     if now >= valid_until {
         return Err(TokenError {
             failure: Failure::Expired,
-            ..fail(Check::Expiry, "the token has expired".into())
+            ..o.fail(Check::Expiry, "the token has expired".into())
         });
     }
     trace.passed(Check::Expiry, &|| {
@@ -490,42 +568,58 @@ pub(crate) fn run(
             "the token was issued in the future (iat)",
         ),
     ] {
-        match claims::numeric_date(&claims, name) {
+        match claims::numeric_date(claims, name) {
             NumericDate::Missing => trace.passed(check, &|| "absent".into()),
             NumericDate::Invalid => {
-                return Err(fail(check, format!("{name} is not a number").into()))
+                return Err(o.fail(check, format!("{name} is not a number").into()))
             }
-            NumericDate::At(t) if t > latest => return Err(fail(check, message.into())),
+            NumericDate::At(t) if t > latest => return Err(o.fail(check, message.into())),
             NumericDate::At(t) => trace.passed(check, &|| format!("{}", t / 1000)),
         }
     }
+    Ok((exp, valid_until))
+}
 
-    // 9. Subject.
-    let sub = claims::string(&claims, "sub")
+/// Check 9: the subject is 1 to 256 visible ASCII characters, and not
+/// revoked.
+fn subject<'c>(
+    claims: &'c Claims,
+    o: &Org<'_>,
+    trace: &mut dyn Trace,
+) -> Result<&'c str, TokenError> {
+    let sub = claims::string(claims, "sub")
         .filter(|s| is_valid_subject(s))
         .ok_or_else(|| {
-            fail(
+            o.fail(
                 Check::Subject,
                 "the token's subject (sub) is missing or not 1 to 256 visible ASCII characters"
                     .into(),
             )
         })?;
     trace.passed(Check::Subject, &|| sub.to_string());
-    if settings.revoked_subjects.contains(sub) {
+    if o.settings.revoked_subjects.contains(sub) {
         return Err(TokenError {
             failure: Failure::Revoked,
-            ..fail(Check::Revoked, "the token's subject is revoked".into())
+            ..o.fail(Check::Revoked, "the token's subject is revoked".into())
         });
     }
     trace.passed(Check::Revoked, &|| "not revoked".into());
+    Ok(sub)
+}
 
-    // 10. Workspace.
-    let ws_claim = &settings.claims.workspace;
-    let name = claims::workspace(&claims, ws_claim)
+/// Check 10: the workspace claim names a workspace of the organisation.
+fn workspace(
+    claims: &Claims,
+    snap: &Snapshot,
+    o: &Org<'_>,
+    trace: &mut dyn Trace,
+) -> Result<WsIdx, TokenError> {
+    let ws_claim = &o.settings.claims.workspace;
+    let name = claims::workspace(claims, ws_claim)
         .ok()
         .flatten()
         .ok_or_else(|| {
-            fail(
+            o.fail(
                 Check::Workspace,
                 format!(
                     "the token names no workspace (claim `{ws_claim}`, or `{}`)",
@@ -536,13 +630,13 @@ pub(crate) fn run(
         })?;
     let workspace = snap
         .workspace_by_name(name)
-        .filter(|w| snap.workspace(*w).organisation == org)
+        .filter(|w| snap.workspace(*w).organisation == o.org)
         .ok_or_else(|| {
-            fail(
+            o.fail(
                 Check::Workspace,
                 format!(
                     "the workspace the token names is not one of organisation {}",
-                    snap.organisation(org).id
+                    snap.organisation(o.org).id
                 )
                 .into(),
             )
@@ -550,57 +644,53 @@ pub(crate) fn run(
     trace.passed(Check::Workspace, &|| {
         snap.workspace(workspace).id.to_string()
     });
+    Ok(workspace)
+}
 
-    // 11. User.
-    let subject: Arc<str> = sub.into();
-    let user_id = match settings.key_type {
-        KeyType::WorkspaceUser => {
-            let user_claim = &settings.claims.user;
-            let user = claims::string(&claims, user_claim)
-                .filter(|u| is_valid_subject(u))
-                .ok_or_else(|| {
-                    fail(
-                        Check::User,
-                        format!(
-                            "the token's user claim (`{user_claim}`) is missing or not 1 to 256 \
-                             visible ASCII characters"
-                        )
-                        .into(),
-                    )
-                })?;
-            trace.passed(Check::User, &|| user.to_string());
-            Some(if user == sub {
-                subject.clone()
-            } else {
-                Arc::from(user)
-            })
-        }
-        _ => {
-            trace.passed(Check::User, &|| "none (workspace-service)".into());
-            None
-        }
-    };
+/// Check 11: for `workspace-user` tokens, the user claim is a valid user id
+/// (shared with the subject when they are the same).
+fn user(
+    claims: &Claims,
+    subject: &Arc<str>,
+    o: &Org<'_>,
+    trace: &mut dyn Trace,
+) -> Result<Option<Arc<str>>, TokenError> {
+    if o.settings.key_type != KeyType::WorkspaceUser {
+        trace.passed(Check::User, &|| "none (workspace-service)".into());
+        return Ok(None);
+    }
+    let user_claim = &o.settings.claims.user;
+    let user = claims::string(claims, user_claim)
+        .filter(|u| is_valid_subject(u))
+        .ok_or_else(|| {
+            o.fail(
+                Check::User,
+                format!(
+                    "the token's user claim (`{user_claim}`) is missing or not 1 to 256 \
+                     visible ASCII characters"
+                )
+                .into(),
+            )
+        })?;
+    trace.passed(Check::User, &|| user.to_string());
+    Ok(Some(if user == &**subject {
+        subject.clone()
+    } else {
+        Arc::from(user)
+    }))
+}
 
-    // Scopes: what the words grant, within the organisation's cap.
+/// Scopes: what the words grant, within the organisation's cap.
+fn scopes(claims: &Claims, settings: &TokenSettings) -> ScopeSet {
     let mut scopes = ScopeSet::EMPTY;
-    for word in claims::scope_words(&claims, &settings.claims.scopes) {
+    for word in claims::scope_words(claims, &settings.claims.scopes) {
         if let Some(granted) = settings.scope_words.get(word) {
             for id in granted.iter() {
                 scopes.insert(id);
             }
         }
     }
-    Ok(VerifiedIdentity {
-        organisation: org,
-        workspace,
-        subject,
-        key_type: settings.key_type,
-        user_id,
-        scopes,
-        expires_at: exp,
-        valid_until,
-        settings: settings.clone(),
-    })
+    scopes
 }
 
 #[cfg(test)]
