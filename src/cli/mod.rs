@@ -2,6 +2,7 @@
 //! `explain`, `usage`, `inspect-token` and `demo`.
 
 pub mod demo;
+mod explain;
 mod usage_cmd;
 
 use std::io::{Read, Write};
@@ -139,7 +140,7 @@ pub fn main() -> ExitCode {
         Command::Check(c) => check(&c.path()),
         Command::HashKey => hash_key(),
         Command::NewKey(args) => new_key(&args),
-        Command::Explain(args) => explain(&args),
+        Command::Explain(args) => explain::run(&args),
         Command::Usage(args) => usage(&args),
         Command::InspectToken(c) => inspect_token(&c.path()),
         Command::Demo => crate::cli::demo::run(),
@@ -576,138 +577,4 @@ fn usage(args: &UsageArgs) -> ExitCode {
         args.workspace.as_deref(),
         args.json,
     )
-}
-
-fn explain(args: &ExplainArgs) -> ExitCode {
-    let (config, table, snap) = match load_all(&args.config.path()) {
-        Ok(x) => x,
-        Err(problems) => {
-            print_problems(&problems);
-            return ExitCode::FAILURE;
-        }
-    };
-    let Some((key_idx, key)) = snap.key_by_id(&args.key_id) else {
-        eprintln!(
-            "scopegate explain: no key with id `{}` in {}",
-            args.key_id,
-            config.keys_file.display()
-        );
-        return ExitCode::FAILURE;
-    };
-    let body = match &args.body {
-        Some(p) => match std::fs::read(p) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                eprintln!("scopegate explain: {}: {e}", p.display());
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
-    };
-    let Ok(method) = http::Method::from_bytes(args.method.to_ascii_uppercase().as_bytes()) else {
-        eprintln!("scopegate explain: `{}` is not an HTTP method", args.method);
-        return ExitCode::FAILURE;
-    };
-    let (path, query) = match args.path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (args.path_and_query.as_str(), None),
-    };
-    let now = keys::now_millis();
-    let data_plane = table.match_path(path).is_some_and(|m| !m.entry.control);
-    let body_cap = if data_plane {
-        config.max_data_body_bytes
-    } else {
-        config.max_inspect_body_bytes
-    };
-    let body_facts = match &body {
-        None => crate::decision::decide::Body::Empty,
-        Some(b) if b.len() > body_cap => crate::decision::decide::Body::TooLarge,
-        Some(b) => crate::decision::decide::Body::Read(b),
-    };
-    // Budgets: the usage the running proxy has counted (SPEC 9.5).
-    let usage = usage_cmd::current_usage(&config, &snap);
-    let used_up = |scope: crate::limits::Scope, id: &str, limit: &crate::limits::UsageLimit| {
-        usage
-            .get(&(scope, std::sync::Arc::from(id)))
-            .is_some_and(|u| u.exhausted(limit))
-    };
-    let facts = crate::decision::decide::RequestFacts {
-        method: &method,
-        path,
-        query,
-        key: crate::decision::request::Presented::Missing,
-        content_type: body.as_ref().map(|_| args.content_type.as_bytes()),
-        content_type_repeated: false,
-        bad_content_length: false,
-        upgrade: crate::decision::request::Upgrade::None,
-        body: body_facts,
-        now,
-        max_body: config.max_inspect_body_bytes,
-        max_data_body: config.max_data_body_bytes,
-        used_up: &used_up,
-    };
-    let verdict = crate::decision::decide::decide_as(&table, &snap, &facts, key_idx);
-    let route = verdict.route.map(|r| table.route(r));
-    println!(
-        "key:       {} ({}, {})",
-        key.id,
-        key.key_type,
-        key.status.as_str()
-    );
-    println!(
-        "route:     {}",
-        route.map_or_else(
-            || "none".to_string(),
-            |r| format!(
-                "{} {} ({} plane, needs {})",
-                r.method,
-                r.pattern,
-                r.plane.as_str(),
-                r.needs
-            )
-        )
-    );
-    match &verdict.outcome {
-        crate::decision::decide::Outcome::Deny(d) => {
-            println!("decision:  deny {} {}", d.code.status(), d.code.as_str());
-            println!("message:   {}", d.message);
-            if let Some(a) = &d.allow {
-                println!("allow:     {a}");
-            }
-        }
-        _ => {
-            let upstream = match verdict.plane {
-                Some(crate::decision::routes::Plane::Control) => {
-                    ("admin", &config.upstreams.admin.url)
-                }
-                _ => ("completions", &config.upstreams.completions.url),
-            };
-            println!("decision:  allow");
-            println!("upstream:  {} {}", upstream.0, upstream.1);
-            println!("x-scopegate-key-id: {}", key.id);
-            println!("x-scopegate-key-type: {}", key.key_type);
-            println!(
-                "x-scopegate-organisation-id: {}",
-                snap.organisation(key.organisation).id
-            );
-            if let Some(ws) = verdict.workspace {
-                println!("x-scopegate-workspace-id: {}", snap.workspace(ws).id);
-            }
-            if let Some(u) = &key.user_id {
-                println!("x-scopegate-user-id: {u}");
-            }
-            if !key.rate_limits.is_empty() {
-                let limits: Vec<String> = key
-                    .rate_limits
-                    .iter()
-                    .map(|l| format!("{}/{}s", l.value, l.period.as_secs()))
-                    .collect();
-                println!(
-                    "rate limits (not consumed by explain): {}",
-                    limits.join(", ")
-                );
-            }
-        }
-    }
-    ExitCode::SUCCESS
 }

@@ -273,6 +273,15 @@ impl Denial {
     }
 }
 
+/// The words for an upstream that failed before answering: timed out
+/// (`upstream_timeout`), or unavailable (any other code).
+pub fn upstream_failure_message(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::UpstreamTimeout => "The upstream service timed out.",
+        _ => "The upstream service is unavailable.",
+    }
+}
+
 /// The JSON body of an error in the given shape.
 pub fn render(code: ErrorCode, message: &str, shape: ErrorShape) -> Vec<u8> {
     let value = match shape {

@@ -5,5 +5,6 @@
 
 pub mod decide;
 pub mod errors;
+pub mod headers;
 pub mod request;
 pub mod routes;

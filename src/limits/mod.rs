@@ -29,6 +29,5 @@ pub mod types;
 
 pub use estimate::UsageApi;
 pub use types::{
-    pattern_matches, price_of, Limits, Price, PriceTable, RateKind, Refusal, Reset, Scope,
-    TokenRate, UsageKind, UsageLimit,
+    Limits, Price, PriceTable, RateKind, Refusal, Reset, Scope, TokenRate, UsageKind, UsageLimit,
 };

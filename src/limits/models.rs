@@ -46,6 +46,36 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn star_matches_any_run_and_the_rest_is_literal() {
+        for (p, m, want) in [
+            ("gpt-4o*", "gpt-4o", true),
+            ("gpt-4o*", "gpt-4o-mini", true),
+            ("gpt-4o*", "gpt-4", false),
+            ("*", "", true),
+            ("*", "anything", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("*mini", "gpt-4o-mini", true),
+            ("gpt-4o-mini", "gpt-4o-mini", true),
+            ("gpt-4o-mini", "GPT-4o-mini", false),
+            ("gpt-4o-mini", "gpt-4o-mini-2024", false),
+            ("a.b", "axb", false),
+            ("**a", "ba", true),
+            ("", "", true),
+            ("", "a", false),
+        ] {
+            assert_eq!(pattern_matches(p, m), want, "{p:?} vs {m:?}");
+        }
+    }
+
+    #[test]
+    fn many_stars_stay_fast() {
+        let pattern = "*a".repeat(50) + "b";
+        let model = "a".repeat(5000);
+        assert!(!pattern_matches(&pattern, &model));
+    }
+
+    #[test]
     fn literal_patterns_match_exactly_and_case_sensitively() {
         assert!(pattern_matches("gpt-4o", "gpt-4o"));
         assert!(!pattern_matches("gpt-4o", "gpt-4o-mini"));

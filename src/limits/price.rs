@@ -24,6 +24,7 @@ pub fn cost_usd(input: u64, output: u64, price: Price) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::PriceTable;
 
     fn table() -> Vec<(Arc<str>, Price)> {
         vec![
@@ -73,5 +74,18 @@ mod tests {
         assert!((cost_usd(1_000_000, 0, p) - 2.5).abs() < 1e-12);
         assert!((cost_usd(1000, 500, p) - 0.0075).abs() < 1e-12);
         assert_eq!(cost_usd(0, 0, p), 0.0);
+    }
+
+    #[test]
+    fn the_first_matching_price_wins() {
+        let p = |input| Price { input, output: 0.0 };
+        let table: PriceTable = vec![
+            (Arc::from("gpt-4o-mini"), p(0.15)),
+            (Arc::from("gpt-4o*"), p(2.5)),
+        ]
+        .into();
+        assert_eq!(price_for(&table, "gpt-4o-mini"), Some(p(0.15)));
+        assert_eq!(price_for(&table, "gpt-4o-2024"), Some(p(2.5)));
+        assert_eq!(price_for(&table, "o1"), None);
     }
 }

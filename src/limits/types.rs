@@ -107,51 +107,15 @@ pub struct Price {
 /// `model_prices` in file order: the first pattern that matches wins.
 pub type PriceTable = Arc<[(Arc<str>, Price)]>;
 
-/// Whether `model` matches `pattern`, where `*` matches any run of
-/// characters (also none) and everything else matches itself, case
-/// sensitively. Linear in practice, `O(pattern × model)` at worst; never
-/// exponential.
-pub fn pattern_matches(pattern: &str, model: &str) -> bool {
-    let (p, m) = (pattern.as_bytes(), model.as_bytes());
-    let (mut pi, mut mi) = (0, 0);
-    // The last `*` seen and the model position it was tried at.
-    let mut star: Option<(usize, usize)> = None;
-    while mi < m.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, mi));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == m[mi] {
-            pi += 1;
-            mi += 1;
-        } else if let Some((sp, sm)) = star {
-            // Let the last `*` take one more byte and retry after it.
-            pi = sp + 1;
-            mi = sm + 1;
-            star = Some((sp, sm + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|b| *b == b'*')
-}
-
 impl Limits {
     /// Whether these limits let a request name `model`: no `models` list,
     /// or a pattern of it matches.
     pub fn allows_model(&self, model: &str) -> bool {
-        self.models
-            .as_ref()
-            .is_none_or(|list| list.iter().any(|p| pattern_matches(p, model)))
+        self.models.as_ref().is_none_or(|list| {
+            list.iter()
+                .any(|p| super::models::pattern_matches(p, model))
+        })
     }
-}
-
-/// The price of `model`: that of the first pattern in `table` that matches
-/// it; `None` for an unpriced model.
-pub fn price_of(table: &[(Arc<str>, Price)], model: &str) -> Option<Price> {
-    table
-        .iter()
-        .find(|(p, _)| pattern_matches(p, model))
-        .map(|(_, price)| *price)
 }
 
 /// Whether a subject is a key or a workspace.
@@ -225,36 +189,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn star_matches_any_run_and_the_rest_is_literal() {
-        for (p, m, want) in [
-            ("gpt-4o*", "gpt-4o", true),
-            ("gpt-4o*", "gpt-4o-mini", true),
-            ("gpt-4o*", "gpt-4", false),
-            ("*", "", true),
-            ("*", "anything", true),
-            ("a*b*c", "axxbyyc", true),
-            ("a*b*c", "axxbyy", false),
-            ("*mini", "gpt-4o-mini", true),
-            ("gpt-4o-mini", "gpt-4o-mini", true),
-            ("gpt-4o-mini", "GPT-4o-mini", false),
-            ("gpt-4o-mini", "gpt-4o-mini-2024", false),
-            ("a.b", "axb", false),
-            ("**a", "ba", true),
-            ("", "", true),
-            ("", "a", false),
-        ] {
-            assert_eq!(pattern_matches(p, m), want, "{p:?} vs {m:?}");
-        }
-    }
-
-    #[test]
-    fn many_stars_stay_fast() {
-        let pattern = "*a".repeat(50) + "b";
-        let model = "a".repeat(5000);
-        assert!(!pattern_matches(&pattern, &model));
-    }
-
-    #[test]
     fn no_list_allows_every_model() {
         let open = Limits::default();
         assert!(open.allows_model("x"));
@@ -264,18 +198,5 @@ mod tests {
         };
         assert!(closed.allows_model("gpt-4o-mini"));
         assert!(!closed.allows_model("o1"));
-    }
-
-    #[test]
-    fn the_first_matching_price_wins() {
-        let p = |input| Price { input, output: 0.0 };
-        let table: PriceTable = vec![
-            (Arc::from("gpt-4o-mini"), p(0.15)),
-            (Arc::from("gpt-4o*"), p(2.5)),
-        ]
-        .into();
-        assert_eq!(price_of(&table, "gpt-4o-mini"), Some(p(0.15)));
-        assert_eq!(price_of(&table, "gpt-4o-2024"), Some(p(2.5)));
-        assert_eq!(price_of(&table, "o1"), None);
     }
 }

@@ -99,19 +99,11 @@ pub struct Gateway {
     /// Upstream connections for requests whose body the proxy read (see
     /// `forward`).
     connector: pingora::connectors::http::Connector,
-    /// Counters and usage (SPEC 9–10).
-    counters: Arc<dyn crate::state::CounterStore>,
-    /// `max_data_body_bytes`.
-    max_data_body: usize,
-    /// `inject_stream_usage`.
-    inject_stream_usage: bool,
-    /// `body_read_timeout_ms`.
-    body_read_timeout_ms: u64,
-    /// `default_output_reservation`.
-    default_output_reservation: u64,
+    /// The counter store and the settings of metering.
+    spending: Spending,
 }
 
-/// What SPEC 9–10 add to a [`Gateway`].
+/// The counter store and the metering settings of a [`Gateway`].
 pub struct Spending {
     /// The counter store.
     pub counters: Arc<dyn crate::state::CounterStore>,
@@ -145,11 +137,7 @@ impl Gateway {
             max_body,
             in_flight,
             connector: pingora::connectors::http::Connector::new(None),
-            counters: spending.counters,
-            max_data_body: spending.max_data_body,
-            inject_stream_usage: spending.inject_stream_usage,
-            body_read_timeout_ms: spending.body_read_timeout_ms,
-            default_output_reservation: spending.default_output_reservation,
+            spending,
         }
     }
 
@@ -207,7 +195,7 @@ impl Gateway {
             body,
             now: crate::identity::keys::now_millis(),
             max_body: self.max_body,
-            max_data_body: self.max_data_body,
+            max_data_body: self.spending.max_data_body,
             used_up: &|scope, id, limit| {
                 let p = crate::limits::period::period_of(
                     limit.reset,
@@ -217,7 +205,10 @@ impl Gateway {
                     scope,
                     id: id.into(),
                 };
-                self.counters.usage(&subject, &p.key).exhausted(limit)
+                self.spending
+                    .counters
+                    .usage(&subject, &p.key)
+                    .exhausted(limit)
             },
         };
         (decide::decide(&self.table, snap, &facts), source)
@@ -230,20 +221,8 @@ impl Gateway {
         };
         strip_client_headers(req, ctx.key_source, snap);
         join_cookies(req)?;
-        if let Some(k) = verdict.key {
-            let key = snap.key(k);
-            req.insert_header("x-scopegate-key-id", &*key.id)?;
-            req.insert_header("x-scopegate-key-type", key.key_type.as_str())?;
-            req.insert_header(
-                "x-scopegate-organisation-id",
-                &*snap.organisation(key.organisation).id,
-            )?;
-            if let Some(ws) = verdict.workspace {
-                req.insert_header("x-scopegate-workspace-id", &*snap.workspace(ws).id)?;
-            }
-            if let Some(user) = &key.user_id {
-                req.insert_header("x-scopegate-user-id", &**user)?;
-            }
+        for (name, value) in crate::decision::headers::identity_headers(snap, verdict) {
+            req.insert_header(name, value)?;
         }
         req.insert_header("x-request-id", ctx.request_id.clone())?;
         let plane = verdict.plane.unwrap_or(Plane::Data);
@@ -293,15 +272,19 @@ impl Gateway {
         }
         let facts = verdict.spend.clone().unwrap_or_default();
         let reservation = match verdict.plane {
-            Some(Plane::Data) => {
-                spend::reservation(&facts, &subjects, snap, self.default_output_reservation)
-            }
+            Some(Plane::Data) => spend::reservation(
+                &facts,
+                &subjects,
+                snap,
+                self.spending.default_output_reservation,
+            ),
             _ => None,
         };
         let workspace = key
             .workspace
             .map_or_else(|| Arc::from("none"), |w| snap.workspace(w).id.clone());
         let result = self
+            .spending
             .counters
             .admit(&AdmitRequest {
                 subjects: &subjects,
@@ -319,7 +302,7 @@ impl Gateway {
                     workspace,
                     snap: snap.clone(),
                     counted: reservation.is_some(),
-                    store: self.counters.clone(),
+                    store: self.spending.counters.clone(),
                     subjects,
                 });
                 return Ok(false);
@@ -369,7 +352,7 @@ impl Gateway {
         let mut strip = false;
         let mut body = body;
         if let (true, Some(spend)) = (
-            counted && self.inject_stream_usage,
+            counted && self.spending.inject_stream_usage,
             ctx.verdict.as_ref().and_then(|v| v.spend.as_ref()),
         ) {
             if spend.stream
@@ -415,10 +398,7 @@ impl Gateway {
             if let Some(m) = metrics() {
                 m.upstream_error(upstream.name, kind);
             }
-            let message = match code {
-                ErrorCode::UpstreamTimeout => "The upstream service timed out.",
-                _ => "The upstream service is unavailable.",
-            };
+            let message = errors::upstream_failure_message(code);
             session.set_keepalive(None);
             self.refuse(session, ctx, code, message, None).await?;
         }
@@ -851,10 +831,10 @@ impl ProxyHttp for Gateway {
                 session.as_mut().write_continue_response().await?;
             }
             let cap = match verdict.plane {
-                Some(Plane::Data) => self.max_data_body,
+                Some(Plane::Data) => self.spending.max_data_body,
                 _ => self.max_body,
             };
-            let deadline = Duration::from_millis(self.body_read_timeout_ms);
+            let deadline = Duration::from_millis(self.spending.body_read_timeout_ms);
             let Ok(body) = tokio::time::timeout(deadline, read_body_capped(session, cap)).await
             else {
                 // A body that never ends must not hold the request (and a
@@ -866,7 +846,7 @@ impl ProxyHttp for Gateway {
                 session.set_keepalive(None);
                 let msg = format!(
                     "The request body did not arrive within {} ms.",
-                    self.body_read_timeout_ms
+                    self.spending.body_read_timeout_ms
                 );
                 self.refuse(session, ctx, ErrorCode::RequestTimeout, &msg, None)
                     .await?;
@@ -985,10 +965,7 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         }
-        let message = match code {
-            ErrorCode::UpstreamTimeout => "The upstream service timed out.",
-            _ => "The upstream service is unavailable.",
-        };
+        let message = errors::upstream_failure_message(code);
         // pingora closes the client connection after a failed proxy attempt;
         // say so in the response rather than advertise keep-alive.
         session.set_keepalive(None);
