@@ -4,6 +4,7 @@
 //! `identity`, `limits` and `diag`.
 
 pub mod access_log;
+pub mod background;
 pub mod conn_guard;
 pub mod proxy;
 pub mod request_id;

@@ -1,22 +1,27 @@
-//! Wiring: load and check everything, then run pingora with the gateway,
-//! the metrics listener, the keys reloader and graceful shutdown.
+//! Wiring: load and check everything, then run pingora with the gateway
+//! and its background services (the file watcher, readiness, the metrics
+//! listener, the drain), until a shutdown signal.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
+use pingora::services::ServiceWithDependents;
 
 use crate::config::{Config, LogFormat};
 use crate::decision::routes::RouteTable;
+use crate::gateway::background::{Drain, Readiness, ShutdownSignals};
 use crate::gateway::conn_guard::{ConnLimit, Deadlines, GuardedApp, ListenerGate};
 use crate::gateway::proxy::{Gateway, Upstream};
-use crate::gateway::tls_listen::{CertWatcher, TlsListener};
+use crate::gateway::tls_listen::{CertPairs, TlsListener};
 use crate::identity::keys::{self, KeyStore};
-use crate::ops::metrics::metrics;
+use crate::ops::metrics::{metrics, MetricsListener};
 use crate::ops::reload::Reloader;
+use crate::ops::watch::Watcher;
 
 /// Sets up `tracing` on stderr; `RUST_LOG` filters.
 ///
@@ -64,66 +69,54 @@ fn dumps_headers(target: &str) -> bool {
 /// # Errors
 /// Start-up failures (bad upstream, unbindable metrics address).
 pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Result<()> {
+    serve_with(config, table, store, Vec::new())
+}
+
+/// [`serve`], with `extra` services run beside the proxy (the demo's
+/// upstreams).
+///
+/// # Errors
+/// Start-up failures (bad upstream, unbindable metrics address).
+pub fn serve_with(
+    config: Config,
+    table: RouteTable,
+    store: KeyStore,
+    extra: Vec<Box<dyn ServiceWithDependents>>,
+) -> anyhow::Result<()> {
     // First, so that a SIGTERM at any moment from here on drains and exits 0.
-    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let signals = ShutdownSignals::register()
+        .map_err(|e| anyhow::anyhow!("cannot catch shutdown signals: {e}"))?;
+    let in_flight = Arc::new(AtomicUsize::new(0));
     // Usage must survive restarts: a state file that cannot be used stops
     // the start, naming the file, rather than counting into the void.
     let counters = open_counters(&config)?;
-    spawn_shutdown_watch(
-        in_flight.clone(),
-        Duration::from_secs(config.shutdown_grace_period_seconds),
-        counters.clone(),
-    );
     // The start-up load's text and document are garbage now.
     keys::release_freed_memory();
     let table = Arc::new(table);
-    let m = metrics();
-    if let Some(m) = m {
+    if let Some(m) = metrics() {
         m.keys_loaded(&store.load());
     }
-    if let Some(addr) = &config.metrics_listen {
-        let addr = addr
-            .parse()
-            .map_err(|e| anyhow::anyhow!("metrics_listen `{addr}`: {e}"))?;
-        crate::ops::metrics::spawn_listener(addr)
-            .map_err(|e| anyhow::anyhow!("metrics_listen `{addr}`: {e}"))?;
-    }
-    // pingora binds its listeners later, on a service thread that panics on
-    // failure and leaves the process running without them. Fail here first,
-    // with the address in the message, while exiting non-zero still means
-    // something.
-    for l in &config.listen {
-        let addr = &l.address;
-        std::net::TcpListener::bind(addr.as_str())
-            .map_err(|e| anyhow::anyhow!("listen `{addr}`: {e}"))?;
-    }
-    let tls = crate::gateway::tls_listen::load_listeners(&config).map_err(|problems| {
-        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("{}", lines.join("\n"))
-    })?;
-    if let Some(m) = m {
-        for l in &tls {
-            m.tls_loaded(l.address(), l.resolver().current().not_after);
+    let metrics_listener = match &config.metrics_listen {
+        Some(addr) => {
+            let parsed = addr
+                .parse()
+                .map_err(|e| anyhow::anyhow!("metrics_listen `{addr}`: {e}"))?;
+            Some(
+                MetricsListener::bind(parsed)
+                    .map_err(|e| anyhow::anyhow!("metrics_listen `{addr}`: {e}"))?,
+            )
         }
-    }
+        None => None,
+    };
+    let tls = check_listeners(&config)?;
     check_open_file_limit(config.max_client_connections);
-    let completions = Upstream::from_config("completions", &config.upstreams.completions)?;
-    let admin = Upstream::from_config("admin", &config.upstreams.admin)?;
-    let gateway = Gateway::new(
+    let gateway = gateway(
+        &config,
         table.clone(),
         store.clone(),
-        completions,
-        admin,
-        config.max_inspect_body_bytes,
-        in_flight,
-        crate::gateway::proxy::Spending {
-            counters,
-            max_data_body: config.max_data_body_bytes,
-            inject_stream_usage: config.inject_stream_usage,
-            body_read_timeout_ms: config.body_read_timeout_ms,
-            default_output_reservation: config.default_output_reservation,
-        },
-    );
+        in_flight.clone(),
+        counters.clone(),
+    )?;
 
     let threads = config
         .threads
@@ -139,17 +132,116 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let tls_of = |address: &str| tls.iter().find(|t| t.address() == address).cloned();
-    // pingora listens on plain TCP everywhere: the app takes each
-    // connection's slot under max_client_connections first and does the TLS
-    // handshake of an HTTPS listener itself, within header_read_timeout_ms.
+    server.add_service(proxy_service(&server, &config, gateway, &tls)?);
+    add_background_services(
+        &mut server,
+        &config,
+        Background {
+            table,
+            store,
+            tls,
+            metrics_listener,
+            drain: Drain {
+                in_flight,
+                grace: Duration::from_secs(config.shutdown_grace_period_seconds),
+                counters,
+            },
+        },
+    )?;
+
+    for service in extra {
+        server.add_boxed_service(service);
+    }
+
+    let listen: Vec<String> = config
+        .listen
+        .iter()
+        .map(|l| match &l.tls {
+            Some(_) => format!("https://{}", l.address),
+            None => format!("http://{}", l.address),
+        })
+        .collect();
+    tracing::info!(
+        ?listen,
+        metrics = ?config.metrics_listen,
+        threads,
+        keys_file = %config.keys_file.display(),
+        "scopegate serving"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    std::process::exit(0)
+}
+
+/// pingora binds its listeners later, on a service thread that panics on
+/// failure and leaves the process running without them. Fail here first,
+/// with the address in the message, while exiting non-zero still means
+/// something. Returns the TLS listeners, loaded.
+fn check_listeners(config: &Config) -> anyhow::Result<Vec<Arc<TlsListener>>> {
+    for l in &config.listen {
+        let addr = &l.address;
+        std::net::TcpListener::bind(addr.as_str())
+            .map_err(|e| anyhow::anyhow!("listen `{addr}`: {e}"))?;
+    }
+    let tls = crate::gateway::tls_listen::load_listeners(config).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("{}", lines.join("\n"))
+    })?;
+    if let Some(m) = metrics() {
+        for l in &tls {
+            m.tls_loaded(l.address(), l.resolver().current().not_after);
+        }
+    }
+    Ok(tls)
+}
+
+/// The proxy application over the config's upstreams.
+fn gateway(
+    config: &Config,
+    table: Arc<RouteTable>,
+    store: KeyStore,
+    in_flight: Arc<AtomicUsize>,
+    counters: Arc<dyn crate::state::CounterStore>,
+) -> anyhow::Result<Gateway> {
+    let completions = Upstream::from_config("completions", &config.upstreams.completions)?;
+    let admin = Upstream::from_config("admin", &config.upstreams.admin)?;
+    Ok(Gateway::new(
+        table,
+        store,
+        completions,
+        admin,
+        config.max_inspect_body_bytes,
+        in_flight,
+        crate::gateway::proxy::Spending {
+            counters,
+            max_data_body: config.max_data_body_bytes,
+            inject_stream_usage: config.inject_stream_usage,
+            body_read_timeout_ms: config.body_read_timeout_ms,
+            default_output_reservation: config.default_output_reservation,
+        },
+    ))
+}
+
+/// The listening service: pingora listens on plain TCP everywhere; the app
+/// takes each connection's slot under `max_client_connections` first and
+/// does the TLS handshake of an HTTPS listener itself, within
+/// `header_read_timeout_ms`.
+fn proxy_service(
+    server: &Server,
+    config: &Config,
+    gateway: Gateway,
+    tls: &[Arc<TlsListener>],
+) -> anyhow::Result<
+    pingora::services::listening::Service<GuardedApp<pingora::proxy::HttpProxy<Gateway>>>,
+> {
     let mut gates = Vec::with_capacity(config.listen.len());
     for l in &config.listen {
         let address = l
             .address
             .parse()
             .map_err(|e| anyhow::anyhow!("listen `{}`: {e}", l.address))?;
-        let tls = match tls_of(&l.address) {
+        let tls = match tls.iter().find(|t| t.address() == l.address) {
             Some(t) => Some(Arc::new(t.settings()?.build())),
             None => None,
         };
@@ -178,40 +270,51 @@ pub fn serve(config: Config, table: RouteTable, store: KeyStore) -> anyhow::Resu
     for l in &config.listen {
         proxy.add_tcp(&l.address);
     }
-    server.add_service(proxy);
+    Ok(proxy)
+}
 
-    Reloader::new(
-        config.keys_file.clone(),
-        table,
-        store,
-        config.reload_poll_interval_ms,
-    )
-    .spawn()?;
+/// What the background services are made of.
+struct Background {
+    table: Arc<RouteTable>,
+    store: KeyStore,
+    tls: Vec<Arc<TlsListener>>,
+    metrics_listener: Option<MetricsListener>,
+    drain: Drain,
+}
+
+/// The background services, each named and on a runtime of its own: the
+/// file watcher (keys file, its JWK set files, certificate pairs), the
+/// readiness probe (after the watcher: a SIGHUP sent once `/readyz` says 200
+/// must reach it), the metrics listener and the drain.
+fn add_background_services(
+    server: &mut Server,
+    config: &Config,
+    bg: Background,
+) -> anyhow::Result<()> {
+    let watcher = Watcher::new(config.reload_poll_interval_ms)
+        .map_err(|e| anyhow::anyhow!("cannot catch SIGHUP: {e}"))?;
+    let reloader = Reloader::new(config.keys_file.clone(), bg.table, bg.store);
+    watcher.register(reloader.jwks_files());
+    watcher.register(Box::new(reloader));
+    if !bg.tls.is_empty() {
+        watcher.register(Box::new(CertPairs::new(bg.tls.clone())));
+    }
+    let watch = server.add_service(background_service("watch", watcher));
     let probe_targets = config
         .listen
         .iter()
-        .map(|l| (l.address.clone(), tls_of(&l.address)))
-        .collect();
-    // Before readiness: a SIGHUP sent once `/readyz` says 200 must reach it.
-    CertWatcher::new(tls, config.reload_poll_interval_ms).spawn()?;
-    spawn_readiness_probe(probe_targets);
-
-    let listen: Vec<String> = config
-        .listen
-        .iter()
-        .map(|l| match &l.tls {
-            Some(_) => format!("https://{}", l.address),
-            None => format!("http://{}", l.address),
+        .map(|l| {
+            let tls = bg.tls.iter().find(|t| t.address() == l.address).cloned();
+            (l.address.clone(), tls)
         })
         .collect();
-    tracing::info!(
-        ?listen,
-        metrics = ?config.metrics_listen,
-        threads,
-        keys_file = %config.keys_file.display(),
-        "scopegate serving"
-    );
-    server.run_forever()
+    let ready = server.add_service(background_service("ready", Readiness::new(probe_targets)));
+    ready.add_dependency(&watch);
+    if let Some(m) = bg.metrics_listener {
+        server.add_service(background_service("metrics", m));
+    }
+    server.add_service(background_service("drain", bg.drain));
+    Ok(())
 }
 
 /// Every client connection is a file descriptor, and so is every upstream
@@ -252,74 +355,7 @@ fn check_open_file_limit(max_client_connections: usize) {
     }
 }
 
-/// `/readyz` turns 200 only once every proxy listener answers, and answers
-/// as this process: the probe carries a per-process token the proxy
-/// recognises (pingora binds its listeners inside `run_forever`, and a port
-/// someone else holds would otherwise look ready). A TLS listener answers as
-/// this process when its handshake presents the certificate it is serving.
-fn spawn_readiness_probe(listen: Vec<(String, Option<Arc<TlsListener>>)>) {
-    let _ = std::thread::Builder::new()
-        .name("scopegate-ready".into())
-        .spawn(move || {
-            let targets: Vec<(std::net::SocketAddr, Option<Arc<TlsListener>>)> = listen
-                .into_iter()
-                .filter_map(|(a, tls)| {
-                    use std::net::ToSocketAddrs as _;
-                    let addr = a.to_socket_addrs().ok().and_then(|mut it| it.next())?;
-                    Some((addr, tls))
-                })
-                .map(|(mut a, tls)| {
-                    if a.ip().is_unspecified() {
-                        a.set_ip(if a.is_ipv4() {
-                            std::net::Ipv4Addr::LOCALHOST.into()
-                        } else {
-                            std::net::Ipv6Addr::LOCALHOST.into()
-                        });
-                    }
-                    (a, tls)
-                })
-                .collect();
-            let start = Instant::now();
-            loop {
-                let all = targets.iter().all(|(addr, tls)| match tls {
-                    Some(tls) => tls.answers_as_this_process(addr),
-                    None => answers_as_this_process(addr),
-                });
-                if all {
-                    if let Some(m) = metrics() {
-                        m.listening.store(true, Ordering::Release);
-                    }
-                    tracing::info!(
-                        after_ms = start.elapsed().as_millis() as u64,
-                        "proxy listeners answer: ready"
-                    );
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-}
-
-fn answers_as_this_process(addr: &std::net::SocketAddr) -> bool {
-    use std::io::{Read as _, Write as _};
-    let Ok(mut stream) = std::net::TcpStream::connect_timeout(addr, Duration::from_millis(200))
-    else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let request = format!(
-        "GET / HTTP/1.1\r\nHost: probe\r\n{}: {}\r\nConnection: close\r\n\r\n",
-        crate::gateway::proxy::PROBE_HEADER,
-        crate::gateway::proxy::probe_token()
-    );
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).is_ok() && &head == b"HTTP/1.1 204"
-}
-
-/// The counter store of `state` (SPEC 10).
+/// The counter store of `state` (the reference on limits shared by replicas).
 ///
 /// # Errors
 /// The state file cannot be opened (corrupt, locked by another scopegate,
@@ -355,45 +391,4 @@ pub fn open_counters(config: &Config) -> anyhow::Result<Arc<dyn crate::state::Co
             Ok(Arc::new(store))
         }
     }
-}
-
-/// pingora's graceful shutdown always waits the whole grace period; exit as
-/// soon as the in-flight requests are done instead (or when it runs out).
-fn spawn_shutdown_watch(
-    in_flight: Arc<std::sync::atomic::AtomicUsize>,
-    grace: Duration,
-    counters: Arc<dyn crate::state::CounterStore>,
-) {
-    let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM]);
-    let Ok(mut signals) = signals else {
-        tracing::warn!("cannot watch SIGTERM; relying on pingora's grace period");
-        return;
-    };
-    let _ = std::thread::Builder::new()
-        .name("scopegate-shutdown".into())
-        .spawn(move || {
-            if signals.forever().next().is_none() {
-                return;
-            }
-            tracing::info!(
-                grace_s = grace.as_secs(),
-                "SIGTERM: draining in-flight requests"
-            );
-            let start = Instant::now();
-            // Let pingora stop its listeners first.
-            std::thread::sleep(Duration::from_millis(50));
-            while in_flight.load(Ordering::Acquire) > 0 && start.elapsed() < grace {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let left = in_flight.load(Ordering::Acquire);
-            // Every finished request has settled; write the usage now.
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(counters.flush());
-            }
-            tracing::info!(left, "shutdown complete");
-            std::process::exit(0);
-        });
 }

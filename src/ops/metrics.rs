@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC 7) and the small HTTP listener that serves
+//! Prometheus metrics (the reference on metrics, health and logs) and the small HTTP listener that serves
 //! `/metrics`, `/healthz` and `/readyz`.
 //!
 //! Everything lives in prometheus' default registry (which also carries the
@@ -259,36 +259,44 @@ pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
     }
 }
 
-/// Binds the metrics address and serves it on a thread of its own, so a
-/// saturated proxy can still be scraped.
-///
-/// # Errors
-/// When the address cannot be bound.
-pub fn spawn_listener(addr: SocketAddr) -> std::io::Result<()> {
-    let std_listener = std::net::TcpListener::bind(addr)?;
-    std_listener.set_nonblocking(true)?;
-    std::thread::Builder::new()
-        .name("scopegate-metrics".into())
-        .spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                tracing::error!("metrics listener: cannot start a runtime");
-                return;
-            };
-            rt.block_on(async move {
-                match tokio::net::TcpListener::from_std(std_listener) {
-                    Ok(l) => {
-                        if let Err(e) = serve(l).await {
-                            tracing::error!(error = %e, "metrics listener stopped");
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "metrics listener failed"),
+/// The `/metrics`, `/healthz` and `/readyz` listener, as the pingora
+/// background service "metrics" (thread "BG metrics"): a runtime of its own, so a
+/// saturated proxy can still be scraped; it stops with the server.
+pub struct MetricsListener {
+    listener: parking_lot::Mutex<Option<std::net::TcpListener>>,
+}
+
+impl MetricsListener {
+    /// Binds the metrics address now (so a bad address stops the start).
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub fn bind(addr: SocketAddr) -> std::io::Result<MetricsListener> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        Ok(MetricsListener {
+            listener: parking_lot::Mutex::new(Some(listener)),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for MetricsListener {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        let Some(std_listener) = self.listener.lock().take() else {
+            return;
+        };
+        // It serves through a drain (`/readyz` says so), until the server
+        // shuts its runtime down.
+        match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(l) => {
+                if let Err(e) = serve(l).await {
+                    tracing::error!(error = %e, "metrics listener stopped");
                 }
-            });
-        })?;
-    Ok(())
+            }
+            Err(e) => tracing::error!(error = %e, "metrics listener failed"),
+        }
+    }
 }
 
 /// One finished request, as the metrics see it.
@@ -441,7 +449,7 @@ impl Metrics {
     }
 }
 
-/// The metrics of SPEC 9.5 and 10: tokens, cost, budgets, in-flight
+/// The metrics of the reference on what clients and operators see of usage and 10: tokens, cost, budgets, in-flight
 /// requests, and the shared-state store's round trips.
 pub struct UsageMetrics {
     /// `scopegate_tokens_total{workspace, kind, source}`.

@@ -5,4 +5,6 @@
 
 pub mod metrics;
 pub mod reload;
+pub mod signals;
 pub mod traces;
+pub mod watch;

@@ -1,20 +1,25 @@
-//! Live reload of the keys file (SPEC 6).
+//! Live reload of the keys file (docs/reference.md#live-reload), as one
+//! [`Watched`] of the [`Watcher`](super::watch::Watcher), and of the JWK set
+//! files the keys file names.
 //!
-//! Three triggers feed one loop on a thread of its own: filesystem events
-//! on the keys file's folder (so atomic renames, in-place rewrites and
-//! Kubernetes ConfigMap symlink swaps are all seen), SIGHUP, and a content
-//! poll. A reload parses and validates the whole file off the request path,
-//! then swaps the snapshot in atomically; any failure leaves the last good
+//! A reload parses and validates the whole file off the request path, then
+//! swaps the snapshot in atomically; any failure leaves the last good
 //! snapshot in force and is logged with its position and counted.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+use super::watch::{folder_of, Trigger, Watched};
 use crate::decision::routes::RouteTable;
 use crate::diag::Diagnostic;
-use crate::identity::keys::{self, Digest, KeyStore, Snapshot};
+use crate::identity::keys::{self, Digest, JwksSource, KeyStore, OrgIdx, Snapshot};
+use crate::identity::token::files::load_files;
+use crate::identity::token::JwksSet;
 use crate::ops::metrics::metrics;
 
 /// Loads the keys file against the route table, and checks that every
@@ -55,19 +60,6 @@ pub fn load_keys_text(
     }
 }
 
-/// Why a reload was attempted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Trigger {
-    /// Something changed in the folder.
-    FsEvent,
-    /// SIGHUP: reload even if the content looks the same.
-    Signal,
-}
-
-/// Quiet time that ends a burst of filesystem events.
-const DEBOUNCE: Duration = Duration::from_millis(100);
-/// Longest a burst may postpone a reload.
-const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
 /// How often a poll reads the content even when `stat` says nothing moved.
 const FULL_CHECK: Duration = Duration::from_secs(60);
 /// A file changed less than this before a look may change again within the
@@ -75,161 +67,84 @@ const FULL_CHECK: Duration = Duration::from_secs(60);
 /// filesystems keep whole or even two seconds).
 const RACY: Duration = Duration::from_secs(3);
 /// How long a content written in place (same inode) must stay unchanged
-/// before it is loaded: a writer that writes in several steps (issue #12:
-/// two `write()`s 1.2 s apart) must not have its half-written file loaded.
+/// before it is loaded: a writer that writes in several steps (two
+/// `write()`s 1.2 s apart, say) must not have its half-written file loaded.
 /// An atomic replacement (new inode: rename, ConfigMap symlink swap) and
 /// SIGHUP load at once. Measured from the file's mtime, so the 2 s bound of
-/// SPEC 6 holds for in-place writers too.
+/// docs/reference.md#live-reload holds for in-place writers too.
 pub const SETTLE: Duration = Duration::from_millis(1300);
 
-/// Watches the keys file and swaps new snapshots into the store.
+/// The keys file, as the [`Watcher`](super::watch::Watcher) sees it: reads
+/// it when it changed, swaps new snapshots into the store, and has the JWK
+/// sets it names loaded again.
 pub struct Reloader {
     path: PathBuf,
     table: Arc<RouteTable>,
     store: KeyStore,
-    poll: Duration,
+    detector: ChangeDetector,
+    /// The file's identity when the keys in force were read.
+    loaded_identity: Option<(u64, u64)>,
+    /// A content written in place, waiting to settle.
+    pending: Option<Pending>,
+    jwks: Arc<Mutex<JwksFiles>>,
 }
 
 impl Reloader {
-    /// A reloader for `path`, polling every `poll_ms`.
-    pub fn new(path: PathBuf, table: Arc<RouteTable>, store: KeyStore, poll_ms: u64) -> Reloader {
+    /// A reloader for the keys file at `path`, whose keys in force are
+    /// `store`'s; its JWK set files are loaded now.
+    pub fn new(path: PathBuf, table: Arc<RouteTable>, store: KeyStore) -> Reloader {
+        // The digest of the text the keys in force were parsed from, so a
+        // write between the start-up load and the first look is still a
+        // change.
+        let seed = store.load().source_digest().copied();
+        let detector = ChangeDetector::new(seed, FULL_CHECK);
+        let loaded_identity = detector.identity_now(&path);
+        let mut jwks = JwksFiles {
+            keys_file: path.clone(),
+            store: store.clone(),
+            sets: Arc::new(ArcSwap::from_pointee(JwksSets::new())),
+            seen: None,
+        };
+        jwks.load(None, "start-up");
         Reloader {
             path,
             table,
             store,
-            poll: Duration::from_millis(poll_ms.max(10)),
+            detector,
+            loaded_identity,
+            pending: None,
+            jwks: Arc::new(Mutex::new(jwks)),
         }
     }
 
-    /// Starts the watcher, the SIGHUP listener and the reload loop.
-    ///
-    /// # Errors
-    /// When the threads cannot be started. A folder that cannot be watched
-    /// only logs a warning: polling and SIGHUP still work.
-    pub fn spawn(self) -> anyhow::Result<()> {
-        let (tx, rx) = mpsc::channel::<Trigger>();
-
-        let watcher = {
-            let tx = tx.clone();
-            let dir = self
-                .path
-                .parent()
-                .map(Path::to_path_buf)
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or_else(|| PathBuf::from("."));
-            let name = self.path.file_name().map(|n| n.to_os_string());
-            let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                if let Ok(ev) = res {
-                    if !matches!(ev.kind, notify::EventKind::Access(_))
-                        && concerns_keys_file(&ev.paths, name.as_deref())
-                    {
-                        let _ = tx.send(Trigger::FsEvent);
-                    }
-                }
-            });
-            match watcher {
-                Ok(mut w) => {
-                    use notify::Watcher as _;
-                    match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
-                        Ok(()) => Some(w),
-                        Err(e) => {
-                            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the keys folder; relying on polling and SIGHUP");
-                            None
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "no filesystem watcher; relying on polling and SIGHUP");
-                    None
-                }
-            }
-        };
-
-        forward_sighup("scopegate-sighup", tx, Trigger::Signal)?;
-
-        std::thread::Builder::new()
-            .name("scopegate-reload".into())
-            .spawn(move || {
-                let _watcher = watcher;
-                self.run(rx);
-            })?;
-        Ok(())
+    /// The JWK sets of the `jwks_file`s of the keys in force, as last
+    /// loaded (swapped whole on every reload).
+    pub fn jwks_sets(&self) -> Arc<ArcSwap<JwksSets>> {
+        self.jwks.lock().sets.clone()
     }
 
-    fn run(self, rx: mpsc::Receiver<Trigger>) {
-        // The digest of the text the keys in force were parsed from, so a
-        // write between the start-up load and now is still a change.
-        let seed = self.store.load().source_digest().copied();
-        let mut detector = ChangeDetector::new(seed, FULL_CHECK);
-        let mut next_poll = Instant::now() + self.poll;
-        // The file's identity when the keys in force were read.
-        let mut loaded_identity = detector.identity_now(&self.path);
-        // A content written in place, waiting to settle.
-        let mut pending: Option<Pending> = None;
-        loop {
-            let mut wait = next_poll.saturating_duration_since(Instant::now());
-            if let Some(p) = &pending {
-                wait = wait.min(p.ready_in());
-            }
-            let trigger = match rx.recv_timeout(wait) {
-                Ok(t) => Some(debounce(&rx, t)),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            if trigger.is_none() && Instant::now() >= next_poll {
-                next_poll = Instant::now() + self.poll;
-            }
-            // An event, a signal or a pending content always reads the
-            // content; a timed poll reads it only when `stat` cannot vouch
-            // for it.
-            let thorough = trigger.is_some() || pending.is_some();
-            match detector.look(&self.path, thorough) {
-                Look::Read { changed, text } => {
-                    let identity = detector.identity();
-                    let signal = trigger == Some(Trigger::Signal);
-                    if signal || (changed && identity != loaded_identity) {
-                        // SIGHUP, or an atomic replacement: complete by
-                        // construction.
-                        pending = None;
-                        loaded_identity = identity;
-                        self.reload(trigger, text);
-                    } else if changed {
-                        pending = Some(Pending {
-                            text,
-                            seen: Instant::now(),
-                            written: detector.changed_at(),
-                            trigger,
-                        });
-                    } else if pending.as_ref().is_some_and(Pending::ready) {
-                        if let Some(p) = pending.take() {
-                            loaded_identity = identity;
-                            self.reload(p.trigger, p.text);
-                        }
-                    }
-                }
-                Look::Skipped => {}
-            }
-        }
+    /// What watches the JWK set files themselves: a change to one of them
+    /// alone loads the sets again.
+    pub fn jwks_files(&self) -> Box<dyn Watched> {
+        Box::new(JwksWatch(self.jwks.clone()))
     }
 
     /// Parses `text`, the bytes the detector just compared, so what is
     /// loaded is what was seen.
-    fn reload(&self, trigger: Option<Trigger>, text: Result<String, Diagnostic>) {
+    fn reload(&self, trigger: Trigger, text: Result<String, Diagnostic>) {
         let started = Instant::now();
+        let text = text.map_err(|d| vec![d]);
         let result = text
-            .map_err(|d| vec![d])
-            .and_then(|text| load_keys_text(&text, &self.path, &self.table));
-        let how = match trigger {
-            Some(Trigger::Signal) => "sighup",
-            Some(Trigger::FsEvent) => "fs-event",
-            None => "poll",
-        };
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|text| load_keys_text(text, &self.path, &self.table));
+        let how = trigger.as_str();
         match result {
             Ok(snap) => {
                 let keys = snap.keys().len();
                 // The old snapshot goes when the last request holding it ends.
                 drop(self.store.swap(snap));
-                crate::identity::keys::release_freed_memory();
+                keys::release_freed_memory();
                 // Count only once the new keys are in force, so a reader
                 // of the counter never sees the old keys afterwards.
                 if let Some(m) = metrics() {
@@ -241,6 +156,8 @@ impl Reloader {
                     took_ms = started.elapsed().as_secs_f64() * 1000.0,
                     "keys reloaded"
                 );
+                // The organisations (and their files) may have changed.
+                self.jwks.lock().load(text.as_deref().ok(), how);
             }
             Err(problems) => {
                 if let Some(m) = metrics() {
@@ -254,6 +171,45 @@ impl Reloader {
     }
 }
 
+impl Watched for Reloader {
+    fn folders(&self) -> Vec<PathBuf> {
+        vec![folder_of(&self.path)]
+    }
+
+    fn concerns(&self, paths: &[PathBuf]) -> bool {
+        concerns_keys_file(paths, self.path.file_name())
+    }
+
+    fn look(&mut self, trigger: Trigger) -> Option<Duration> {
+        // An event, a signal or a pending content always reads the
+        // content; a timed poll reads it only when `stat` cannot vouch for
+        // it.
+        let thorough = trigger != Trigger::Poll || self.pending.is_some();
+        if let Look::Read { changed, text } = self.detector.look(&self.path, thorough) {
+            let identity = self.detector.identity();
+            if trigger == Trigger::Signal || (changed && identity != self.loaded_identity) {
+                // SIGHUP, or an atomic replacement: complete by construction.
+                self.pending = None;
+                self.loaded_identity = identity;
+                self.reload(trigger, text);
+            } else if changed {
+                self.pending = Some(Pending {
+                    text,
+                    seen: Instant::now(),
+                    written: self.detector.changed_at(),
+                    trigger,
+                });
+            } else if self.pending.as_ref().is_some_and(Pending::ready) {
+                if let Some(p) = self.pending.take() {
+                    self.loaded_identity = identity;
+                    self.reload(p.trigger, p.text);
+                }
+            }
+        }
+        self.pending.as_ref().map(Pending::ready_in)
+    }
+}
+
 /// A content written in place that has not yet been unchanged for [`SETTLE`].
 struct Pending {
     text: Result<String, Diagnostic>,
@@ -261,7 +217,7 @@ struct Pending {
     seen: Instant,
     /// When the file says it was written.
     written: Option<SystemTime>,
-    trigger: Option<Trigger>,
+    trigger: Trigger,
 }
 
 impl Pending {
@@ -280,28 +236,104 @@ impl Pending {
     }
 }
 
-/// Sends `message` on `tx` at every SIGHUP, from a thread named `name`,
-/// until the receiver is gone (signal-hook lets several watchers coexist:
-/// the keys reloader and the certificate reloader each have one).
-///
-/// # Errors
-/// When the handler or the thread cannot be set up.
-pub fn forward_sighup<T: Clone + Send + 'static>(
-    name: &str,
-    tx: mpsc::Sender<T>,
-    message: T,
-) -> std::io::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                if tx.send(message.clone()).is_err() {
-                    return;
+/// The JWK sets of the organisations whose `identity_tokens` name a
+/// `jwks_file`.
+pub type JwksSets = HashMap<OrgIdx, Arc<JwksSet>>;
+
+/// The `jwks_file`s of the keys in force: loaded at start, after every keys
+/// reload, and when one of them changes. The sets are kept whole in an
+/// `ArcSwap`; a load that fails leaves the last good sets in force.
+struct JwksFiles {
+    keys_file: PathBuf,
+    store: KeyStore,
+    sets: Arc<ArcSwap<JwksSets>>,
+    /// Of the files' contents at the last look.
+    seen: Option<Digest>,
+}
+
+impl JwksFiles {
+    /// The files the keys in force name.
+    fn files(&self) -> Vec<PathBuf> {
+        self.store
+            .load()
+            .identity()
+            .all()
+            .filter_map(|s| match &s.jwks {
+                JwksSource::File(path) => Some(path.clone()),
+                JwksSource::Url { .. } => None,
+            })
+            .collect()
+    }
+
+    /// One digest over every file's path and content (or that it could not
+    /// be read).
+    fn digest(&self) -> Digest {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for path in self.files() {
+            h.update(path.as_os_str().as_encoded_bytes());
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    h.update((bytes.len() as u64).to_le_bytes());
+                    h.update(&bytes);
+                }
+                Err(_) => h.update(u64::MAX.to_le_bytes()),
+            }
+        }
+        h.finalize().into()
+    }
+
+    /// Loads the sets of the keys in force. `keys_text`, when at hand,
+    /// positions a problem at the field naming a file that cannot be read.
+    fn load(&mut self, keys_text: Option<&str>, how: &str) {
+        self.seen = Some(self.digest());
+        let snap = self.store.load();
+        match load_files(&snap, &self.keys_file, keys_text.unwrap_or_default()) {
+            Ok(sets) => {
+                let n = sets.len();
+                self.sets.store(Arc::new(sets));
+                if n > 0 {
+                    tracing::info!(trigger = how, sets = n, "JWK sets loaded");
                 }
             }
-        })?;
-    Ok(())
+            Err(problems) => {
+                for p in &problems {
+                    tracing::error!(trigger = how, problem = %p, "JWK set load rejected; the last good sets stay in force");
+                }
+            }
+        }
+    }
+}
+
+/// The [`Watched`] side of [`JwksFiles`].
+struct JwksWatch(Arc<Mutex<JwksFiles>>);
+
+impl Watched for JwksWatch {
+    fn folders(&self) -> Vec<PathBuf> {
+        let mut folders: Vec<PathBuf> =
+            self.0.lock().files().iter().map(|f| folder_of(f)).collect();
+        folders.dedup();
+        folders
+    }
+
+    fn concerns(&self, paths: &[PathBuf]) -> bool {
+        self.0
+            .lock()
+            .files()
+            .iter()
+            .any(|f| concerns_keys_file(paths, f.file_name()))
+    }
+
+    fn look(&mut self, trigger: Trigger) -> Option<Duration> {
+        let mut files = self.0.lock();
+        if files.files().is_empty() {
+            return None;
+        }
+        if trigger == Trigger::Signal || files.seen != Some(files.digest()) {
+            files.load(None, trigger.as_str());
+        }
+        None
+    }
 }
 
 /// Whether an event in the keys file's folder may have changed the keys
@@ -315,23 +347,6 @@ fn concerns_keys_file(paths: &[PathBuf], name: Option<&std::ffi::OsStr>) -> bool
             None => true,
             Some(n) => Some(n) == name || n.to_string_lossy().starts_with(".."),
         })
-}
-
-/// Collects the rest of a burst of triggers; a signal in the burst wins.
-fn debounce(rx: &mpsc::Receiver<Trigger>, first: Trigger) -> Trigger {
-    let start = Instant::now();
-    let mut t = first;
-    while start.elapsed() < DEBOUNCE_MAX {
-        match rx.recv_timeout(DEBOUNCE) {
-            Ok(next) => {
-                if next == Trigger::Signal {
-                    t = Trigger::Signal;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    t
 }
 
 /// Tells whether the keys file's content changed since it last looked.
@@ -628,5 +643,52 @@ mod tests {
         let mut same =
             ChangeDetector::new(Some(crate::identity::keys::digest(b"keys: [new]\n")), HOUR);
         assert_eq!(changed(same.look(&path, false)), Some(false));
+    }
+
+    #[test]
+    fn a_change_to_a_jwks_file_alone_loads_the_sets_again() {
+        use crate::identity::token::testing::{jwks_json, TestKey};
+        const KEYS: &str = "\
+organisations:
+  - id: org_a
+    workspaces: [{ id: ws_a }]
+    identity_tokens:
+      issuer: https://idp.a/
+      audience: scopegate
+      jwks_file: jwks/a.json
+keys: []
+";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys_file = dir.path().join("keys.yaml");
+        write(&keys_file, KEYS);
+        std::fs::create_dir(dir.path().join("jwks")).expect("mkdir");
+        let jwks_file = dir.path().join("jwks/a.json");
+        write(&jwks_file, &jwks_json(&[&TestKey::es256("k1")]));
+        let table = Arc::new(RouteTable::build(&[], true).expect("table"));
+        let snap = load_keys(&keys_file, &table).expect("keys");
+        let reloader = Reloader::new(keys_file, table, KeyStore::new(snap));
+        let sets = reloader.jwks_sets();
+        let kid = |k: &str| {
+            sets.load()
+                .get(&OrgIdx(0))
+                .is_some_and(|s| s.find(k).is_some())
+        };
+        assert!(kid("k1"), "loaded at start");
+
+        let mut files = reloader.jwks_files();
+        let event = vec![jwks_file.clone()];
+        assert!(files.concerns(&event), "an event on the JWK set file");
+        assert!(!reloader.concerns(&event), "is none of the keys file's");
+        assert_eq!(files.folders(), vec![dir.path().join("jwks")]);
+        files.look(Trigger::Poll);
+        assert!(kid("k1"), "unchanged: the same sets");
+
+        write(&jwks_file, &jwks_json(&[&TestKey::es256("k2")]));
+        files.look(Trigger::FsEvent);
+        assert!(kid("k2") && !kid("k1"), "the new set is in force");
+
+        write(&jwks_file, "not json");
+        files.look(Trigger::FsEvent);
+        assert!(kid("k2"), "a bad set leaves the last good one in force");
     }
 }

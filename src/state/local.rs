@@ -120,6 +120,10 @@ impl LocalStore {
             next_id: AtomicU64::new(1),
             db: Some(Mutex::new(db)),
         });
+        // The write-behind keeps a thread of its own rather than a pingora
+        // background service: SQLite writes block, the store is opened (and
+        // used by `scopegate usage`) outside any server, and it must write
+        // what is dirty when the store is dropped.
         let (stop, rx) = mpsc::channel::<()>();
         let thread_inner = inner.clone();
         let handle = std::thread::Builder::new()

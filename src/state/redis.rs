@@ -1,4 +1,4 @@
-//! The Redis counter store (SPEC 10): every replica pointed at one Redis
+//! The Redis counter store (the reference on limits shared by replicas): every replica pointed at one Redis
 //! enforces one set of request, token, usage and concurrency limits.
 //!
 //! - **Admission** is one `EVALSHA` of [`ADMIT_LUA`], which runs the rules
@@ -96,7 +96,7 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    /// The SPEC defaults: 50 ms, `allow`, `scopegate:`.
+    /// The documented defaults: 50 ms, `allow`, `scopegate:`.
     pub fn new(url: impl Into<String>) -> RedisConfig {
         RedisConfig {
             url: url.into(),
@@ -448,7 +448,10 @@ struct Inner {
 
 /// The Redis backend. Owns a small runtime of its own ("scopegate-redis")
 /// for its connection and background work, so it can be called from any
-/// runtime (pingora's included).
+/// runtime (pingora's included). It is not a pingora background service:
+/// the store is opened before the server starts (a bad URL stops the start)
+/// and serves `scopegate usage` too, and its connection must live on one
+/// runtime whichever worker thread admits a request.
 pub struct RedisStore {
     inner: Arc<Inner>,
     runtime: Option<tokio::runtime::Runtime>,

@@ -4,6 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::ServiceWithDependents;
+
 use crate::identity::keys::KeyStore;
 
 pub mod upstreams;
@@ -83,34 +89,6 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let spawned = std::thread::Builder::new()
-        .name("scopegate-demo-upstreams".into())
-        .spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let _ = c_listener.set_nonblocking(true);
-                let _ = a_listener.set_nonblocking(true);
-                let (Ok(c), Ok(a)) = (
-                    tokio::net::TcpListener::from_std(c_listener),
-                    tokio::net::TcpListener::from_std(a_listener),
-                ) else {
-                    return;
-                };
-                let _ = tokio::join!(
-                    crate::cli::demo::upstreams::serve_completions_mock(c),
-                    crate::cli::demo::upstreams::serve_admin_echo(a)
-                );
-            });
-        });
-    if let Err(e) = spawned {
-        eprintln!("scopegate demo: {e}");
-        return ExitCode::FAILURE;
-    }
     let listen = config
         .listen
         .first()
@@ -118,7 +96,13 @@ pub fn run() -> ExitCode {
         .unwrap_or_default();
     print_walkthrough(&listen, config.metrics_listen.as_deref());
     crate::gateway::server::init_logging(config.log_format);
-    match crate::gateway::server::serve(config, table, KeyStore::new(snap)) {
+    // The demo upstreams run as a background service of the server.
+    let upstreams = background_service(
+        "demo upstreams",
+        DemoUpstreams(Mutex::new(Some((c_listener, a_listener)))),
+    );
+    let extra: Vec<Box<dyn ServiceWithDependents>> = vec![Box::new(upstreams)];
+    match crate::gateway::server::serve_with(config, table, KeyStore::new(snap), extra) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("scopegate demo: {e:#}");
@@ -174,4 +158,29 @@ fn print_walkthrough(listen: &str, metrics: Option<&str>) {
         println!("# Metrics (tokens, cost, budgets): curl -s http://{m}/metrics | grep scopegate_");
     }
     println!();
+}
+
+/// The two demo upstreams (completions mock, admin echo) on their bound
+/// listeners.
+struct DemoUpstreams(Mutex<Option<(std::net::TcpListener, std::net::TcpListener)>>);
+
+#[async_trait]
+impl BackgroundService for DemoUpstreams {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let Some((c_listener, a_listener)) = self.0.lock().take() else {
+            return;
+        };
+        let _ = c_listener.set_nonblocking(true);
+        let _ = a_listener.set_nonblocking(true);
+        let (Ok(c), Ok(a)) = (
+            tokio::net::TcpListener::from_std(c_listener),
+            tokio::net::TcpListener::from_std(a_listener),
+        ) else {
+            return;
+        };
+        let _ = tokio::join!(
+            upstreams::serve_completions_mock(c),
+            upstreams::serve_admin_echo(a)
+        );
+    }
 }

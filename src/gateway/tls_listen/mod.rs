@@ -1,10 +1,11 @@
-//! HTTPS for clients (SPEC 11): TLS listeners whose certificates rotate live.
+//! HTTPS for clients (docs/reference.md#https-listeners): TLS listeners whose certificates rotate live.
 //!
 //! Each TLS listener owns a [`CertResolver`]: rustls asks it for the
 //! certificate at every handshake, and it answers with the [`CertPair`] in
-//! its `ArcSwap`. A [`CertWatcher`] re-reads the files on filesystem events
-//! in their folders (a Kubernetes Secret volume swaps a `..data` symlink, so
-//! the folder is watched, not the file), on SIGHUP and on a poll; a new pair
+//! its `ArcSwap`. [`CertPairs`], registered with the one file watcher
+//! ([`crate::ops::watch`]), re-reads the files on filesystem events in their
+//! folders (a Kubernetes Secret volume swaps a `..data` symlink, so the
+//! folder is watched, not the file), on SIGHUP and on a poll; a new pair
 //! that parses, matches and has not expired is swapped in for the next
 //! handshakes, while open connections keep the one they shook hands with. A
 //! pair that fails keeps the old one, logged and counted. pingora (0.9.1,
@@ -19,9 +20,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora::listeners::tls::TlsSettings;
@@ -38,15 +38,10 @@ use sha2::{Digest as _, Sha256};
 use crate::config::{Config, ListenerTls};
 use crate::diag::Diagnostic;
 use crate::ops::metrics::metrics;
+use crate::ops::watch::{folder_of, in_folders, Trigger, Watched};
 
 /// Largest certificate, key or CA file read.
 pub const MAX_PEM_FILE_BYTES: u64 = 1024 * 1024;
-
-/// Quiet time that ends a burst of filesystem events (a Secret update is a
-/// handful of creates and renames).
-const DEBOUNCE: Duration = Duration::from_millis(100);
-/// Longest a burst may postpone a reload.
-const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
 
 /// The crypto provider every TLS object here is built with (pingora's
 /// rustls backend uses `ring` too).
@@ -477,24 +472,6 @@ pub fn load_listeners(config: &Config) -> Result<Vec<Arc<TlsListener>>, Vec<Diag
         .collect())
 }
 
-/// Why the watcher looked at the files.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Trigger {
-    FsEvent,
-    Signal,
-    Poll,
-}
-
-impl Trigger {
-    fn as_str(self) -> &'static str {
-        match self {
-            Trigger::FsEvent => "fs-event",
-            Trigger::Signal => "sighup",
-            Trigger::Poll => "poll",
-        }
-    }
-}
-
 /// What one look at a listener's files found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Seen {
@@ -502,118 +479,49 @@ enum Seen {
     Unreadable(TlsFileError),
 }
 
-/// Re-reads the TLS listeners' certificates and keys when they change.
-pub struct CertWatcher {
+/// The TLS listeners' certificate pairs, as the file watcher
+/// ([`crate::ops::watch`]) sees them: read again at every look, put in
+/// force when their content changed (or on SIGHUP) and the pair is good.
+pub struct CertPairs {
     listeners: Vec<Arc<TlsListener>>,
-    poll: Duration,
+    seen: Vec<Seen>,
 }
 
-impl CertWatcher {
-    /// A watcher over `listeners`, polling every `poll_ms` (the keys file's
-    /// `reload_poll_interval_ms`).
-    pub fn new(listeners: Vec<Arc<TlsListener>>, poll_ms: u64) -> CertWatcher {
-        CertWatcher {
-            listeners,
-            poll: Duration::from_millis(poll_ms.max(10)),
-        }
+impl CertPairs {
+    /// The pairs of `listeners`, as loaded.
+    pub fn new(listeners: Vec<Arc<TlsListener>>) -> CertPairs {
+        let seen = listeners
+            .iter()
+            .map(|l| Seen::Content(l.loaded_digest))
+            .collect();
+        CertPairs { listeners, seen }
     }
+}
 
-    /// Starts the folder watcher, a SIGHUP listener and the reload loop on
-    /// threads of their own; nothing when there is no TLS listener.
-    ///
-    /// # Errors
-    /// When the threads or the signal handler cannot be set up. A folder
-    /// that cannot be watched only logs a warning: polling and SIGHUP still
-    /// work.
-    pub fn spawn(self) -> anyhow::Result<()> {
-        if self.listeners.is_empty() {
-            return Ok(());
-        }
-        let (tx, rx) = mpsc::channel::<Trigger>();
-        let watcher = self.watch_folders(tx.clone());
-        crate::ops::reload::forward_sighup("scopegate-tls-sighup", tx, Trigger::Signal)?;
-        std::thread::Builder::new()
-            .name("scopegate-tls-reload".into())
-            .spawn(move || {
-                let _watcher = watcher;
-                self.run(&rx);
-            })?;
-        Ok(())
-    }
-
-    fn watch_folders(&self, tx: mpsc::Sender<Trigger>) -> Option<notify::RecommendedWatcher> {
-        use notify::Watcher as _;
+impl Watched for CertPairs {
+    fn folders(&self) -> Vec<PathBuf> {
         let mut folders: Vec<PathBuf> = Vec::new();
         for l in &self.listeners {
             for file in [&l.cert_file, &l.key_file] {
-                let dir = file
-                    .parent()
-                    .map(Path::to_path_buf)
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or_else(|| PathBuf::from("."));
+                let dir = folder_of(file);
                 if !folders.contains(&dir) {
                     folders.push(dir);
                 }
             }
         }
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
-                if !matches!(ev.kind, notify::EventKind::Access(_)) {
-                    let _ = tx.send(Trigger::FsEvent);
-                }
-            }
-        });
-        let mut watcher = match watcher {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "no filesystem watcher for TLS files; relying on polling and SIGHUP");
-                return None;
-            }
-        };
-        for dir in &folders {
-            if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a TLS folder; relying on polling and SIGHUP");
-            }
-        }
-        Some(watcher)
+        folders
     }
 
-    fn run(&self, rx: &mpsc::Receiver<Trigger>) {
-        let mut seen: Vec<Seen> = self
-            .listeners
-            .iter()
-            .map(|l| Seen::Content(l.loaded_digest))
-            .collect();
-        let mut next_poll = Instant::now() + self.poll;
-        loop {
-            let wait = next_poll.saturating_duration_since(Instant::now());
-            let trigger = match rx.recv_timeout(wait) {
-                Ok(first) => debounce(rx, first),
-                Err(RecvTimeoutError::Timeout) => {
-                    next_poll = Instant::now() + self.poll;
-                    Trigger::Poll
-                }
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            for (listener, last) in self.listeners.iter().zip(seen.iter_mut()) {
-                reload_if_changed(listener, last, trigger);
-            }
-        }
+    fn concerns(&self, paths: &[PathBuf]) -> bool {
+        in_folders(paths, &self.folders())
     }
-}
 
-/// Collects the rest of a burst of triggers; a signal in the burst wins.
-fn debounce(rx: &mpsc::Receiver<Trigger>, first: Trigger) -> Trigger {
-    let start = Instant::now();
-    let mut t = first;
-    while start.elapsed() < DEBOUNCE_MAX {
-        match rx.recv_timeout(DEBOUNCE) {
-            Ok(Trigger::Signal) => t = Trigger::Signal,
-            Ok(_) => {}
-            Err(_) => break,
+    fn look(&mut self, trigger: Trigger) -> Option<Duration> {
+        for (listener, last) in self.listeners.iter().zip(self.seen.iter_mut()) {
+            reload_if_changed(listener, last, trigger);
         }
+        None
     }
-    t
 }
 
 /// Looks at one listener's files; loads them when their content differs

@@ -464,7 +464,11 @@ impl SpanExporter for OnRuntime {
     }
 }
 
-/// The exporter's own current-thread runtime on its own thread.
+/// The exporter's own current-thread runtime on its own thread: the
+/// OpenTelemetry SDK's batch processor (a thread of the SDK's own) hands it
+/// the exports, and a slow or absent collector must cost the proxy's
+/// runtimes nothing; the pipeline also runs outside any server (tests,
+/// benches). Stopped with the pipeline.
 struct ExportRuntime {
     handle: tokio::runtime::Handle,
     stop: tokio::sync::oneshot::Sender<()>,
