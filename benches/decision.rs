@@ -1,7 +1,7 @@
 //! Criterion benches of the pure core: the decision (hash + lookup + route +
 //! scopes + workspace) at 10, 10,000 and 1,000,000 keys, route matching
 //! alone, keys-file load at 100,000 keys, the rate-limit check under
-//! contention from two threads, and (issue 14) which header carries the key:
+//! contention from two threads, and which header carries the key:
 //! the lookup order over the four key headers, the whole decision for a key
 //! sent in each of them, and the upstream-stripping check that hashes another
 //! key header's value to tell a keys-file key from a provider key.
@@ -197,7 +197,7 @@ fn headers_with<'h, 'a>(which: usize, one: &'h [&'a [u8]]) -> KeyHeaders<'h, 'a>
 }
 
 /// Issue 14: the key presented in each of the four headers. `key_lookup_order`
-/// is `presented_key` alone (which header wins, SPEC 5.1); `decision_by_header`
+/// is `presented_key` alone (which header wins, the reference on the decision order); `decision_by_header`
 /// is `presented_key` + `decide` for an allowed completion at 10,000 keys.
 fn bench_key_headers(c: &mut Criterion) {
     let table = RouteTable::build(&[], true).expect("routes");

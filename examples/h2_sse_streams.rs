@@ -1,4 +1,4 @@
-//! Benchmark (issue 13): many SSE streams multiplexed on one HTTP/2
+//! Benchmark (HTTPS for clients): many SSE streams multiplexed on one HTTP/2
 //! connection through scopegate's TLS listener, against the same streams
 //! over HTTP/1.1 (one connection each) on its plain listener.
 //!

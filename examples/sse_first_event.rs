@@ -1,4 +1,4 @@
-//! Benchmark (issue 10): SSE first-event latency through scopegate with
+//! Benchmark (accounting): SSE first-event latency through scopegate with
 //! accounting off and on, and many accounted streams held open at once.
 //!
 //! It runs an SSE upstream here (raw HTTP/1.1 over TCP, keep-alive): every

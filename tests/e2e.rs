@@ -1,6 +1,6 @@
 //! End-to-end tests: the real `scopegate` binary between a test client and
 //! two recording upstreams (completions and admin). One integration-test
-//! binary; each area of the contract (/work/shared/SPEC.md) is a submodule.
+//! binary; each area of the contract (docs/reference.md) is a submodule.
 //!
 //! Every test starts its own proxy and upstreams on fresh ports, so tests
 //! run in parallel and share no state.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate a scopegate keys file for the load benchmark (SPEC section 3).
+"""Generate a scopegate keys file for the load benchmark (the keys file, docs/reference.md).
 
 One organisation, WORKSPACES workspaces, KEYS workspace-service keys with the
 scope completions.write, spread round-robin over the workspaces. Secrets are
@@ -9,7 +9,7 @@ the secret of the one key the benchmark uses is written to SECRET_OUT (mode 0600
 
 With --limited-secret-out, one more key, key_limited (in the presented key's
 workspace, same scope), carries a token rate limit and a usage budget so large
-that nothing is refused (issue 10: the accounted path, measured beside the same
+that nothing is refused (the accounted path, measured beside the same
 proxy with the plain key); its secret goes to that file. With --usage-limits,
 every key carries such a budget (for `scopegate usage` at scale).
 

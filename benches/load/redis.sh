@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# benches/load/redis.sh — what the Redis counter store (SPEC 10, issue 11) costs per request:
+# benches/load/redis.sh — what the Redis counter store (the reference on limits shared by replicas) costs per request:
 # the same scopegate binary in local mode and in Redis mode, in one run, beside the loopback
 # round trip to that Redis.
 #

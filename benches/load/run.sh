@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# benches/load/run.sh — scopegate load benchmark (issue 6).
+# benches/load/run.sh — scopegate load benchmark.
 #
 # Measures, side by side and in one run, on this machine and over loopback only:
 #   direct        the load generator straight to the upstream (an nginx `return 200`)
@@ -8,7 +8,7 @@
 #   scopegate     scopegate serve, threads: 1, 10,000 keys, log_format json, RUST_LOG=warn
 #   scopegate+log the same with the access log on (RUST_LOG=info, output to /dev/null)
 #   scopegate+usage the same proxy and keys file as `scopegate`, presenting key_limited,
-#                 which has a token rate limit and a usage budget (issue 10: accounting on)
+#                 which has a token rate limit and a usage budget (accounting on)
 # and, with SSE=1, SSE first-event latency with accounting off and on, then SSE_HOLD
 # concurrent accounted streams held open, through examples/sse_first_event.rs.
 # then counts user-space instructions per request of nginx, pingora, scopegate and
@@ -567,7 +567,7 @@ if [[ $INSTR == 1 ]]; then
   if [[ -n $INSTR_KEEP ]]; then cp "$TMP/instructions.md" "$INSTR_KEEP/instructions.md"; fi
 fi
 
-# ---------------------------------------------------------------- SSE first event (issue 10)
+# ---------------------------------------------------------------- SSE first event (accounting)
 # examples/sse_first_event.rs runs its own upstream (CPU 0, with the client) that answers every
 # stream with its first event at once; scopegate (CPU 1, threads: 1, the same keys file) points
 # its completions upstream at it. Sequential streams alternate the plain and the limited key

@@ -1,4 +1,4 @@
-"""Slow and oversized request headers vs normal traffic (issue 12).
+"""Slow and oversized request headers vs normal traffic.
 
     python3 benches/load/slow_clients.py PROXY_URL KEY [completions|admin] [options]
 

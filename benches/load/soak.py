@@ -1,4 +1,4 @@
-"""Soak (issue #11): two scopegate replicas sharing one redis-server, Redis
+"""Soak: two scopegate replicas sharing one redis-server, Redis
 restarted twice, every request must be answered and the shared limit must
 hold outside the outages.
 

@@ -7,7 +7,7 @@ Each cell is the median over the rounds, with the min–max spread in brackets w
 there was more than one round. "Added" latency is computed per round (proxy minus
 direct in the same round), then summarised the same way; so is the cost of scopegate
 over plain pingora (scopegate minus pingora in the same round), and the cost of
-accounting (scopegate+usage minus scopegate in the same round, issue 10).
+accounting (scopegate+usage minus scopegate in the same round).
 """
 import os
 import csv
@@ -176,7 +176,7 @@ def main() -> None:
         print()
     if "scopegate" in by and "scopegate+usage" in by:
         print("What accounting costs (scopegate+usage minus scopegate, the same proxy binary, "
-              "config and keys file, within each round; issue 10's target: CPU ≤ +10 %):\n")
+              "config and keys file, within each round; the accounting target: CPU ≤ +10 %):\n")
         print("| | CPU-s per 100k req | CPU % | max req/s | p50 µs | p99 µs |")
         print("|---|---:|---:|---:|---:|---:|")
         pct = []

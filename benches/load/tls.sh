@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# benches/load/tls.sh — HTTPS for clients (issue 13): what TLS costs through scopegate,
+# benches/load/tls.sh — HTTPS for clients: what TLS costs through scopegate,
 # beside nginx terminating TLS with the same certificate, in the same run.
 #
 # One upstream (nginx `return 200`, CPU 0) and, in turn on CPU 1, two proxies that each

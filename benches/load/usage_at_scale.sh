@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# benches/load/usage_at_scale.sh — `scopegate usage` with 100,000 keys (issue 10's target:
+# benches/load/usage_at_scale.sh — `scopegate usage` with 100,000 keys (the accounting target:
 # under a second).
 #
 # Generates KEYS keys, each with a monthly token budget (gen_keys.py --usage-limits), lets

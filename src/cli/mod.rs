@@ -1,5 +1,6 @@
-//! The command line (SPEC 1): `serve`, `check`, `hash-key`, `new-key`,
-//! `explain`, `usage`, `inspect-token` and `demo`.
+//! The command line (the reference on the command line): `serve`, `check`,
+//! `hash-key`, `new-key`, `explain`, `usage`, `inspect-token` and `demo`
+//! (with the demo upstreams). May import every room.
 
 pub mod demo;
 mod explain;

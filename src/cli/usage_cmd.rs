@@ -1,4 +1,4 @@
-//! `scopegate usage` (SPEC 9.5): current usage against limits, for every key
+//! `scopegate usage` (the reference on what clients and operators see of usage): current usage against limits, for every key
 //! and workspace with `usage_limits`, read from the same store the proxy
 //! writes (the SQLite file, or Redis) while the proxy runs.
 

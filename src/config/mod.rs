@@ -1,4 +1,6 @@
-//! The server config (SPEC 2): read once at start, validated whole.
+//! The server config (the reference on the server config): read once at
+//! start, validated whole, with positions. May import `decision` (routes),
+//! `identity` and `diag`.
 //!
 //! This module owns the file's format and every check that needs only the
 //! file itself: addresses, upstream URLs, headers added upstream (with
@@ -38,9 +40,9 @@ pub const MIN_RELOAD_POLL_INTERVAL_MS: u64 = 50;
 pub const DEFAULT_MAX_INSPECT_BODY_BYTES: usize = 64 * 1024;
 /// Largest `max_inspect_body_bytes`: inspected bodies are held in memory.
 pub const MAX_INSPECT_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
-/// Default `max_data_body_bytes` (SPEC 9.1).
+/// Default `max_data_body_bytes` (the reference on which data-plane bodies are read).
 pub const DEFAULT_MAX_DATA_BODY_BYTES: usize = 16 * 1024 * 1024;
-/// Default `default_output_reservation` (SPEC 9.3).
+/// Default `default_output_reservation` (the reference on usage counting).
 pub const DEFAULT_OUTPUT_RESERVATION: u64 = 4096;
 /// Largest `default_output_reservation`: more than any model generates for
 /// one request.
@@ -79,7 +81,7 @@ pub fn default_config_path() -> PathBuf {
 pub struct Config {
     /// The file it was read from.
     pub path: PathBuf,
-    /// Proxy listeners: plain HTTP/1.1 or HTTPS (SPEC 11); addresses are
+    /// Proxy listeners: plain HTTP/1.1 or HTTPS (the reference on HTTPS listeners); addresses are
     /// valid `IP:PORT` (a [`SocketAddr`]) and distinct.
     pub listen: Vec<Listener>,
     /// `/metrics`, `/healthz`, `/readyz`; `None` disables them.
@@ -91,12 +93,12 @@ pub struct Config {
     /// Fallback poll of the keys file, at least
     /// [`MIN_RELOAD_POLL_INTERVAL_MS`].
     pub reload_poll_interval_ms: u64,
-    /// Largest control-plane body inspected for `workspace_id` (SPEC 5.4).
+    /// Largest control-plane body inspected for `workspace_id` (the reference on what goes upstream).
     pub max_inspect_body_bytes: usize,
-    /// Largest data-plane body read for models and usage (SPEC 9.1).
+    /// Largest data-plane body read for models and usage (the reference on which data-plane bodies are read).
     pub max_data_body_bytes: usize,
     /// How long the proxy waits, in all, for a body it reads before
-    /// forwarding (inspection or SPEC 9.1); then 408 `request_timeout`.
+    /// forwarding (inspection or the reference on which data-plane bodies are read); then 408 `request_timeout`.
     pub body_read_timeout_ms: u64,
     /// How long an HTTP/1 request header may take to arrive, in all: from
     /// the connection's hand-over (first request) or the first byte of the
@@ -111,13 +113,13 @@ pub struct Config {
     /// a new connection is closed at once (`conn_guard`). 1 to
     /// [`MAX_CLIENT_CONNECTIONS_LIMIT`].
     pub max_client_connections: usize,
-    /// SPEC 9.4: set `stream_options.include_usage` on streams that need counting.
+    /// the reference on usage in streams: set `stream_options.include_usage` on streams that need counting.
     pub inject_stream_usage: bool,
     /// Output tokens a counted request that names no maximum output
     /// (`max_tokens`, `max_completion_tokens`, `max_output_tokens`) reserves
-    /// per choice, on routes that generate text (SPEC 9.3); 0 reserves none.
+    /// per choice, on routes that generate text (the reference on usage counting); 0 reserves none.
     pub default_output_reservation: u64,
-    /// Where counters and usage live (SPEC 10).
+    /// Where counters and usage live (the reference on limits shared by replicas).
     pub state: StateConfig,
     /// Log line format.
     pub log_format: LogFormat,
@@ -125,7 +127,7 @@ pub struct Config {
     pub shutdown_grace_period_seconds: u64,
     /// Where requests go.
     pub upstreams: Upstreams,
-    /// Extra routes (SPEC 4.1), shape-checked.
+    /// Extra routes (the reference on the route table), shape-checked.
     pub routes: Vec<RouteSpec>,
     /// Whether the built-in route table is served too.
     pub builtin_routes: bool,
@@ -142,7 +144,7 @@ impl Config {
     }
 }
 
-/// `state` (SPEC 10).
+/// `state` (the reference on limits shared by replicas).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateConfig {
     /// The embedded database for usage (local backend), resolved against
@@ -184,7 +186,7 @@ impl Listener {
     }
 }
 
-/// The TLS part of an HTTPS listener (SPEC 11). Paths are resolved against
+/// The TLS part of an HTTPS listener (the reference on HTTPS listeners). Paths are resolved against
 /// the config file's folder and were regular files when the config was read;
 /// whether they hold a usable pair is checked by [`crate::gateway::tls_listen`].
 #[derive(Clone, Debug, PartialEq, Eq)]

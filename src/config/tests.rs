@@ -697,7 +697,7 @@ fn default_config_path_honours_the_environment() {
 }
 
 // ---------------------------------------------------------------------------
-// TLS listeners (SPEC 11).
+// TLS listeners (the reference on HTTPS listeners).
 
 /// A config folder holding empty `tls/server.pem`, `tls/server-key.pem` and
 /// `tls/clients-ca.pem` (the config only checks they are files).

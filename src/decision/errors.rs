@@ -1,4 +1,4 @@
-//! Error codes and the JSON bodies the proxy writes (SPEC 5.1, 5.5).
+//! Error codes and the JSON bodies the proxy writes (the reference on the decision order and the responses the proxy writes).
 //!
 //! Every refusal is an [`ErrorCode`] plus a message; [`render`] is the one
 //! place where that becomes a status and a body in the shape the caller's
@@ -34,7 +34,7 @@ pub enum ErrorCode {
     /// 403: admin key on a data-plane route.
     AdminKeyNotAllowed,
     /// 412: status `exhausted`, or a usage limit used up or about to be
-    /// passed by this request's reservation (SPEC 9.3).
+    /// passed by this request's reservation (the reference on usage counting).
     BudgetExhausted,
     /// 403: scopes missing.
     MissingScope,

@@ -1,6 +1,6 @@
-//! Pure readers of request parts: the canonical-path rule (SPEC 5.2), the
+//! Pure readers of request parts: the canonical-path rule (the reference on canonical paths), the
 //! `workspace_id` query parameter, the API key headers, and the top-level
-//! `workspace_id` of a JSON body (SPEC 5.3). No I/O.
+//! `workspace_id` of a JSON body (the reference on which workspace a request names). No I/O.
 
 use crate::limits::percent::{decode_component, hex_val};
 use std::borrow::Cow;
@@ -80,7 +80,7 @@ fn percent_byte(bytes: &[u8], i: usize) -> Option<u8> {
     Some(h * 16 + l)
 }
 
-/// Why a raw query is refused, if it is (400 `invalid_path`, SPEC 5.2): a
+/// Why a raw query is refused, if it is (400 `invalid_path`, the reference on canonical paths): a
 /// raw byte ≥ 0x80 or a control character. RFC 9112 request targets are
 /// ASCII; frameworks disagree on how to read anything else. Percent-encoded
 /// bytes are the query's own business and pass.
@@ -151,7 +151,7 @@ pub fn folds_to(k: &str, name: &str) -> bool {
     want.next().is_none()
 }
 
-/// The API key as presented (SPEC 5.1).
+/// The API key as presented (the reference on the decision order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Presented<'a> {
     /// No key at all.
@@ -215,7 +215,7 @@ pub struct KeyHeaders<'h, 'a> {
     pub api_key: &'h [&'a [u8]],
 }
 
-/// Picks the key (SPEC 5.1): `x-portkey-api-key`; without it
+/// Picks the key (the reference on the decision order): `x-portkey-api-key`; without it
 /// `Authorization: Bearer`; without either `x-api-key`, then `api-key`. The
 /// first header present decides: sent twice, it is `Repeated`.
 pub fn presented_key<'a>(h: &KeyHeaders<'_, 'a>) -> (Presented<'a>, KeySource) {

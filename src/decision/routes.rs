@@ -1,4 +1,4 @@
-//! The route table (SPEC 4.1): methods + path pattern → plane + scopes.
+//! The route table (the reference on the route table): methods + path pattern → plane + scopes.
 
 use serde::Deserialize;
 
@@ -248,8 +248,8 @@ fn control(methods: &'static [&'static str], path: &str, any: &[&str]) -> Builti
     }
 }
 
-/// The inference routes: the `POST` routes of the first two rows of SPEC
-/// 4.1's data-plane table (completion, embedding, image and audio calls).
+/// The inference routes: the `POST` routes of the first two rows of the
+/// route table's data-plane part (completion, embedding, image and audio calls).
 pub const INFERENCE_ROUTES: &[&str] = &[
     "/v1/chat/completions",
     "/v1/completions",
@@ -282,7 +282,7 @@ pub fn is_opaque(method: &Method, pattern: &str) -> bool {
         .is_some_and(|name| !name.is_empty() && !name.contains(['/', '{', '}']))
 }
 
-/// The built-in table of SPEC 4.1.
+/// The built-in table of the reference on the route table.
 fn builtin_routes() -> Vec<Builtin> {
     const POST: &[&str] = &["POST"];
     const GET: &[&str] = &["GET"];

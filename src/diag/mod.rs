@@ -1,4 +1,6 @@
-//! Problems found in a config or keys file, printed as `FILE:LINE:COL: message`.
+//! Diagnostics for the files operators write: a problem printed as
+//! `FILE:LINE:COL: message`, the YAML position index ([`position`]), and
+//! reading a text file with a size cap. Imports nothing of the crate.
 
 pub mod position;
 

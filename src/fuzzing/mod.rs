@@ -1,6 +1,7 @@
 //! Harness bodies of the fuzz targets in `fuzz/` (one function per target),
 //! shared with `tests/fuzz_replay.rs`, which replays every committed corpus
-//! file through them on stable.
+//! file through them on stable. May import `decision`, `identity`, `limits`
+//! and `diag`.
 //!
 //! Each harness takes arbitrary bytes and panics (through `assert!`) when an
 //! invariant of the reader under test breaks; a clean return means the input
@@ -75,7 +76,7 @@ fn text(data: &[u8]) -> Cow<'_, str> {
 // ---------------------------------------------------------------------------
 // path_route
 
-/// Target `path_route`: the canonical-path check (SPEC 5.2) and the route
+/// Target `path_route`: the canonical-path check (the reference on canonical paths) and the route
 /// match.
 ///
 /// Invariants: no panic; the check accepts exactly the paths the reference
@@ -116,7 +117,7 @@ pub fn path_route(data: &[u8]) {
     );
 }
 
-/// SPEC 5.2 written out directly: `Err` names the first rule broken.
+/// the reference on canonical paths written out directly: `Err` names the first rule broken.
 pub fn reference_canonical(path: &str) -> Result<(), &'static str> {
     let Some(rest) = path.strip_prefix('/') else {
         return Err("not absolute");
@@ -435,7 +436,7 @@ pub fn reference_query_workspace_ids(query: &str) -> Vec<String> {
 }
 
 // ---------------------------------------------------------------------------
-// usage readers (SPEC 9)
+// usage readers (the reference on models, tokens and budgets)
 
 /// Target `usage_sse`: the streaming SSE usage reader and filter
 /// ([`crate::limits::response::SseTap`]).
@@ -559,7 +560,7 @@ fn split_by_hash(data: &[u8]) -> Vec<&[u8]> {
     vec![&data[..cuts[0]], &data[cuts[0]..cuts[1]], &data[cuts[1]..]]
 }
 
-/// Target `request_body`: the data-plane request readers (SPEC 9.1–9.4).
+/// Target `request_body`: the data-plane request readers (the reference on models, tokens and budgets).
 /// Invariants: no panic; an injected body parses to the original value with
 /// `stream_options.include_usage` set to `true` and reads back as such.
 pub fn request_body(data: &[u8]) {
@@ -717,7 +718,7 @@ pub fn reference_media(ct: &str) -> &'static str {
     }
 }
 
-/// Target `content_type`: which data-plane bodies are read (SPEC 9.1).
+/// Target `content_type`: which data-plane bodies are read (the reference on which data-plane bodies are read).
 /// The input is a `Content-Type` value, a newline, then a body.
 ///
 /// Invariants: no panic; [`request::media_type`] agrees with

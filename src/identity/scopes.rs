@@ -1,4 +1,4 @@
-//! The scope vocabulary (SPEC 4.2), which key type may hold which scope (4.3),
+//! The scope vocabulary (the reference on the scope vocabulary), which key type may hold which scope (4.3),
 //! and compact scope sets so that a scope check is a few bit operations.
 //!
 //! Known scopes have fixed ids. Custom scopes (named by extra routes) are
@@ -59,7 +59,7 @@ impl fmt::Display for KeyType {
     }
 }
 
-/// Who may hold a scope (SPEC 4.3).
+/// Who may hold a scope (the reference on which key type may hold which scope).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Holder {
     /// Data-plane scopes: workspace keys only.
@@ -97,7 +97,7 @@ impl Holder {
 const CRUDL: &[&str] = &["create", "read", "update", "delete", "list"];
 const API_KEY_ACTIONS: &[&str] = &["create", "read", "update", "delete", "list", "rotate"];
 
-/// Resources with their actions and holder rule, in the order of SPEC 4.2.
+/// Resources with their actions and holder rule, in the order of the reference on the scope vocabulary.
 /// Per-action exceptions (`workspaces.delete` is admin-only) are applied in
 /// [`builtin_scopes`].
 const RESOURCES: &[(&str, &[&str], Holder)] = &[
@@ -265,7 +265,7 @@ impl Default for ScopeRegistry {
 }
 
 impl ScopeRegistry {
-    /// The vocabulary of SPEC 4.2 and nothing else.
+    /// The vocabulary of the reference on the scope vocabulary and nothing else.
     pub fn builtin() -> ScopeRegistry {
         let mut reg = ScopeRegistry {
             names: Vec::new(),
@@ -328,7 +328,7 @@ impl ScopeRegistry {
         self.holders[id.index()]
     }
 
-    /// Whether the name is one of SPEC 4.2's (not custom).
+    /// Whether the name is one of the reference on the scope vocabulary's (not custom).
     pub fn is_builtin(&self, name: &str) -> bool {
         self.id(name)
             .is_some_and(|id| id.index() < self.builtin_count)

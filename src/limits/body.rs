@@ -1,4 +1,4 @@
-//! Readers of a data-plane request (SPEC 9.1, 9.2, 9.4): the facts of a JSON
+//! Readers of a data-plane request (the reference on which data-plane bodies are read, model allowlists and usage in streams): the facts of a JSON
 //! body (model, requested maximum output, streaming), the `model` fields of
 //! a `multipart/form-data` body, the `model` query parameters, and the one
 //! edit the proxy makes to a body: setting `stream_options.include_usage`.
@@ -78,7 +78,7 @@ pub fn read_json_body(body: &[u8]) -> Result<JsonFacts, BodyError> {
 
 /// For a JSON object body with `"stream": true` whose
 /// `stream_options.include_usage` is not `true`: the same body with only
-/// `stream_options.include_usage` set to `true` (SPEC 9.4). Every other byte
+/// `stream_options.include_usage` set to `true` (the reference on usage in streams). Every other byte
 /// is kept as it was: the field is inserted into an existing
 /// `stream_options` object, or its value replaced in place, or
 /// `"stream_options":{"include_usage":true}` inserted right after the
@@ -375,7 +375,7 @@ fn names_model(name: &str) -> bool {
         && (rest.is_empty() || (rest.starts_with('[') && rest.ends_with(']')))
 }
 
-/// Every value of a query parameter that names a model (SPEC 9.2), decoded,
+/// Every value of a query parameter that names a model (the reference on model allowlists), decoded,
 /// read every way an upstream framework could read it: the parameter's
 /// decoded name is `model` in any case or an array form (`model[]`); pairs
 /// are separated by `&`, and also by `;` (so `model=a;b` names both `a;b`

@@ -1,6 +1,6 @@
 //! The reservation a counted request makes before it is forwarded: what it
 //! may use at most, as far as the request says. Which routes are counted
-//! is a property of the route (`routes::Route::usage`).
+//! is a property of the route (`decision::routes::Route::usage`).
 
 use serde::Deserialize;
 

@@ -1,4 +1,4 @@
-//! Model patterns and allowlists (SPEC 9.2): `*` matches any run of
+//! Model patterns and allowlists (the reference on model allowlists): `*` matches any run of
 //! characters, everything else is literal and case-sensitive.
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The period a usage limit is counted in (SPEC 9 `periodic_reset`), in UTC:
+//! The period a usage limit is counted in (the reference on models, tokens and budgets `periodic_reset`), in UTC:
 //! a day from 00:00, an ISO week from Monday 00:00, a month from the 1st
 //! 00:00, or forever. Usage is stored by period key, so a reset needs no job.
 

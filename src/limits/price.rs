@@ -1,4 +1,4 @@
-//! Prices (SPEC 9.3): the first `model_prices` pattern that matches a model
+//! Prices (the reference on usage counting): the first `model_prices` pattern that matches a model
 //! prices it; cost is in US dollars per million tokens.
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The spending limits a key or a workspace carries (SPEC 9), validated:
+//! The spending limits a key or a workspace carries (the reference on models, tokens and budgets), validated:
 //! model allowlists, token rate limits, usage limits, concurrency, and the
 //! model price table. Plain data shared by the decision, the usage
 //! accounting and the counter store; no I/O.
@@ -69,7 +69,7 @@ pub struct TokenRate {
     pub period: Duration,
 }
 
-/// Everything SPEC 9 lets a key or a workspace carry besides request rate
+/// Everything the reference on models, tokens and budgets lets a key or a workspace carry besides request rate
 /// limits (those stay in `Key::rate_limits` / `Workspace::rate_limits`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Limits {
@@ -84,7 +84,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Whether a request's body must be read for these limits (SPEC 9.1).
+    /// Whether a request's body must be read for these limits (the reference on which data-plane bodies are read).
     pub fn needs_body(&self) -> bool {
         self.models.is_some() || !self.token_rates.is_empty() || self.usage.is_some()
     }

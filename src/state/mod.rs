@@ -1,11 +1,14 @@
-//! The counter store (SPEC 9.3, 9.5, 10): request and token rate limits,
-//! usage budgets with in-flight reservations, and concurrency, for keys and
-//! workspaces. One trait, [`CounterStore`], two backends: [`local`] (live
+//! The counter store: request and token rate limits, usage budgets with
+//! in-flight reservations, and concurrency, for keys and workspaces (the
+//! reference on usage counting and on limits shared by replicas). May
+//! import `limits`.
+//!
+//! One trait, [`CounterStore`], two backends: [`local`] (live
 //! counters in memory, usage persisted to an embedded SQLite file) and
 //! [`redis`] (one shared set of counters for every replica).
 //!
-//! Imports only `keys::limits` and `ratelimit` vocabulary; periods are
-//! computed by the caller and passed in as plain data.
+//! Imports only the `limits` vocabulary; periods are computed by the caller
+//! and passed in as plain data.
 
 pub mod local;
 pub mod redis;
@@ -66,7 +69,7 @@ pub struct SubjectLimits {
     /// For a workspace key: its workspace id. Redis keeps all state of a
     /// workspace and its keys in one hash slot named after it.
     pub workspace: Option<Arc<str>>,
-    /// Request rate limits (GCRA, as `ratelimit::KeyLimiter`).
+    /// Request rate limits (GCRA, as `limits::rate::KeyLimiter`).
     pub requests: Vec<RateLimit>,
     /// Token rate limits.
     pub tokens: Vec<TokenRate>,
@@ -164,7 +167,7 @@ pub struct TokenQuota {
 /// such limit (or, for tokens, the request carries no usage).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Quotas {
-    /// Request limits, as `ratelimit::KeyLimiter::check` reports them.
+    /// Request limits, as `limits::rate::KeyLimiter::check` reports them.
     pub requests: Option<Quota>,
     /// Token limits.
     pub tokens: Option<TokenQuota>,
@@ -400,8 +403,8 @@ impl StateMetrics for NoMetrics {
 /// round trip, at most `timeout_ms`); the others never block on I/O.
 #[async_trait]
 pub trait CounterStore: Send + Sync {
-    /// One request's checks over its subjects, all-or-nothing, in SPEC
-    /// order: usage limits, then request and token rate limits, then
+    /// One request's checks over its subjects, all-or-nothing, in the
+    /// reference's order: usage limits, then request and token rate limits, then
     /// concurrency. A refused request commits nothing.
     async fn admit(&self, req: &AdmitRequest<'_>) -> AdmitResult;
 

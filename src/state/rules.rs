@@ -1,6 +1,6 @@
 //! The rules of admission and settlement over one request's subjects, on
 //! plain in-memory state: GCRA for request limits (the formula of
-//! `ratelimit::KeyLimiter`), GCRA over tokens for token limits, the
+//! `limits::rate::KeyLimiter`), GCRA over tokens for token limits, the
 //! reservation rule of usage limits, concurrency slots. The local backend
 //! runs them under its locks; the Redis backend's Lua scripts implement
 //! the same rules (see `redis.rs`).

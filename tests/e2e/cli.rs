@@ -1,4 +1,4 @@
-//! SPEC 1: the subcommands other than `serve`'s happy path — `check`,
+//! the reference on the command line: the subcommands other than `serve`'s happy path — `check`,
 //! `hash-key`, `new-key`, `--help`, and `serve` refusing a bad keys file.
 
 use std::io::{Read, Write};

@@ -10,7 +10,7 @@
 //! proxy exits early saying the address is in use, the start is retried once
 //! with fresh ports.
 //!
-//! [`RedisServer`] runs a `redis-server` of the test's own (for SPEC 10),
+//! [`RedisServer`] runs a `redis-server` of the test's own (for the reference on limits shared by replicas),
 //! which a test can kill, freeze and restart on the same port.
 
 use std::io::{Read, Write};
@@ -635,7 +635,7 @@ pub fn is_valid_request_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// OpenAI's error `type` for a status (SPEC 5.5).
+/// OpenAI's error `type` for a status (the reference on the responses the proxy writes).
 fn openai_type(status: u16) -> &'static str {
     match status {
         401 => "authentication_error",
@@ -648,7 +648,7 @@ fn openai_type(status: u16) -> &'static str {
     }
 }
 
-/// Portkey's `errorCode` for a status (SPEC 5.5).
+/// Portkey's `errorCode` for a status (the reference on the responses the proxy writes).
 fn portkey_error_code(status: u16) -> &'static str {
     match status {
         400 | 405 | 408 | 413 | 415 => "AB01",

@@ -1,4 +1,4 @@
-//! SPEC 5.1/5.4 and issue #14: the key may come in `x-portkey-api-key`,
+//! The reference on the decision order and on what goes upstream: the key may come in `x-portkey-api-key`,
 //! `Authorization: Bearer`, `x-api-key` (Anthropic's SDKs) or `api-key`
 //! (Azure OpenAI's clients), in that order of precedence. Upstream, the
 //! carrying header is removed, and so is any other key header holding a key

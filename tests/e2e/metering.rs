@@ -1,4 +1,4 @@
-//! Extra data routes with `meter` (SPEC 4.1, 9.3): such a route — Azure's
+//! Extra data routes with `meter` (the reference on the route table and usage counting): such a route — Azure's
 //! `/openai/deployments/{d}/chat/completions` as `chat` — is read, checked
 //! and counted exactly like the built-in one, over HTTP/1.1 and HTTP/2.
 //! `meter` where it cannot count is a config error with its position, and

@@ -1,4 +1,4 @@
-//! SPEC 7, the parts a client of the metrics listener sees.
+//! the reference on metrics, health and logs, the parts a client of the metrics listener sees.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! SPEC 7 in detail: exact metric deltas, label hygiene, the exposition
+//! the reference on metrics, health and logs in detail: exact metric deltas, label hygiene, the exposition
 //! format, and the JSON access log. `metrics.rs` has the smoke tests
 //! (health, readiness, "a decision is counted at all").
 

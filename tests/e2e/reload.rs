@@ -1,4 +1,4 @@
-//! SPEC 6: the keys file reloads while the proxy runs; a bad file changes
+//! the reference on live reload: the keys file reloads while the proxy runs; a bad file changes
 //! nothing. Tests wait on the effect (or the reload counter), never a sleep.
 
 use std::path::Path;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::fixtures::*;
 use super::harness::{expect_forwarded, expect_openai_error, poll_until, Proxy, Upstreams};
 
-/// SPEC: in force within 2 s; the bound leaves room for a loaded machine.
+/// The reference: in force within 2 s; the bound leaves room for a loaded machine.
 const RELOAD_BOUND: Duration = Duration::from_secs(5);
 
 const NEW_SECRET: &str = "sk-test-added-later";

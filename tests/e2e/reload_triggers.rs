@@ -1,4 +1,4 @@
-//! SPEC 6, trigger by trigger: every way the keys file can change puts the
+//! the reference on live reload, trigger by trigger: every way the keys file can change puts the
 //! change in force within 2 s of the write, and a bad file changes nothing.
 //!
 //! Each test isolates one trigger:
@@ -12,7 +12,7 @@
 //!
 //! Latencies are measured from the write (the rename, for renames) to the
 //! first request that sees the change, polling every [`TICK`]; they are
-//! printed (`--nocapture` shows them) and must stay under the SPEC's 2 s.
+//! printed (`--nocapture` shows them) and must stay under the reference's 2 s.
 //! Waits are polls with deadlines; the only fixed waits show that something
 //! does NOT happen, are bounded, and say so where they are.
 
@@ -32,7 +32,7 @@ use super::client::Conn;
 use super::fixtures::*;
 use super::harness::{expect_forwarded, expect_openai_error, poll_until, Proxy, Upstreams};
 
-/// SPEC 6: "A change is in force within 2 s of the write."
+/// the reference on live reload: "A change is in force within 2 s of the write."
 const SPEC_BOUND: Duration = Duration::from_secs(2);
 /// How long a measurement keeps polling, so a slow reload fails with its
 /// actual latency instead of a bare timeout.
@@ -80,7 +80,7 @@ fn latency(since: Instant, mut condition: impl FnMut() -> bool) -> Option<Durati
     }
 }
 
-/// Asserts that `condition` holds within the SPEC's 2 s of `since` (the
+/// Asserts that `condition` holds within the reference's 2 s of `since` (the
 /// write); prints and returns the measured latency.
 #[track_caller]
 fn assert_in_force(trigger: &str, since: Instant, condition: impl FnMut() -> bool) -> Duration {
@@ -90,7 +90,7 @@ fn assert_in_force(trigger: &str, since: Instant, condition: impl FnMut() -> boo
     eprintln!("reload latency [{trigger}]: {} ms", took.as_millis());
     assert!(
         took < SPEC_BOUND,
-        "[{trigger}] the change took {took:?} to be in force (SPEC 6: within {SPEC_BOUND:?})"
+        "[{trigger}] the change took {took:?} to be in force (the reference on live reload: within {SPEC_BOUND:?})"
     );
     took
 }
@@ -451,7 +451,7 @@ fn bad_files_change_nothing_until_a_good_one_lands() {
     assert!(successes(&proxy) > successes_at_start);
 }
 
-/// SPEC 6: "the error is logged with its position". A reload rejected for
+/// the reference on live reload: "the error is logged with its position". A reload rejected for
 /// invalid YAML logs `keys.yaml:LINE:COL` with the line of the mistake.
 #[test]
 fn invalid_yaml_reload_error_is_logged_with_keys_yaml_line_col() {
@@ -590,7 +590,7 @@ fn no_request_fails_while_the_keys_file_churns() {
     assert!(reloads >= 1.0, "no reload happened during the churn");
 }
 
-/// SPEC 6: rate-limit state survives a reload when the key's id and limits
+/// the reference on live reload: rate-limit state survives a reload when the key's id and limits
 /// are unchanged, even when the key's other fields change; when the limits
 /// change, the key starts from a fresh quota under the new limits.
 /// (reload.rs covers a reload that only adds another key.)

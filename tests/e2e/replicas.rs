@@ -1,4 +1,4 @@
-//! SPEC 10 (issue #11): replicas share limits and usage through Redis. Two
+//! The reference on limits shared by replicas: replicas share limits and usage through Redis. Two
 //! real `scopegate` processes in front of one recording upstream and one
 //! `redis-server` of the test's own ([`RedisServer`]): request limits, a
 //! token budget and a concurrency limit hold across both; Redis frozen or
@@ -18,7 +18,7 @@ use super::harness::{
 };
 use super::upstream::StreamControl;
 
-/// `timeout_ms` of the tests where Redis fails: SPEC 10's default. A
+/// `timeout_ms` of the tests where Redis fails: the reference on limits shared by replicas's default. A
 /// request may wait that long for Redis, plus `MARGIN` for a debug build on
 /// a loaded machine.
 const TIMEOUT_MS: u64 = 50;

@@ -1,4 +1,4 @@
-//! SPEC 4.1: extra routes from the server config, and `builtin_routes`.
+//! the reference on the route table: extra routes from the server config, and `builtin_routes`.
 
 use super::fixtures::*;
 use super::harness::{

@@ -1,4 +1,4 @@
-//! SPEC 8: SIGTERM stops accepting, lets in-flight requests (streams too)
+//! the reference on shutdown: SIGTERM stops accepting, lets in-flight requests (streams too)
 //! finish within `shutdown_grace_period_seconds`, then exits 0.
 
 use std::time::Duration;

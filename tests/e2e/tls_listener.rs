@@ -1,4 +1,4 @@
-//! HTTPS for clients (SPEC 11): TLS listeners offering HTTP/2 by ALPN beside
+//! HTTPS for clients (the reference on HTTPS listeners): TLS listeners offering HTTP/2 by ALPN beside
 //! HTTP/1.1, certificates that rotate live, optional client certificates.
 //!
 //! Every certificate is made with `rcgen` (`super::certs`): a test CA,

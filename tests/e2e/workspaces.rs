@@ -1,7 +1,7 @@
-//! SPEC 5.1, the rows after the scope check: the inspected control-plane
+//! the reference on the decision order, the rows after the scope check: the inspected control-plane
 //! body (415, 413, 400 invalid_json) and the workspace a request names
 //! (400 conflicting_workspace, 403 workspace_mismatch, 404
-//! workspace_not_found), SPEC 5.3. Every request with a body goes over
+//! workspace_not_found), the reference on which workspace a request names. Every request with a body goes over
 //! HTTP/1.1 and over HTTP/2 (the protocol is a column of the tables).
 
 use super::client::{Proto, Req};

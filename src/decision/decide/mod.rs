@@ -1,4 +1,4 @@
-//! The decision (SPEC 5.1–5.3): a pure function from request facts, the
+//! The decision (the reference on deciding a request): a pure function from request facts, the
 //! route table and a keys snapshot to a verdict. No I/O, no clock, no
 //! locks: the proxy, `explain`, tests and benches all call the same code.
 
@@ -58,7 +58,7 @@ pub struct RequestFacts<'a> {
     pub now: UnixMillis,
     /// `max_inspect_body_bytes`.
     pub max_body: usize,
-    /// `max_data_body_bytes` (SPEC 9.1).
+    /// `max_data_body_bytes` (the reference on which data-plane bodies are read).
     pub max_data_body: usize,
     /// Whether a usage limit is used up already (counters read beforehand,
     /// in memory): `(scope, id, limit)`.
@@ -70,7 +70,7 @@ pub fn nothing_used(_: Scope, _: &str, _: &UsageLimit) -> bool {
     false
 }
 
-/// What an allowed data-plane request needs for accounting (SPEC 9.3).
+/// What an allowed data-plane request needs for accounting (the reference on usage counting).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Spend {
     /// The body was read and must be forwarded by the proxy.

@@ -1,4 +1,4 @@
-//! Table tests of the decision: one per row of SPEC 5.1 and per rule of 5.3.
+//! Table tests of the decision: one per row of the reference on the decision order and per rule of 5.3.
 
 use super::*;
 use crate::decision::routes::{RouteSpec, RouteTable};

@@ -1,7 +1,7 @@
 //! Forwarding a request whose body scopegate has already read.
 //!
 //! pingora replays at most 64 KiB of a body read in `request_filter` (its
-//! retry buffer), and a body the proxy changed (SPEC 9.4) has another
+//! retry buffer), and a body the proxy changed (the reference on usage in streams) has another
 //! length. So when the body was read, the proxy does the upstream exchange
 //! itself: the prepared request header, exactly the bytes it checked (with a
 //! `Content-Length` of their size), then the response streamed back chunk by

@@ -214,7 +214,7 @@ impl Gateway {
         (decide::decide(&self.table, snap, &facts), source)
     }
 
-    /// The request header as it goes upstream (SPEC 5.4).
+    /// The request header as it goes upstream (the reference on what goes upstream).
     fn prepare_upstream_request(&self, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
         let (Some(verdict), Some(snap)) = (&ctx.verdict, &ctx.snapshot) else {
             return Error::e_explain(ErrorType::InternalError, "request not decided");
@@ -250,7 +250,7 @@ impl Gateway {
         Ok(())
     }
 
-    /// The counter store's checks (SPEC 9.3, 10): budgets, request and
+    /// The counter store's checks (the reference on usage counting and limits shared by replicas): budgets, request and
     /// token rate limits, concurrency. Returns `true` when it answered.
     async fn admit(
         &self,
@@ -346,7 +346,7 @@ impl Gateway {
             req.set_uri(origin);
         }
         self.prepare_upstream_request(&mut req, ctx)?;
-        // SPEC 9.4: a counted stream that did not ask for usage gets it
+        // the reference on usage in streams: a counted stream that did not ask for usage gets it
         // upstream, and the usage chunk is taken out of what the client sees.
         let counted = ctx.meter.as_ref().is_some_and(|m| m.counted);
         let mut strip = false;
@@ -628,7 +628,7 @@ async fn read_body_capped(session: &mut Session, max: usize) -> Result<Option<By
     Ok(Some(buf.freeze()))
 }
 
-/// Removes what must not reach the upstream (SPEC 5.4, issue #12): the
+/// Removes what must not reach the upstream (the reference on what goes upstream): the
 /// header that carried the key, any other key header holding a key of the
 /// keys file, `x-portkey-api-key` always, every client header that reads as
 /// `x-scopegate-*` or as a key header once `_` is taken for `-` (CGI/WSGI

@@ -1,4 +1,4 @@
-//! The pingora side of SPEC 9–10: the subjects and estimate a request
+//! The pingora side of the reference on models, tokens and budgets and limits shared by replicas: the subjects and estimate a request
 //! brings to the counter store, and the response tap that reads the
 //! upstream's usage and settles the reservation when the response ends.
 
@@ -57,7 +57,7 @@ pub fn subjects(snap: &Snapshot, key: &Key, now_ms: i64) -> Vec<SubjectLimits> {
     out
 }
 
-/// The reservation of a counted request (SPEC 9.3), or `None` when the
+/// The reservation of a counted request (the reference on usage counting), or `None` when the
 /// route carries no token usage or no subject counts tokens.
 /// `default_output` is `default_output_reservation`.
 pub fn reservation(

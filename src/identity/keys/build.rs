@@ -1,9 +1,9 @@
 //! Validation of a [`KeysDocument`] and construction of the indexed
-//! [`Snapshot`] (SPEC 3, 4.2, 4.3, 6).
+//! [`Snapshot`] (the reference on the keys file, the scope vocabulary, which key type may hold which scope and live reload).
 //!
 //! This module owns every rule of the keys file that is about meaning rather
 //! than syntax: unique ids, workspace references, secret hashes, scopes per
-//! key type, rate limits, and the SPEC 9 limits (models, token rates, usage
+//! key type, rate limits, and the the reference on models, tokens and budgets limits (models, token rates, usage
 //! limits, concurrency, `model_prices`; those in `spending`). It reports
 //! *every* problem it finds, each with a
 //! path into the document (`keys[3].scopes[1]`), so that an operator fixes a
@@ -209,7 +209,7 @@ impl Problems {
 /// `registry` is the scope vocabulary in force (the route table's, which
 /// includes the custom scopes that extra routes name). Rate and usage state
 /// lives in the counter store (`state`), keyed by key id and limits, so a
-/// reload neither refills nor empties a quota (SPEC 6) without this knowing.
+/// reload neither refills nor empties a quota (the reference on live reload) without this knowing.
 ///
 /// Workspace keys take their organisation from their workspace, so they may
 /// omit `organisation_id` even when the file has several organisations (when
@@ -800,7 +800,7 @@ impl<'a> KeysBuilder<'a> {
         all
     }
 
-    /// The key's request rate limits and SPEC 9 limits.
+    /// The key's request rate limits and the reference on models, tokens and budgets limits.
     fn limits(&mut self, i: usize, spec: &KeySpec) -> (Vec<RateLimit>, Limits) {
         let written = spending::Written {
             models: spec.models.as_deref(),

@@ -1,4 +1,4 @@
-//! Reading the keys file (SPEC 3, 6): from bytes on disk to a validated
+//! Reading the keys file (the reference on the keys file and live reload): from bytes on disk to a validated
 //! [`Snapshot`], or to every problem with its `FILE:LINE:COL`.
 //!
 //! The loader owns three things:
@@ -46,7 +46,7 @@ pub const MAX_KEYS_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// # Errors
 /// The file is missing, not a regular file, larger than
 /// [`MAX_KEYS_FILE_BYTES`], not UTF-8, empty, not valid YAML, or breaks any
-/// rule of SPEC 3; every problem is listed, with its position when known.
+/// rule of the reference on the keys file; every problem is listed, with its position when known.
 pub fn load_keys_file(path: &Path, registry: &ScopeRegistry) -> Result<Snapshot, Vec<Diagnostic>> {
     let text = read_keys_file(path).map_err(|d| vec![d])?;
     parse_keys_str(&text, path, registry)

@@ -1,4 +1,4 @@
-//! The keys file as written (SPEC 3): plain serde data, unvalidated.
+//! The keys file as written (the reference on the keys file): plain serde data, unvalidated.
 //!
 //! The YAML loader is one producer of a [`KeysDocument`]; a program may also
 //! fill one in code and build a [`super::Snapshot`] from it.
@@ -28,7 +28,7 @@ pub struct KeysDocument {
     /// The keys.
     #[serde(default)]
     pub keys: Vec<KeySpec>,
-    /// Prices per model pattern (SPEC 9), in file order: the first pattern
+    /// Prices per model pattern (the reference on models, tokens and budgets), in file order: the first pattern
     /// that matches a model prices it.
     #[serde(default, skip_serializing_if = "ModelPrices::is_empty")]
     pub model_prices: ModelPrices,
@@ -126,7 +126,7 @@ pub struct WorkspaceSpec {
     /// Optional alias accepted wherever an id is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slug: Option<String>,
-    /// Model allowlist shared by all the workspace's keys (SPEC 9).
+    /// Model allowlist shared by all the workspace's keys (the reference on models, tokens and budgets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
     /// Request and token rate limits shared by all the workspace's keys.
@@ -176,7 +176,7 @@ pub struct KeySpec {
     /// Request and token rate limits, all enforced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<RateLimitSpec>,
-    /// Model allowlist (SPEC 9): patterns where `*` matches any run of
+    /// Model allowlist (the reference on models, tokens and budgets): patterns where `*` matches any run of
     /// characters; `None`: any model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
@@ -212,7 +212,7 @@ pub struct RateLimitSpec {
     pub value: u64,
 }
 
-/// One usage limit as written (SPEC 9).
+/// One usage limit as written (the reference on models, tokens and budgets).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsageLimitSpec {

@@ -40,7 +40,7 @@ pub struct WsIdx(pub u32);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct OrgIdx(pub u32);
 
-/// A key's status (SPEC 3).
+/// A key's status (the reference on the keys file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KeyStatus {
     /// Usable.
@@ -91,7 +91,7 @@ pub struct Workspace {
     /// Request rate limits shared by all the workspace's keys (empty:
     /// unlimited).
     pub rate_limits: Vec<RateLimit>,
-    /// SPEC 9 limits shared by all its keys (`max_concurrent` is always
+    /// the reference on models, tokens and budgets limits shared by all its keys (`max_concurrent` is always
     /// `None`).
     pub limits: Limits,
 }
@@ -126,7 +126,7 @@ pub struct Key {
     pub status: KeyStatus,
     /// The limits as configured (empty: unlimited).
     pub rate_limits: Vec<RateLimit>,
-    /// SPEC 9 limits: models, token rates, usage limit, concurrency.
+    /// the reference on models, tokens and budgets limits: models, token rates, usage limit, concurrency.
     pub limits: Limits,
 }
 
@@ -227,7 +227,7 @@ impl Snapshot {
     }
 
     /// The limits a request with this key must pass: the key's, and its
-    /// workspace's when it has one (SPEC 9: every one of them applies).
+    /// workspace's when it has one (the reference on models, tokens and budgets: every one of them applies).
     pub fn limits_for(&self, idx: KeyIdx) -> (&Limits, Option<&Limits>) {
         let key = self.key(idx);
         (

@@ -1,8 +1,9 @@
 //! Identity tokens (JWTs): which credential is a token, JWK sets (parsed,
 //! read from files, fetched, refreshed), verification into an identity, a
 //! cache of verified tokens, and the report `scopegate inspect-token` prints.
-//! It may import `keys`, `scopes` and `diag`; nothing of pingora, the proxy,
-//! the policy or the server: the glue calls in, never the other way.
+//! It may import `identity::keys`, `identity::scopes`, `limits` and `diag`;
+//! nothing of pingora, the gateway or the decision: the glue calls in,
+//! never the other way.
 //!
 //! Everything but [`fetch`] is pure: verification takes the token, the time,
 //! the keys snapshot and the organisations' JWK sets as input.

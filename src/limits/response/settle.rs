@@ -1,4 +1,4 @@
-//! Settlement (SPEC 9.3): what a finished response is charged, which replaces
+//! Settlement (the reference on usage counting): what a finished response is charged, which replaces
 //! the reservation its request made.
 
 use super::{Observed, Reported};

@@ -1,7 +1,7 @@
-//! Validation of what SPEC 9 lets a key or a workspace carry — model
+//! Validation of what the reference on models, tokens and budgets lets a key or a workspace carry — model
 //! allowlists, request and token rate limits, usage limits, concurrency —
 //! and of the file's `model_prices`, into the plain [`Limits`] data of
-//! `keys::limits`.
+//! `limits`.
 //!
 //! Every function here reports all its problems and formats a path only
 //! when there is one: it runs once per key on reloads of files with 100k
