@@ -113,7 +113,7 @@ pub struct Config {
     /// a new connection is closed at once (`conn_guard`). 1 to
     /// [`MAX_CLIENT_CONNECTIONS_LIMIT`].
     pub max_client_connections: usize,
-    /// the reference on usage in streams: set `stream_options.include_usage` on streams that need counting.
+    /// The reference on usage in streams: set `stream_options.include_usage` on streams that need counting.
     pub inject_stream_usage: bool,
     /// Output tokens a counted request that names no maximum output
     /// (`max_tokens`, `max_completion_tokens`, `max_output_tokens`) reserves
@@ -627,19 +627,7 @@ impl Validator<'_> {
 
     fn config(&mut self, raw: RawConfig, path: &Path) -> Config {
         let listen = self.listen(raw.listen.0);
-        let metrics_listen = raw.metrics_listen.inspect(|m| {
-            if m.parse::<SocketAddr>().is_err() {
-                self.problem(
-                    "metrics_listen",
-                    format!("metrics_listen: `{}` {ADDR_RULE}", m.escape_debug()),
-                );
-            } else if listen.iter().any(|l| l.address == *m) {
-                self.problem(
-                    "metrics_listen",
-                    format!("metrics_listen: `{m}` is also a proxy listen address"),
-                );
-            }
-        });
+        let metrics_listen = self.metrics_listen(raw.metrics_listen, &listen);
         if raw.threads == Some(0) {
             self.problem(
                 "threads",
@@ -661,70 +649,13 @@ impl Validator<'_> {
                 ),
             );
         }
-        let max_inspect_body_bytes = match usize::try_from(raw.max_inspect_body_bytes) {
-            Ok(0) => {
-                self.problem(
-                    "max_inspect_body_bytes",
-                    "max_inspect_body_bytes: must be at least 1",
-                );
-                0
-            }
-            Ok(n) if n <= MAX_INSPECT_BODY_BYTES_LIMIT => n,
-            _ => {
-                self.problem(
-                    "max_inspect_body_bytes",
-                    format!(
-                        "max_inspect_body_bytes: must be at most {MAX_INSPECT_BODY_BYTES_LIMIT} \
-                         (64 MiB): inspected bodies are held in memory"
-                    ),
-                );
-                0
-            }
-        };
-        let max_data_body_bytes = match usize::try_from(raw.max_data_body_bytes) {
-            Ok(n) if (1..=1024 * 1024 * 1024).contains(&n) => n,
-            _ => {
-                self.problem(
-                    "max_data_body_bytes",
-                    "max_data_body_bytes: must be between 1 and 1073741824 (1 GiB): bodies read \
-                     for models and usage are held in memory",
-                );
-                0
-            }
-        };
-        if !(1..=MAX_HEADER_READ_TIMEOUT_MS).contains(&raw.header_read_timeout_ms) {
-            self.problem(
-                "header_read_timeout_ms",
-                format!(
-                    "header_read_timeout_ms: must be between 1 and {MAX_HEADER_READ_TIMEOUT_MS} \
-                     (60 s): the header deadline cannot be turned off, and pingora already ends \
-                     a connection whose single read waits 60 s"
-                ),
-            );
-        }
-        if !(1..=MAX_IDLE_TIMEOUT_MS).contains(&raw.idle_timeout_ms) {
-            self.problem(
-                "idle_timeout_ms",
-                format!(
-                    "idle_timeout_ms: must be between 1 and {MAX_IDLE_TIMEOUT_MS} (1 hour): an \
-                     idle client connection cannot be kept for ever"
-                ),
-            );
-        }
-        let max_client_connections = match usize::try_from(raw.max_client_connections) {
-            Ok(n) if (1..=MAX_CLIENT_CONNECTIONS_LIMIT).contains(&n) => n,
-            _ => {
-                self.problem(
-                    "max_client_connections",
-                    format!(
-                        "max_client_connections: must be between 1 and \
-                         {MAX_CLIENT_CONNECTIONS_LIMIT}: the bound on open client connections \
-                         cannot be turned off"
-                    ),
-                );
-                0
-            }
-        };
+        let (max_inspect_body_bytes, max_data_body_bytes) =
+            self.body_sizes(raw.max_inspect_body_bytes, raw.max_data_body_bytes);
+        let max_client_connections = self.connections(
+            raw.header_read_timeout_ms,
+            raw.idle_timeout_ms,
+            raw.max_client_connections,
+        );
         if raw.default_output_reservation > MAX_OUTPUT_RESERVATION {
             self.problem(
                 "default_output_reservation",
@@ -768,6 +699,98 @@ impl Validator<'_> {
             upstreams,
             routes: raw.routes,
             builtin_routes: raw.builtin_routes,
+        }
+    }
+
+    /// `metrics_listen`: an address, not one of the proxy's.
+    fn metrics_listen(&mut self, m: Option<String>, listen: &[Listener]) -> Option<String> {
+        m.inspect(|m| {
+            if m.parse::<SocketAddr>().is_err() {
+                self.problem(
+                    "metrics_listen",
+                    format!("metrics_listen: `{}` {ADDR_RULE}", m.escape_debug()),
+                );
+            } else if listen.iter().any(|l| l.address == *m) {
+                self.problem(
+                    "metrics_listen",
+                    format!("metrics_listen: `{m}` is also a proxy listen address"),
+                );
+            }
+        })
+    }
+
+    /// `max_inspect_body_bytes` and `max_data_body_bytes`, within what is
+    /// held in memory.
+    fn body_sizes(&mut self, inspect: u64, data: u64) -> (usize, usize) {
+        let max_inspect_body_bytes = match usize::try_from(inspect) {
+            Ok(0) => {
+                self.problem(
+                    "max_inspect_body_bytes",
+                    "max_inspect_body_bytes: must be at least 1",
+                );
+                0
+            }
+            Ok(n) if n <= MAX_INSPECT_BODY_BYTES_LIMIT => n,
+            _ => {
+                self.problem(
+                    "max_inspect_body_bytes",
+                    format!(
+                        "max_inspect_body_bytes: must be at most {MAX_INSPECT_BODY_BYTES_LIMIT} \
+                         (64 MiB): inspected bodies are held in memory"
+                    ),
+                );
+                0
+            }
+        };
+        let max_data_body_bytes = match usize::try_from(data) {
+            Ok(n) if (1..=1024 * 1024 * 1024).contains(&n) => n,
+            _ => {
+                self.problem(
+                    "max_data_body_bytes",
+                    "max_data_body_bytes: must be between 1 and 1073741824 (1 GiB): bodies read \
+                     for models and usage are held in memory",
+                );
+                0
+            }
+        };
+        (max_inspect_body_bytes, max_data_body_bytes)
+    }
+
+    /// The client-connection settings: the header and idle deadlines (never
+    /// off) and `max_client_connections` (returned).
+    fn connections(&mut self, header_read_ms: u64, idle_ms: u64, max: u64) -> usize {
+        if !(1..=MAX_HEADER_READ_TIMEOUT_MS).contains(&header_read_ms) {
+            self.problem(
+                "header_read_timeout_ms",
+                format!(
+                    "header_read_timeout_ms: must be between 1 and {MAX_HEADER_READ_TIMEOUT_MS} \
+                     (60 s): the header deadline cannot be turned off, and pingora already ends \
+                     a connection whose single read waits 60 s"
+                ),
+            );
+        }
+        if !(1..=MAX_IDLE_TIMEOUT_MS).contains(&idle_ms) {
+            self.problem(
+                "idle_timeout_ms",
+                format!(
+                    "idle_timeout_ms: must be between 1 and {MAX_IDLE_TIMEOUT_MS} (1 hour): an \
+                     idle client connection cannot be kept for ever"
+                ),
+            );
+        }
+        match usize::try_from(max) {
+            Ok(n) if (1..=MAX_CLIENT_CONNECTIONS_LIMIT).contains(&n) => n,
+            _ => {
+                self.problem(
+                    "max_client_connections",
+                    format!(
+                        "max_client_connections: must be between 1 and \
+                         {MAX_CLIENT_CONNECTIONS_LIMIT}: the bound on open client connections \
+                         cannot be turned off"
+                    ),
+                );
+                0
+            }
         }
     }
 

@@ -282,7 +282,7 @@ pub fn is_opaque(method: &Method, pattern: &str) -> bool {
         .is_some_and(|name| !name.is_empty() && !name.contains(['/', '{', '}']))
 }
 
-/// The built-in table of the reference on the route table.
+/// The built-in route table of the reference.
 fn builtin_routes() -> Vec<Builtin> {
     const POST: &[&str] = &["POST"];
     const GET: &[&str] = &["GET"];

@@ -117,7 +117,7 @@ pub fn path_route(data: &[u8]) {
     );
 }
 
-/// the reference on canonical paths written out directly: `Err` names the first rule broken.
+/// The canonical-path rules written out directly: `Err` names the first rule broken.
 pub fn reference_canonical(path: &str) -> Result<(), &'static str> {
     let Some(rest) = path.strip_prefix('/') else {
         return Err("not absolute");

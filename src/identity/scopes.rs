@@ -97,7 +97,7 @@ impl Holder {
 const CRUDL: &[&str] = &["create", "read", "update", "delete", "list"];
 const API_KEY_ACTIONS: &[&str] = &["create", "read", "update", "delete", "list", "rotate"];
 
-/// Resources with their actions and holder rule, in the order of the reference on the scope vocabulary.
+/// Resources with their actions and holder rule, in the reference's order.
 /// Per-action exceptions (`workspaces.delete` is admin-only) are applied in
 /// [`builtin_scopes`].
 const RESOURCES: &[(&str, &[&str], Holder)] = &[
@@ -265,7 +265,7 @@ impl Default for ScopeRegistry {
 }
 
 impl ScopeRegistry {
-    /// The vocabulary of the reference on the scope vocabulary and nothing else.
+    /// The vocabulary of the reference and nothing else.
     pub fn builtin() -> ScopeRegistry {
         let mut reg = ScopeRegistry {
             names: Vec::new(),
@@ -328,7 +328,7 @@ impl ScopeRegistry {
         self.holders[id.index()]
     }
 
-    /// Whether the name is one of the reference on the scope vocabulary's (not custom).
+    /// Whether the name is one of the reference's vocabulary (not custom).
     pub fn is_builtin(&self, name: &str) -> bool {
         self.id(name)
             .is_some_and(|id| id.index() < self.builtin_count)

@@ -69,7 +69,7 @@ pub struct TokenRate {
     pub period: Duration,
 }
 
-/// Everything the reference on models, tokens and budgets lets a key or a workspace carry besides request rate
+/// Everything the reference (models, tokens and budgets) lets a key or a workspace carry besides request rate
 /// limits (those stay in `Key::rate_limits` / `Workspace::rate_limits`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Limits {

@@ -449,7 +449,7 @@ impl Metrics {
     }
 }
 
-/// The metrics of the reference on what clients and operators see of usage and 10: tokens, cost, budgets, in-flight
+/// The usage metrics (the reference on what clients and operators see of usage and on limits shared by replicas): tokens, cost, budgets, in-flight
 /// requests, and the shared-state store's round trips.
 pub struct UsageMetrics {
     /// `scopegate_tokens_total{workspace, kind, source}`.

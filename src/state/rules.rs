@@ -178,7 +178,8 @@ fn quotas(
 }
 
 /// Admits a request over `subjects` (each with its locked state, same
-/// order), committing everything or nothing.
+/// order), committing everything or nothing: usage limits, then request
+/// and token rate limits, then concurrency; the first refusal answers.
 pub(crate) fn admit(
     subjects: &[&SubjectLimits],
     states: &mut [&mut SubjectState],
@@ -191,33 +192,62 @@ pub(crate) fn admit(
         st.align(s, *fp);
         st.prune(&s.period_key);
     }
+    if let Some(refused) = over_budget(subjects, states, est)
+        .or_else(|| rate_limited(subjects, states, est, now))
+        .or_else(|| at_concurrency(subjects, states, est, now))
+    {
+        return refused;
+    }
+    let parts = commit(subjects, states, est, now, fps);
+    AdmitResult::Admitted {
+        quotas: quotas(subjects, states, est, now),
+        admission: Admission {
+            id,
+            origin: Origin::Local,
+            parts,
+            has_estimate: est.is_some(),
+        },
+    }
+}
 
-    // (1) Usage limits: used + reserved + this estimate ≤ credit_limit.
-    if let Some(e) = est {
-        for (s, st) in subjects.iter().zip(states.iter()) {
-            let Some(limit) = &s.usage else { continue };
-            let p = st.period(&s.period_key);
-            let (used, reserved, this) = match limit.kind {
-                UsageKind::Tokens => (
-                    p.map_or(0.0, |p| (p.usage.tokens_in + p.usage.tokens_out) as f64),
-                    p.map_or(0.0, |p| p.usage.reserved_tokens as f64),
-                    e.tokens as f64,
-                ),
-                UsageKind::Cost => (
-                    p.map_or(0.0, |p| p.usage.cost),
-                    p.map_or(0.0, |p| p.usage.reserved_cost),
-                    e.cost,
-                ),
-            };
-            if used + reserved + this > limit.credit_limit {
-                return AdmitResult::BudgetExhausted {
-                    subject: s.subject.clone(),
-                };
-            }
+/// (1) Usage limits: used + reserved + this estimate ≤ credit_limit.
+fn over_budget(
+    subjects: &[&SubjectLimits],
+    states: &[&mut SubjectState],
+    est: Option<Estimate>,
+) -> Option<AdmitResult> {
+    let e = est?;
+    for (s, st) in subjects.iter().zip(states.iter()) {
+        let Some(limit) = &s.usage else { continue };
+        let p = st.period(&s.period_key);
+        let (used, reserved, this) = match limit.kind {
+            UsageKind::Tokens => (
+                p.map_or(0.0, |p| (p.usage.tokens_in + p.usage.tokens_out) as f64),
+                p.map_or(0.0, |p| p.usage.reserved_tokens as f64),
+                e.tokens as f64,
+            ),
+            UsageKind::Cost => (
+                p.map_or(0.0, |p| p.usage.cost),
+                p.map_or(0.0, |p| p.usage.reserved_cost),
+                e.cost,
+            ),
+        };
+        if used + reserved + this > limit.credit_limit {
+            return Some(AdmitResult::BudgetExhausted {
+                subject: s.subject.clone(),
+            });
         }
     }
+    None
+}
 
-    // (2) Request, then token, rate limits.
+/// (2) Request, then token, rate limits: the longest wait of each kind.
+fn rate_limited(
+    subjects: &[&SubjectLimits],
+    states: &[&mut SubjectState],
+    est: Option<Estimate>,
+    now: u64,
+) -> Option<AdmitResult> {
     let mut req_wait: Option<(u64, usize)> = None;
     let mut tok_wait: Option<(u64, usize)> = None;
     let mut larger = false;
@@ -245,38 +275,53 @@ pub(crate) fn admit(
             }
         }
     }
-    let refused = match (req_wait, tok_wait) {
-        (Some((w, i)), _) => Some((RateKind::Requests, w, i, false)),
-        (None, Some((w, i))) => Some((RateKind::Tokens, w, i, larger)),
-        (None, None) => None,
+    let (which, wait, i, larger_than_limit) = match (req_wait, tok_wait) {
+        (Some((w, i)), _) => (RateKind::Requests, w, i, false),
+        (None, Some((w, i))) => (RateKind::Tokens, w, i, larger),
+        (None, None) => return None,
     };
-    if let Some((which, wait, i, larger_than_limit)) = refused {
-        let mut quotas = quotas(subjects, states, est, now);
-        if let (RateKind::Requests, Some(q)) = (which, quotas.requests.as_mut()) {
-            q.retry_after = Some(Duration::from_nanos(wait));
-        }
-        return AdmitResult::RateLimited {
-            which,
-            subject: subjects[i].subject.clone(),
-            retry_after: Duration::from_nanos(wait),
-            larger_than_limit,
-            quotas,
-        };
+    let mut quotas = quotas(subjects, states, est, now);
+    if let (RateKind::Requests, Some(q)) = (which, quotas.requests.as_mut()) {
+        q.retry_after = Some(Duration::from_nanos(wait));
     }
+    Some(AdmitResult::RateLimited {
+        which,
+        subject: subjects[i].subject.clone(),
+        retry_after: Duration::from_nanos(wait),
+        larger_than_limit,
+        quotas,
+    })
+}
 
-    // (3) Concurrency.
+/// (3) Concurrency: a subject with `max_concurrent` requests in flight.
+fn at_concurrency(
+    subjects: &[&SubjectLimits],
+    states: &[&mut SubjectState],
+    est: Option<Estimate>,
+    now: u64,
+) -> Option<AdmitResult> {
     for (s, st) in subjects.iter().zip(states.iter()) {
         if let Some(max) = s.max_concurrent {
             if st.in_flight >= max {
-                return AdmitResult::ConcurrencyLimited {
+                return Some(AdmitResult::ConcurrencyLimited {
                     subject: s.subject.clone(),
                     quotas: quotas(subjects, states, est, now),
-                };
+                });
             }
         }
     }
+    None
+}
 
-    // Commit.
+/// Takes what an admitted request takes: rate-limit times, the
+/// reservation, a concurrency slot. Returns the parts to settle.
+fn commit(
+    subjects: &[&SubjectLimits],
+    states: &mut [&mut SubjectState],
+    est: Option<Estimate>,
+    now: u64,
+    fps: Vec<u64>,
+) -> Vec<Part> {
     let mut parts = Vec::with_capacity(subjects.len());
     for ((s, st), fp) in subjects.iter().zip(states.iter_mut()).zip(fps) {
         for (l, tat) in s.requests.iter().zip(st.req_tat.iter_mut()) {
@@ -309,15 +354,7 @@ pub(crate) fn admit(
         }
         parts.push(part);
     }
-    AdmitResult::Admitted {
-        quotas: quotas(subjects, states, est, now),
-        admission: Admission {
-            id,
-            origin: Origin::Local,
-            parts,
-            has_estimate: est.is_some(),
-        },
-    }
+    parts
 }
 
 /// Settles one part of an admission on its subject's locked state.

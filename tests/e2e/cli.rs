@@ -1,4 +1,4 @@
-//! the reference on the command line: the subcommands other than `serve`'s happy path — `check`,
+//! The reference on the command line: the subcommands other than `serve`'s happy path — `check`,
 //! `hash-key`, `new-key`, `--help`, and `serve` refusing a bad keys file.
 
 use std::io::{Read, Write};

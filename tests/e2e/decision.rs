@@ -1,4 +1,4 @@
-//! the reference on the decision order, row by row and in order: who is refused, with which status,
+//! The reference on the decision order, row by row and in order: who is refused, with which status,
 //! code and body shape, and that nothing refused reaches an upstream. The
 //! body and workspace rows are in `workspaces.rs`, the path rows in
 //! `paths.rs`.

@@ -1,4 +1,4 @@
-//! the reference on what goes upstream: what the upstream receives — headers removed, identity headers
+//! The reference on what goes upstream: what the upstream receives — headers removed, identity headers
 //! added, request ids, `set_headers`, Host, and path, query and body byte for
 //! byte — and that the upstream's answer comes back as it was.
 

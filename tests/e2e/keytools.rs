@@ -1,4 +1,4 @@
-//! the reference on the command line, the operator's key tools: `new-key` makes an entry a running
+//! The reference on the command line, the operator's key tools: `new-key` makes an entry a running
 //! proxy accepts, and `explain` tells the same story as the proxy.
 //! (`cli.rs` checks new-key's output format on its own; this file checks
 //! it end to end.)

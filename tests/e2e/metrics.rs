@@ -1,4 +1,4 @@
-//! the reference on metrics, health and logs, the parts a client of the metrics listener sees.
+//! The reference on metrics, health and logs, the parts a client of the metrics listener sees.
 
 use std::time::Duration;
 

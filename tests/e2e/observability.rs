@@ -1,4 +1,4 @@
-//! the reference on metrics, health and logs in detail: exact metric deltas, label hygiene, the exposition
+//! The reference on metrics, health and logs in detail: exact metric deltas, label hygiene, the exposition
 //! format, and the JSON access log. `metrics.rs` has the smoke tests
 //! (health, readiness, "a decision is counted at all").
 

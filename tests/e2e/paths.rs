@@ -1,4 +1,4 @@
-//! the reference on canonical paths: only canonical paths are routed, and they go upstream unchanged.
+//! The reference on canonical paths: only canonical paths are routed, and they go upstream unchanged.
 //! Every request here is written as raw bytes, so nothing normalises the
 //! path on the way out. A refusal comes before the key is even looked at.
 

@@ -1,4 +1,4 @@
-//! the reference on the keys file `rate_limits` and 5.5: per-key request limits (GCRA), the 429 and
+//! The reference on the keys file's `rate_limits` and on the responses the proxy writes: per-key request limits (GCRA), the 429 and
 //! the `x-ratelimit-*` headers. The basic 429 and "refused earlier uses no
 //! quota" are in `decision.rs`; this file covers timing, several limits on
 //! one key, window boundaries, the control-plane shape and load checks.

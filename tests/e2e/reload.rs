@@ -1,4 +1,4 @@
-//! the reference on live reload: the keys file reloads while the proxy runs; a bad file changes
+//! The reference on live reload: the keys file reloads while the proxy runs; a bad file changes
 //! nothing. Tests wait on the effect (or the reload counter), never a sleep.
 
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! the reference on live reload, trigger by trigger: every way the keys file can change puts the
+//! The reference on live reload, trigger by trigger: every way the keys file can change puts the
 //! change in force within 2 s of the write, and a bad file changes nothing.
 //!
 //! Each test isolates one trigger:
@@ -32,7 +32,7 @@ use super::client::Conn;
 use super::fixtures::*;
 use super::harness::{expect_forwarded, expect_openai_error, poll_until, Proxy, Upstreams};
 
-/// the reference on live reload: "A change is in force within 2 s of the write."
+/// The reference on live reload: "A change is in force within 2 s of the write."
 const SPEC_BOUND: Duration = Duration::from_secs(2);
 /// How long a measurement keeps polling, so a slow reload fails with its
 /// actual latency instead of a bare timeout.
@@ -451,7 +451,7 @@ fn bad_files_change_nothing_until_a_good_one_lands() {
     assert!(successes(&proxy) > successes_at_start);
 }
 
-/// the reference on live reload: "the error is logged with its position". A reload rejected for
+/// The reference on live reload: "the error is logged with its position". A reload rejected for
 /// invalid YAML logs `keys.yaml:LINE:COL` with the line of the mistake.
 #[test]
 fn invalid_yaml_reload_error_is_logged_with_keys_yaml_line_col() {
@@ -590,7 +590,7 @@ fn no_request_fails_while_the_keys_file_churns() {
     assert!(reloads >= 1.0, "no reload happened during the churn");
 }
 
-/// the reference on live reload: rate-limit state survives a reload when the key's id and limits
+/// The reference on live reload: rate-limit state survives a reload when the key's id and limits
 /// are unchanged, even when the key's other fields change; when the limits
 /// change, the key starts from a fresh quota under the new limits.
 /// (reload.rs covers a reload that only adds another key.)

@@ -18,7 +18,7 @@ use super::harness::{
 };
 use super::upstream::StreamControl;
 
-/// `timeout_ms` of the tests where Redis fails: the reference on limits shared by replicas's default. A
+/// `timeout_ms` of the tests where Redis fails: the documented default. A
 /// request may wait that long for Redis, plus `MARGIN` for a debug build on
 /// a loaded machine.
 const TIMEOUT_MS: u64 = 50;

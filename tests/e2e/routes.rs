@@ -1,4 +1,4 @@
-//! the reference on the route table: extra routes from the server config, and `builtin_routes`.
+//! The reference on the route table: extra routes from the server config, and `builtin_routes`.
 
 use super::fixtures::*;
 use super::harness::{

@@ -1,4 +1,4 @@
-//! the reference on shutdown: SIGTERM stops accepting, lets in-flight requests (streams too)
+//! The reference on shutdown: SIGTERM stops accepting, lets in-flight requests (streams too)
 //! finish within `shutdown_grace_period_seconds`, then exits 0.
 
 use std::time::Duration;

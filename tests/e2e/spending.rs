@@ -1,4 +1,4 @@
-//! the reference on models, tokens and budgets: models, token limits, budgets and concurrency, against the real
+//! The reference on models, tokens and budgets: models, token limits, budgets and concurrency, against the real
 //! binary and a recording upstream — every request over HTTP/1.1 and over
 //! HTTP/2 (the protocol is a column of each table, [`Proto::ALL`]).
 //!
@@ -24,7 +24,7 @@ pub const ONE_AT_A_TIME: &str = "sk-test-one-at-a-time";
 /// Only a request rate limit: nothing of its body is read or counted.
 pub const REQUESTS_ONLY: &str = "sk-test-requests-only";
 
-/// Keys with the reference on models, tokens and budgets limits, appended to the shared keys file.
+/// Keys with spending limits, appended to the shared keys file.
 fn spending_keys() -> String {
     let h = |s: &str| digest_hex(s.as_bytes());
     format!(

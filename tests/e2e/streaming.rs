@@ -1,4 +1,4 @@
-//! the reference on what goes upstream: responses, SSE streams included, are streamed through without
+//! The reference on what goes upstream: responses, SSE streams included, are streamed through without
 //! buffering. The test holds the upstream's last chunk back until the client
 //! has seen the first one, so a buffering proxy cannot pass.
 

@@ -1,4 +1,4 @@
-//! the reference on the decision order, the rows after the scope check: the inspected control-plane
+//! The reference on the decision order, the rows after the scope check: the inspected control-plane
 //! body (415, 413, 400 invalid_json) and the workspace a request names
 //! (400 conflicting_workspace, 403 workspace_mismatch, 404
 //! workspace_not_found), the reference on which workspace a request names. Every request with a body goes over

@@ -1,4 +1,4 @@
-//! Table tests of the decision: one per row of the reference on the decision order and per rule of 5.3.
+//! Table tests of the decision: one per row of the reference on the decision order and per rule of which workspace a request names.
 
 use super::*;
 use crate::decision::routes::{RouteSpec, RouteTable};

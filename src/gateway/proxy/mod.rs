@@ -346,7 +346,7 @@ impl Gateway {
             req.set_uri(origin);
         }
         self.prepare_upstream_request(&mut req, ctx)?;
-        // the reference on usage in streams: a counted stream that did not ask for usage gets it
+        // The reference on usage in streams: a counted stream that did not ask for usage gets it
         // upstream, and the usage chunk is taken out of what the client sees.
         let counted = ctx.meter.as_ref().is_some_and(|m| m.counted);
         let mut strip = false;

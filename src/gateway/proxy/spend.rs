@@ -1,4 +1,4 @@
-//! The pingora side of the reference on models, tokens and budgets and limits shared by replicas: the subjects and estimate a request
+//! The pingora side of spending (the reference on models, tokens and budgets and on limits shared by replicas): the subjects and estimate a request
 //! brings to the counter store, and the response tap that reads the
 //! upstream's usage and settles the reservation when the response ends.
 

@@ -3,7 +3,7 @@
 //!
 //! This module owns every rule of the keys file that is about meaning rather
 //! than syntax: unique ids, workspace references, secret hashes, scopes per
-//! key type, rate limits, and the the reference on models, tokens and budgets limits (models, token rates, usage
+//! key type, rate limits, and the spending limits (models, token rates, usage
 //! limits, concurrency, `model_prices`; those in `spending`). It reports
 //! *every* problem it finds, each with a
 //! path into the document (`keys[3].scopes[1]`), so that an operator fixes a
@@ -800,7 +800,7 @@ impl<'a> KeysBuilder<'a> {
         all
     }
 
-    /// The key's request rate limits and the reference on models, tokens and budgets limits.
+    /// The key's request rate limits and spending limits.
     fn limits(&mut self, i: usize, spec: &KeySpec) -> (Vec<RateLimit>, Limits) {
         let written = spending::Written {
             models: spec.models.as_deref(),

@@ -91,7 +91,7 @@ pub struct Workspace {
     /// Request rate limits shared by all the workspace's keys (empty:
     /// unlimited).
     pub rate_limits: Vec<RateLimit>,
-    /// the reference on models, tokens and budgets limits shared by all its keys (`max_concurrent` is always
+    /// spending limits shared by all its keys (`max_concurrent` is always
     /// `None`).
     pub limits: Limits,
 }
@@ -126,7 +126,7 @@ pub struct Key {
     pub status: KeyStatus,
     /// The limits as configured (empty: unlimited).
     pub rate_limits: Vec<RateLimit>,
-    /// the reference on models, tokens and budgets limits: models, token rates, usage limit, concurrency.
+    /// spending limits: models, token rates, usage limit, concurrency.
     pub limits: Limits,
 }
 

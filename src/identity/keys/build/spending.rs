@@ -1,4 +1,4 @@
-//! Validation of what the reference on models, tokens and budgets lets a key or a workspace carry — model
+//! Validation of what the reference (models, tokens and budgets) lets a key or a workspace carry — model
 //! allowlists, request and token rate limits, usage limits, concurrency —
 //! and of the file's `model_prices`, into the plain [`Limits`] data of
 //! `limits`.

@@ -323,7 +323,7 @@ fn messages_quote_no_secret_hash_material() {
 }
 
 /// A keys file with `n` keys over 100 workspaces, in the block style of
-/// the reference on the keys file.
+/// The reference on the keys file.
 fn big_file(n: usize) -> String {
     use std::fmt::Write as _;
     let mut s = String::with_capacity(n * 240);

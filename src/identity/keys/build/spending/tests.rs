@@ -1,4 +1,4 @@
-//! the reference on models, tokens and budgets limits through the loader: what a valid file yields, and every
+//! spending limits through the loader: what a valid file yields, and every
 //! rule's message with its `FILE:LINE:COL`.
 
 use std::path::Path;
@@ -10,7 +10,7 @@ use crate::diag::Diagnostic;
 use crate::identity::keys::{digest_hex, parse_keys_str, Snapshot};
 use crate::identity::scopes::ScopeRegistry;
 
-/// A file with every the reference on models, tokens and budgets field on a workspace and a key; line numbers
+/// A file with every spending field on a workspace and a key; line numbers
 /// matter to the tests below.
 fn full() -> String {
     format!(

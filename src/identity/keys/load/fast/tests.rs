@@ -19,7 +19,7 @@ fn agrees(text: &str) -> bool {
 }
 
 const SAMPLE: &str = "\
-# A keys file in the style of the reference on the keys file.
+# A keys file in the style of the reference's examples.
 organisations:
   - id: org_acme
     workspaces:
