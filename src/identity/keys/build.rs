@@ -324,6 +324,24 @@ struct Orgs {
 }
 
 fn build_organisations(doc: &KeysDocument, problems: &mut Problems) -> Orgs {
+    let (organisations, org_ids) = organisation_ids(doc, problems);
+    // Workspace ids, then slugs: a slug may not repeat another slug nor be
+    // another workspace's id, and the id check must see every id first.
+    let (workspaces, ws_paths, ids) = build_workspaces(doc, problems);
+    let names = workspace_names(&workspaces, &ws_paths, &ids, problems);
+    Orgs {
+        organisations,
+        org_ids,
+        workspaces,
+        names,
+    }
+}
+
+/// The organisations, with their ids checked and indexed.
+fn organisation_ids(
+    doc: &KeysDocument,
+    problems: &mut Problems,
+) -> (Vec<Organisation>, HashMap<Arc<str>, OrgIdx>) {
     let mut organisations = Vec::with_capacity(doc.organisations.len());
     let mut org_ids: HashMap<Arc<str>, OrgIdx> = HashMap::new();
     for (o, org) in doc.organisations.iter().enumerate() {
@@ -348,8 +366,18 @@ fn build_organisations(doc: &KeysDocument, problems: &mut Problems) -> Orgs {
         organisations.push(Organisation { id });
     }
 
-    // Workspace ids, then slugs: a slug may not repeat another slug nor be
-    // another workspace's id, and the id check must see every id first.
+    (organisations, org_ids)
+}
+
+/// Where each workspace is written: (organisation, workspace) indexes.
+type WsPaths = Vec<(usize, usize)>;
+
+/// Every organisation's workspaces, with their ids and limits checked; with
+/// where each is written (organisation, workspace) and the index of each id.
+fn build_workspaces<'d>(
+    doc: &'d KeysDocument,
+    problems: &mut Problems,
+) -> (Vec<Workspace>, WsPaths, HashMap<&'d str, usize>) {
     let mut workspaces = Vec::new();
     let mut ws_paths: Vec<(usize, usize)> = Vec::new();
     let mut ids: HashMap<&str, usize> = HashMap::new();
@@ -395,6 +423,17 @@ fn build_organisations(doc: &KeysDocument, problems: &mut Problems) -> Orgs {
             });
         }
     }
+    (workspaces, ws_paths, ids)
+}
+
+/// The names that lead to each workspace: its id, and its slug unless the
+/// slug is malformed, repeated, or another workspace's id.
+fn workspace_names(
+    workspaces: &[Workspace],
+    ws_paths: &[(usize, usize)],
+    ids: &HashMap<&str, usize>,
+    problems: &mut Problems,
+) -> HashMap<Arc<str>, WsIdx> {
     let mut names: HashMap<Arc<str>, WsIdx> = HashMap::with_capacity(workspaces.len() * 2);
     for (k, ws) in workspaces.iter().enumerate() {
         names.entry(ws.id.clone()).or_insert(WsIdx(k as u32));
@@ -438,12 +477,7 @@ fn build_organisations(doc: &KeysDocument, problems: &mut Problems) -> Orgs {
             }
         }
     }
-    Orgs {
-        organisations,
-        org_ids,
-        workspaces,
-        names,
-    }
+    names
 }
 
 /// Builds keys one by one; holds the indexes that uniqueness checks need.
