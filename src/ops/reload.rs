@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use super::watch::{folder_of, Trigger, Watched};
+use super::watch::{folder_of, in_folders, Trigger, Watched};
 use crate::decision::routes::RouteTable;
 use crate::diag::Diagnostic;
 use crate::identity::keys::{self, Digest, JwksSource, KeyStore, OrgIdx, Snapshot};
@@ -177,7 +177,7 @@ impl Watched for Reloader {
     }
 
     fn concerns(&self, paths: &[PathBuf]) -> bool {
-        concerns_keys_file(paths, self.path.file_name())
+        concerns_file_in(paths, &self.path)
     }
 
     fn look(&mut self, trigger: Trigger) -> Option<Duration> {
@@ -321,7 +321,7 @@ impl Watched for JwksWatch {
             .lock()
             .files()
             .iter()
-            .any(|f| concerns_keys_file(paths, f.file_name()))
+            .any(|f| concerns_file_in(paths, f))
     }
 
     fn look(&mut self, trigger: Trigger) -> Option<Duration> {
@@ -334,6 +334,19 @@ impl Watched for JwksWatch {
         }
         None
     }
+}
+
+/// Whether an event may have changed `file`: [`concerns_keys_file`] for
+/// the event's paths in `file`'s folder (the watcher watches other folders
+/// too).
+fn concerns_file_in(paths: &[PathBuf], file: &Path) -> bool {
+    let folder = [folder_of(file)];
+    let here: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| in_folders(std::slice::from_ref(*p), &folder))
+        .cloned()
+        .collect();
+    (paths.is_empty() || !here.is_empty()) && concerns_keys_file(&here, file.file_name())
 }
 
 /// Whether an event in the keys file's folder may have changed the keys

@@ -15,11 +15,11 @@ use super::Snapshot;
 /// with.
 ///
 /// ```
-/// use scopegate::keys::{build_snapshot, digest_hex, KeySpec, KeyStore, KeysDocument,
+/// use scopegate::identity::keys::{build_snapshot, digest_hex, KeySpec, KeyStore, KeysDocument,
 ///     OrganisationSpec, WorkspaceSpec};
-/// use scopegate::policy::{decide, Body, Outcome, RequestFacts};
-/// use scopegate::request::Presented;
-/// use scopegate::routes::RouteTable;
+/// use scopegate::decision::decide::{decide, Body, Outcome, RequestFacts};
+/// use scopegate::decision::request::Presented;
+/// use scopegate::decision::routes::RouteTable;
 ///
 /// let table = RouteTable::build(&[], true).unwrap();
 /// let mut doc = KeysDocument {
@@ -54,12 +54,12 @@ use super::Snapshot;
 ///     content_type: None,
 ///     content_type_repeated: false,
 ///     bad_content_length: false,
-///     upgrade: scopegate::request::Upgrade::None,
+///     upgrade: scopegate::decision::request::Upgrade::None,
 ///     body: Body::Empty,
 ///     now: 0,
 ///     max_body: 65536,
 ///     max_data_body: 16 * 1024 * 1024,
-///     used_up: &scopegate::policy::nothing_used,
+///     used_up: &scopegate::decision::decide::nothing_used,
 /// };
 /// assert_eq!(decide(&table, &snap, &facts).outcome, Outcome::Allow);
 ///
@@ -70,7 +70,7 @@ use super::Snapshot;
 /// assert!(matches!(decide(&table, &store.load(), &facts).outcome, Outcome::Deny(_)));
 /// assert_eq!(decide(&table, &snap, &facts).outcome, Outcome::Allow);
 ///
-/// // To serve it: `scopegate::server::serve(config, table, store)`.
+/// // To serve it: `scopegate::gateway::server::serve(config, table, store)`.
 /// ```
 #[derive(Clone, Debug)]
 pub struct KeyStore {
