@@ -3,11 +3,36 @@
 //! The line never holds a secret: the key appears only as its id, the path
 //! without its query, and no header values at all.
 
+use std::time::Duration;
+
 use pingora::prelude::Session;
 use pingora::Error;
 
-use crate::gateway::proxy::Finished;
+use crate::decision::decide::Verdict;
+use crate::decision::errors::ErrorCode;
+use crate::identity::keys::Snapshot;
 use crate::ops::metrics::{is_allowed, metrics, RequestOutcome};
+
+/// What the access log and metrics need from a finished request.
+pub struct Finished<'a> {
+    /// Request id.
+    pub request_id: &'a str,
+    /// Decision and context.
+    pub verdict: Option<&'a Verdict>,
+    /// The snapshot the request was decided with.
+    pub snapshot: Option<&'a Snapshot>,
+    /// The code the proxy answered with (None: forwarded fine).
+    pub code: Option<ErrorCode>,
+    /// Status from the upstream, when forwarded.
+    pub upstream_status: Option<u16>,
+    /// Upstream name, when forwarded.
+    pub upstream: Option<&'static str>,
+    /// Elapsed time.
+    pub elapsed: Duration,
+    /// What failed upstream when the proxy forwarded the request itself
+    /// (pingora's own failures come to the access log as its error).
+    pub error: Option<&'static str>,
+}
 
 /// Logs and counts one finished request.
 pub fn record(session: &Session, e: Option<&Error>, f: Finished<'_>) {

@@ -25,7 +25,7 @@ use crate::decision::decide::{self, Body, Outcome, RequestFacts, Verdict};
 use crate::decision::errors::{self, Denial, ErrorCode, ErrorShape};
 use crate::decision::request::{self, KeySource};
 use crate::decision::routes::{Plane, RouteTable};
-use crate::gateway::access_log;
+use crate::gateway::access_log::{self, Finished};
 use crate::identity::keys::{KeyStore, Snapshot};
 use crate::limits::rate::{self, Quota};
 use crate::ops::metrics::metrics;
@@ -1014,27 +1014,6 @@ impl ProxyHttp for Gateway {
         }
         access_log::record(session, e, ctx_view(ctx, self));
     }
-}
-
-/// What the access log and metrics need from a finished request.
-pub struct Finished<'a> {
-    /// Request id.
-    pub request_id: &'a str,
-    /// Decision and context.
-    pub verdict: Option<&'a Verdict>,
-    /// The snapshot the request was decided with.
-    pub snapshot: Option<&'a Snapshot>,
-    /// The code the proxy answered with (None: forwarded fine).
-    pub code: Option<ErrorCode>,
-    /// Status from the upstream, when forwarded.
-    pub upstream_status: Option<u16>,
-    /// Upstream name, when forwarded.
-    pub upstream: Option<&'static str>,
-    /// Elapsed time.
-    pub elapsed: Duration,
-    /// What failed upstream when the proxy forwarded the request itself
-    /// (pingora's own failures come to the access log as its error).
-    pub error: Option<&'static str>,
 }
 
 fn ctx_view<'a>(ctx: &'a Ctx, gw: &'a Gateway) -> Finished<'a> {
