@@ -22,8 +22,8 @@ What `validate` checks:
   4. The objects fit together: selectors, port names, probe paths on the
      metrics port, the config mounted as a folder (no subPath), the security
      context, the shutdown timeline, the Secret-backed ${VAR}s, the Redis URL.
-  5. The scopegate config inside the ConfigMap: SPEC sections 2 and 10 fields
-     only, listen on all interfaces, state.backend redis with a full redis
+  5. The scopegate config inside the ConfigMap: fields of docs/reference.md
+     ("Server config", "Replicas and Redis") only, listen on all interfaces, state.backend redis with a full redis
      block. With SCOPEGATE_BIN set, also `$SCOPEGATE_BIN check` on it.
   6. The Dockerfile fits the Deployment: numeric non-root USER equal to
      runAsUser, ENTRYPOINT/CMD with the config path, the exposed ports, a
@@ -64,7 +64,8 @@ MIN_KUBERNETES = "1.29"
 
 PROMETHEUS_OPERATOR_GROUP = "monitoring.coreos.com"
 
-# SPEC section 2 (plus `state`, section 10, and `ca_file`, as the code accepts).
+# Server-config fields (docs/reference.md#server-config; `state`:
+# docs/reference.md#replicas-and-redis; `ca_file`: #upstream-fields).
 CONFIG_FIELDS = {
     "listen", "metrics_listen", "threads", "keys_file", "reload_poll_interval_ms",
     "max_inspect_body_bytes", "max_data_body_bytes", "inject_stream_usage", "state",
@@ -641,7 +642,7 @@ def strip_comments(text: str) -> str:
 
 
 def check_config(config: dict, text: str, where: str, problems: Problems) -> None:
-    """The config against SPEC sections 2 and 10, field by field."""
+    """The config against docs/reference.md#server-config, field by field."""
     for key in sorted(set(config) - CONFIG_FIELDS):
         problems.add(where, f"unknown field {key!r} (scopegate refuses unknown fields)")
     for key in ("listen", "keys_file", "upstreams"):
@@ -665,7 +666,7 @@ def check_config(config: dict, text: str, where: str, problems: Problems) -> Non
 
     state = config.get("state")
     if not isinstance(state, dict):
-        problems.add(where, "state must be set (state.backend: redis, SPEC section 10)")
+        problems.add(where, "state must be set (state.backend: redis, docs/reference.md#replicas-and-redis)")
         return
     for key in sorted(set(state) - STATE_FIELDS):
         problems.add(where, f"state: unknown field {key!r}")
