@@ -65,16 +65,26 @@ MIN_KUBERNETES = "1.29"
 PROMETHEUS_OPERATOR_GROUP = "monitoring.coreos.com"
 
 # Server-config fields (docs/reference.md#server-config; `state`:
-# docs/reference.md#replicas-and-redis; `ca_file`: #upstream-fields).
-CONFIG_FIELDS = {
-    "listen", "metrics_listen", "threads", "keys_file", "reload_poll_interval_ms",
-    "max_inspect_body_bytes", "max_data_body_bytes", "inject_stream_usage", "state",
-    "log_format", "shutdown_grace_period_seconds", "upstreams", "routes",
-    "builtin_routes",
-}
-UPSTREAM_FIELDS = {"url", "connect_timeout_ms", "read_timeout_ms", "set_headers", "ca_file"}
-STATE_FIELDS = {"backend", "path", "redis"}
-REDIS_FIELDS = {"url", "timeout_ms", "on_error", "key_prefix"}
+# docs/reference.md#replicas-and-redis; `ca_file`: #upstream-fields), read from
+# the config loader's own serde structs in src/ so that this list cannot fall
+# behind the binary (scopegate refuses unknown fields).
+def rust_struct_fields(name):
+    """The field names of `struct NAME { ... }` in the crate's sources."""
+    pattern = re.compile(r"^\s*(?:pub(?:\([^)]*\))?\s+)?struct " + re.escape(name) + r"\s*\{(.*?)^\}",
+                         re.S | re.M)
+    for path in sorted((REPO / "src").rglob("*.rs")):
+        m = pattern.search(path.read_text(encoding="utf-8"))
+        if m:
+            fields = re.findall(r"^\s*(?:pub(?:\([^)]*\))?\s+)?([a-z_][a-z0-9_]*)\s*:", m.group(1), re.M)
+            if fields:
+                return set(fields)
+    raise SystemExit(f"manifests: struct {name} not found under src/ (renamed? update .ci/manifests.py)")
+
+
+CONFIG_FIELDS = rust_struct_fields("RawConfig")
+UPSTREAM_FIELDS = rust_struct_fields("RawUpstream")
+STATE_FIELDS = rust_struct_fields("RawState")
+REDIS_FIELDS = rust_struct_fields("RawRedis")
 
 CONFIG_DIR = "/etc/scopegate"
 CONFIG_PATH = CONFIG_DIR + "/scopegate.yaml"
