@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #14: the real Anthropic Python SDK through scopegate to a recording
+# The real Anthropic Python SDK through scopegate to a recording
 # upstream (JSON and streaming; key in x-api-key and as a Bearer token).
 #   .ci/anthropic-sdk-check.sh path/to/scopegate
 set -euo pipefail

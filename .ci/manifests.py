@@ -22,8 +22,8 @@ What `validate` checks:
   4. The objects fit together: selectors, port names, probe paths on the
      metrics port, the config mounted as a folder (no subPath), the security
      context, the shutdown timeline, the Secret-backed ${VAR}s, the Redis URL.
-  5. The scopegate config inside the ConfigMap: the server config fields (the reference on the server config and on limits shared by replicas)
-     only, listen on all interfaces, state.backend redis with a full redis
+  5. The scopegate config inside the ConfigMap: fields of docs/reference.md
+     ("Server config", "Replicas and Redis") only, listen on all interfaces, state.backend redis with a full redis
      block. With SCOPEGATE_BIN set, also `$SCOPEGATE_BIN check` on it.
   6. The Dockerfile fits the Deployment: numeric non-root USER equal to
      runAsUser, ENTRYPOINT/CMD with the config path, the exposed ports, a
@@ -64,16 +64,27 @@ MIN_KUBERNETES = "1.29"
 
 PROMETHEUS_OPERATOR_GROUP = "monitoring.coreos.com"
 
-# The server config (plus `state` and `ca_file`, as the code accepts).
-CONFIG_FIELDS = {
-    "listen", "metrics_listen", "threads", "keys_file", "reload_poll_interval_ms",
-    "max_inspect_body_bytes", "max_data_body_bytes", "inject_stream_usage", "state",
-    "log_format", "shutdown_grace_period_seconds", "upstreams", "routes",
-    "builtin_routes",
-}
-UPSTREAM_FIELDS = {"url", "connect_timeout_ms", "read_timeout_ms", "set_headers", "ca_file"}
-STATE_FIELDS = {"backend", "path", "redis"}
-REDIS_FIELDS = {"url", "timeout_ms", "on_error", "key_prefix"}
+# Server-config fields (docs/reference.md#server-config; `state`:
+# docs/reference.md#replicas-and-redis; `ca_file`: #upstream-fields), read from
+# the config loader's own serde structs in src/ so that this list cannot fall
+# behind the binary (scopegate refuses unknown fields).
+def rust_struct_fields(name):
+    """The field names of `struct NAME { ... }` in the crate's sources."""
+    pattern = re.compile(r"^\s*(?:pub(?:\([^)]*\))?\s+)?struct " + re.escape(name) + r"\s*\{(.*?)^\}",
+                         re.S | re.M)
+    for path in sorted((REPO / "src").rglob("*.rs")):
+        m = pattern.search(path.read_text(encoding="utf-8"))
+        if m:
+            fields = re.findall(r"^\s*(?:pub(?:\([^)]*\))?\s+)?([a-z_][a-z0-9_]*)\s*:", m.group(1), re.M)
+            if fields:
+                return set(fields)
+    raise SystemExit(f"manifests: struct {name} not found under src/ (renamed? update .ci/manifests.py)")
+
+
+CONFIG_FIELDS = rust_struct_fields("RawConfig")
+UPSTREAM_FIELDS = rust_struct_fields("RawUpstream")
+STATE_FIELDS = rust_struct_fields("RawState")
+REDIS_FIELDS = rust_struct_fields("RawRedis")
 
 CONFIG_DIR = "/etc/scopegate"
 CONFIG_PATH = CONFIG_DIR + "/scopegate.yaml"
@@ -641,7 +652,7 @@ def strip_comments(text: str) -> str:
 
 
 def check_config(config: dict, text: str, where: str, problems: Problems) -> None:
-    """The config against the reference (server config, shared limits), field by field."""
+    """The config against docs/reference.md#server-config, field by field."""
     for key in sorted(set(config) - CONFIG_FIELDS):
         problems.add(where, f"unknown field {key!r} (scopegate refuses unknown fields)")
     for key in ("listen", "keys_file", "upstreams"):
@@ -665,7 +676,7 @@ def check_config(config: dict, text: str, where: str, problems: Problems) -> Non
 
     state = config.get("state")
     if not isinstance(state, dict):
-        problems.add(where, "state must be set (state.backend: redis: limits shared by replicas)")
+        problems.add(where, "state must be set (state.backend: redis, docs/reference.md#replicas-and-redis)")
         return
     for key in sorted(set(state) - STATE_FIELDS):
         problems.add(where, f"state: unknown field {key!r}")

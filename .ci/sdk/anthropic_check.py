@@ -1,4 +1,4 @@
-"""Drives the real Anthropic Python SDK through scopegate (the key in x-api-key).
+"""Drives the real Anthropic Python SDK through scopegate (docs/reference.md#credentials).
 
 Starts a recording upstream that answers /v1/messages in Anthropic's shape
 (JSON and `stream: true` events), runs `scopegate serve` on a temp config

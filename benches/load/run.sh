@@ -41,6 +41,9 @@
 #        OHA=1         0: no oha (not installed, no time to build it): no fixed-rate latency
 #                      run, and callgrind is driven by wrk for INSTR_SECS seconds instead
 #        INSTR_SECS=10 seconds of wrk load counted under callgrind when OHA=0
+#        BASE_BIN=path another scopegate binary (e.g. an earlier commit's release build) measured
+#                      beside this one, with the same config, keys and requests: adds the targets
+#                      `base` and `base+usage` (rounds and callgrind), for before/after in one run
 #        SKIP_BUILD=1  do not run `cargo build --release` first
 #        BASE_PORT=18080  first port tried; free ports are picked upward from it
 #        KEEP_TMP=1    keep the raw-output dir (default: kept; set 0 to delete)
@@ -74,6 +77,8 @@ LOAD_CPU=0    # the load generator and the upstream
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 BIN="$REPO/target/release/scopegate"
+BASE_BIN=${BASE_BIN:-}
+[[ -z $BASE_BIN || -x $BASE_BIN ]] || { echo "run.sh: BASE_BIN $BASE_BIN is not an executable" >&2; exit 1; }
 PLAIN="$REPO/target/release/examples/plain_pingora"
 SSE_EX="$REPO/target/release/examples/sse_first_event"
 HOST=127.0.0.1   # the only address this script ever sends traffic to
@@ -337,11 +342,15 @@ else
   TARGETS+=(scopegate)
   [[ $LOG_RUN == 1 ]] && TARGETS+=(scopegate+log)
   [[ $USAGE_RUN == 1 ]] && TARGETS+=(scopegate+usage)
+  [[ -n $BASE_BIN ]] && TARGETS+=(base)
+  [[ -n $BASE_BIN && $USAGE_RUN == 1 ]] && TARGETS+=(base+usage)
 fi
 for t in "${TARGETS[@]}"; do
   case $t in
     direct | nginx | pingora | scopegate | scopegate+log) ;;
     scopegate+usage) [[ -n $LIMITED_KEY ]] || die "scopegate+usage needs USAGE_RUN=1" ;;
+    base) [[ -n $BASE_BIN ]] || die "target base needs BASE_BIN" ;;
+    base+usage) [[ -n $BASE_BIN && -n $LIMITED_KEY ]] || die "base+usage needs BASE_BIN and USAGE_RUN=1" ;;
     *) die "unknown target '$t'" ;;
   esac
 done
@@ -350,12 +359,16 @@ if [[ -n $INSTR_TARGETS ]]; then
 else
   INSTR_TARGETS=(nginx pingora scopegate)
   [[ -n $LIMITED_KEY ]] && INSTR_TARGETS+=(scopegate+usage)
+  [[ -n $BASE_BIN ]] && INSTR_TARGETS+=(base)
+  [[ -n $BASE_BIN && -n $LIMITED_KEY ]] && INSTR_TARGETS+=(base+usage)
 fi
 if [[ $INSTR == 1 ]]; then
   for t in "${INSTR_TARGETS[@]}"; do
     case $t in
       nginx | pingora | scopegate | scopegate+log) ;;
       scopegate+usage) [[ -n $LIMITED_KEY ]] || die "INSTR_TARGETS: scopegate+usage needs USAGE_RUN=1" ;;
+      base) [[ -n $BASE_BIN ]] || die "INSTR_TARGETS: base needs BASE_BIN" ;;
+      base+usage) [[ -n $BASE_BIN && -n $LIMITED_KEY ]] || die "INSTR_TARGETS: base+usage needs BASE_BIN and USAGE_RUN=1" ;;
       *) die "INSTR_TARGETS: unknown or uncountable target '$t'" ;;
     esac
   done
@@ -370,7 +383,7 @@ start_target() {  # start_target NAME ROUND -> sets URL, PROXY_PID
   local t=$1 r=$2
   PROXY_PID=""
   # the key wrk (post.lua reads SG_KEY), oha and the smoke test present
-  SG_KEY=$PLAIN_KEY; [[ $t == scopegate+usage ]] && SG_KEY=$LIMITED_KEY
+  SG_KEY=$PLAIN_KEY; [[ $t == *+usage ]] && SG_KEY=$LIMITED_KEY
   case $t in
     direct) URL="http://$HOST:$UP_PORT" ;;
     nginx)
@@ -383,11 +396,12 @@ start_target() {  # start_target NAME ROUND -> sets URL, PROXY_PID
       taskset -c "$PROXY_CPU" "$PLAIN" "$HOST:$PP_PORT" "$HOST:$UP_PORT" >"$TMP/proxy/pingora-r$r.log" 2>&1 &
       PROXY_PID=$!; PIDS+=("$PROXY_PID"); URL="http://$HOST:$PP_PORT"
       wait_http "$URL/v1/chat/completions" "$PROXY_PID" "pingora proxy" -X POST -d "$REQ_BODY" ;;
-    scopegate | scopegate+log | scopegate+usage)
-      local level=warn out="$TMP/sg/stderr-r$r.log"
+    scopegate | scopegate+log | scopegate+usage | base | base+usage)
+      local level=warn out="$TMP/sg/stderr-r$r.log" bin=$BIN
       [[ $t == scopegate+log ]] && { level=info; out=/dev/null; }
+      [[ $t == base* ]] && bin=$BASE_BIN
       need_free "$SG_PORT" scopegate; need_free "$SG_MPORT" "scopegate metrics"
-      RUST_LOG=$level taskset -c "$PROXY_CPU" "$BIN" serve --config "$TMP/sg/scopegate.yaml" >"$out" 2>&1 &
+      RUST_LOG=$level taskset -c "$PROXY_CPU" "$bin" serve --config "$TMP/sg/scopegate.yaml" >"$out" 2>&1 &
       PROXY_PID=$!; PIDS+=("$PROXY_PID"); URL="http://$HOST:$SG_PORT"
       wait_http "http://$HOST:$SG_MPORT/readyz" "$PROXY_PID" "scopegate" ;;
   esac
@@ -398,7 +412,7 @@ smoke() {  # smoke NAME: one correct request through the target; scopegate also 
   body=$(curl -s -X POST -H 'Content-Type: application/json' -H "Authorization: Bearer $SG_KEY" -d "$REQ_BODY" "$URL/v1/chat/completions" -w '\n%{http_code}')
   code=${body##*$'\n'}; body=${body%$'\n'*}
   [[ $code == 200 && $body == "$RESP_BODY" ]] || die "$t: smoke request got $code: $body"
-  if [[ $t == scopegate* ]]; then
+  if [[ $t == scopegate* || $t == base* ]]; then
     code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer sgk-bench-wrong" -d "$REQ_BODY" "$URL/v1/chat/completions")
     [[ $code == 401 ]] || die "$t: a wrong key got $code, expected 401"
     local nkeys
@@ -456,7 +470,7 @@ measure() {  # measure NAME ROUND
     mapfile -t pids < <(tree_pids "$PROXY_PID")
     rss=$(awk -v k="$(rss_kib "${pids[@]}")" 'BEGIN {printf "%.1f", k / 1024}')
     # what scopegate counted (scopegate+usage: reported tokens, no refusals)
-    [[ $t == scopegate* ]] && { curl -s "http://$HOST:$SG_MPORT/metrics" | grep -E '^scopegate_(tokens_total|requests_total|usage_limit_ratio)' >"$TMP/raw/$tag-metrics.txt" || true; }
+    [[ $t == scopegate* || $t == base* ]] && { curl -s "http://$HOST:$SG_MPORT/metrics" | grep -E '^scopegate_(tokens_total|requests_total|usage_limit_ratio)' >"$TMP/raw/$tag-metrics.txt" || true; }
     cpu=$(awk -v d=$((c1 - c0)) -v t="$TCK" -v n="$requests" 'BEGIN {printf "%.3f", d / t / n * 100000}')
     busy=$(awk -v d=$((c1 - c0)) -v t="$TCK" -v us="$duration_us" 'BEGIN {printf "%.0f", d / t / (us / 1e6) * 100}')
     stop_pid "$PROXY_PID"; PROXY_PID=""
@@ -556,6 +570,12 @@ if [[ $INSTR == 1 ]]; then
       scopegate | scopegate+log)
         count_instructions "$t" "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
           "$BIN" serve --config "$TMP/sg/callgrind.yaml" ;;
+      base)
+        count_instructions base "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
+          "$BASE_BIN" serve --config "$TMP/sg/callgrind.yaml" ;;
+      base+usage)
+        SG_KEY=$LIMITED_KEY count_instructions base+usage "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
+          "$BASE_BIN" serve --config "$TMP/sg/callgrind.yaml" ;;
       scopegate+usage)
         SG_KEY=$LIMITED_KEY count_instructions scopegate+usage "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
           "$BIN" serve --config "$TMP/sg/callgrind.yaml" ;;

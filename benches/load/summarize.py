@@ -7,14 +7,14 @@ Each cell is the median over the rounds, with the min–max spread in brackets w
 there was more than one round. "Added" latency is computed per round (proxy minus
 direct in the same round), then summarised the same way; so is the cost of scopegate
 over plain pingora (scopegate minus pingora in the same round), and the cost of
-accounting (scopegate+usage minus scopegate in the same round).
+accounting (scopegate+usage minus scopegate in the same round, issue 10).
 """
 import os
 import csv
 import statistics
 import sys
 
-ORDER = ["direct", "nginx", "pingora", "scopegate", "scopegate+log", "scopegate+usage"]
+ORDER = ["direct", "nginx", "pingora", "scopegate", "scopegate+log", "scopegate+usage", "base", "base+usage"]
 LABEL = {
     "direct": "direct (no proxy)",
     "nginx": "nginx proxy",
@@ -22,6 +22,8 @@ LABEL = {
     "scopegate": "scopegate (RUST_LOG=warn)",
     "scopegate+log": "scopegate, access log on (info → /dev/null)",
     "scopegate+usage": "scopegate, key with token limit + usage budget (accounting on)",
+    "base": "BASE_BIN (another scopegate build), plain key",
+    "base+usage": "BASE_BIN, key with token limit + usage budget",
 }
 
 
@@ -61,6 +63,11 @@ INSTR_TARGETS = [
     ("scopegate", "pingora", "scopegate (plain key) ÷ plain pingora", 1.25),
     ("scopegate+usage", "scopegate", "scopegate+usage (token limit + budget) ÷ scopegate (plain key)", 1.10),
 ]
+# With BASE_BIN: this build against the other one (no pass/fail: a before/after comparison).
+BASE_RATIOS = [
+    ("scopegate", "base", "scopegate ÷ BASE_BIN, plain key"),
+    ("scopegate+usage", "base+usage", "scopegate ÷ BASE_BIN, accounting on"),
+]
 
 
 def read_instructions(path):
@@ -94,6 +101,12 @@ def instructions_table(path):
             r = per[a] / per[b]
             verdict = "**pass**" if r <= limit else "**FAIL**"
             out.append(f"| {what} | {r:.3f} | {per[a] - per[b]:+,.0f} | ≤ {limit:.2f} | {verdict} |")
+    before_after = [(a, b, what) for a, b, what in BASE_RATIOS if a in per and b in per]
+    if before_after:
+        out += ["", "This build against BASE_BIN (instructions per request):\n",
+                "| ratio | value | difference per request |", "|---|---:|---:|"]
+        for a, b, what in before_after:
+            out.append(f"| {what} | {per[a] / per[b]:.3f} | {per[a] - per[b]:+,.0f} |")
     if "pingora" in per and "scopegate" in per:
         out.append("\nUnder valgrind SHA-256 takes its portable path (valgrind hides SHA-NI): "
                    "about 3,550 instructions per hashed key instead of at most about 280 with SHA-NI, so "
@@ -174,24 +187,31 @@ def main() -> None:
             cell(minus("scopegate", "pingora", "p99_us"), signed),
         ]) + " |")
         print()
-    if "scopegate" in by and "scopegate+usage" in by:
-        print("What accounting costs (scopegate+usage minus scopegate, the same proxy binary, "
-              "config and keys file, within each round; the accounting target: CPU ≤ +10 %):\n")
+    pairs = [("scopegate+usage", "scopegate", "what accounting costs (the same proxy binary, "
+              "config and keys file, within each round; target: CPU ≤ +10 %)")]
+    if "base" in by:
+        pairs += [("base+usage", "base", "what accounting costs in BASE_BIN"),
+                  ("scopegate", "base", "this build against BASE_BIN, plain key"),
+                  ("scopegate+usage", "base+usage", "this build against BASE_BIN, accounting on")]
+    for a_t, b_t, what in pairs:
+        if a_t not in by or b_t not in by:
+            continue
+        print(f"{a_t} minus {b_t}: {what}:\n")
         print("| | CPU-s per 100k req | CPU % | max req/s | p50 µs | p99 µs |")
         print("|---|---:|---:|---:|---:|---:|")
         pct = []
         for k in rounds:
-            if k in by["scopegate"] and k in by["scopegate+usage"]:
-                a = num(by["scopegate+usage"][k]["cpu_s_per_100k"])
-                b = num(by["scopegate"][k]["cpu_s_per_100k"])
+            if k in by[b_t] and k in by[a_t]:
+                a = num(by[a_t][k]["cpu_s_per_100k"])
+                b = num(by[b_t][k]["cpu_s_per_100k"])
                 if a is not None and b:
                     pct.append((a - b) / b * 100)
-        print("| scopegate+usage − scopegate | " + " | ".join([
-            cell(minus("scopegate+usage", "scopegate", "cpu_s_per_100k"), lambda v: f"{v:+.3f}"),
+        print(f"| {a_t} − {b_t} | " + " | ".join([
+            cell(minus(a_t, b_t, "cpu_s_per_100k"), lambda v: f"{v:+.3f}"),
             cell(pct, lambda v: f"{v:+.1f} %"),
-            cell(minus("scopegate+usage", "scopegate", "rps"), signed),
-            cell(minus("scopegate+usage", "scopegate", "p50_us"), signed),
-            cell(minus("scopegate+usage", "scopegate", "p99_us"), signed),
+            cell(minus(a_t, b_t, "rps"), signed),
+            cell(minus(a_t, b_t, "p50_us"), signed),
+            cell(minus(a_t, b_t, "p99_us"), signed),
         ]) + " |")
         print()
     if instr:

@@ -345,7 +345,7 @@ fn raw_error(path: &Path, text: &str, e: &serde_yaml::Error) -> Diagnostic {
         Ok(serde_yaml::Value::Sequence(_)) => "a list",
         Ok(_) => "a single value",
     };
-    let message = format!("config file must be a mapping of settings (SPEC 2), but it is {kind}");
+    let message = format!("config file must be a mapping of settings (docs/reference.md#server-config), but it is {kind}");
     let (line, col) = PositionIndex::new(text)
         .and_then(|ix| ix.locate(""))
         .unwrap_or((1, 1));

@@ -651,11 +651,11 @@ fn files_that_are_not_a_config() {
     );
     assert_eq!(
         errors("listen"),
-        vec!["config/scopegate.yaml:1:1: config file must be a mapping of settings (SPEC 2), but it is a single value"]
+        vec!["config/scopegate.yaml:1:1: config file must be a mapping of settings (docs/reference.md#server-config), but it is a single value"]
     );
     assert_eq!(
         errors("# settings\n- listen\n"),
-        vec!["config/scopegate.yaml:2:1: config file must be a mapping of settings (SPEC 2), but it is a list"]
+        vec!["config/scopegate.yaml:2:1: config file must be a mapping of settings (docs/reference.md#server-config), but it is a list"]
     );
     let e = errors("listen: [\"127.0.0.1:8080\"\nkeys_file: x\n");
     assert_eq!(e.len(), 1);

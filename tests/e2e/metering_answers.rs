@@ -2,13 +2,15 @@
 //! constant memory: answers that the old whole-answer readers could not
 //! read (over 16 MiB, decoding past 64 MiB, nested past serde_json's 128
 //! levels) and an Anthropic stream cut after `message_start` are charged
-//! exactly what the upstream reported.
+//! exactly what the upstream reported — over HTTP/1.1 and HTTP/2 alike
+//! (the protocol is a column of each test: [`Proto::ALL`]).
 
 use std::io::Write;
 use std::time::Duration;
 
 use scopegate::identity::keys::digest_hex;
 
+use super::client::Proto;
 use super::fixtures::*;
 use super::harness::{poll_until, run_scopegate, Proxy, Upstreams};
 
@@ -26,7 +28,10 @@ fn start(up: &Upstreams) -> Proxy {
 "#,
         digest_hex(METERED.as_bytes())
     );
-    Proxy::builder(up).keys(&keys_yaml_with(&key)).start()
+    Proxy::builder(up)
+        .keys(&keys_yaml_with(&key))
+        .https()
+        .start()
 }
 
 /// The key's (input, output, estimated) tokens as `scopegate usage` reads
@@ -83,140 +88,155 @@ fn chat_answer(text: &str, prompt: u64, completion: u64) -> Vec<u8> {
 
 #[test]
 fn a_json_answer_over_16_mib_is_charged_its_reported_usage() {
-    let up = Upstreams::start();
-    let body = chat_answer(&"x".repeat(17 << 20), 11, 4242);
-    up.completions
-        .reply(200, &[("content-type", "application/json")], &body);
-    let proxy = start(&up);
-    let resp = proxy
-        .post("/v1/chat/completions")
-        .key(METERED)
-        .json(CHAT)
-        .send();
-    assert_eq!(resp.status, 200);
-    assert!(
-        resp.body == body,
-        "the client gets the answer byte for byte"
-    );
-    expect_charged(&proxy, (11, 4242, 0));
+    for proto in Proto::ALL {
+        let up = Upstreams::start();
+        let body = chat_answer(&"x".repeat(17 << 20), 11, 4242);
+        up.completions
+            .reply(200, &[("content-type", "application/json")], &body);
+        let proxy = start(&up);
+        let resp = proxy
+            .post("/v1/chat/completions")
+            .key(METERED)
+            .json(CHAT)
+            .over(proto)
+            .send();
+        assert_eq!(resp.status, 200, "{proto:?}");
+        assert!(
+            resp.body == body,
+            "the client gets the answer byte for byte"
+        );
+        expect_charged(&proxy, (11, 4242, 0));
+    }
 }
 
 #[test]
 fn a_gzip_answer_decoding_past_64_mib_is_charged_its_reported_usage() {
-    let up = Upstreams::start();
-    let body = chat_answer(&"y".repeat(65 << 20), 13, 777);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&body).unwrap();
-    let compressed = gz.finish().unwrap();
-    drop(body);
-    up.completions.reply(
-        200,
-        &[
-            ("content-type", "application/json"),
-            ("content-encoding", "gzip"),
-        ],
-        &compressed,
-    );
-    let proxy = start(&up);
-    let resp = proxy
-        .post("/v1/chat/completions")
-        .key(METERED)
-        .json(CHAT)
-        .send();
-    assert_eq!(resp.status, 200);
-    assert!(
-        resp.body == compressed,
-        "the client gets the upstream's bytes"
-    );
-    expect_charged(&proxy, (13, 777, 0));
+    for proto in Proto::ALL {
+        let up = Upstreams::start();
+        let body = chat_answer(&"y".repeat(65 << 20), 13, 777);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&body).unwrap();
+        let compressed = gz.finish().unwrap();
+        drop(body);
+        up.completions.reply(
+            200,
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ],
+            &compressed,
+        );
+        let proxy = start(&up);
+        let resp = proxy
+            .post("/v1/chat/completions")
+            .key(METERED)
+            .json(CHAT)
+            .over(proto)
+            .send();
+        assert_eq!(resp.status, 200, "{proto:?}");
+        assert!(
+            resp.body == compressed,
+            "the client gets the upstream's bytes"
+        );
+        expect_charged(&proxy, (13, 777, 0));
+    }
 }
 
 #[test]
 fn a_responses_stream_whose_usage_follows_a_130_level_tool_schema_is_charged_it() {
-    let up = Upstreams::start();
-    let proxy = start(&up);
-    let stream = up.completions.stream("text/event-stream");
-    let (mut conn, status, _) = proxy
-        .post("/v1/responses")
-        .key(METERED)
-        .json(r#"{"model":"gpt-4o-mini","stream":true,"input":"hi"}"#)
-        .send_streaming();
-    assert_eq!(status, 200);
-    let completed = format!(
-        "event: response.completed\ndata: {{\"type\":\"response.completed\",\"response\":{{\"id\":\"resp_1\",\"model\":\"gpt-4o-mini\",\"tools\":[{{\"type\":\"function\",\"name\":\"f\",\"parameters\":{}}}],\"usage\":{{\"input_tokens\":21,\"input_tokens_details\":{{\"cached_tokens\":8}},\"output_tokens\":5}}}}}}\n\n",
-        nested(130)
-    );
-    let sent = format!(
-        "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"hello\"}}\n\n{completed}"
-    );
-    stream.send(&sent);
-    stream.finish();
-    let got = conn.read_body();
-    assert!(got == sent.as_bytes(), "the client gets the stream as sent");
-    expect_charged(&proxy, (21, 5, 0));
+    for proto in Proto::ALL {
+        let up = Upstreams::start();
+        let proxy = start(&up);
+        let stream = up.completions.stream("text/event-stream");
+        let mut conn = proxy
+            .post("/v1/responses")
+            .key(METERED)
+            .json(r#"{"model":"gpt-4o-mini","stream":true,"input":"hi"}"#)
+            .over(proto)
+            .open();
+        assert_eq!(conn.status, 200, "{proto:?}");
+        let completed = format!(
+            "event: response.completed\ndata: {{\"type\":\"response.completed\",\"response\":{{\"id\":\"resp_1\",\"model\":\"gpt-4o-mini\",\"tools\":[{{\"type\":\"function\",\"name\":\"f\",\"parameters\":{}}}],\"usage\":{{\"input_tokens\":21,\"input_tokens_details\":{{\"cached_tokens\":8}},\"output_tokens\":5}}}}}}\n\n",
+            nested(130)
+        );
+        let sent = format!(
+            "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"hello\"}}\n\n{completed}"
+        );
+        stream.send(&sent);
+        stream.finish();
+        let got = conn.read_body();
+        assert!(got == sent.as_bytes(), "the client gets the stream as sent");
+        expect_charged(&proxy, (21, 5, 0));
+    }
 }
 
 #[test]
 fn an_anthropic_answer_with_a_130_level_tool_input_is_charged_its_reported_usage() {
-    let up = Upstreams::start();
-    let body = format!(
-        r#"{{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-20250514","content":[{{"type":"text","text":"Let me look."}},{{"type":"tool_use","id":"toolu_1","name":"f","input":{}}}],"stop_reason":"tool_use","usage":{{"input_tokens":30,"cache_creation_input_tokens":5,"cache_read_input_tokens":7,"output_tokens":9}}}}"#,
-        nested(130)
-    );
-    up.completions.reply(
-        200,
-        &[("content-type", "application/json")],
-        body.as_bytes(),
-    );
-    let proxy = start(&up);
-    let resp = proxy
-        .post("/v1/messages")
-        .key(METERED)
-        .json(r#"{"model":"claude-sonnet-4-20250514","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#)
-        .send();
-    assert_eq!(resp.status, 200);
-    assert_eq!(resp.body, body.as_bytes());
-    // Anthropic's input is the sum of the uncached, written and read tokens.
-    expect_charged(&proxy, (30 + 5 + 7, 9, 0));
+    for proto in Proto::ALL {
+        let up = Upstreams::start();
+        let body = format!(
+            r#"{{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-20250514","content":[{{"type":"text","text":"Let me look."}},{{"type":"tool_use","id":"toolu_1","name":"f","input":{}}}],"stop_reason":"tool_use","usage":{{"input_tokens":30,"cache_creation_input_tokens":5,"cache_read_input_tokens":7,"output_tokens":9}}}}"#,
+            nested(130)
+        );
+        up.completions.reply(
+            200,
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        );
+        let proxy = start(&up);
+        let resp = proxy
+            .post("/v1/messages")
+            .key(METERED)
+            .json(r#"{"model":"claude-sonnet-4-20250514","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#)
+            .over(proto)
+            .send();
+        assert_eq!(resp.status, 200, "{proto:?}");
+        assert_eq!(resp.body, body.as_bytes());
+        // Anthropic's input is the sum of the uncached, written and read tokens.
+        expect_charged(&proxy, (30 + 5 + 7, 9, 0));
+    }
 }
 
 #[test]
 fn an_anthropic_stream_cut_after_message_start_is_charged_the_input_it_reported() {
-    let up = Upstreams::start();
-    let proxy = start(&up);
-    let stream = up.completions.stream("text/event-stream");
-    // A request whose reservation (body bytes / 4) differs from the input
-    // the upstream reports.
-    let request = format!(
-        r#"{{"model":"claude-sonnet-4-20250514","max_tokens":100,"stream":true,"messages":[{{"role":"user","content":"{}"}}]}}"#,
-        "q".repeat(400)
-    );
-    let (mut conn, status, _) = proxy
-        .post("/v1/messages")
-        .key(METERED)
-        .json(&request)
-        .send_streaming();
-    assert_eq!(status, 200);
-    // 41 bytes of text: 10 output tokens estimated.
-    let text = "z".repeat(41);
-    stream.send(
-        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-sonnet-4-20250514\",\"content\":[],\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":3,\"output_tokens\":1}}}\n\n",
-    );
-    stream.send(&format!(
-        "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{text}\"}}}}\n\n"
-    ));
-    // The stream ends here: no message_delta, no message_stop.
-    stream.finish();
-    let got = String::from_utf8_lossy(&conn.read_body()).into_owned();
-    assert!(got.contains(&text));
-    expect_charged(&proxy, (25 + 3, 10, 25 + 3 + 10));
-    let estimated_input = proxy.metric(
-        "scopegate_tokens_total",
-        &[
-            ("workspace", "ws_prod"),
-            ("kind", "input"),
-            ("source", "estimated"),
-        ],
-    );
-    assert_eq!(estimated_input, 28.0);
+    for proto in Proto::ALL {
+        let up = Upstreams::start();
+        let proxy = start(&up);
+        let stream = up.completions.stream("text/event-stream");
+        // A request whose reservation (body bytes / 4) differs from the input
+        // the upstream reports.
+        let request = format!(
+            r#"{{"model":"claude-sonnet-4-20250514","max_tokens":100,"stream":true,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+            "q".repeat(400)
+        );
+        let mut conn = proxy
+            .post("/v1/messages")
+            .key(METERED)
+            .json(&request)
+            .over(proto)
+            .open();
+        assert_eq!(conn.status, 200, "{proto:?}");
+        // 41 bytes of text: 10 output tokens estimated.
+        let text = "z".repeat(41);
+        stream.send(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-sonnet-4-20250514\",\"content\":[],\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":3,\"output_tokens\":1}}}\n\n",
+        );
+        stream.send(&format!(
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{text}\"}}}}\n\n"
+        ));
+        // The stream ends here: no message_delta, no message_stop.
+        stream.finish();
+        let got = String::from_utf8_lossy(&conn.read_body()).into_owned();
+        assert!(got.contains(&text));
+        expect_charged(&proxy, (25 + 3, 10, 25 + 3 + 10));
+        let estimated_input = proxy.metric(
+            "scopegate_tokens_total",
+            &[
+                ("workspace", "ws_prod"),
+                ("kind", "input"),
+                ("source", "estimated"),
+            ],
+        );
+        assert_eq!(estimated_input, 28.0);
+    }
 }

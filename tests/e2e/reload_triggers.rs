@@ -33,7 +33,7 @@ use super::fixtures::*;
 use super::harness::{expect_forwarded, expect_openai_error, poll_until, Proxy, Upstreams};
 
 /// The reference on live reload: "A change is in force within 2 s of the write."
-const SPEC_BOUND: Duration = Duration::from_secs(2);
+const RELOAD_BOUND: Duration = Duration::from_secs(2);
 /// How long a measurement keeps polling, so a slow reload fails with its
 /// actual latency instead of a bare timeout.
 const GIVE_UP: Duration = Duration::from_secs(6);
@@ -89,8 +89,8 @@ fn assert_in_force(trigger: &str, since: Instant, condition: impl FnMut() -> boo
     };
     eprintln!("reload latency [{trigger}]: {} ms", took.as_millis());
     assert!(
-        took < SPEC_BOUND,
-        "[{trigger}] the change took {took:?} to be in force (the reference on live reload: within {SPEC_BOUND:?})"
+        took < RELOAD_BOUND,
+        "[{trigger}] the change took {took:?} to be in force (the reference on live reload: within {RELOAD_BOUND:?})"
     );
     took
 }
@@ -155,7 +155,7 @@ fn keys_errors_logged(proxy: &Proxy, n: usize) -> Vec<String> {
             .map(str::to_string)
             .collect()
     };
-    poll_until(SPEC_BOUND, || lines().len() >= n);
+    poll_until(RELOAD_BOUND, || lines().len() >= n);
     lines()
 }
 
@@ -562,7 +562,7 @@ fn no_request_fails_while_the_keys_file_churns() {
     let churn_time = started.elapsed();
     // The last version is in force: its key works, the one before is gone.
     assert!(
-        poll_until(SPEC_BOUND, || works(&proxy, &churn(REWRITES - 1))),
+        poll_until(RELOAD_BOUND, || works(&proxy, &churn(REWRITES - 1))),
         "the last version never came into force"
     );
     expect_openai_error(&proxy.chat(&churn(REWRITES - 2)), 401, "invalid_api_key");
