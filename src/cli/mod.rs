@@ -366,8 +366,12 @@ pub fn unmetered_route_warnings(
     let index = crate::diag::position::PositionIndex::new(&text);
     let mut out = Vec::new();
     for (i, spec) in config.routes.iter().enumerate() {
+        // `meter` counts POST answers and never an upgraded connection: a
+        // route where it could not be set gets no advice to set it.
         if spec.plane != Plane::Data
             || spec.meter.is_some()
+            || spec.upgrade.is_some()
+            || !spec.methods.iter().any(|m| m == "POST")
             || UsageApi::of_builtin(&spec.path).is_some()
             || is_opaque(&http::Method::POST, &spec.path)
         {

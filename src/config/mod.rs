@@ -656,6 +656,13 @@ impl Validator<'_> {
             raw.idle_timeout_ms,
             raw.max_client_connections,
         );
+        if raw.body_read_timeout_ms == 0 {
+            self.problem(
+                "body_read_timeout_ms",
+                "body_read_timeout_ms: must be at least 1 (milliseconds a read body may take \
+                 to arrive whole)",
+            );
+        }
         if raw.default_output_reservation > MAX_OUTPUT_RESERVATION {
             self.problem(
                 "default_output_reservation",
@@ -687,7 +694,7 @@ impl Validator<'_> {
             reload_poll_interval_ms: raw.reload_poll_interval_ms,
             max_inspect_body_bytes,
             max_data_body_bytes,
-            body_read_timeout_ms: raw.body_read_timeout_ms.max(1),
+            body_read_timeout_ms: raw.body_read_timeout_ms,
             header_read_timeout_ms: raw.header_read_timeout_ms,
             idle_timeout_ms: raw.idle_timeout_ms,
             max_client_connections,

@@ -485,6 +485,11 @@ fn limits_are_checked() {
             "config/scopegate.yaml:11:17: metrics_listen: `127.0.0.1:8080` is also a proxy listen address",
         ]
     );
+    let zero_timeout = format!("{MINIMAL}body_read_timeout_ms: 0\n");
+    assert_eq!(
+        errors(&zero_timeout),
+        vec!["config/scopegate.yaml:8:23: body_read_timeout_ms: must be at least 1 (milliseconds a read body may take to arrive whole)"]
+    );
     let big = format!("{MINIMAL}max_inspect_body_bytes: 67108865\n");
     assert_eq!(
         errors(&big),

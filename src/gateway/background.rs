@@ -94,6 +94,9 @@ impl BackgroundService for Drain {
             grace_s = self.grace.as_secs(),
             "SIGTERM: draining in-flight requests"
         );
+        if let Some(m) = crate::ops::metrics::metrics() {
+            m.draining.store(true, Ordering::Release);
+        }
         let start = Instant::now();
         // Let pingora stop its listeners first.
         tokio::time::sleep(Duration::from_millis(50)).await;

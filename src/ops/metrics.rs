@@ -59,6 +59,9 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Set once keys are loaded.
     pub ready: AtomicBool,
+    /// Set at SIGTERM: `/readyz` answers 503 `draining` from then on, so a
+    /// load balancer stops sending new requests while in-flight ones finish.
+    pub draining: AtomicBool,
     /// Set once the proxy listeners accept connections; `/readyz` needs both.
     pub listening: AtomicBool,
 }
@@ -149,6 +152,7 @@ impl Metrics {
             )?,
             ready: AtomicBool::new(false),
             listening: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         };
         for t in KeyType::ALL {
             m.keys.with_label_values(&[t.as_str()]).set(0);
@@ -231,15 +235,31 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
         );
         resp
     };
-    let ready = metrics()
-        .is_some_and(|m| m.ready.load(Ordering::Acquire) && m.listening.load(Ordering::Acquire));
     Ok(match (req.method().as_str(), req.uri().path()) {
         ("GET", "/metrics") => text(200, render(), "text/plain; version=0.0.4; charset=utf-8"),
         ("GET", "/healthz") => text(200, "ok\n".into(), "text/plain"),
-        ("GET", "/readyz") if ready => text(200, "ready\n".into(), "text/plain"),
-        ("GET", "/readyz") => text(503, "keys not loaded\n".into(), "text/plain"),
+        ("GET", "/readyz") => match readiness() {
+            None => text(200, "ready\n".into(), "text/plain"),
+            Some(why) => text(503, format!("{why}\n"), "text/plain"),
+        },
         _ => text(404, "not found\n".into(), "text/plain"),
     })
+}
+
+/// Why `/readyz` is not 200 yet (or no longer), or `None` when ready.
+fn readiness() -> Option<&'static str> {
+    let Some(m) = metrics() else {
+        return Some("starting");
+    };
+    if m.draining.load(Ordering::Acquire) {
+        Some("draining")
+    } else if !m.ready.load(Ordering::Acquire) {
+        Some("keys not loaded")
+    } else if !m.listening.load(Ordering::Acquire) {
+        Some("listeners not ready")
+    } else {
+        None
+    }
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the

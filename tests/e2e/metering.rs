@@ -276,7 +276,11 @@ fn check_warns_about_an_unmetered_data_route_a_counted_key_can_reach() {
   - { methods: [POST], path: "/openai/deployments/{d}/chat/completions", plane: data, scopes: [completions.write], meter: chat }
   - { methods: [POST], path: "/openai/deployments/{d}/completions", plane: data, scopes: [completions.write] }
   - { methods: [POST], path: "/v1/logs/bulk", plane: data, scopes: [logs.write] }
-  - { methods: [POST], path: "/v1/chat/completions", plane: data, scopes: [completions.write] }"#;
+  - { methods: [POST], path: "/v1/chat/completions", plane: data, scopes: [completions.write] }
+  - { methods: [GET], path: "/openai/realtime", plane: data, scopes: [completions.write], upgrade: websocket }
+  - { methods: [GET], path: "/openai/deployments/{d}/status", plane: data, scopes: [completions.write] }"#;
+    // The GET routes get no advice: `meter` counts POST answers only and
+    // never an upgraded connection, so it could not be set there.
     let builder = ProxyBuilder::new("http://127.0.0.1:9", "http://127.0.0.1:9")
         .keys(&keys())
         .config(routes);

@@ -31,6 +31,11 @@ fn sigterm_lets_an_in_flight_stream_finish_and_exits_zero() {
     // Sync point: once the listener is closed the signal has been handled.
     // Whether it closes at all is `sigterm_stops_accepting_new_connections`.
     let _ = poll_until(Duration::from_secs(5), || !accepts(proxy.addr()));
+    // While the stream drains, readiness says so: a load balancer stops
+    // sending new requests to this replica.
+    let ready = proxy.metrics_get("/readyz");
+    assert_eq!(ready.status, 503, "/readyz during the drain: {ready:?}");
+    assert_eq!(ready.text().trim(), "draining");
 
     stream.send("data: two\n\n");
     conn.read_until("data: two");
