@@ -196,7 +196,7 @@ fn headers_with<'h, 'a>(which: usize, one: &'h [&'a [u8]]) -> KeyHeaders<'h, 'a>
     h
 }
 
-/// Issue 14: the key presented in each of the four headers. `key_lookup_order`
+/// The key presented in each of the four headers. `key_lookup_order`
 /// is `presented_key` alone (which header wins, the reference on the decision order); `decision_by_header`
 /// is `presented_key` + `decide` for an allowed completion at 10,000 keys.
 fn bench_key_headers(c: &mut Criterion) {

@@ -7,7 +7,7 @@ Each cell is the median over the rounds, with the min–max spread in brackets w
 there was more than one round. "Added" latency is computed per round (proxy minus
 direct in the same round), then summarised the same way; so is the cost of scopegate
 over plain pingora (scopegate minus pingora in the same round), and the cost of
-accounting (scopegate+usage minus scopegate in the same round, issue 10).
+accounting (scopegate+usage minus scopegate in the same round).
 """
 import os
 import csv

@@ -1,4 +1,4 @@
-//! Issue #12: what an adversarial review found. Each test sends the exact
+//! What an adversarial review found. Each test sends the exact
 //! bytes and checks what the upstream received (or that it received
 //! nothing).
 
@@ -274,7 +274,7 @@ fn trace_logging_never_prints_a_secret() {
     let _ = std::io::empty().read(&mut [0u8; 1]);
 }
 
-/// Issue #12 item 8: a keys file written in place in two steps (1 s apart)
+/// A keys file written in place in two steps (1 s apart)
 /// never loads half-written; the finished file is in force soon after.
 #[test]
 fn a_keys_file_written_in_place_in_two_steps_never_loads_half() {

@@ -1,4 +1,4 @@
-//! Issue 12 item 5: protocol upgrades only on routes that opt in
+//! Protocol upgrades only on routes that opt in
 //! (`upgrade: websocket`). A raw TCP upstream answers a WebSocket handshake
 //! with `101` and then echoes bytes; the tests check what it received (or
 //! that it received nothing), that bytes pass both ways, and that a tunnel
