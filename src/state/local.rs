@@ -23,13 +23,15 @@
 //!     id               TEXT    NOT NULL,  -- key id or canonical workspace id
 //!     period           TEXT    NOT NULL,  -- e.g. '2026-11', '2026-11-30', 'all'
 //!     period_end_ms    INTEGER,           -- Unix ms when the period ends; NULL: never
-//!     input_tokens     INTEGER NOT NULL,
+//!     input_tokens     INTEGER NOT NULL,  -- all input, cached included
 //!     output_tokens    INTEGER NOT NULL,
 //!     cost_usd         REAL    NOT NULL,
 //!     estimated_tokens INTEGER NOT NULL,  -- of input+output, counted as estimated
 //!     reserved_tokens  INTEGER NOT NULL,  -- held by requests in flight at the last write
 //!     reserved_cost    REAL    NOT NULL,
 //!     updated_at_ms    INTEGER NOT NULL,  -- Unix ms of the last write
+//!     cached_input_tokens INTEGER NOT NULL, -- of input_tokens, read from a cache
+//!     cache_write_tokens  INTEGER NOT NULL, -- of input_tokens, written to a cache
 //!     PRIMARY KEY (scope, id, period)
 //! );
 //! -- e.g.: sqlite3 -readonly state.db "SELECT * FROM usage WHERE id = 'key_bot'"

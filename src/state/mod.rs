@@ -263,10 +263,14 @@ impl AdmitResult {
 /// A request's usage as the upstream reported it (or as estimated).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Charge {
-    /// Input tokens.
+    /// Input tokens, all of them.
     pub input: u64,
     /// Output tokens.
     pub output: u64,
+    /// Of `input`, tokens read from a cache.
+    pub cached_input: u64,
+    /// Of `input`, tokens written to a cache.
+    pub cache_write: u64,
     /// US dollars.
     pub cost: f64,
     /// No usage was reported; these are the proxy's estimates.
@@ -316,10 +320,15 @@ impl Admission {
 /// A subject's usage in one period, from memory.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct UsageNow {
-    /// Input tokens settled.
+    /// Input tokens settled (all of them: cached and cache-written ones
+    /// included).
     pub tokens_in: u64,
     /// Output tokens settled.
     pub tokens_out: u64,
+    /// Of `tokens_in`, read from a cache.
+    pub cached_input: u64,
+    /// Of `tokens_in`, written to a cache.
+    pub cache_write: u64,
     /// US dollars settled.
     pub cost: f64,
     /// Of `tokens_in + tokens_out`, how many were estimated.

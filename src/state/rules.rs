@@ -392,6 +392,8 @@ pub(crate) fn settle_part(
         if let Some(c) = charge {
             u.tokens_in += c.input;
             u.tokens_out += c.output;
+            u.cached_input += c.cached_input;
+            u.cache_write += c.cache_write;
             u.cost += c.cost;
             if c.estimated {
                 u.estimated_tokens += c.input + c.output;

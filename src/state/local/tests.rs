@@ -48,6 +48,7 @@ fn tokens(input: u64, output: u64) -> Charge {
         output,
         cost: 0.0,
         estimated: false,
+        ..Charge::default()
     }
 }
 
@@ -279,11 +280,14 @@ fn a_workspace_budget_refusal_takes_nothing_from_the_key() {
             output: 0,
             cost: 0.01,
             estimated: true,
+            cached_input: 4,
+            cache_write: 3,
         }),
         T0,
     );
     let u = store.usage(&SubjectId::workspace("w"), "all");
     assert_eq!((u.tokens_in, u.estimated_tokens, u.cost), (10, 10, 0.01));
+    assert_eq!((u.cached_input, u.cache_write), (4, 3));
     assert!(!u.exhausted(&subjects[1].usage.expect("limit")));
 }
 
@@ -366,6 +370,52 @@ fn usage_survives_a_reopen_and_reservations_do_not() {
     let report = store.report();
     assert_eq!(report.len(), 1);
     assert_eq!(report[0].subject, SubjectId::key("key_bot"));
+}
+
+#[test]
+fn the_cache_split_persists_and_an_older_file_gains_its_columns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.db");
+    {
+        // A state file as an older scopegate wrote it: no cache columns.
+        let conn = rusqlite::Connection::open(&path).expect("create");
+        conn.execute_batch(
+            "CREATE TABLE usage (scope TEXT NOT NULL, id TEXT NOT NULL, period TEXT NOT NULL,
+                period_end_ms INTEGER, input_tokens INTEGER NOT NULL DEFAULT 0,
+                output_tokens INTEGER NOT NULL DEFAULT 0, cost_usd REAL NOT NULL DEFAULT 0,
+                estimated_tokens INTEGER NOT NULL DEFAULT 0,
+                reserved_tokens INTEGER NOT NULL DEFAULT 0,
+                reserved_cost REAL NOT NULL DEFAULT 0,
+                updated_at_ms INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (scope, id, period));
+             INSERT INTO usage (scope, id, period, input_tokens) VALUES ('key', 'k', 'all', 7);",
+        )
+        .expect("old schema");
+    }
+    let rows = read_usage_report(&path).expect("an old file reads");
+    assert_eq!(
+        (rows[0].usage.tokens_in, rows[0].usage.cached_input),
+        (7, 0)
+    );
+    let k = key("k");
+    {
+        let store = LocalStore::open(&path).expect("open upgrades");
+        let (a, _) = admitted(store.admit_now(&AdmitRequest {
+            subjects: std::slice::from_ref(&k),
+            estimate: est(5),
+        }));
+        let mut c = tokens(100, 1);
+        c.cached_input = 60;
+        c.cache_write = 30;
+        store.settle(a, c);
+        store.flush_now().expect("flush");
+    }
+    let rows = read_usage_report(&path).expect("read");
+    let u = &rows[0].usage;
+    assert_eq!((u.tokens_in, u.cached_input, u.cache_write), (107, 60, 30));
+    let store = LocalStore::open(&path).expect("reopen");
+    let u = store.usage(&SubjectId::key("k"), "all");
+    assert_eq!((u.cached_input, u.cache_write), (60, 30));
 }
 
 #[test]
