@@ -9,7 +9,7 @@ use crate::decision::request::{self, BodyWorkspace, Media, Presented, Upgrade};
 use crate::decision::routes::{PathMatch, Plane, Route, RouteIdx, RouteTable};
 use crate::identity::keys::{KeyIdx, KeyStatus, Snapshot, UnixMillis, WsIdx};
 use crate::limits::UsageApi;
-use crate::limits::{Limits, Scope, UsageLimit};
+use crate::limits::{Limits, PriceTable, Scope, UsageKind, UsageLimit};
 
 /// What the decision knows about a request body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,7 +210,8 @@ fn steps(
     v.workspace = workspace(snap, key_idx, &m, body_ws, facts)?;
     // 7. Data plane: the body where limits need it, models, metering.
     if route.plane == Plane::Data {
-        v.spend = Some(data_plane(facts, route, key_limits, ws_limits)?);
+        let prices = snap.model_prices();
+        v.spend = Some(data_plane(facts, route, (key_limits, ws_limits), prices)?);
     }
     Ok(())
 }
@@ -562,12 +563,13 @@ fn named_workspace(
 /// type the proxy cannot read on an inference route, 413, 400
 /// `invalid_json`), then the model allowlists (400 `missing_model`, 403
 /// `model_not_allowed`), then tokens the proxy cannot see (403
-/// `usage_not_metered`). Returns what accounting needs.
+/// `usage_not_metered`), then, for a cost budget, models without a price
+/// (403 `model_not_priced`). Returns what accounting needs.
 fn data_plane(
     facts: &RequestFacts<'_>,
     route: &Route,
-    key_limits: &Limits,
-    ws_limits: Option<&Limits>,
+    (key_limits, ws_limits): (&Limits, Option<&Limits>),
+    prices: &PriceTable,
 ) -> Step<Spend> {
     let lists: Vec<&[std::sync::Arc<str>]> = [Some(key_limits), ws_limits]
         .into_iter()
@@ -586,6 +588,24 @@ fn data_plane(
         .map(|m| m.into_owned())
         .collect();
     let background = read_data_body(facts, media, &mut spend, &mut named)?;
+    // A model named only by the query is the request's model too: it
+    // prices the reservation, and settlement when the answer names none.
+    if spend.model.is_none() {
+        spend.model = named.first().cloned();
+    }
+    // A cost budget counts only priced models: on a counted route the
+    // request names its model, and every model it names has a price.
+    let cost_limited = [Some(key_limits), ws_limits]
+        .into_iter()
+        .flatten()
+        .any(|l| l.usage.is_some_and(|u| u.kind == UsageKind::Cost))
+        && route.usage.is_some();
+    if cost_limited && named.is_empty() && lists.is_empty() {
+        return Err(deny(
+            ErrorCode::MissingModel,
+            "This API key or its workspace has a cost budget: the request must name its `model`.",
+        ));
+    }
     if !lists.is_empty() {
         models_allowed(facts, route, &lists, &named)?;
     }
@@ -602,6 +622,21 @@ fn data_plane(
                  has token rate limits or a usage limit."
             ),
         ));
+    }
+    if cost_limited {
+        if let Some(m) = named
+            .iter()
+            .find(|m| crate::limits::price::price_for(prices, m).is_none())
+        {
+            return Err(deny(
+                ErrorCode::ModelNotPriced,
+                format!(
+                    "The model `{}` has no price, and this API key or its workspace has a cost \
+                     budget: only priced models may be used.",
+                    crate::identity::keys::build::shown(m)
+                ),
+            ));
+        }
     }
     spend.counted = counts && route.usage.is_some();
     Ok(spend)
