@@ -22,6 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::limits::rate::{Quota, RateLimit};
+use crate::limits::view::Reading;
 use crate::limits::{RateKind, Refusal, Scope, TokenRate, UsageKind, UsageLimit};
 
 pub use local::LocalStore;
@@ -429,6 +430,12 @@ pub trait CounterStore: Send + Sync {
 
     /// A subject's usage in `period_key`, from memory (no I/O).
     fn usage(&self, subject: &SubjectId, period_key: &str) -> UsageNow;
+
+    /// The state of each subject's limits (a key's own view), from the
+    /// counters the checks use: local memory, or Redis in one round trip
+    /// (at most `timeout_ms`). Takes nothing. `None` when the shared store
+    /// cannot be read.
+    async fn read(&self, subjects: &[SubjectLimits]) -> Option<Vec<Reading>>;
 
     /// Writes what is pending (SQLite rows, queued Redis settlements); called
     /// at SIGTERM. Waits at most a few seconds.

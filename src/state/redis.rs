@@ -62,11 +62,13 @@ use redis::{Script, Value};
 use tokio::sync::mpsc;
 
 use super::local::LocalStore;
+use super::rules;
 use super::{
     Admission, AdmitRequest, AdmitResult, Charge, CounterStore, Origin, Part, Quotas, RateKind,
     StateError, StateMetrics, SubjectId, SubjectLimits, TokenQuota, UsageNow, UsageRow,
 };
 use crate::limits::rate::Quota;
+use crate::limits::view::Reading;
 use crate::limits::UsageKind;
 
 /// What to do when Redis is slow or down.
@@ -353,6 +355,38 @@ end
 return #KEYS / 2
 "#;
 
+/// A key's own view: reads, changes nothing. KEYS as for admission; ARGV:
+/// n, then per subject: nreq, ntok. Returns {now_us, then per subject: nreq
+/// request TATs, ntok token TATs, live leases, reserved tokens, reserved
+/// cost, in, out, cost}.
+pub const VIEW_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_ms = math.floor(now / 1000)
+local n = tonumber(ARGV[1])
+local out = {now}
+for i = 1, n do
+  local rate, lease, res, usage = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
+  local nreq, ntok = tonumber(ARGV[2*i]), tonumber(ARGV[2*i+1])
+  for j = 1, nreq do out[#out+1] = tonumber(redis.call('HGET', rate, 'r' .. j)) or 0 end
+  for j = 1, ntok do out[#out+1] = tonumber(redis.call('HGET', rate, 't' .. j)) or 0 end
+  local live = redis.call('ZRANGEBYSCORE', lease, '(' .. now_ms, '+inf')
+  local rt, rc = 0, 0
+  for _, m in ipairs(live) do
+    local v = redis.call('HGET', res, m)
+    local sp = v and string.find(v, ' ', 1, true)
+    if sp then
+      rt = rt + (tonumber(string.sub(v, 1, sp - 1)) or 0)
+      rc = rc + (tonumber(string.sub(v, sp + 1)) or 0)
+    end
+  end
+  local u = redis.call('HMGET', usage, 'in', 'out', 'cost')
+  out[#out+1] = #live; out[#out+1] = rt; out[#out+1] = tostring(rc)
+  out[#out+1] = tonumber(u[1]) or 0; out[#out+1] = tonumber(u[2]) or 0; out[#out+1] = u[3] or '0'
+end
+return out
+"#;
+
 /// The four keys of one subject.
 struct SubjectKeys {
     rate: String,
@@ -434,6 +468,7 @@ struct Inner {
     admit_script: Script,
     settle_script: Script,
     renew_script: Script,
+    view_script: Script,
     fallback: LocalStore,
     metrics: Arc<dyn StateMetrics>,
     replica: String,
@@ -520,6 +555,7 @@ impl RedisStore {
             admit_script: Script::new(ADMIT_LUA),
             settle_script: Script::new(SETTLE_LUA),
             renew_script: Script::new(RENEW_LUA),
+            view_script: Script::new(VIEW_LUA),
             fallback: LocalStore::in_memory(),
             metrics,
             replica: hex::encode(replica),
@@ -659,6 +695,63 @@ impl RedisStore {
         };
         self.note_success();
         Ok(self.read_admit(req, &values, id, member, &fps, &keys))
+    }
+
+    /// [`CounterStore::read`]: one round trip of [`VIEW_LUA`], at most
+    /// `timeout_ms`.
+    async fn read_redis(&self, subjects: &[SubjectLimits]) -> Option<Vec<Reading>> {
+        let inner = &self.inner;
+        let mut keys = Vec::with_capacity(subjects.len() * 4);
+        let mut args = vec![subjects.len().to_string()];
+        for s in subjects {
+            let k = subject_keys(&inner.cfg.key_prefix, s, s.rate_fingerprint());
+            keys.extend([k.rate, k.lease, k.res, k.usage]);
+            args.push(s.requests.len().to_string());
+            args.push(s.tokens.len().to_string());
+        }
+        let task_inner = inner.clone();
+        let local = runtime_conn(inner);
+        let on_this_runtime = local.is_some();
+        let call = async move {
+            let mut conn = local.unwrap_or_else(|| task_inner.conn.clone());
+            let mut inv = task_inner.view_script.prepare_invoke();
+            for k in &keys {
+                inv.key(k);
+            }
+            for a in &args {
+                inv.arg(a);
+            }
+            inv.invoke_async::<Vec<Value>>(&mut conn).await
+        };
+        let started = Instant::now();
+        let outcome = if on_this_runtime {
+            tokio::time::timeout(inner.cfg.timeout, call).await
+        } else {
+            let handle = self.spawn(call)?;
+            tokio::time::timeout(inner.cfg.timeout, async move {
+                match handle.await {
+                    Ok(r) => r,
+                    Err(e) => Err(std::io::Error::other(e.to_string()).into()),
+                }
+            })
+            .await
+        };
+        inner
+            .metrics
+            .round_trip("view", started.elapsed().as_secs_f64());
+        let values = match outcome {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                self.note_failure("view", &e.to_string());
+                return None;
+            }
+            Err(_) => {
+                self.note_failure("view", "timed out");
+                return None;
+            }
+        };
+        self.note_success();
+        Some(read_view(subjects, &values))
     }
 
     fn read_admit(
@@ -894,6 +987,40 @@ impl RedisStore {
             }
         }
     }
+}
+
+/// The readings in a [`VIEW_LUA`] answer (Redis's clock, microseconds).
+fn read_view(subjects: &[SubjectLimits], v: &[Value]) -> Vec<Reading> {
+    let at = |i: usize| v.get(i).map_or(0, int).max(0) as u64;
+    let now = at(0).saturating_mul(1000);
+    let mut i = 1;
+    let mut out = Vec::with_capacity(subjects.len());
+    for s in subjects {
+        let mut r = Reading::default();
+        for l in &s.requests {
+            r.requests
+                .push(rules::request_reading(l, at(i).saturating_mul(1000), now));
+            i += 1;
+        }
+        for l in &s.tokens {
+            r.tokens
+                .push(rules::token_reading(l, at(i).saturating_mul(1000), now));
+            i += 1;
+        }
+        let u = UsageNow {
+            tokens_in: at(i + 3),
+            tokens_out: at(i + 4),
+            cost: v.get(i + 5).map_or(0.0, float),
+            reserved_tokens: at(i + 1),
+            reserved_cost: v.get(i + 2).map_or(0.0, float),
+            ..UsageNow::default()
+        };
+        r.in_flight = u32::try_from(at(i)).unwrap_or(u32::MAX);
+        r.usage = s.usage.map(|limit| rules::usage_reading(limit.kind, &u));
+        i += 6;
+        out.push(r);
+    }
+    out
 }
 
 fn int(v: &Value) -> i64 {
@@ -1266,6 +1393,17 @@ impl CounterStore for RedisStore {
                 period_key: Arc::from(period_key),
                 ..UsageNow::default()
             })
+    }
+
+    async fn read(&self, subjects: &[SubjectLimits]) -> Option<Vec<Reading>> {
+        if subjects.is_empty() {
+            return Some(Vec::new());
+        }
+        // While Redis is down, one caller per probe interval tries it.
+        if !self.should_try() {
+            return None;
+        }
+        self.read_redis(subjects).await
     }
 
     async fn flush(&self) {

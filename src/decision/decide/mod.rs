@@ -5,6 +5,7 @@
 use http::Method;
 
 use crate::decision::errors::{Denial, ErrorCode, ErrorShape};
+use crate::decision::key_view;
 use crate::decision::request::{self, BodyWorkspace, Media, Presented, Upgrade};
 use crate::decision::routes::{PathMatch, Plane, Route, RouteIdx, RouteTable};
 use crate::identity::keys::{KeyIdx, KeyStatus, Snapshot, UnixMillis, WsIdx};
@@ -104,6 +105,14 @@ pub enum Outcome {
     ReadBody,
     /// Refuse it.
     Deny(Denial),
+    /// `GET /v1/scopegate/key` by a valid key: the proxy answers with the
+    /// key's own view (`decision::key_view`), never forwarded, counted in
+    /// no limit.
+    KeyView {
+        /// When the presented secret stops working (a secret under
+        /// rotation), if it does.
+        secret_expires: Option<UnixMillis>,
+    },
 }
 
 /// The verdict with what was learnt on the way (for headers, logs, metrics).
@@ -134,6 +143,8 @@ enum Stop {
     Deny(Denial),
     /// A step needs the body: read it and decide again.
     ReadBody,
+    /// The proxy answers with the key's own view.
+    KeyView(Option<UnixMillis>),
 }
 
 /// What a step gives the next one, or why the decision stops.
@@ -182,6 +193,7 @@ fn decide_inner(
         Ok(()) => {}
         Err(Stop::Deny(d)) => v.outcome = Outcome::Deny(d),
         Err(Stop::ReadBody) => v.outcome = Outcome::ReadBody,
+        Err(Stop::KeyView(secret_expires)) => v.outcome = Outcome::KeyView { secret_expires },
     }
     v
 }
@@ -200,6 +212,10 @@ fn steps(
     let path_match = canonical(table, facts, v)?;
     // 2. A known key, not expired, not revoked (401, 403).
     let key_idx = identify(snap, facts, known, v)?;
+    // The key's own view: valid credentials are all it needs.
+    if facts.path == key_view::PATH {
+        return Err(own_view(facts, key_idx, snap));
+    }
     // 3. A route for the path and the method, upgrades where allowed (404, 405, 400).
     let (m, route) = route_and_method(table, path_match, facts, v)?;
     // 4. The key may call it: key type, budget, scopes, tunnels (403, 412).
@@ -232,7 +248,16 @@ fn canonical<'t, 'p>(
             format!("Invalid path: {reason}."),
         ));
     }
-    let path_match = table.match_path(facts.path);
+    if facts.path == key_view::PATH {
+        // Answered by the proxy whatever the route table holds.
+        v.plane = Some(Plane::Data);
+        v.pattern = Some(std::sync::Arc::from(key_view::PATH));
+    }
+    let path_match = if facts.path == key_view::PATH {
+        None
+    } else {
+        table.match_path(facts.path)
+    };
     if let Some(m) = &path_match {
         if m.entry.control {
             v.shape = ErrorShape::Portkey;
@@ -302,6 +327,42 @@ fn identify(
         ));
     }
     Ok(key_idx)
+}
+
+/// The key's own view, once the credentials passed: `GET` only (405 with
+/// `Allow` otherwise, and no upgrade); no scope is needed.
+fn own_view(facts: &RequestFacts<'_>, key_idx: KeyIdx, snap: &Snapshot) -> Stop {
+    if *facts.method != Method::GET || facts.upgrade != Upgrade::None {
+        if *facts.method == Method::GET {
+            return deny(
+                ErrorCode::UpgradeNotAllowed,
+                "Protocol upgrades are not taken on this route.",
+            );
+        }
+        let mut d = Denial::new(
+            ErrorCode::MethodNotAllowed,
+            format!(
+                "Method {} is not allowed on {}; allowed: GET.",
+                facts.method,
+                key_view::PATH
+            ),
+        );
+        d.allow = Some(std::sync::Arc::from("GET"));
+        return Stop::Deny(d);
+    }
+    Stop::KeyView(secret_expiry(snap, facts, key_idx))
+}
+
+/// When the presented secret stops working, if it does (`None` for a key
+/// `explain` names by id).
+fn secret_expiry(snap: &Snapshot, facts: &RequestFacts<'_>, key_idx: KeyIdx) -> Option<UnixMillis> {
+    match facts.key {
+        Presented::Secret(secret) => snap
+            .lookup(&crate::identity::keys::digest(secret))
+            .filter(|(k, _)| *k == key_idx)
+            .and_then(|(_, entry)| entry.expires_at),
+        _ => None,
+    }
 }
 
 /// Step 3: a route for the path (404) and the method (405, with `Allow`),

@@ -165,6 +165,7 @@ fn code(v: &Verdict) -> &'static str {
     match &v.outcome {
         Outcome::Allow => "allow",
         Outcome::ReadBody => "read_body",
+        Outcome::KeyView { .. } => "key_view",
         Outcome::Deny(d) => d.code.as_str(),
     }
 }
@@ -1326,4 +1327,53 @@ fn a_cost_budget_needs_a_named_and_priced_model_on_counted_routes() {
         ),
     );
     assert_eq!(v.spend.and_then(|s| s.model).as_deref(), Some("o1"));
+}
+
+#[test]
+fn the_key_view_needs_valid_credentials_and_nothing_else() {
+    let w = world();
+    let view = "/v1/scopegate/key";
+    for (r, want) in [
+        // Every key type, whatever its scopes or status on the data plane.
+        (req("GET", view, "admin"), "key_view"),
+        (req("GET", view, "bot"), "key_view"),
+        (req("GET", view, "alice"), "key_view"),
+        (req("GET", view, "models"), "key_view"),
+        (req("GET", view, "exhausted"), "key_view"),
+        (req("GET", "/v1/scopegate/key?x=1", "bot"), "key_view"),
+        // The credential steps apply.
+        (req("GET", view, ""), "missing_api_key"),
+        (req("GET", view, "nobody"), "invalid_api_key"),
+        (req("GET", view, "old"), "expired_api_key"),
+        (req("GET", view, "rot-old"), "expired_api_key"),
+        (req("GET", view, "revoked"), "revoked_api_key"),
+        // GET only; other paths under it are not it.
+        (req("POST", view, "bot"), "method_not_allowed"),
+        (req("GET", "/v1/scopegate/key/", "bot"), "route_not_found"),
+        (req("GET", "/v1/scopegate//key", "bot"), "invalid_path"),
+    ] {
+        let v = run(&w, &r);
+        assert_eq!(code(&v), want, "{} {}", r.method, r.path);
+        if want == "key_view" {
+            assert_eq!(v.shape, ErrorShape::OpenAi);
+            assert_eq!(v.pattern.as_deref(), Some(view));
+            assert!(v.spend.is_none(), "nothing to count");
+        }
+    }
+    let post = run(&w, &req("POST", view, "bot"));
+    match &post.outcome {
+        Outcome::Deny(d) => assert_eq!(d.allow.as_deref(), Some("GET")),
+        other => panic!("{other:?}"),
+    }
+    // The presented secret's end under rotation is the view's to show.
+    match run(&w, &req("GET", view, "rot-grace")).outcome {
+        Outcome::KeyView { secret_expires } => {
+            assert_eq!(secret_expires, Some(4_070_908_800_000));
+        }
+        other => panic!("{other:?}"),
+    }
+    match run(&w, &req("GET", view, "rot-new")).outcome {
+        Outcome::KeyView { secret_expires } => assert_eq!(secret_expires, None),
+        other => panic!("{other:?}"),
+    }
 }

@@ -519,3 +519,40 @@ fn an_unwritable_directory_is_named_clearly() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_read_shows_what_the_checks_see_and_takes_nothing() {
+    use crate::limits::rate::RateLimit;
+    let store = LocalStore::in_memory();
+    let mut k = key("k");
+    k.requests = vec![RateLimit {
+        value: 60,
+        period: Duration::from_secs(60),
+    }];
+    k.tokens = vec![tpm(1000)];
+    k.usage = token_budget(500.0);
+    k.max_concurrent = Some(3);
+    let subjects = [k.clone(), ws("w")];
+    // Nothing yet: every limit whole.
+    let fresh = store.read_at(&subjects, T0);
+    assert_eq!(fresh[0].requests[0].remaining, 60);
+    assert_eq!(fresh[0].tokens[0].remaining, 1000);
+    assert_eq!(fresh[0].in_flight, 0);
+    assert_eq!(fresh[1], crate::limits::view::Reading::default());
+    let (done, _) = admitted(admit(&store, &subjects, est(100), T0));
+    store.finish_at(done, Some(&tokens(30, 10)), T0);
+    let (_held, _) = admitted(admit(&store, &subjects, est(100), T0));
+    let r = store.read_at(&subjects, T0);
+    assert_eq!(r[0].requests[0].remaining, 58, "two requests");
+    assert_eq!(r[0].requests[0].reset, Duration::from_secs(2));
+    assert_eq!(r[0].tokens[0].remaining, 1000 - 40 - 100);
+    let u = r[0].usage.expect("usage");
+    assert_eq!((u.used, u.reserved), (40.0, 100.0));
+    assert_eq!(r[0].in_flight, 1, "the held request's slot");
+    // Reading took nothing: a second read is the same.
+    assert_eq!(store.read_at(&subjects, T0), r);
+    // Time gives the rate limits back.
+    let later = store.read_at(&subjects, T0 + 60 * SEC);
+    assert_eq!(later[0].requests[0].remaining, 60);
+    assert_eq!(later[0].tokens[0].remaining, 1000);
+}
