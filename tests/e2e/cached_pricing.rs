@@ -497,3 +497,20 @@ fn check_warns_about_an_allowlist_pattern_no_price_covers() {
         "{run:?}"
     );
 }
+
+#[test]
+fn usage_against_a_config_whose_state_file_does_not_exist_says_so() {
+    let up = Upstreams::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Proxy::builder(&up)
+        .keys(&keys())
+        .write_files(dir.path(), (1, 2));
+    let run = run_scopegate(dir.path(), &["usage", "--config", config.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("state.db does not exist")
+            && run.stderr.contains(&*dir.path().to_string_lossy()),
+        "names the file it looked for: {run:?}"
+    );
+    assert!(run.stdout.is_empty(), "no zeros printed: {run:?}");
+}

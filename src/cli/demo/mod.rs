@@ -60,7 +60,10 @@ fn demo_files() -> std::io::Result<DemoFiles> {
         if line.starts_with("keys_file:") {
             out.push_str(&format!("keys_file: {}", quoted(&keys)));
         } else if line.starts_with("state:") {
-            out.push_str(&format!("state: {{ backend: local, path: {} }}", quoted(&state)));
+            out.push_str(&format!(
+                "state: {{ backend: local, path: {} }}",
+                quoted(&state)
+            ));
         } else {
             out.push_str(line);
         }
@@ -145,7 +148,8 @@ fn print_walkthrough(listen: &str, metrics: Option<&str>, config: &Path) {
     // `max_tokens` keeps each call's reservation small: without it a call
     // reserves `default_output_reservation` (4096) tokens, more than the
     // budget key's whole budget.
-    let chat = r#"{"model":"gpt-4o-mini","max_tokens":20,"messages":[{"role":"user","content":"Hello"}]}"#;
+    let chat =
+        r#"{"model":"gpt-4o-mini","max_tokens":20,"messages":[{"role":"user","content":"Hello"}]}"#;
     let cached = r#"{"model":"gpt-4o-mini","max_tokens":20,"messages":[{"role":"system","content":"You are the research team's assistant. Answer briefly, cite the team wiki, and never guess a figure you cannot source."},{"role":"user","content":"Hello"}]}"#;
     let ws = "-H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=='";
     let stream =
@@ -175,7 +179,9 @@ fn print_walkthrough(listen: &str, metrics: Option<&str>, config: &Path) {
     println!();
     println!("# 7. A small token budget: 100 tokens a month, ~24 used and ~41 reserved a call: 200, 200, 200, then 412 budget_exhausted");
     println!("for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}}\\n' {base}/v1/chat/completions -H 'x-portkey-api-key: {BUDGET}' -H 'Content-Type: application/json' -d '{chat}'; done");
-    println!("#    What the key has left, without spending a request: its own view (never forwarded)");
+    println!(
+        "#    What the key has left, without spending a request: its own view (never forwarded)"
+    );
     println!("curl -s {base}/v1/scopegate/key -H 'x-portkey-api-key: {BUDGET}'");
     println!();
     println!("# 8. A key restricted to gpt-4o-mini asks for gpt-4o (403 model_not_allowed), in the body or ?model=");

@@ -1435,6 +1435,21 @@ mod tests {
     }
 
     #[test]
+    fn the_system_messages_are_what_the_mock_reports_as_cached() {
+        let messages = json!([
+            {"role": "system", "content": "abcdefgh"},
+            {"role": "user", "content": "hello there"},
+            {"role": "system", "content": "ijkl"},
+        ]);
+        assert_eq!(cached_system_tokens(&messages), 3);
+        assert_eq!(
+            cached_system_tokens(&json!([{"role": "user", "content": "x"}])),
+            0
+        );
+        assert_eq!(cached_system_tokens(&Value::Null), 0);
+    }
+
+    #[test]
     fn split_words_keeps_the_text_and_the_piece_count() {
         let text = "one two three four five six seven";
         let pieces = split_words(text, 5);
