@@ -92,6 +92,15 @@ fn every_field_of_the_reference_example() {
     let secret_end = 1_797_724_800_000; // 2026-12-20
     let body = render(&table, &snap, k, Some(secret_end), &readings, NOW);
     let v: Value = serde_json::from_str(&body).expect("json");
+    // The reference's field order, for people reading it with curl.
+    assert!(
+        body.starts_with(r#"{"key":{"id":"key_bot","name":"Research bot","type":"workspace-service","organisation_id":"org_acme""#),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"{"scope":"key","type":"usage","kind":"tokens","limit":10000000,"used":1234567,"reserved":4196,"remaining":8761237,"period":"2026-12","resets_at":"2027-01-01T00:00:00Z"}"#),
+        "{body}"
+    );
     assert_eq!(v["key"]["id"], "key_bot");
     assert_eq!(v["key"]["name"], "Research bot");
     assert_eq!(v["key"]["type"], "workspace-service");
