@@ -13,6 +13,7 @@ mod e2e {
     pub mod otlp;
     pub mod upstream;
 
+    mod cached_pricing;
     mod cli;
     mod connections;
     mod decision;
@@ -20,6 +21,7 @@ mod e2e {
     mod hostile;
     mod identity_cli;
     mod key_headers;
+    mod key_view;
     mod keytools;
     mod metering;
     mod metering_answers;

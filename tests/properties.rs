@@ -440,6 +440,13 @@ proptest! {
                     prop_assert!(v.key.is_none());
                 }
             }
+            Outcome::KeyView { .. } => {
+                // Answered by the proxy itself, never forwarded: only for a
+                // known key on the one path it answers.
+                prop_assert!(v.key.is_some());
+                prop_assert_eq!(r.path.as_str(), scopegate::decision::key_view::PATH);
+                prop_assert_eq!(&r.method, &Method::GET);
+            }
             Outcome::ReadBody => unreachable!(),
         }
     }

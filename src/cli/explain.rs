@@ -140,6 +140,10 @@ fn print(config: &Config, table: &RouteTable, snap: &Snapshot, key: &Key, verdic
         }
         return;
     }
+    if let Outcome::KeyView { .. } = &verdict.outcome {
+        println!("decision:  answered by the proxy: the key's own view (never forwarded, no limit counted)");
+        return;
+    }
     let upstream = match verdict.plane {
         Some(Plane::Control) => ("admin", &config.upstreams.admin.url),
         _ => ("completions", &config.upstreams.completions.url),

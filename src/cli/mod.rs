@@ -4,6 +4,7 @@
 
 pub mod demo;
 mod explain;
+mod price_warnings;
 mod usage_cmd;
 
 use std::io::{Read, Write};
@@ -178,6 +179,9 @@ fn serve(path: &Path) -> ExitCode {
     for w in unmetered_route_warnings(&config, &table, &snap) {
         tracing::warn!(route = w.message.as_str(), "extra route is not metered");
     }
+    for w in price_warnings::unpriced_model_warnings(&config.keys_file, &snap) {
+        tracing::warn!(problem = %w, "model allowlist pattern without a price");
+    }
     match crate::gateway::server::serve(config, table, KeyStore::new(snap)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -204,6 +208,9 @@ fn check(path: &Path) -> ExitCode {
     match loaded {
         Ok((config, table, snap, tls, jwks)) => {
             for w in unmetered_route_warnings(&config, &table, &snap) {
+                eprintln!("{w}");
+            }
+            for w in price_warnings::unpriced_model_warnings(&config.keys_file, &snap) {
                 eprintln!("{w}");
             }
             let tls = match tls {

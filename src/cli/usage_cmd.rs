@@ -75,7 +75,18 @@ fn read_rows(
 ) -> Result<Vec<UsageRow>, String> {
     match &config.state.redis {
         None => {
-            crate::state::local::read_usage_report(&config.state.path).map_err(|e| e.to_string())
+            let path = &config.state.path;
+            // A missing file is no usage to report: most often the config
+            // read is not the one the proxy runs with, and zeros would
+            // pass for "nothing spent".
+            if !path.exists() {
+                return Err(format!(
+                    "state file {} does not exist: no proxy has counted usage with this config \
+                     (is it the config the proxy runs with? `state.path` names the file)",
+                    path.display()
+                ));
+            }
+            crate::state::local::read_usage_report(path).map_err(|e| e.to_string())
         }
         Some(r) => {
             let mut cfg = crate::state::RedisConfig::new(r.url.clone());
@@ -175,6 +186,8 @@ pub fn run(
                     "used": l.usage.used(l.limit.kind),
                     "used_tokens": l.usage.tokens_in + l.usage.tokens_out,
                     "input_tokens": l.usage.tokens_in,
+                    "cached_input_tokens": l.usage.cached_input,
+                    "cache_write_tokens": l.usage.cache_write,
                     "output_tokens": l.usage.tokens_out,
                     "estimated_tokens": l.usage.estimated_tokens,
                     "cost_usd": l.usage.cost,
@@ -196,19 +209,21 @@ pub fn run(
         return ExitCode::SUCCESS;
     }
     println!(
-        "{:<10} {:<24} {:<7} {:>14} {:>14} {:>12} {:>12} {:<10} resets",
-        "scope", "id", "type", "used", "limit", "tokens", "cost_usd", "period"
+        "{:<10} {:<24} {:<7} {:>14} {:>14} {:>12} {:>10} {:>10} {:>12} {:<10} resets",
+        "scope", "id", "type", "used", "limit", "tokens", "cached", "written", "cost_usd", "period"
     );
     for l in &lines {
         let resets = l.period.end_ms.map_or_else(|| "never".to_string(), rfc3339);
         println!(
-            "{:<10} {:<24} {:<7} {:>14} {:>14} {:>12} {:>12.6} {:<10} {} (reserved now: {} tokens, ${:.6})",
+            "{:<10} {:<24} {:<7} {:>14} {:>14} {:>12} {:>10} {:>10} {:>12.6} {:<10} {} (reserved now: {} tokens, ${:.6})",
             l.subject.scope.as_str(),
             &*l.subject.id,
             l.limit.kind.as_str(),
             format_amount(l.usage.used(l.limit.kind)),
             format_amount(l.limit.credit_limit),
             l.usage.tokens_in + l.usage.tokens_out,
+            l.usage.cached_input,
+            l.usage.cache_write,
             l.usage.cost,
             l.period.key,
             resets,
@@ -233,6 +248,10 @@ fn format_amount(v: f64) -> String {
 pub fn current_usage(config: &Config, snap: &Snapshot) -> HashMap<(Scope, Arc<str>), UsageNow> {
     let now = crate::identity::keys::now_millis();
     let subjects = subjects(snap, None, None, now);
+    if config.state.redis.is_none() && !config.state.path.exists() {
+        // Nothing counted yet with this config: nothing used.
+        return HashMap::new();
+    }
     let rows = match read_rows(config, &subjects) {
         Ok(r) => r,
         Err(e) => {

@@ -59,6 +59,9 @@ pub enum ErrorCode {
     /// 403: a key whose tokens are counted asks for tokens the proxy cannot
     /// see (batches, stored-prompt completions, background responses).
     UsageNotMetered,
+    /// 403: a key or workspace with a cost budget names a model no
+    /// `model_prices` pattern prices.
+    ModelNotPriced,
     /// 429: rate limit exceeded.
     RateLimited,
     /// 429: `max_concurrent_requests` of the key already in flight.
@@ -89,7 +92,7 @@ impl ErrorCode {
             | UpgradeNotAllowed | MissingModel => 400,
             MissingApiKey | InvalidApiKey | ExpiredApiKey | RevokedApiKey => 401,
             AdminKeyNotAllowed | MissingScope | WorkspaceMismatch | ModelNotAllowed
-            | UsageNotMetered => 403,
+            | UsageNotMetered | ModelNotPriced => 403,
             RouteNotFound | WorkspaceNotFound => 404,
             MethodNotAllowed => 405,
             BudgetExhausted => 412,
@@ -129,6 +132,7 @@ impl ErrorCode {
             MissingModel => "missing_model",
             ModelNotAllowed => "model_not_allowed",
             UsageNotMetered => "usage_not_metered",
+            ModelNotPriced => "model_not_priced",
             RateLimited => "rate_limited",
             ConcurrencyLimited => "concurrency_limited",
             LimitsUnavailable => "limits_unavailable",
@@ -162,7 +166,7 @@ impl ErrorCode {
     }
 
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 27] = {
+    pub const ALL: [ErrorCode; 28] = {
         use ErrorCode::*;
         [
             InvalidPath,
@@ -187,6 +191,7 @@ impl ErrorCode {
             MissingModel,
             ModelNotAllowed,
             UsageNotMetered,
+            ModelNotPriced,
             RateLimited,
             ConcurrencyLimited,
             LimitsUnavailable,

@@ -6,5 +6,6 @@
 pub mod decide;
 pub mod errors;
 pub mod headers;
+pub mod key_view;
 pub mod request;
 pub mod routes;

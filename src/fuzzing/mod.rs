@@ -774,6 +774,7 @@ pub fn content_type(data: &[u8]) {
     let code = |o: &Outcome| match o {
         Outcome::Allow => "allow",
         Outcome::ReadBody => "read_body",
+        Outcome::KeyView { .. } => "key_view",
         Outcome::Deny(d) => d.code.as_str(),
     };
     let unread = Body::Unread {

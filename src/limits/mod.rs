@@ -15,7 +15,9 @@
 //! - [`percent`]: percent-decoding of query components;
 //! - [`response`]: the response side — usage read from JSON bodies and SSE
 //!   streams (any `Content-Encoding`), the injected usage chunk removed, and
-//!   settlement.
+//!   settlement;
+//! - [`view`]: the state of a subject's limits as the store reads it, for a
+//!   key's own view.
 
 pub mod body;
 pub mod estimate;
@@ -26,6 +28,7 @@ pub mod price;
 pub mod rate;
 pub mod response;
 pub mod types;
+pub mod view;
 
 pub use estimate::UsageApi;
 pub use types::{

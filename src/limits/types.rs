@@ -102,6 +102,24 @@ pub struct Price {
     pub input: f64,
     /// Per million output tokens.
     pub output: f64,
+    /// Per million input tokens read from a cache (`cached_input`;
+    /// `input` when not given).
+    pub cached_input: f64,
+    /// Per million input tokens written to a cache (`cache_write`; `input`
+    /// when not given).
+    pub cache_write: f64,
+}
+
+impl Price {
+    /// A price with `input` for every kind of input token.
+    pub fn flat(input: f64, output: f64) -> Price {
+        Price {
+            input,
+            output,
+            cached_input: input,
+            cache_write: input,
+        }
+    }
 }
 
 /// `model_prices` in file order: the first pattern that matches wins.

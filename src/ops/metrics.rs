@@ -502,7 +502,7 @@ impl UsageMetrics {
         let m = UsageMetrics {
             tokens: register_int_counter_vec!(
                 "scopegate_tokens_total",
-                "Tokens counted, by workspace, kind (input/output) and source (reported/estimated).",
+                "Tokens counted, by workspace, kind (input: all input; output; cached_input and cache_write: of the input, read from and written to a prompt cache) and source (reported/estimated).",
                 &["workspace", "kind", "source"]
             )?,
             cost: prometheus::register_counter_vec!(

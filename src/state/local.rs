@@ -23,13 +23,15 @@
 //!     id               TEXT    NOT NULL,  -- key id or canonical workspace id
 //!     period           TEXT    NOT NULL,  -- e.g. '2026-11', '2026-11-30', 'all'
 //!     period_end_ms    INTEGER,           -- Unix ms when the period ends; NULL: never
-//!     input_tokens     INTEGER NOT NULL,
+//!     input_tokens     INTEGER NOT NULL,  -- all input, cached included
 //!     output_tokens    INTEGER NOT NULL,
 //!     cost_usd         REAL    NOT NULL,
 //!     estimated_tokens INTEGER NOT NULL,  -- of input+output, counted as estimated
 //!     reserved_tokens  INTEGER NOT NULL,  -- held by requests in flight at the last write
 //!     reserved_cost    REAL    NOT NULL,
 //!     updated_at_ms    INTEGER NOT NULL,  -- Unix ms of the last write
+//!     cached_input_tokens INTEGER NOT NULL, -- of input_tokens, read from a cache
+//!     cache_write_tokens  INTEGER NOT NULL, -- of input_tokens, written to a cache
 //!     PRIMARY KEY (scope, id, period)
 //! );
 //! -- e.g.: sqlite3 -readonly state.db "SELECT * FROM usage WHERE id = 'key_bot'"
@@ -49,10 +51,11 @@ use parking_lot::Mutex;
 use super::rules::{self, PeriodUsage, SubjectState};
 use super::sqlite::{self, Db};
 use super::{
-    Admission, AdmitRequest, AdmitResult, Charge, CounterStore, StateError, SubjectId, UsageNow,
-    UsageRow,
+    Admission, AdmitRequest, AdmitResult, Charge, CounterStore, StateError, SubjectId,
+    SubjectLimits, UsageNow, UsageRow,
 };
 use crate::limits::rate::monotonic_ns;
+use crate::limits::view::Reading;
 
 type Cell = Arc<Mutex<SubjectState>>;
 
@@ -170,6 +173,18 @@ impl LocalStore {
         let mut states: Vec<&mut SubjectState> = guards.iter_mut().map(|g| &mut **g).collect();
         let subjects: Vec<_> = order.iter().map(|&i| &req.subjects[i]).collect();
         rules::admit(&subjects, &mut states, req.estimate, now, id)
+    }
+
+    /// [`CounterStore::read`] at a given [`monotonic_ns`] instant.
+    pub(crate) fn read_at(&self, subjects: &[SubjectLimits], now: u64) -> Vec<Reading> {
+        subjects
+            .iter()
+            .map(|s| {
+                let cell = self.inner.subjects.get(&s.subject).map(|c| c.clone());
+                let guard = cell.as_ref().map(|c| c.lock());
+                rules::read(s, guard.as_deref(), now)
+            })
+            .collect()
     }
 
     /// Settles (`Some`) or releases (`None`) at a given instant.
@@ -301,6 +316,10 @@ impl CounterStore for LocalStore {
             },
             PeriodUsage::now,
         )
+    }
+
+    async fn read(&self, subjects: &[SubjectLimits]) -> Option<Vec<Reading>> {
+        Some(self.read_at(subjects, monotonic_ns()))
     }
 
     async fn flush(&self) {

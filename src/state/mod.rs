@@ -22,6 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::limits::rate::{Quota, RateLimit};
+use crate::limits::view::Reading;
 use crate::limits::{RateKind, Refusal, Scope, TokenRate, UsageKind, UsageLimit};
 
 pub use local::LocalStore;
@@ -263,10 +264,14 @@ impl AdmitResult {
 /// A request's usage as the upstream reported it (or as estimated).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Charge {
-    /// Input tokens.
+    /// Input tokens, all of them.
     pub input: u64,
     /// Output tokens.
     pub output: u64,
+    /// Of `input`, tokens read from a cache.
+    pub cached_input: u64,
+    /// Of `input`, tokens written to a cache.
+    pub cache_write: u64,
     /// US dollars.
     pub cost: f64,
     /// No usage was reported; these are the proxy's estimates.
@@ -316,10 +321,15 @@ impl Admission {
 /// A subject's usage in one period, from memory.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct UsageNow {
-    /// Input tokens settled.
+    /// Input tokens settled (all of them: cached and cache-written ones
+    /// included).
     pub tokens_in: u64,
     /// Output tokens settled.
     pub tokens_out: u64,
+    /// Of `tokens_in`, read from a cache.
+    pub cached_input: u64,
+    /// Of `tokens_in`, written to a cache.
+    pub cache_write: u64,
     /// US dollars settled.
     pub cost: f64,
     /// Of `tokens_in + tokens_out`, how many were estimated.
@@ -420,6 +430,12 @@ pub trait CounterStore: Send + Sync {
 
     /// A subject's usage in `period_key`, from memory (no I/O).
     fn usage(&self, subject: &SubjectId, period_key: &str) -> UsageNow;
+
+    /// The state of each subject's limits (a key's own view), from the
+    /// counters the checks use: local memory, or Redis in one round trip
+    /// (at most `timeout_ms`). Takes nothing. `None` when the shared store
+    /// cannot be read.
+    async fn read(&self, subjects: &[SubjectLimits]) -> Option<Vec<Reading>>;
 
     /// Writes what is pending (SQLite rows, queued Redis settlements); called
     /// at SIGTERM. Waits at most a few seconds.

@@ -37,7 +37,7 @@
 //! P{T}:key:ID:rate:FP        hash r1.. (request TATs), t1.. (token TATs), µs; FP = limits fingerprint
 //! P{T}:key:ID:lease          zset member → lease expiry (Unix ms)
 //! P{T}:key:ID:res            hash member → "tokens cost" reserved
-//! P{T}:key:ID:usage:PERIOD   hash in, out, cost, est
+//! P{T}:key:ID:usage:PERIOD   hash in, out, cost, est, cin (cached input), cwr (cache writes)
 //! P{T}:workspace:ID:...      the same for a workspace
 //! P{T}:settled:MEMBER        "1" for a day: that settlement was applied
 //! ```
@@ -62,11 +62,13 @@ use redis::{Script, Value};
 use tokio::sync::mpsc;
 
 use super::local::LocalStore;
+use super::rules;
 use super::{
     Admission, AdmitRequest, AdmitResult, Charge, CounterStore, Origin, Part, Quotas, RateKind,
     StateError, StateMetrics, SubjectId, SubjectLimits, TokenQuota, UsageNow, UsageRow,
 };
 use crate::limits::rate::Quota;
+use crate::limits::view::Reading;
 use crate::limits::UsageKind;
 
 /// What to do when Redis is slow or down.
@@ -133,8 +135,8 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Returns {status, subject index, which (1 requests, 2 tokens), wait_us,
 /// larger, req limit, req remaining, req reset_us, tok limit, tok remaining,
 /// tok reset_us, then per subject: in, out, cost, est, reserved tokens,
-/// reserved cost (0 for a subject without a usage limit: read only where a
-/// limit needs them)}; status 0 admitted, 1 budget, 2 rate, 3 concurrency;
+/// reserved cost, cin, cwr (0 for a subject without a usage limit: read
+/// only where a limit needs them)}; status 0 admitted, 1 budget, 2 rate, 3 concurrency;
 /// limit -1: no such limit.
 pub const ADMIT_LUA: &str = r#"
 local t = redis.call('TIME')
@@ -175,11 +177,12 @@ for i = 1, n do
       end
     end
   end
-  s.uin = 0; s.uout = 0; s.ucost = 0; s.uest = 0
+  s.uin = 0; s.uout = 0; s.ucost = 0; s.uest = 0; s.ucin = 0; s.ucwr = 0
   if s.kind > 0 then
-    local u = redis.call('HMGET', s.usage, 'in', 'out', 'cost', 'est')
+    local u = redis.call('HMGET', s.usage, 'in', 'out', 'cost', 'est', 'cin', 'cwr')
     s.uin = tonumber(u[1]) or 0; s.uout = tonumber(u[2]) or 0
     s.ucost = tonumber(u[3]) or 0; s.uest = tonumber(u[4]) or 0
+    s.ucin = tonumber(u[5]) or 0; s.ucwr = tonumber(u[6]) or 0
   end
   s.rtat = {}; s.ttat = {}
   for j = 1, s.nreq do s.rtat[j] = tonumber(redis.call('HGET', s.rate, 'r' .. j)) or 0 end
@@ -214,7 +217,7 @@ local function answer(status, i, which, wait, larger)
   if status == 0 then
     for _, s in ipairs(subs) do
       r[#r+1] = s.uin; r[#r+1] = s.uout; r[#r+1] = tostring(s.ucost); r[#r+1] = s.uest
-      r[#r+1] = s.rt; r[#r+1] = tostring(s.rc)
+      r[#r+1] = s.rt; r[#r+1] = tostring(s.rc); r[#r+1] = s.ucin; r[#r+1] = s.ucwr
     end
   end
   return r
@@ -286,9 +289,10 @@ return answer(0, 0, 0, 0, 0)
 /// Settlement, applied at most once (a timed-out attempt may still have
 /// landed before it is retried). KEYS as for admission, plus a last key
 /// marking this settlement done. ARGV: member, n, input, output, cost,
-/// estimated tokens, charge (0/1); then per subject: token estimate (-1: no
-/// token limits were charged), usage expiry (Unix ms, 0 none), ntok,
-/// ntok × (value, period_us). Returns per subject: in, out, cost, est.
+/// estimated tokens, charge (0/1), cached input, cache writes; then per
+/// subject: token estimate (-1: no token limits were charged), usage expiry
+/// (Unix ms, 0 none), ntok, ntok × (value, period_us). Returns per subject:
+/// in, out, cost, est, cin, cwr.
 pub const SETTLE_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -297,7 +301,7 @@ local n = tonumber(ARGV[2])
 local actual = tonumber(ARGV[3]) + tonumber(ARGV[4])
 local charge = ARGV[7] == '1'
 if not redis.call('SET', KEYS[4*n+1], '1', 'NX', 'PX', 86400000) then return {} end
-local a = 8
+local a = 10
 local out = {}
 for i = 1, n do
   local rate, lease, res, usage = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
@@ -326,11 +330,14 @@ for i = 1, n do
     redis.call('HINCRBY', usage, 'out', ARGV[4])
     redis.call('HINCRBYFLOAT', usage, 'cost', ARGV[5])
     if tonumber(ARGV[6]) > 0 then redis.call('HINCRBY', usage, 'est', ARGV[6]) end
+    if tonumber(ARGV[8]) > 0 then redis.call('HINCRBY', usage, 'cin', ARGV[8]) end
+    if tonumber(ARGV[9]) > 0 then redis.call('HINCRBY', usage, 'cwr', ARGV[9]) end
     if uexp > 0 then redis.call('PEXPIREAT', usage, uexp) end
   end
-  local u = redis.call('HMGET', usage, 'in', 'out', 'cost', 'est')
+  local u = redis.call('HMGET', usage, 'in', 'out', 'cost', 'est', 'cin', 'cwr')
   out[#out+1] = tonumber(u[1]) or 0; out[#out+1] = tonumber(u[2]) or 0
   out[#out+1] = u[3] or '0'; out[#out+1] = tonumber(u[4]) or 0
+  out[#out+1] = tonumber(u[5]) or 0; out[#out+1] = tonumber(u[6]) or 0
 end
 return out
 "#;
@@ -346,6 +353,38 @@ for i = 1, #KEYS / 2 do
   redis.call('PEXPIRE', KEYS[2*i], lease_ms * 2)
 end
 return #KEYS / 2
+"#;
+
+/// A key's own view: reads, changes nothing. KEYS as for admission; ARGV:
+/// n, then per subject: nreq, ntok. Returns {now_us, then per subject: nreq
+/// request TATs, ntok token TATs, live leases, reserved tokens, reserved
+/// cost, in, out, cost}.
+pub const VIEW_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_ms = math.floor(now / 1000)
+local n = tonumber(ARGV[1])
+local out = {now}
+for i = 1, n do
+  local rate, lease, res, usage = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
+  local nreq, ntok = tonumber(ARGV[2*i]), tonumber(ARGV[2*i+1])
+  for j = 1, nreq do out[#out+1] = tonumber(redis.call('HGET', rate, 'r' .. j)) or 0 end
+  for j = 1, ntok do out[#out+1] = tonumber(redis.call('HGET', rate, 't' .. j)) or 0 end
+  local live = redis.call('ZRANGEBYSCORE', lease, '(' .. now_ms, '+inf')
+  local rt, rc = 0, 0
+  for _, m in ipairs(live) do
+    local v = redis.call('HGET', res, m)
+    local sp = v and string.find(v, ' ', 1, true)
+    if sp then
+      rt = rt + (tonumber(string.sub(v, 1, sp - 1)) or 0)
+      rc = rc + (tonumber(string.sub(v, sp + 1)) or 0)
+    end
+  end
+  local u = redis.call('HMGET', usage, 'in', 'out', 'cost')
+  out[#out+1] = #live; out[#out+1] = rt; out[#out+1] = tostring(rc)
+  out[#out+1] = tonumber(u[1]) or 0; out[#out+1] = tonumber(u[2]) or 0; out[#out+1] = u[3] or '0'
+end
+return out
 "#;
 
 /// The four keys of one subject.
@@ -429,6 +468,7 @@ struct Inner {
     admit_script: Script,
     settle_script: Script,
     renew_script: Script,
+    view_script: Script,
     fallback: LocalStore,
     metrics: Arc<dyn StateMetrics>,
     replica: String,
@@ -515,6 +555,7 @@ impl RedisStore {
             admit_script: Script::new(ADMIT_LUA),
             settle_script: Script::new(SETTLE_LUA),
             renew_script: Script::new(RENEW_LUA),
+            view_script: Script::new(VIEW_LUA),
             fallback: LocalStore::in_memory(),
             metrics,
             replica: hex::encode(replica),
@@ -656,6 +697,63 @@ impl RedisStore {
         Ok(self.read_admit(req, &values, id, member, &fps, &keys))
     }
 
+    /// [`CounterStore::read`]: one round trip of [`VIEW_LUA`], at most
+    /// `timeout_ms`.
+    async fn read_redis(&self, subjects: &[SubjectLimits]) -> Option<Vec<Reading>> {
+        let inner = &self.inner;
+        let mut keys = Vec::with_capacity(subjects.len() * 4);
+        let mut args = vec![subjects.len().to_string()];
+        for s in subjects {
+            let k = subject_keys(&inner.cfg.key_prefix, s, s.rate_fingerprint());
+            keys.extend([k.rate, k.lease, k.res, k.usage]);
+            args.push(s.requests.len().to_string());
+            args.push(s.tokens.len().to_string());
+        }
+        let task_inner = inner.clone();
+        let local = runtime_conn(inner);
+        let on_this_runtime = local.is_some();
+        let call = async move {
+            let mut conn = local.unwrap_or_else(|| task_inner.conn.clone());
+            let mut inv = task_inner.view_script.prepare_invoke();
+            for k in &keys {
+                inv.key(k);
+            }
+            for a in &args {
+                inv.arg(a);
+            }
+            inv.invoke_async::<Vec<Value>>(&mut conn).await
+        };
+        let started = Instant::now();
+        let outcome = if on_this_runtime {
+            tokio::time::timeout(inner.cfg.timeout, call).await
+        } else {
+            let handle = self.spawn(call)?;
+            tokio::time::timeout(inner.cfg.timeout, async move {
+                match handle.await {
+                    Ok(r) => r,
+                    Err(e) => Err(std::io::Error::other(e.to_string()).into()),
+                }
+            })
+            .await
+        };
+        inner
+            .metrics
+            .round_trip("view", started.elapsed().as_secs_f64());
+        let values = match outcome {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                self.note_failure("view", &e.to_string());
+                return None;
+            }
+            Err(_) => {
+                self.note_failure("view", "timed out");
+                return None;
+            }
+        };
+        self.note_success();
+        Some(read_view(subjects, &values))
+    }
+
     fn read_admit(
         &self,
         req: &AdmitRequest<'_>,
@@ -726,10 +824,12 @@ impl RedisStore {
                 // reads the cache for a subject without one.
                 continue;
             }
-            let b = 11 + i * 6;
+            let b = 11 + i * 8;
             let now = UsageNow {
                 tokens_in: at(b).max(0) as u64,
                 tokens_out: at(b + 1).max(0) as u64,
+                cached_input: at(b + 6).max(0) as u64,
+                cache_write: at(b + 7).max(0) as u64,
                 cost: v.get(b + 2).map_or(0.0, float),
                 estimated_tokens: at(b + 3).max(0) as u64,
                 reserved_tokens: at(b + 4).max(0) as u64,
@@ -857,11 +957,7 @@ impl RedisStore {
                                 limits: p.limits.clone(),
                                 amount: Amount::default(),
                             });
-                        let a = Amount::of(&c);
-                        e.amount.input += a.input;
-                        e.amount.output += a.output;
-                        e.amount.cost += a.cost;
-                        e.amount.estimated += a.estimated;
+                        e.amount.add(Amount::of(&c));
                     }
                 }
                 match charge {
@@ -891,6 +987,40 @@ impl RedisStore {
             }
         }
     }
+}
+
+/// The readings in a [`VIEW_LUA`] answer (Redis's clock, microseconds).
+fn read_view(subjects: &[SubjectLimits], v: &[Value]) -> Vec<Reading> {
+    let at = |i: usize| v.get(i).map_or(0, int).max(0) as u64;
+    let now = at(0).saturating_mul(1000);
+    let mut i = 1;
+    let mut out = Vec::with_capacity(subjects.len());
+    for s in subjects {
+        let mut r = Reading::default();
+        for l in &s.requests {
+            r.requests
+                .push(rules::request_reading(l, at(i).saturating_mul(1000), now));
+            i += 1;
+        }
+        for l in &s.tokens {
+            r.tokens
+                .push(rules::token_reading(l, at(i).saturating_mul(1000), now));
+            i += 1;
+        }
+        let u = UsageNow {
+            tokens_in: at(i + 3),
+            tokens_out: at(i + 4),
+            cost: v.get(i + 5).map_or(0.0, float),
+            reserved_tokens: at(i + 1),
+            reserved_cost: v.get(i + 2).map_or(0.0, float),
+            ..UsageNow::default()
+        };
+        r.in_flight = u32::try_from(at(i)).unwrap_or(u32::MAX);
+        r.usage = s.usage.map(|limit| rules::usage_reading(limit.kind, &u));
+        i += 6;
+        out.push(r);
+    }
+    out
 }
 
 fn int(v: &Value) -> i64 {
@@ -942,6 +1072,8 @@ struct Amount {
     output: u64,
     cost: f64,
     estimated: u64,
+    cached_input: u64,
+    cache_write: u64,
 }
 
 impl Amount {
@@ -951,7 +1083,18 @@ impl Amount {
             output: c.output,
             cost: c.cost,
             estimated: if c.estimated { c.input + c.output } else { 0 },
+            cached_input: c.cached_input,
+            cache_write: c.cache_write,
         }
+    }
+
+    fn add(&mut self, a: Amount) {
+        self.input += a.input;
+        self.output += a.output;
+        self.cost += a.cost;
+        self.estimated += a.estimated;
+        self.cached_input += a.cached_input;
+        self.cache_write += a.cache_write;
     }
 }
 
@@ -1002,6 +1145,8 @@ fn settle_job(inner: &Inner, member: &str, parts: &[Part], amount: Option<Amount
         format!("{:?}", c.cost),
         c.estimated.to_string(),
         u8::from(amount.is_some()).to_string(),
+        c.cached_input.to_string(),
+        c.cache_write.to_string(),
     ];
     for p in parts {
         let k = subject_keys(&inner.cfg.key_prefix, &p.limits, p.fingerprint);
@@ -1062,12 +1207,12 @@ impl Inner {
             .round_trip("settle", started.elapsed().as_secs_f64());
         match r {
             Ok(Ok(v)) => {
-                if v.len() != job.subjects.len() * 4 {
+                if v.len() != job.subjects.len() * 6 {
                     // Already applied by an attempt that timed out here.
                     return true;
                 }
                 for (i, (subject, period)) in job.subjects.iter().enumerate() {
-                    let b = i * 4;
+                    let b = i * 6;
                     let at = |j: usize| v.get(j).map_or(0, int).max(0) as u64;
                     let (res_t, res_c) = job.reserved.get(i).copied().unwrap_or((0, 0.0));
                     let prev = self
@@ -1080,6 +1225,8 @@ impl Inner {
                         UsageNow {
                             tokens_in: at(b),
                             tokens_out: at(b + 1),
+                            cached_input: at(b + 4),
+                            cache_write: at(b + 5),
                             cost: v.get(b + 2).map_or(0.0, float),
                             estimated_tokens: at(b + 3),
                             reserved_tokens: prev.reserved_tokens.saturating_sub(res_t),
@@ -1248,6 +1395,17 @@ impl CounterStore for RedisStore {
             })
     }
 
+    async fn read(&self, subjects: &[SubjectLimits]) -> Option<Vec<Reading>> {
+        if subjects.is_empty() {
+            return Some(Vec::new());
+        }
+        // While Redis is down, one caller per probe interval tries it.
+        if !self.should_try() {
+            return None;
+        }
+        self.read_redis(subjects).await
+    }
+
     async fn flush(&self) {
         let inner = self.inner.clone();
         let Some(handle) = self.spawn(async move {
@@ -1294,7 +1452,7 @@ pub async fn read_usage_report(
             redis::pipe()
                 .cmd("HMGET")
                 .arg(&k.usage)
-                .arg(&["in", "out", "cost", "est"])
+                .arg(&["in", "out", "cost", "est", "cin", "cwr"])
                 .cmd("ZRANGEBYSCORE")
                 .arg(&k.lease)
                 .arg(now_ms)
@@ -1327,6 +1485,8 @@ pub async fn read_usage_report(
             usage: UsageNow {
                 tokens_in: num(0) as u64,
                 tokens_out: num(1) as u64,
+                cached_input: num(4) as u64,
+                cache_write: num(5) as u64,
                 cost: num(2),
                 estimated_tokens: num(3) as u64,
                 reserved_tokens: rt,

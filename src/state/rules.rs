@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::limits::rate::{Quota, RateLimit};
+use crate::limits::view::{RateReading, Reading, UsageReading};
 use crate::limits::{TokenRate, UsageKind};
 
 use super::{
@@ -357,6 +358,81 @@ fn commit(
     parts
 }
 
+/// A request rate limit's state at `now` whose theoretical arrival time
+/// is `tat` (nanoseconds): what would pass now (one emission interval
+/// each), and when the limit is whole again — the header quota's formula,
+/// per limit.
+pub(crate) fn request_reading(l: &RateLimit, tat: u64, now: u64) -> RateReading {
+    let used_ns = tat.max(now) - now;
+    let free_ns = period_ns(l.period).saturating_sub(used_ns);
+    RateReading {
+        remaining: (free_ns / emission_ns(l).max(1)).min(u64::from(l.value)),
+        reset: Duration::from_nanos(used_ns),
+    }
+}
+
+/// A token rate limit's state at `now` (as [`request_reading`]).
+pub(crate) fn token_reading(l: &TokenRate, tat: u64, now: u64) -> RateReading {
+    let used_ns = tat.max(now) - now;
+    let p = period_ns(l.period).max(1);
+    let free_ns = p.saturating_sub(used_ns);
+    RateReading {
+        remaining: ((u128::from(free_ns) * u128::from(l.value) / u128::from(p)) as u64)
+            .min(l.value),
+        reset: Duration::from_nanos(used_ns),
+    }
+}
+
+/// A usage limit's state from the subject's usage in its period.
+pub(crate) fn usage_reading(kind: UsageKind, u: &UsageNow) -> UsageReading {
+    UsageReading {
+        used: u.used(kind),
+        reserved: match kind {
+            UsageKind::Tokens => u.reserved_tokens as f64,
+            UsageKind::Cost => u.reserved_cost,
+        },
+    }
+}
+
+/// One subject's limits read from its state at `now` (a key's own view),
+/// without changing anything. Rate state of other limits (a reload changed
+/// them) reads as unused, as admission would reset it.
+pub(crate) fn read(s: &SubjectLimits, st: Option<&SubjectState>, now: u64) -> Reading {
+    let aligned = st.filter(|st| {
+        st.fingerprint == s.rate_fingerprint()
+            && st.req_tat.len() == s.requests.len()
+            && st.tok_tat.len() == s.tokens.len()
+    });
+    let tat = |list: fn(&SubjectState) -> &Vec<u64>, i: usize| {
+        aligned.and_then(|st| list(st).get(i).copied()).unwrap_or(0)
+    };
+    let requests = s
+        .requests
+        .iter()
+        .enumerate()
+        .map(|(i, l)| request_reading(l, tat(|st| &st.req_tat, i), now))
+        .collect();
+    let tokens = s
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, l)| token_reading(l, tat(|st| &st.tok_tat, i), now))
+        .collect();
+    let usage = s.usage.map(|limit| {
+        let u = st
+            .and_then(|st| st.period(&s.period_key))
+            .map(PeriodUsage::now)
+            .unwrap_or_default();
+        usage_reading(limit.kind, &u)
+    });
+    Reading {
+        requests,
+        tokens,
+        usage,
+        in_flight: st.map_or(0, |st| st.in_flight),
+    }
+}
+
 /// Settles one part of an admission on its subject's locked state.
 /// `charge: None` releases (nothing used).
 pub(crate) fn settle_part(
@@ -392,6 +468,8 @@ pub(crate) fn settle_part(
         if let Some(c) = charge {
             u.tokens_in += c.input;
             u.tokens_out += c.output;
+            u.cached_input += c.cached_input;
+            u.cache_write += c.cache_write;
             u.cost += c.cost;
             if c.estimated {
                 u.estimated_tokens += c.input + c.output;

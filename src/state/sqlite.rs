@@ -23,8 +23,26 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS usage (
     reserved_tokens  INTEGER NOT NULL DEFAULT 0,
     reserved_cost    REAL    NOT NULL DEFAULT 0,
     updated_at_ms    INTEGER NOT NULL DEFAULT 0,
+    cached_input_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens  INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (scope, id, period)
 )";
+
+/// Columns added after the first schema: a state file written by an older
+/// scopegate gains them (as 0) when opened.
+const ADDED_COLUMNS: [&str; 2] = ["cached_input_tokens", "cache_write_tokens"];
+
+/// Which of [`ADDED_COLUMNS`] the file's `usage` table lacks.
+fn missing_columns(conn: &Connection) -> rusqlite::Result<Vec<&'static str>> {
+    let mut st = conn.prepare("SELECT name FROM pragma_table_info('usage')")?;
+    let have: Vec<String> = st
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(ADDED_COLUMNS
+        .into_iter()
+        .filter(|c| !have.iter().any(|h| h == c))
+        .collect())
+}
 
 /// An open, exclusively held state file.
 pub(crate) struct Db {
@@ -133,6 +151,12 @@ impl Db {
             .map_err(|e| sqlite_error(path, &e))?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| sqlite_error(path, &e))?;
+        for column in missing_columns(&conn).map_err(|e| sqlite_error(path, &e))? {
+            conn.execute_batch(&format!(
+                "ALTER TABLE usage ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
+            ))
+            .map_err(|e| sqlite_error(path, &e))?;
+        }
         Ok(Db {
             conn,
             path: path.to_path_buf(),
@@ -159,8 +183,9 @@ impl Db {
             let mut st = tx
                 .prepare_cached(
                     "INSERT INTO usage (scope, id, period, period_end_ms, input_tokens, output_tokens,
-                        cost_usd, estimated_tokens, reserved_tokens, reserved_cost, updated_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                        cost_usd, estimated_tokens, reserved_tokens, reserved_cost, updated_at_ms,
+                        cached_input_tokens, cache_write_tokens)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                      ON CONFLICT (scope, id, period) DO UPDATE SET
                         period_end_ms = excluded.period_end_ms,
                         input_tokens = excluded.input_tokens,
@@ -169,7 +194,9 @@ impl Db {
                         estimated_tokens = excluded.estimated_tokens,
                         reserved_tokens = excluded.reserved_tokens,
                         reserved_cost = excluded.reserved_cost,
-                        updated_at_ms = excluded.updated_at_ms",
+                        updated_at_ms = excluded.updated_at_ms,
+                        cached_input_tokens = excluded.cached_input_tokens,
+                        cache_write_tokens = excluded.cache_write_tokens",
                 )
                 .map_err(err)?;
             let now = now_ms();
@@ -187,6 +214,8 @@ impl Db {
                     u.reserved_tokens as i64,
                     u.reserved_cost,
                     now,
+                    u.cached_input as i64,
+                    u.cache_write as i64,
                 ])
                 .map_err(err)?;
             }
@@ -196,11 +225,17 @@ impl Db {
 }
 
 fn read_rows(conn: &Connection) -> rusqlite::Result<Vec<UsageRow>> {
-    let mut st = conn.prepare(
+    // A file of an older scopegate, read without being upgraded, lacks the
+    // cache columns: they read as 0.
+    let missing = missing_columns(conn)?;
+    let column = |c: &str| if missing.contains(&c) { "0" } else { c }.to_string();
+    let mut st = conn.prepare(&format!(
         "SELECT scope, id, period, period_end_ms, input_tokens, output_tokens, cost_usd,
-                estimated_tokens, reserved_tokens, reserved_cost, updated_at_ms
+                estimated_tokens, reserved_tokens, reserved_cost, updated_at_ms, {}, {}
          FROM usage ORDER BY scope, id, period",
-    )?;
+        column("cached_input_tokens"),
+        column("cache_write_tokens"),
+    ))?;
     let rows = st.query_map([], |r| {
         let scope: String = r.get(0)?;
         let id: String = r.get(1)?;
@@ -213,6 +248,8 @@ fn read_rows(conn: &Connection) -> rusqlite::Result<Vec<UsageRow>> {
                 usage: UsageNow {
                     tokens_in: r.get::<_, i64>(4)?.max(0) as u64,
                     tokens_out: r.get::<_, i64>(5)?.max(0) as u64,
+                    cached_input: r.get::<_, i64>(11)?.max(0) as u64,
+                    cache_write: r.get::<_, i64>(12)?.max(0) as u64,
                     cost: r.get(6)?,
                     estimated_tokens: r.get::<_, i64>(7)?.max(0) as u64,
                     reserved_tokens: r.get::<_, i64>(8)?.max(0) as u64,

@@ -27,18 +27,51 @@ const BUDGET: &str = "sgk-demo-budget";
 const MINI: &str = "sgk-demo-mini";
 const ALICE: &str = "sgk-demo-alice";
 
-/// Finds the shipped example, or writes the copy built into the binary to a
-/// temporary folder (so `demo` works from any directory).
-fn example_config() -> std::io::Result<PathBuf> {
-    let shipped = Path::new("config/scopegate.yaml");
-    if shipped.is_file() && Path::new("config/keys.yaml").is_file() {
-        return Ok(shipped.to_path_buf());
-    }
+/// The demo's run: its own folder in the temporary directory, holding the
+/// config it runs with and its state file, so that each run counts usage
+/// afresh and `scopegate usage --config` can read what it counted.
+struct DemoFiles {
+    /// The config the demo runs with.
+    config: PathBuf,
+}
+
+/// Writes the demo's config into a temporary folder: the shipped example
+/// (or, from another directory, the copy built into the binary) with
+/// `keys_file` pointing at the example keys file — edits to
+/// `config/keys.yaml` still reload live — and `state` at a fresh SQLite
+/// file beside it.
+fn demo_files() -> std::io::Result<DemoFiles> {
     let dir = std::env::temp_dir().join(format!("scopegate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("scopegate.yaml"), EXAMPLE_CONFIG)?;
-    std::fs::write(dir.join("keys.yaml"), EXAMPLE_KEYS)?;
-    Ok(dir.join("scopegate.yaml"))
+    let shipped = Path::new("config/scopegate.yaml");
+    let (text, keys) = if shipped.is_file() && Path::new("config/keys.yaml").is_file() {
+        (
+            std::fs::read_to_string(shipped)?,
+            std::fs::canonicalize("config/keys.yaml")?,
+        )
+    } else {
+        std::fs::write(dir.join("keys.yaml"), EXAMPLE_KEYS)?;
+        (EXAMPLE_CONFIG.to_string(), dir.join("keys.yaml"))
+    };
+    let quoted = |p: &Path| serde_json::to_string(&p.display().to_string()).unwrap_or_default();
+    let state = dir.join("state.db");
+    let mut out = String::with_capacity(text.len() + 256);
+    for line in text.lines() {
+        if line.starts_with("keys_file:") {
+            out.push_str(&format!("keys_file: {}", quoted(&keys)));
+        } else if line.starts_with("state:") {
+            out.push_str(&format!(
+                "state: {{ backend: local, path: {} }}",
+                quoted(&state)
+            ));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    let config = dir.join("scopegate.yaml");
+    std::fs::write(&config, out)?;
+    Ok(DemoFiles { config })
 }
 
 fn upstream_addr(url: &str) -> Option<std::net::SocketAddr> {
@@ -50,14 +83,14 @@ fn upstream_addr(url: &str) -> Option<std::net::SocketAddr> {
 
 /// Runs the demo until interrupted.
 pub fn run() -> ExitCode {
-    let path = match example_config() {
-        Ok(p) => p,
+    let files = match demo_files() {
+        Ok(f) => f,
         Err(e) => {
             eprintln!("scopegate demo: cannot prepare the example config: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let (mut config, table, snap) = match crate::cli::load_all(&path) {
+    let (config, table, snap) = match crate::cli::load_all(&files.config) {
         Ok(x) => x,
         Err(problems) => {
             for p in problems {
@@ -66,10 +99,9 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Each demo run counts usage afresh, so the budget walkthrough shows
-    // its 412 after the same number of calls every time.
-    config.state.path =
-        std::env::temp_dir().join(format!("scopegate-demo-{}.db", std::process::id()));
+    // Each demo run counts usage afresh (its state file is its own), so
+    // the budget walkthrough shows its 412 after the same number of calls
+    // every time.
     let (Some(completions), Some(admin)) = (
         upstream_addr(&config.upstreams.completions.url),
         upstream_addr(&config.upstreams.admin.url),
@@ -94,7 +126,7 @@ pub fn run() -> ExitCode {
         .first()
         .map(|l| l.address.clone())
         .unwrap_or_default();
-    print_walkthrough(&listen, config.metrics_listen.as_deref());
+    print_walkthrough(&listen, config.metrics_listen.as_deref(), &files.config);
     crate::gateway::server::init_logging(config.log_format);
     // The demo upstreams run as a background service of the server.
     let upstreams = background_service(
@@ -111,9 +143,14 @@ pub fn run() -> ExitCode {
     }
 }
 
-fn print_walkthrough(listen: &str, metrics: Option<&str>) {
+fn print_walkthrough(listen: &str, metrics: Option<&str>, config: &Path) {
     let base = format!("http://{listen}");
-    let chat = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}"#;
+    // `max_tokens` keeps each call's reservation small: without it a call
+    // reserves `default_output_reservation` (4096) tokens, more than the
+    // budget key's whole budget.
+    let chat =
+        r#"{"model":"gpt-4o-mini","max_tokens":20,"messages":[{"role":"user","content":"Hello"}]}"#;
+    let cached = r#"{"model":"gpt-4o-mini","max_tokens":20,"messages":[{"role":"system","content":"You are the research team's assistant. Answer briefly, cite the team wiki, and never guess a figure you cannot source."},{"role":"user","content":"Hello"}]}"#;
     let ws = "-H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=='";
     let stream =
         r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello"}]}"#;
@@ -140,8 +177,12 @@ fn print_walkthrough(listen: &str, metrics: Option<&str>) {
     println!("curl -s {base}/v1/chat/completions -H 'x-api-key: {BOT}' -H 'Content-Type: application/json' -d '{chat}'");
     println!("curl -s {base}/v1/chat/completions -H 'api-key: {BOT}' -H 'Content-Type: application/json' -d '{chat}'");
     println!();
-    println!("# 7. A small token budget: ~24 tokens a call, 80 a month; the 4th call answers 412 budget_exhausted");
+    println!("# 7. A small token budget: 100 tokens a month, ~24 used and ~41 reserved a call: 200, 200, 200, then 412 budget_exhausted");
     println!("for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}}\\n' {base}/v1/chat/completions -H 'x-portkey-api-key: {BUDGET}' -H 'Content-Type: application/json' -d '{chat}'; done");
+    println!(
+        "#    What the key has left, without spending a request: its own view (never forwarded)"
+    );
+    println!("curl -s {base}/v1/scopegate/key -H 'x-portkey-api-key: {BUDGET}'");
     println!();
     println!("# 8. A key restricted to gpt-4o-mini asks for gpt-4o (403 model_not_allowed), in the body or ?model=");
     println!("curl -s {base}/v1/chat/completions -H 'x-portkey-api-key: {MINI}' -H 'Content-Type: application/json' -d '{{\"model\":\"gpt-4o\",\"messages\":[]}}'");
@@ -153,6 +194,15 @@ fn print_walkthrough(listen: &str, metrics: Option<&str>) {
     println!(
         "curl -si -N --max-time 2 {base}/v1/realtime -H 'Authorization: Bearer {BUDGET}' {ws}"
     );
+    println!();
+    println!("# 10. Cached input priced apart: the mock reports the system prompt as read from its prompt cache;");
+    println!("#     gpt-4o-mini's cached tokens cost half (config/keys.yaml `cached_input`) of the research workspace's cost budget");
+    println!("curl -s {base}/v1/chat/completions -H 'x-portkey-api-key: {BOT}' -H 'Content-Type: application/json' -d '{cached}'");
+    println!("#     A cost budget refuses models without a price (403 model_not_priced)");
+    println!("curl -s {base}/v1/chat/completions -H 'x-portkey-api-key: {BOT}' -H 'Content-Type: application/json' -d '{{\"model\":\"o3-pro\",\"max_tokens\":20,\"messages\":[]}}'");
+    println!();
+    println!("# 11. Usage as stored (this demo's own state file; used, cached and written tokens, cost):");
+    println!("scopegate usage --config '{}'", config.display());
     if let Some(m) = metrics {
         println!();
         println!("# Metrics (tokens, cost, budgets): curl -s http://{m}/metrics | grep scopegate_");

@@ -410,12 +410,17 @@ fn chat_completion(request: &Map<String, Value>, identity: &Identity) -> Respons
     let text = identity.assistant_text();
     let id = format!("chatcmpl-mock-{}", next_id());
     let created = unix_now();
-    let prompt_tokens = estimate_tokens(&request.get("messages").cloned().unwrap_or(Value::Null));
+    let messages = request.get("messages").cloned().unwrap_or(Value::Null);
+    let prompt_tokens = estimate_tokens(&messages);
     let completion_tokens = text.split_whitespace().count();
+    // The mock plays a prompt cache: the system messages are "read from
+    // the cache", as OpenAI reports it (part of `prompt_tokens`).
+    let cached_tokens = cached_system_tokens(&messages).min(prompt_tokens);
     let usage = json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     });
 
     if request.get("stream").and_then(Value::as_bool) == Some(true) {
@@ -482,6 +487,13 @@ fn anthropic_message(request: &Map<String, Value>, identity: &Identity) -> Respo
     let text = identity.assistant_text();
     let input_tokens = estimate_tokens(&request.get("messages").cloned().unwrap_or(Value::Null));
     let output_tokens = text.split_whitespace().count();
+    // The mock plays a prompt cache: the `system` prompt is read from it,
+    // reported beside `input_tokens` as Anthropic does.
+    let cache_read = request.get("system").map_or(0, estimate_tokens);
+    let usage = |output: usize| {
+        json!({"input_tokens": input_tokens, "cache_read_input_tokens": cache_read,
+            "cache_creation_input_tokens": 0, "output_tokens": output})
+    };
     let id = format!("msg_demo_{}", next_id());
     if request.get("stream").and_then(Value::as_bool) == Some(true) {
         let mut events = vec![
@@ -490,7 +502,7 @@ fn anthropic_message(request: &Map<String, Value>, identity: &Identity) -> Respo
                 json!({"type": "message_start", "message": {
                 "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
                 "stop_reason": null, "stop_sequence": null,
-                "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),
+                "usage": usage(1)}}),
             ),
             (
                 "content_block_start".to_string(),
@@ -524,7 +536,7 @@ fn anthropic_message(request: &Map<String, Value>, identity: &Identity) -> Respo
             "id": id, "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": text}],
             "stop_reason": "end_turn", "stop_sequence": null,
-            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+            "usage": usage(output_tokens),
         }),
     )
 }
@@ -614,6 +626,17 @@ fn requested_model(request: &Map<String, Value>, default: &str) -> String {
         Some(Value::String(model)) if !model.is_empty() => model.clone(),
         _ => default.to_owned(),
     }
+}
+
+/// The tokens of the `system` messages of a chat request: what the mock
+/// reports as read from its pretend prompt cache.
+fn cached_system_tokens(messages: &Value) -> usize {
+    messages.as_array().map_or(0, |list| {
+        list.iter()
+            .filter(|m| m.get("role").and_then(Value::as_str) == Some("system"))
+            .map(|m| m.get("content").map_or(0, estimate_tokens))
+            .sum()
+    })
 }
 
 /// A rough token count (about four characters a token), good enough for a mock.
@@ -1409,6 +1432,21 @@ mod tests {
         assert_eq!(medium.len(), 4 + 300);
         let large = websocket_text_frame(&"a".repeat(70_000));
         assert_eq!(&large[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+    }
+
+    #[test]
+    fn the_system_messages_are_what_the_mock_reports_as_cached() {
+        let messages = json!([
+            {"role": "system", "content": "abcdefgh"},
+            {"role": "user", "content": "hello there"},
+            {"role": "system", "content": "ijkl"},
+        ]);
+        assert_eq!(cached_system_tokens(&messages), 3);
+        assert_eq!(
+            cached_system_tokens(&json!([{"role": "user", "content": "x"}])),
+            0
+        );
+        assert_eq!(cached_system_tokens(&Value::Null), 0);
     }
 
     #[test]

@@ -5,11 +5,12 @@
 use http::Method;
 
 use crate::decision::errors::{Denial, ErrorCode, ErrorShape};
+use crate::decision::key_view;
 use crate::decision::request::{self, BodyWorkspace, Media, Presented, Upgrade};
 use crate::decision::routes::{PathMatch, Plane, Route, RouteIdx, RouteTable};
 use crate::identity::keys::{KeyIdx, KeyStatus, Snapshot, UnixMillis, WsIdx};
 use crate::limits::UsageApi;
-use crate::limits::{Limits, Scope, UsageLimit};
+use crate::limits::{Limits, PriceTable, Scope, UsageKind, UsageLimit};
 
 /// What the decision knows about a request body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +105,14 @@ pub enum Outcome {
     ReadBody,
     /// Refuse it.
     Deny(Denial),
+    /// `GET /v1/scopegate/key` by a valid key: the proxy answers with the
+    /// key's own view (`decision::key_view`), never forwarded, counted in
+    /// no limit.
+    KeyView {
+        /// When the presented secret stops working (a secret under
+        /// rotation), if it does.
+        secret_expires: Option<UnixMillis>,
+    },
 }
 
 /// The verdict with what was learnt on the way (for headers, logs, metrics).
@@ -134,6 +143,8 @@ enum Stop {
     Deny(Denial),
     /// A step needs the body: read it and decide again.
     ReadBody,
+    /// The proxy answers with the key's own view.
+    KeyView(Option<UnixMillis>),
 }
 
 /// What a step gives the next one, or why the decision stops.
@@ -182,6 +193,7 @@ fn decide_inner(
         Ok(()) => {}
         Err(Stop::Deny(d)) => v.outcome = Outcome::Deny(d),
         Err(Stop::ReadBody) => v.outcome = Outcome::ReadBody,
+        Err(Stop::KeyView(secret_expires)) => v.outcome = Outcome::KeyView { secret_expires },
     }
     v
 }
@@ -200,6 +212,10 @@ fn steps(
     let path_match = canonical(table, facts, v)?;
     // 2. A known key, not expired, not revoked (401, 403).
     let key_idx = identify(snap, facts, known, v)?;
+    // The key's own view: valid credentials are all it needs.
+    if facts.path == key_view::PATH {
+        return Err(own_view(facts, key_idx, snap));
+    }
     // 3. A route for the path and the method, upgrades where allowed (404, 405, 400).
     let (m, route) = route_and_method(table, path_match, facts, v)?;
     // 4. The key may call it: key type, budget, scopes, tunnels (403, 412).
@@ -210,7 +226,8 @@ fn steps(
     v.workspace = workspace(snap, key_idx, &m, body_ws, facts)?;
     // 7. Data plane: the body where limits need it, models, metering.
     if route.plane == Plane::Data {
-        v.spend = Some(data_plane(facts, route, key_limits, ws_limits)?);
+        let prices = snap.model_prices();
+        v.spend = Some(data_plane(facts, route, (key_limits, ws_limits), prices)?);
     }
     Ok(())
 }
@@ -231,7 +248,16 @@ fn canonical<'t, 'p>(
             format!("Invalid path: {reason}."),
         ));
     }
-    let path_match = table.match_path(facts.path);
+    if facts.path == key_view::PATH {
+        // Answered by the proxy whatever the route table holds.
+        v.plane = Some(Plane::Data);
+        v.pattern = Some(std::sync::Arc::from(key_view::PATH));
+    }
+    let path_match = if facts.path == key_view::PATH {
+        None
+    } else {
+        table.match_path(facts.path)
+    };
     if let Some(m) = &path_match {
         if m.entry.control {
             v.shape = ErrorShape::Portkey;
@@ -301,6 +327,42 @@ fn identify(
         ));
     }
     Ok(key_idx)
+}
+
+/// The key's own view, once the credentials passed: `GET` only (405 with
+/// `Allow` otherwise, and no upgrade); no scope is needed.
+fn own_view(facts: &RequestFacts<'_>, key_idx: KeyIdx, snap: &Snapshot) -> Stop {
+    if *facts.method != Method::GET || facts.upgrade != Upgrade::None {
+        if *facts.method == Method::GET {
+            return deny(
+                ErrorCode::UpgradeNotAllowed,
+                "Protocol upgrades are not taken on this route.",
+            );
+        }
+        let mut d = Denial::new(
+            ErrorCode::MethodNotAllowed,
+            format!(
+                "Method {} is not allowed on {}; allowed: GET.",
+                facts.method,
+                key_view::PATH
+            ),
+        );
+        d.allow = Some(std::sync::Arc::from("GET"));
+        return Stop::Deny(d);
+    }
+    Stop::KeyView(secret_expiry(snap, facts, key_idx))
+}
+
+/// When the presented secret stops working, if it does (`None` for a key
+/// `explain` names by id).
+fn secret_expiry(snap: &Snapshot, facts: &RequestFacts<'_>, key_idx: KeyIdx) -> Option<UnixMillis> {
+    match facts.key {
+        Presented::Secret(secret) => snap
+            .lookup(&crate::identity::keys::digest(secret))
+            .filter(|(k, _)| *k == key_idx)
+            .and_then(|(_, entry)| entry.expires_at),
+        _ => None,
+    }
 }
 
 /// Step 3: a route for the path (404) and the method (405, with `Allow`),
@@ -562,12 +624,13 @@ fn named_workspace(
 /// type the proxy cannot read on an inference route, 413, 400
 /// `invalid_json`), then the model allowlists (400 `missing_model`, 403
 /// `model_not_allowed`), then tokens the proxy cannot see (403
-/// `usage_not_metered`). Returns what accounting needs.
+/// `usage_not_metered`), then, for a cost budget, models without a price
+/// (403 `model_not_priced`). Returns what accounting needs.
 fn data_plane(
     facts: &RequestFacts<'_>,
     route: &Route,
-    key_limits: &Limits,
-    ws_limits: Option<&Limits>,
+    (key_limits, ws_limits): (&Limits, Option<&Limits>),
+    prices: &PriceTable,
 ) -> Step<Spend> {
     let lists: Vec<&[std::sync::Arc<str>]> = [Some(key_limits), ws_limits]
         .into_iter()
@@ -586,6 +649,24 @@ fn data_plane(
         .map(|m| m.into_owned())
         .collect();
     let background = read_data_body(facts, media, &mut spend, &mut named)?;
+    // A model named only by the query is the request's model too: it
+    // prices the reservation, and settlement when the answer names none.
+    if spend.model.is_none() {
+        spend.model = named.first().cloned();
+    }
+    // A cost budget counts only priced models: on a counted route the
+    // request names its model, and every model it names has a price.
+    let cost_limited = [Some(key_limits), ws_limits]
+        .into_iter()
+        .flatten()
+        .any(|l| l.usage.is_some_and(|u| u.kind == UsageKind::Cost))
+        && route.usage.is_some();
+    if cost_limited && named.is_empty() && lists.is_empty() {
+        return Err(deny(
+            ErrorCode::MissingModel,
+            "This API key or its workspace has a cost budget: the request must name its `model`.",
+        ));
+    }
     if !lists.is_empty() {
         models_allowed(facts, route, &lists, &named)?;
     }
@@ -602,6 +683,21 @@ fn data_plane(
                  has token rate limits or a usage limit."
             ),
         ));
+    }
+    if cost_limited {
+        if let Some(m) = named
+            .iter()
+            .find(|m| crate::limits::price::price_for(prices, m).is_none())
+        {
+            return Err(deny(
+                ErrorCode::ModelNotPriced,
+                format!(
+                    "The model `{}` has no price, and this API key or its workspace has a cost \
+                     budget: only priced models may be used.",
+                    crate::identity::keys::build::shown(m)
+                ),
+            ));
+        }
     }
     spend.counted = counts && route.usage.is_some();
     Ok(spend)

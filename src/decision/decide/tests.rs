@@ -165,6 +165,7 @@ fn code(v: &Verdict) -> &'static str {
     match &v.outcome {
         Outcome::Allow => "allow",
         Outcome::ReadBody => "read_body",
+        Outcome::KeyView { .. } => "key_view",
         Outcome::Deny(d) => d.code.as_str(),
     }
 }
@@ -1089,4 +1090,290 @@ fn an_ambiguous_content_length_is_refused_right_after_the_path() {
     }
     let v = run(&w, &req("POST", "/v1//x", "bot"));
     assert_eq!(code(&v), "invalid_path");
+}
+
+/// Keys and a workspace with cost budgets, and prices for some models.
+fn cost_world(catch_all: bool) -> World {
+    let h = |s: &str| digest_hex(s.as_bytes());
+    let table = RouteTable::build(&[], true).expect("routes");
+    let star = if catch_all {
+        "  \"*\": { input: 1, output: 1 }\n"
+    } else {
+        ""
+    };
+    let yaml = format!(
+        r#"
+organisations:
+  - id: org_a
+    workspaces:
+      - id: ws_plain
+      - id: ws_costly
+        usage_limits: {{ type: cost, credit_limit: 5 }}
+keys:
+  - id: cost
+    type: workspace-service
+    workspace_id: ws_plain
+    sha256: "{cost}"
+    scopes: ["completions.write"]
+    usage_limits: {{ type: cost, credit_limit: 5 }}
+  - id: cost_models
+    type: workspace-service
+    workspace_id: ws_plain
+    sha256: "{cost_models}"
+    scopes: ["completions.write"]
+    models: ["gpt-4o*", "claude-*"]
+    usage_limits: {{ type: cost, credit_limit: 5 }}
+  - id: in_costly_ws
+    type: workspace-service
+    workspace_id: ws_costly
+    sha256: "{in_costly_ws}"
+    scopes: ["completions.write"]
+  - id: tokens
+    type: workspace-service
+    workspace_id: ws_plain
+    sha256: "{tokens}"
+    scopes: ["completions.write"]
+    usage_limits: {{ type: tokens, credit_limit: 5000 }}
+model_prices:
+  "gpt-4o-mini": {{ input: 0.15, output: 0.60, cached_input: 0.075 }}
+{star}"#,
+        cost = h("cost"),
+        cost_models = h("cost-models"),
+        in_costly_ws = h("in-costly-ws"),
+        tokens = h("tokens"),
+    );
+    let doc: KeysDocument = serde_yaml::from_str(&yaml).expect("yaml");
+    let snap = build_snapshot(&doc, table.registry()).expect("valid keys");
+    World { table, snap }
+}
+
+#[test]
+fn a_cost_budget_needs_a_named_and_priced_model_on_counted_routes() {
+    let w = cost_world(false);
+    let json = Some("application/json");
+    let form = Some("multipart/form-data; boundary=b");
+    let multipart = |model: &str| {
+        format!("--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n--b--\r\n")
+    };
+    let (mp_priced, mp_unpriced) = (multipart("gpt-4o-mini"), multipart("whisper-1"));
+    let cases: Vec<(&str, &str, Option<&str>, Body<'_>, &str)> = vec![
+        // The body, the query and a multipart part all name models.
+        (
+            "/v1/chat/completions",
+            "cost",
+            json,
+            Body::Read(br#"{"model":"gpt-4o-mini"}"#),
+            "allow",
+        ),
+        (
+            "/v1/chat/completions",
+            "cost",
+            json,
+            Body::Read(br#"{"model":"o1"}"#),
+            "model_not_priced",
+        ),
+        (
+            "/v1/chat/completions",
+            "cost",
+            json,
+            Body::Read(br#"{"messages":[]}"#),
+            "missing_model",
+        ),
+        (
+            "/v1/chat/completions",
+            "cost",
+            json,
+            Body::Empty,
+            "missing_model",
+        ),
+        (
+            "/v1/chat/completions?model=o1",
+            "cost",
+            json,
+            Body::Read(br#"{"model":"gpt-4o-mini"}"#),
+            "model_not_priced",
+        ),
+        (
+            "/v1/chat/completions?model=gpt-4o-mini",
+            "cost",
+            json,
+            Body::Read(b"{}"),
+            "allow",
+        ),
+        (
+            "/v1/embeddings?model=o1",
+            "cost",
+            json,
+            Body::Read(b"{}"),
+            "model_not_priced",
+        ),
+        (
+            "/v1/responses",
+            "cost",
+            form,
+            Body::Read(mp_priced.as_bytes()),
+            "allow",
+        ),
+        (
+            "/v1/responses",
+            "cost",
+            form,
+            Body::Read(mp_unpriced.as_bytes()),
+            "model_not_priced",
+        ),
+        // The workspace's budget binds its keys.
+        (
+            "/v1/messages",
+            "in-costly-ws",
+            json,
+            Body::Read(br#"{"model":"claude-x"}"#),
+            "model_not_priced",
+        ),
+        (
+            "/v1/messages",
+            "in-costly-ws",
+            json,
+            Body::Read(b"{}"),
+            "missing_model",
+        ),
+        // Routes that carry no usage are not concerned.
+        (
+            "/v1/images/generations",
+            "cost",
+            json,
+            Body::Read(br#"{"model":"dall-e-3"}"#),
+            "allow",
+        ),
+        // The allowlist answers first (its step comes before).
+        (
+            "/v1/chat/completions",
+            "cost-models",
+            json,
+            Body::Read(br#"{"model":"o1"}"#),
+            "model_not_allowed",
+        ),
+        (
+            "/v1/chat/completions",
+            "cost-models",
+            json,
+            Body::Read(br#"{"model":"gpt-4o"}"#),
+            "model_not_priced",
+        ),
+        (
+            "/v1/chat/completions",
+            "cost-models",
+            json,
+            Body::Read(b"{}"),
+            "missing_model",
+        ),
+        // Then tokens the proxy cannot see, then the price.
+        (
+            "/v1/responses",
+            "cost",
+            json,
+            Body::Read(br#"{"model":"o1","background":true}"#),
+            "usage_not_metered",
+        ),
+        // Keys without a cost budget behave as before.
+        (
+            "/v1/chat/completions",
+            "tokens",
+            json,
+            Body::Read(br#"{"model":"o1"}"#),
+            "allow",
+        ),
+        (
+            "/v1/chat/completions",
+            "tokens",
+            json,
+            Body::Read(b"{}"),
+            "allow",
+        ),
+    ];
+    for (path, key, ct, body, want) in cases {
+        let v = run_data(&w, &data(path, key, ct, body));
+        assert_eq!(code(&v), want, "{key} {path} {body:?}");
+        if let Outcome::Deny(d) = &v.outcome {
+            if d.code == ErrorCode::ModelNotPriced {
+                assert!(d.message.contains("has no price"), "{}", d.message);
+            }
+        }
+    }
+    // `"*"` prices every other model.
+    let all = cost_world(true);
+    let v = run_data(
+        &all,
+        &data(
+            "/v1/chat/completions?model=o1",
+            "cost",
+            json,
+            Body::Read(br#"{"model":"claude-x"}"#),
+        ),
+    );
+    assert_eq!(code(&v), "allow");
+    // A model named only by the query is the request's model.
+    assert_eq!(
+        v.spend.and_then(|s| s.model).as_deref(),
+        Some("claude-x"),
+        "the body's model first"
+    );
+    let v = run_data(
+        &all,
+        &data(
+            "/v1/chat/completions?model=o1",
+            "cost",
+            json,
+            Body::Read(b"{}"),
+        ),
+    );
+    assert_eq!(v.spend.and_then(|s| s.model).as_deref(), Some("o1"));
+}
+
+#[test]
+fn the_key_view_needs_valid_credentials_and_nothing_else() {
+    let w = world();
+    let view = "/v1/scopegate/key";
+    for (r, want) in [
+        // Every key type, whatever its scopes or status on the data plane.
+        (req("GET", view, "admin"), "key_view"),
+        (req("GET", view, "bot"), "key_view"),
+        (req("GET", view, "alice"), "key_view"),
+        (req("GET", view, "models"), "key_view"),
+        (req("GET", view, "exhausted"), "key_view"),
+        (req("GET", "/v1/scopegate/key?x=1", "bot"), "key_view"),
+        // The credential steps apply.
+        (req("GET", view, ""), "missing_api_key"),
+        (req("GET", view, "nobody"), "invalid_api_key"),
+        (req("GET", view, "old"), "expired_api_key"),
+        (req("GET", view, "rot-old"), "expired_api_key"),
+        (req("GET", view, "revoked"), "revoked_api_key"),
+        // GET only; other paths under it are not it.
+        (req("POST", view, "bot"), "method_not_allowed"),
+        (req("GET", "/v1/scopegate/key/", "bot"), "route_not_found"),
+        (req("GET", "/v1/scopegate//key", "bot"), "invalid_path"),
+    ] {
+        let v = run(&w, &r);
+        assert_eq!(code(&v), want, "{} {}", r.method, r.path);
+        if want == "key_view" {
+            assert_eq!(v.shape, ErrorShape::OpenAi);
+            assert_eq!(v.pattern.as_deref(), Some(view));
+            assert!(v.spend.is_none(), "nothing to count");
+        }
+    }
+    let post = run(&w, &req("POST", view, "bot"));
+    match &post.outcome {
+        Outcome::Deny(d) => assert_eq!(d.allow.as_deref(), Some("GET")),
+        other => panic!("{other:?}"),
+    }
+    // The presented secret's end under rotation is the view's to show.
+    match run(&w, &req("GET", view, "rot-grace")).outcome {
+        Outcome::KeyView { secret_expires } => {
+            assert_eq!(secret_expires, Some(4_070_908_800_000));
+        }
+        other => panic!("{other:?}"),
+    }
+    match run(&w, &req("GET", view, "rot-new")).outcome {
+        Outcome::KeyView { secret_expires } => assert_eq!(secret_expires, None),
+        other => panic!("{other:?}"),
+    }
 }

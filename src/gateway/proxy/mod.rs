@@ -405,6 +405,39 @@ impl Gateway {
         Ok(())
     }
 
+    /// A key's own view (docs/reference.md#a-keys-own-view): its limits
+    /// read from the counter store (nothing taken), answered here, never
+    /// forwarded; 503 `limits_unavailable` when the shared store cannot be
+    /// read.
+    async fn key_view(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        snap: &Arc<Snapshot>,
+        secret_expires: Option<crate::identity::keys::UnixMillis>,
+    ) -> Result<()> {
+        use crate::decision::key_view;
+        ctx.answered = true;
+        let Some(k) = ctx.verdict.as_ref().and_then(|v| v.key) else {
+            return Error::e_explain(ErrorType::InternalError, "key view without a key");
+        };
+        let now = crate::identity::keys::now_millis();
+        let subjects = spend::subjects(snap, snap.key(k), now);
+        let Some(readings) = self.spending.counters.read(&subjects).await else {
+            let message = "The shared limits store cannot be read now; try again shortly.";
+            return self
+                .refuse(session, ctx, ErrorCode::LimitsUnavailable, message, None)
+                .await;
+        };
+        let readings: Vec<_> = subjects
+            .iter()
+            .map(|s| s.subject.scope)
+            .zip(readings)
+            .collect();
+        let body = key_view::render(&self.table, snap, k, secret_expires, &readings, now);
+        self.answer(session, ctx, 200, body, None).await
+    }
+
     async fn refuse(
         &self,
         session: &mut Session,
@@ -415,7 +448,22 @@ impl Gateway {
     ) -> Result<()> {
         ctx.code = Some(code);
         let body = errors::render(code, message, ctx.shape);
-        let mut resp = ResponseHeader::build(code.status(), Some(8))?;
+        self.answer(session, ctx, code.status(), body, allow).await
+    }
+
+    /// Writes an answer of the proxy's own: a JSON body, the request id,
+    /// and the quota headers the request earned.
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        body: impl Into<Bytes>,
+        allow: Option<&str>,
+    ) -> Result<()> {
+        let code = ctx.code;
+        let body: Bytes = body.into();
+        let mut resp = ResponseHeader::build(status, Some(8))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         resp.insert_header("x-request-id", ctx.request_id.clone())?;
@@ -441,16 +489,14 @@ impl Gateway {
             // A client waiting for `100 Continue` will not send its body:
             // answer now and close.
             let small = !expects_continue(session.req_header())
-                && code != ErrorCode::RequestTimeout
+                && code != Some(ErrorCode::RequestTimeout)
                 && matches!(body_hint(session.req_header()), Body::Unread { declared_len: Some(n) } if n <= self.max_body as u64);
             if !(small && session.as_mut().drain_request_body().await.is_ok()) {
                 session.set_keepalive(None);
             }
         }
         session.write_response_header(Box::new(resp), false).await?;
-        session
-            .write_response_body(Some(Bytes::from(body)), true)
-            .await?;
+        session.write_response_body(Some(body), true).await?;
         Ok(())
     }
 }
@@ -475,6 +521,8 @@ pub struct Ctx {
     /// hands its own failures to `logging`, these it never sees.
     upstream_error: Option<&'static str>,
     probe: bool,
+    /// The proxy answered the request itself (the key's own view).
+    answered: bool,
     _in_flight: InFlight,
 }
 
@@ -783,6 +831,7 @@ impl ProxyHttp for Gateway {
             upstream_status: None,
             upstream_error: None,
             probe: false,
+            answered: false,
             _in_flight: InFlight(self.in_flight.clone()),
         }
     }
@@ -869,6 +918,10 @@ impl ProxyHttp for Gateway {
             Outcome::Deny(d) => {
                 self.refuse(session, ctx, d.code, &d.message, d.allow.as_deref())
                     .await?;
+                Ok(true)
+            }
+            Outcome::KeyView { secret_expires } => {
+                self.key_view(session, ctx, &snap, secret_expires).await?;
                 Ok(true)
             }
             Outcome::ReadBody => {
@@ -1017,7 +1070,7 @@ impl ProxyHttp for Gateway {
 }
 
 fn ctx_view<'a>(ctx: &'a Ctx, gw: &'a Gateway) -> Finished<'a> {
-    let forwarded = ctx.code.is_none()
+    let forwarded = !ctx.answered && ctx.code.is_none()
         || matches!(
             ctx.code,
             Some(ErrorCode::UpstreamTimeout | ErrorCode::UpstreamUnavailable)

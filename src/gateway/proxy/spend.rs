@@ -127,20 +127,31 @@ impl Meter {
             observed,
             self.request_model.as_deref(),
         );
-        let priced = c
-            .model
-            .as_deref()
-            .and_then(|m| price::price_for(self.snap.model_prices(), m));
-        let cost = priced.map_or(0.0, |p| price::cost_usd(c.input, c.output, p));
+        let priced = price::settlement_price(
+            self.snap.model_prices(),
+            observed.model.as_deref(),
+            self.request_model.as_deref(),
+        );
+        let tokens = price::Tokens {
+            input: c.input,
+            cached_input: c.cached_input,
+            cache_write: c.cache_write,
+            output: c.output,
+        };
+        let cost = priced.map_or(0.0, |p| price::cost_of(tokens, p));
         if let Some(m) = usage_metrics() {
             let source = if c.estimated { "estimated" } else { "reported" };
             let ws = &*self.workspace;
-            m.tokens
-                .with_label_values(&[ws, "input", source])
-                .inc_by(c.input);
-            m.tokens
-                .with_label_values(&[ws, "output", source])
-                .inc_by(c.output);
+            for (kind, n) in [
+                ("input", c.input),
+                ("output", c.output),
+                ("cached_input", c.cached_input),
+                ("cache_write", c.cache_write),
+            ] {
+                if n > 0 || matches!(kind, "input" | "output") {
+                    m.tokens.with_label_values(&[ws, kind, source]).inc_by(n);
+                }
+            }
             if cost > 0.0 {
                 m.cost.with_label_values(&[ws]).inc_by(cost);
             }
@@ -155,6 +166,8 @@ impl Meter {
             Charge {
                 input: c.input,
                 output: c.output,
+                cached_input: c.cached_input,
+                cache_write: c.cache_write,
                 cost,
                 estimated: c.estimated,
             },

@@ -48,6 +48,7 @@ fn tokens(input: u64, output: u64) -> Charge {
         output,
         cost: 0.0,
         estimated: false,
+        ..Charge::default()
     }
 }
 
@@ -279,11 +280,14 @@ fn a_workspace_budget_refusal_takes_nothing_from_the_key() {
             output: 0,
             cost: 0.01,
             estimated: true,
+            cached_input: 4,
+            cache_write: 3,
         }),
         T0,
     );
     let u = store.usage(&SubjectId::workspace("w"), "all");
     assert_eq!((u.tokens_in, u.estimated_tokens, u.cost), (10, 10, 0.01));
+    assert_eq!((u.cached_input, u.cache_write), (4, 3));
     assert!(!u.exhausted(&subjects[1].usage.expect("limit")));
 }
 
@@ -366,6 +370,52 @@ fn usage_survives_a_reopen_and_reservations_do_not() {
     let report = store.report();
     assert_eq!(report.len(), 1);
     assert_eq!(report[0].subject, SubjectId::key("key_bot"));
+}
+
+#[test]
+fn the_cache_split_persists_and_an_older_file_gains_its_columns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.db");
+    {
+        // A state file as an older scopegate wrote it: no cache columns.
+        let conn = rusqlite::Connection::open(&path).expect("create");
+        conn.execute_batch(
+            "CREATE TABLE usage (scope TEXT NOT NULL, id TEXT NOT NULL, period TEXT NOT NULL,
+                period_end_ms INTEGER, input_tokens INTEGER NOT NULL DEFAULT 0,
+                output_tokens INTEGER NOT NULL DEFAULT 0, cost_usd REAL NOT NULL DEFAULT 0,
+                estimated_tokens INTEGER NOT NULL DEFAULT 0,
+                reserved_tokens INTEGER NOT NULL DEFAULT 0,
+                reserved_cost REAL NOT NULL DEFAULT 0,
+                updated_at_ms INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (scope, id, period));
+             INSERT INTO usage (scope, id, period, input_tokens) VALUES ('key', 'k', 'all', 7);",
+        )
+        .expect("old schema");
+    }
+    let rows = read_usage_report(&path).expect("an old file reads");
+    assert_eq!(
+        (rows[0].usage.tokens_in, rows[0].usage.cached_input),
+        (7, 0)
+    );
+    let k = key("k");
+    {
+        let store = LocalStore::open(&path).expect("open upgrades");
+        let (a, _) = admitted(store.admit_now(&AdmitRequest {
+            subjects: std::slice::from_ref(&k),
+            estimate: est(5),
+        }));
+        let mut c = tokens(100, 1);
+        c.cached_input = 60;
+        c.cache_write = 30;
+        store.settle(a, c);
+        store.flush_now().expect("flush");
+    }
+    let rows = read_usage_report(&path).expect("read");
+    let u = &rows[0].usage;
+    assert_eq!((u.tokens_in, u.cached_input, u.cache_write), (107, 60, 30));
+    let store = LocalStore::open(&path).expect("reopen");
+    let u = store.usage(&SubjectId::key("k"), "all");
+    assert_eq!((u.cached_input, u.cache_write), (60, 30));
 }
 
 #[test]
@@ -468,4 +518,41 @@ fn an_unwritable_directory_is_named_clearly() {
         msg.contains("state.db") && msg.contains("cannot be written"),
         "{msg}"
     );
+}
+
+#[test]
+fn a_read_shows_what_the_checks_see_and_takes_nothing() {
+    use crate::limits::rate::RateLimit;
+    let store = LocalStore::in_memory();
+    let mut k = key("k");
+    k.requests = vec![RateLimit {
+        value: 60,
+        period: Duration::from_secs(60),
+    }];
+    k.tokens = vec![tpm(1000)];
+    k.usage = token_budget(500.0);
+    k.max_concurrent = Some(3);
+    let subjects = [k.clone(), ws("w")];
+    // Nothing yet: every limit whole.
+    let fresh = store.read_at(&subjects, T0);
+    assert_eq!(fresh[0].requests[0].remaining, 60);
+    assert_eq!(fresh[0].tokens[0].remaining, 1000);
+    assert_eq!(fresh[0].in_flight, 0);
+    assert_eq!(fresh[1], crate::limits::view::Reading::default());
+    let (done, _) = admitted(admit(&store, &subjects, est(100), T0));
+    store.finish_at(done, Some(&tokens(30, 10)), T0);
+    let (_held, _) = admitted(admit(&store, &subjects, est(100), T0));
+    let r = store.read_at(&subjects, T0);
+    assert_eq!(r[0].requests[0].remaining, 58, "two requests");
+    assert_eq!(r[0].requests[0].reset, Duration::from_secs(2));
+    assert_eq!(r[0].tokens[0].remaining, 1000 - 40 - 100);
+    let u = r[0].usage.expect("usage");
+    assert_eq!((u.used, u.reserved), (40.0, 100.0));
+    assert_eq!(r[0].in_flight, 1, "the held request's slot");
+    // Reading took nothing: a second read is the same.
+    assert_eq!(store.read_at(&subjects, T0), r);
+    // Time gives the rate limits back.
+    let later = store.read_at(&subjects, T0 + 60 * SEC);
+    assert_eq!(later[0].requests[0].remaining, 60);
+    assert_eq!(later[0].tokens[0].remaining, 1000);
 }

@@ -199,6 +199,8 @@ async fn one_request_keeps_its_state_in_one_hash_slot_under_the_prefix() {
             output: 4,
             cost: 0.5,
             estimated: false,
+            cached_input: 2,
+            cache_write: 1,
         },
     );
     let ws = SubjectId::workspace("ws_research");
@@ -213,6 +215,12 @@ async fn one_request_keeps_its_state_in_one_hash_slot_under_the_prefix() {
         .await
         .expect("report");
     assert_eq!(report[1].usage.tokens_in, 3);
+    assert_eq!(
+        (report[1].usage.cached_input, report[1].usage.cache_write),
+        (2, 1),
+        "the cache split is stored beside the input"
+    );
+    assert_eq!(s.usage(&ws, "2026-11").cached_input, 2);
     assert_eq!(report[1].usage.cost, 0.5);
     assert_eq!(report[1].usage.reserved_tokens, 0);
 }
@@ -372,6 +380,7 @@ async fn token_limits_and_settlement_refunds_hold_across_replicas() {
             output: 5,
             cost: 0.0,
             estimated: true,
+            ..Charge::default()
         },
     );
     wait_until("refund", async || {
@@ -448,6 +457,7 @@ async fn a_stopped_redis_is_answered_within_the_timeout_then_recovers() {
             output: 0,
             cost: 0.0,
             estimated: false,
+            ..Charge::default()
         },
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -606,6 +616,7 @@ async fn cost_budgets_are_per_period_expire_after_it_and_hold_in_the_fallback() 
             output: 100,
             cost: 0.9,
             estimated: false,
+            ..Charge::default()
         },
     );
     let ws = SubjectId::workspace("ws_research");

@@ -348,7 +348,17 @@ pub(super) fn check_model_prices(prices: &ModelPrices, problems: &mut Problems) 
         } else {
             seen.insert(pattern, n);
         }
-        for (field, value) in [("input", price.input), ("output", price.output)] {
+        let optional = [
+            ("cached_input", price.cached_input),
+            ("cache_write", price.cache_write),
+        ];
+        let given = optional
+            .into_iter()
+            .filter_map(|(field, value)| value.map(|v| (field, v)));
+        for (field, value) in [("input", price.input), ("output", price.output)]
+            .into_iter()
+            .chain(given)
+        {
             if !value.is_finite() || value < 0.0 {
                 problems.push(
                     format!("{}.{field}", at()),
@@ -364,6 +374,8 @@ pub(super) fn check_model_prices(prices: &ModelPrices, problems: &mut Problems) 
             Price {
                 input: price.input,
                 output: price.output,
+                cached_input: price.cached_input.unwrap_or(price.input),
+                cache_write: price.cache_write.unwrap_or(price.input),
             },
         ));
     }

@@ -748,6 +748,8 @@ fn price(n: &Node<'_>) -> Option<PriceSpec> {
                 p.output = float(v)?;
                 seen |= 2;
             }
+            "cached_input" if p.cached_input.is_none() => p.cached_input = Some(float(v)?),
+            "cache_write" if p.cache_write.is_none() => p.cache_write = Some(float(v)?),
             _ => return None,
         }
     }

@@ -142,20 +142,8 @@ fn a_file_with_every_limit_loads_into_limits() {
     assert_eq!(
         prices,
         vec![
-            (
-                "gpt-4o-mini",
-                Price {
-                    input: 0.15,
-                    output: 0.60
-                }
-            ),
-            (
-                "gpt-4o*",
-                Price {
-                    input: 2.50,
-                    output: 10.00
-                }
-            ),
+            ("gpt-4o-mini", Price::flat(0.15, 0.60)),
+            ("gpt-4o*", Price::flat(2.50, 10.00)),
         ],
         "file order"
     );
@@ -431,7 +419,7 @@ fn unknown_fields_in_limits_are_errors_with_positions() {
     assert_eq!(e.len(), 1, "{e:#?}");
     assert_eq!(
         e,
-        vec!["keys.yaml:28:48: model_prices.gpt-4o*: unknown field `cached`, expected `input` or `output`"],
+        vec!["keys.yaml:28:48: model_prices.gpt-4o*: unknown field `cached` (did you mean `cached_input`?)"],
         "no echo about `type: cost` needing prices"
     );
 }
@@ -457,4 +445,45 @@ fn a_changed_token_limit_changes_the_keys_limits() {
     let second = parse_keys_str(&text, file, &reg).expect("valid");
     let changed = |s: &Snapshot| s.key_by_id("key_bot").map(|(_, k)| k.limits().clone());
     assert_ne!(changed(&first), changed(&second));
+}
+
+#[test]
+fn cached_input_and_cache_write_prices_default_to_input() {
+    let text = with(
+        "{ input: 2.50, output: 10.00 }",
+        "{ input: 2.50, output: 10.00, cached_input: 1.25, cache_write: 3.125 }",
+    );
+    let s = load(&text).expect("valid");
+    let prices: Vec<Price> = s.model_prices().iter().map(|(_, p)| *p).collect();
+    assert_eq!(prices[0], Price::flat(0.15, 0.60), "defaults: input");
+    assert_eq!(
+        prices[1],
+        Price {
+            input: 2.50,
+            output: 10.00,
+            cached_input: 1.25,
+            cache_write: 3.125,
+        }
+    );
+    // The serde reader (a shape the fast reader leaves to it) agrees.
+    let slow = with(
+        "{ input: 2.50, output: 10.00 }",
+        "\n    input: 2.50\n    output: 10.00\n    cached_input: 1.25\n    cache_write: 3.125\n  ",
+    );
+    let s = load(&slow).expect("valid");
+    assert_eq!(s.model_prices()[1].1.cache_write, 3.125);
+}
+
+#[test]
+fn a_negative_cached_price_is_refused() {
+    let text = with(
+        "{ input: 2.50, output: 10.00 }",
+        "{ input: 2.50, output: 10.00, cached_input: -1 }",
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("model_prices[1].cached_input: price `cached_input` must be a finite"),
+        "{errs:?}"
+    );
 }
