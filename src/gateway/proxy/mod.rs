@@ -23,12 +23,14 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::config::UpstreamConfig;
 use crate::decision::decide::{self, Body, Outcome, RequestFacts, Verdict};
 use crate::decision::errors::{self, Denial, ErrorCode, ErrorShape};
-use crate::decision::request::{self, KeySource};
+use crate::decision::request::{self, KeySource, Presented};
 use crate::decision::routes::{Plane, RouteTable};
 use crate::gateway::access_log::{self, Finished};
-use crate::identity::keys::{KeyStore, Snapshot};
+use crate::identity::keys::{Digest, KeyStore, Snapshot};
+use crate::identity::token::{TokenCache, TokenOutcome};
 use crate::limits::rate::{self, Quota};
 use crate::ops::metrics::metrics;
+use crate::ops::tokens::TokenKeys;
 
 mod forward;
 pub mod spend;
@@ -101,6 +103,9 @@ pub struct Gateway {
     connector: pingora::connectors::http::Connector,
     /// The counter store and the settings of metering.
     spending: Spending,
+    /// The JWK sets and the verified-token cache, when the server runs
+    /// with identity tokens' background service.
+    tokens: Option<Arc<TokenKeys>>,
 }
 
 /// The counter store and the metering settings of a [`Gateway`].
@@ -138,6 +143,54 @@ impl Gateway {
             in_flight,
             connector: pingora::connectors::http::Connector::new(None),
             spending,
+            tokens: None,
+        }
+    }
+
+    /// Verifies identity tokens with `tokens` (docs/reference.md#identity-tokens);
+    /// without it, token-shaped credentials of an organisation that
+    /// accepts tokens answer 503 `identity_unavailable`.
+    pub fn with_tokens(mut self, tokens: Arc<TokenKeys>) -> Gateway {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// The credential, when it is an identity token and some organisation
+    /// accepts tokens: its cache key, and its outcome when the cache knows
+    /// it (else the token, to verify off this borrow of the session).
+    fn presented_token(
+        &self,
+        session: &Session,
+        snap: &Snapshot,
+    ) -> Option<(Digest, Result<TokenOutcome, String>)> {
+        if !snap.identity().any() {
+            return None;
+        }
+        let (Presented::Secret(secret), _) = presented(session.req_header()) else {
+            return None;
+        };
+        let token = std::str::from_utf8(secret)
+            .ok()
+            .filter(|t| crate::identity::token::is_token(t))?;
+        let digest = TokenCache::key(token);
+        let hit = self
+            .tokens
+            .as_ref()
+            .and_then(|t| t.cached(token, snap, crate::identity::keys::now_millis()));
+        Some((digest, hit.ok_or_else(|| token.to_string())))
+    }
+
+    /// Verifies a token the cache did not know.
+    async fn verify_token(&self, token: &str, snap: &Snapshot) -> TokenOutcome {
+        match &self.tokens {
+            Some(t) => t.check(token, snap).await,
+            None => crate::identity::token::verify(
+                token,
+                crate::identity::keys::now_millis(),
+                snap,
+                &std::collections::HashMap::new(),
+            )
+            .map(Arc::new),
         }
     }
 
@@ -154,6 +207,7 @@ impl Gateway {
         session: &Session,
         snap: &Snapshot,
         body: Option<Body<'_>>,
+        token: Option<&TokenOutcome>,
     ) -> (Verdict, KeySource) {
         let req = session.req_header();
         let values = |name: &str| -> Vec<&[u8]> {
@@ -163,18 +217,10 @@ impl Gateway {
                 .map(HeaderValue::as_bytes)
                 .collect()
         };
-        let (portkey, authorization, x_api_key, api_key) = (
-            values(request::KEY_HEADERS[0]),
-            values(request::KEY_HEADERS[1]),
-            values(request::KEY_HEADERS[2]),
-            values(request::KEY_HEADERS[3]),
-        );
-        let (key, source) = request::presented_key(&request::KeyHeaders {
-            portkey: &portkey,
-            authorization: &authorization,
-            x_api_key: &x_api_key,
-            api_key: &api_key,
-        });
+        let (mut key, source) = presented(req);
+        if let (Some(t), Presented::Secret(_)) = (token, key) {
+            key = Presented::Token(t);
+        }
         let body = body.unwrap_or_else(|| body_hint(req));
         let mut content_types = req.headers.get_all(http::header::CONTENT_TYPE).iter();
         let content_type = content_types.next().map(HeaderValue::as_bytes);
@@ -219,7 +265,7 @@ impl Gateway {
         let (Some(verdict), Some(snap)) = (&ctx.verdict, &ctx.snapshot) else {
             return Error::e_explain(ErrorType::InternalError, "request not decided");
         };
-        strip_client_headers(req, ctx.key_source, snap);
+        strip_client_headers(req, ctx.key_source, snap, ctx.token_digest.as_ref());
         join_cookies(req)?;
         for (name, value) in crate::decision::headers::identity_headers(snap, verdict) {
             req.insert_header(name, value)?;
@@ -262,11 +308,15 @@ impl Gateway {
         let Some(verdict) = ctx.verdict.as_ref() else {
             return Ok(false);
         };
-        let Some(k) = verdict.key else {
-            return Ok(false);
+        let now = crate::identity::keys::now_millis();
+        let (subjects, ws) = match (&verdict.token, verdict.key) {
+            (Some(id), _) => (spend::token_subjects(snap, id, now), Some(id.workspace)),
+            (None, Some(k)) => {
+                let key = snap.key(k);
+                (spend::subjects(snap, key, now), key.workspace)
+            }
+            (None, None) => return Ok(false),
         };
-        let key = snap.key(k);
-        let subjects = spend::subjects(snap, key, crate::identity::keys::now_millis());
         if subjects.is_empty() {
             return Ok(false);
         }
@@ -280,9 +330,7 @@ impl Gateway {
             ),
             _ => None,
         };
-        let workspace = key
-            .workspace
-            .map_or_else(|| Arc::from("none"), |w| snap.workspace(w).id.clone());
+        let workspace = ws.map_or_else(|| Arc::from("none"), |w| snap.workspace(w).id.clone());
         let result = self
             .spending
             .counters
@@ -463,6 +511,9 @@ pub struct Ctx {
     verdict: Option<Verdict>,
     shape: ErrorShape,
     key_source: KeySource,
+    /// SHA-256 of the identity token presented, if one was: any other key
+    /// header holding it is removed upstream too.
+    token_digest: Option<Digest>,
     quota: Option<Quota>,
     token_quota: Option<crate::state::TokenQuota>,
     retry_after: Option<Duration>,
@@ -565,6 +616,30 @@ pub fn valid_request_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// The credential of the key headers (the reference on credentials) and
+/// the header that carried it.
+fn presented(req: &RequestHeader) -> (Presented<'_>, KeySource) {
+    let values = |name: &str| -> Vec<&[u8]> {
+        req.headers
+            .get_all(name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect()
+    };
+    let (portkey, authorization, x_api_key, api_key) = (
+        values(request::KEY_HEADERS[0]),
+        values(request::KEY_HEADERS[1]),
+        values(request::KEY_HEADERS[2]),
+        values(request::KEY_HEADERS[3]),
+    );
+    request::presented_key(&request::KeyHeaders {
+        portkey: &portkey,
+        authorization: &authorization,
+        x_api_key: &x_api_key,
+        api_key: &api_key,
+    })
+}
+
 fn body_hint(req: &RequestHeader) -> Body<'static> {
     if req.headers.contains_key(http::header::CONTENT_LENGTH) {
         let values: Vec<&[u8]> = req
@@ -634,7 +709,12 @@ async fn read_body_capped(session: &mut Session, max: usize) -> Result<Option<By
 /// `x-scopegate-*` or as a key header once `_` is taken for `-` (CGI/WSGI
 /// servers map one to the other), and method-override headers (the decision
 /// was made on the wire method).
-fn strip_client_headers(req: &mut RequestHeader, source: KeySource, snap: &Snapshot) {
+fn strip_client_headers(
+    req: &mut RequestHeader,
+    source: KeySource,
+    snap: &Snapshot,
+    token: Option<&Digest>,
+) {
     let carrying = match source {
         KeySource::PortkeyHeader => "x-portkey-api-key",
         KeySource::Authorization => "authorization",
@@ -653,8 +733,10 @@ fn strip_client_headers(req: &mut RequestHeader, source: KeySource, snap: &Snaps
             n == carrying
                 || n == "x-portkey-api-key"
                 || req.headers.get_all(name).iter().any(|v| {
-                    request::key_candidates(v.as_bytes())
-                        .any(|s| snap.lookup(&crate::identity::keys::digest(s)).is_some())
+                    request::key_candidates(v.as_bytes()).any(|s| {
+                        let d = crate::identity::keys::digest(s);
+                        snap.lookup(&d).is_some() || token == Some(&d)
+                    })
                 })
         } else {
             is_identity_or_override(n)
@@ -773,6 +855,7 @@ impl ProxyHttp for Gateway {
             verdict: None,
             shape: ErrorShape::OpenAi,
             key_source: KeySource::PortkeyHeader,
+            token_digest: None,
             quota: None,
             token_quota: None,
             retry_after: None,
@@ -814,7 +897,17 @@ impl ProxyHttp for Gateway {
         };
         let snap = self.store.load();
         let hint = h2_body_hint(session);
-        let (mut verdict, source) = self.decide(session, &snap, hint);
+        let token = match self.presented_token(session, &snap) {
+            None => None,
+            Some((digest, found)) => {
+                ctx.token_digest = Some(digest);
+                Some(match found {
+                    Ok(hit) => hit,
+                    Err(token) => self.verify_token(&token, &snap).await,
+                })
+            }
+        };
+        let (mut verdict, source) = self.decide(session, &snap, hint, token.as_ref());
         // A counted request is always sent by the proxy itself, so that its
         // answer passes the usage tap: one with no body to check (the
         // decision reads every other) is read too, which costs nothing.
@@ -857,7 +950,9 @@ impl ProxyHttp for Gateway {
                 Some(b) => Body::Read(b),
                 None => Body::TooLarge,
             };
-            verdict = self.decide(session, &snap, Some(facts_body)).0;
+            verdict = self
+                .decide(session, &snap, Some(facts_body), token.as_ref())
+                .0;
             ctx.body = body;
         }
         ctx.key_source = source;
