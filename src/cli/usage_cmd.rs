@@ -23,6 +23,10 @@ struct Line {
     usage: UsageNow,
 }
 
+/// A subject to report: whose, its limit, its current period and, for a
+/// workspace key, its workspace.
+type Subject = (SubjectId, UsageLimit, Period, Option<Arc<str>>);
+
 /// The subjects with usage limits, filtered by `--key` / `--workspace`.
 fn subjects(
     snap: &Snapshot,
@@ -79,7 +83,7 @@ fn token_subjects(
     key: Option<&str>,
     workspace: Option<&str>,
     now_ms: i64,
-) -> Result<Vec<(SubjectId, UsageLimit, Period, Option<Arc<str>>)>, String> {
+) -> Result<Vec<Subject>, String> {
     let limited: Vec<(Arc<str>, UsageLimit)> = snap
         .identity()
         .all()

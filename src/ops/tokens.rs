@@ -115,6 +115,9 @@ impl TokenMetrics {
     }
 }
 
+/// The TLS client configuration of a URL, or why there is none.
+type Tls = Result<Arc<rustls::ClientConfig>, String>;
+
 /// One `jwks_url` and its schedule.
 struct UrlState {
     refresh: RefreshState,
@@ -326,12 +329,7 @@ impl TokenKeys {
     }
 
     /// The fetches due now (taken as started), and when the next is due.
-    fn due(
-        &self,
-    ) -> (
-        Vec<(Arc<str>, Result<Arc<rustls::ClientConfig>, String>)>,
-        Instant,
-    ) {
+    fn due(&self) -> (Vec<(Arc<str>, Tls)>, Instant) {
         let now = Instant::now();
         let mut next = now + Duration::from_secs(1);
         let mut due = Vec::new();
