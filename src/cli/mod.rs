@@ -167,7 +167,16 @@ pub fn load_all(path: &Path) -> Result<(Config, RouteTable, Snapshot), Vec<Diagn
 }
 
 fn serve(path: &Path) -> ExitCode {
-    let (config, table, snap) = match load_all(path) {
+    // Like an invalid keys file, a JWK set file that cannot be used is
+    // fatal at start (on a reload, its last good set stays).
+    let loaded = load_all(path).and_then(|(config, table, snap)| {
+        if snap.identity().any() {
+            let text = keys::read_keys_file(&config.keys_file).map_err(|d| vec![d])?;
+            token::files::load_files(&snap, &config.keys_file, &text)?;
+        }
+        Ok((config, table, snap))
+    });
+    let (config, table, snap) = match loaded {
         Ok(x) => x,
         Err(problems) => {
             print_problems(&problems);
