@@ -807,3 +807,69 @@ fn two_replicas_share_per_subject_and_workspace_limits_through_redis() {
     expect_openai_error(&a.chat(&es.token("carol")), 429, "rate_limited");
     assert_eq!(up.completions.count(), 6);
 }
+
+/// `scopegate explain --token` with `token` on stdin.
+fn explain_token(dir: &Path, config: &Path, token: &str, method: &str, path: &str) -> String {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(super::harness::scopegate_bin())
+        .args(["explain", "--token", "--config"])
+        .arg(config)
+        .args([method, path])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn scopegate");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(token.as_bytes()).expect("stdin");
+    }
+    let out = child.wait_with_output().expect("explain");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn explain_decides_a_tokens_request_without_sending_it() {
+    let es = Signer::es256("es");
+    let (jdir, _, source) = jwks_dir(&jwks(&[&es]));
+    let config = super::harness::ProxyBuilder::new("http://127.0.0.1:9", "http://127.0.0.1:9")
+        .keys(&keys_yaml(&source, "", ""))
+        .write_files(jdir.path(), super::harness::free_port_pair());
+    let out = explain_token(
+        jdir.path(),
+        &config,
+        &format!("Bearer {}", es.token("alice")),
+        "POST",
+        "/v1/chat/completions",
+    );
+    assert!(
+        out.contains("key:       token:alice (workspace-user, identity token)"),
+        "{out}"
+    );
+    assert!(out.contains("decision:  allow"), "{out}");
+    assert!(out.contains("x-scopegate-key-id: token:alice"), "{out}");
+    assert!(out.contains("x-scopegate-user-id: alice"), "{out}");
+    let out = explain_token(
+        jdir.path(),
+        &config,
+        &es.token("alice"),
+        "GET",
+        "/v1/configs?workspace_id=ws_prod",
+    );
+    assert!(out.contains("decision:  deny 403 missing_scope"), "{out}");
+    let expired = es.sign(&with(claims("alice"), json!({"exp": now_s() - 120})));
+    let out = explain_token(
+        jdir.path(),
+        &config,
+        &expired,
+        "POST",
+        "/v1/chat/completions",
+    );
+    assert!(out.contains("decision:  deny 401 expired_api_key"), "{out}");
+    assert!(
+        !out.contains(expired.rsplit('.').next().unwrap_or("-")),
+        "{out}"
+    );
+}
