@@ -216,6 +216,20 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// Why `--key` or `--workspace` names nothing, if it does not.
+fn unknown_filter(snap: &Snapshot, key: Option<&str>, workspace: Option<&str>) -> Option<String> {
+    if let Some(k) = key {
+        let token = k.starts_with("token:") && snap.identity().any();
+        if snap.key_by_id(k).is_none() && !token {
+            return Some(format!("no key with id `{k}`"));
+        }
+    }
+    match workspace {
+        Some(w) if snap.workspace_by_name(w).is_none() => Some(format!("no workspace `{w}`")),
+        _ => None,
+    }
+}
+
 /// Runs `scopegate usage`.
 pub fn run(
     config: &Config,
@@ -225,18 +239,9 @@ pub fn run(
     as_json: bool,
 ) -> ExitCode {
     let now = crate::identity::keys::now_millis();
-    if let Some(k) = key {
-        let token = k.starts_with("token:") && snap.identity().any();
-        if snap.key_by_id(k).is_none() && !token {
-            eprintln!("scopegate usage: no key with id `{k}`");
-            return ExitCode::FAILURE;
-        }
-    }
-    if let Some(w) = workspace {
-        if snap.workspace_by_name(w).is_none() {
-            eprintln!("scopegate usage: no workspace `{w}`");
-            return ExitCode::FAILURE;
-        }
+    if let Some(problem) = unknown_filter(snap, key, workspace) {
+        eprintln!("scopegate usage: {problem}");
+        return ExitCode::FAILURE;
     }
     let mut subjects = subjects(snap, key, workspace, now);
     match token_subjects(config, snap, key, workspace, now) {

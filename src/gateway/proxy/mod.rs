@@ -180,6 +180,22 @@ impl Gateway {
         Some((digest, hit.ok_or_else(|| token.to_string())))
     }
 
+    /// The outcome of the identity token presented, if one was (cache
+    /// first); its digest goes in `ctx` for the upstream stripping.
+    async fn token_of(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        snap: &Snapshot,
+    ) -> Option<TokenOutcome> {
+        let (digest, found) = self.presented_token(session, snap)?;
+        ctx.token_digest = Some(digest);
+        Some(match found {
+            Ok(hit) => hit,
+            Err(token) => self.verify_token(&token, snap).await,
+        })
+    }
+
     /// Verifies a token the cache did not know.
     async fn verify_token(&self, token: &str, snap: &Snapshot) -> TokenOutcome {
         match &self.tokens {
@@ -897,16 +913,7 @@ impl ProxyHttp for Gateway {
         };
         let snap = self.store.load();
         let hint = h2_body_hint(session);
-        let token = match self.presented_token(session, &snap) {
-            None => None,
-            Some((digest, found)) => {
-                ctx.token_digest = Some(digest);
-                Some(match found {
-                    Ok(hit) => hit,
-                    Err(token) => self.verify_token(&token, &snap).await,
-                })
-            }
-        };
+        let token = self.token_of(session, ctx, &snap).await;
         let (mut verdict, source) = self.decide(session, &snap, hint, token.as_ref());
         // A counted request is always sent by the proxy itself, so that its
         // answer passes the usage tap: one with no body to check (the
