@@ -732,9 +732,11 @@ fn each_subject_has_its_own_budget_and_usage_lists_the_subjects() {
             "",
         ))
         .config("default_output_reservation: 0")
+        .https()
         .start();
     let alice = es.token("alice");
-    assert_eq!(chat(&proxy, Proto::H1, &alice).status, 200);
+    // Over HTTP/2: the body is read, the answer metered, as over HTTP/1.1.
+    assert_eq!(chat(&proxy, Proto::H2, &alice).status, 200);
     let used = |args: &[&str]| usage(&proxy, args)[0]["used_tokens"].clone();
     assert!(
         poll_until(Duration::from_secs(5), || used(&["--key", "token:alice"])
@@ -750,7 +752,13 @@ fn each_subject_has_its_own_budget_and_usage_lists_the_subjects() {
         forwarded,
         "the refusal went upstream"
     );
-    assert_eq!(chat(&proxy, Proto::H1, &es.token("bob")).status, 200);
+    expect_openai_error(&chat(&proxy, Proto::H2, &alice), 412, "budget_exhausted");
+    assert_eq!(
+        up.completions.count(),
+        forwarded,
+        "the refusal went upstream"
+    );
+    assert_eq!(chat(&proxy, Proto::H2, &es.token("bob")).status, 200);
     let listed = || {
         let rows = usage(&proxy, &[]);
         let mut ids: Vec<String> = rows
@@ -785,10 +793,12 @@ fn two_replicas_share_per_subject_and_workspace_limits_through_redis() {
     let builder = Proxy::builder(&up)
         .keys(&keys_yaml(
             &source,
-            "rate_limits: [{ type: requests, unit: rph, value: 3 }]",
+            "rate_limits: [{ type: requests, unit: rph, value: 3 }]\n\
+             usage_limits: { type: tokens, credit_limit: 1000000, periodic_reset: monthly }",
             "rate_limits: [{ type: requests, unit: rph, value: 6 }]",
         ))
-        .config(&redis.state_config("allow", 2000));
+        .config(&redis.state_config("allow", 2000))
+        .config("default_output_reservation: 0");
     let (a, b) = (builder.clone().start(), builder.start());
     let alice = es.token("alice");
     let statuses: Vec<u16> = (0..5)
@@ -806,6 +816,24 @@ fn two_replicas_share_per_subject_and_workspace_limits_through_redis() {
     expect_openai_error(&b.chat(BOT), 429, "rate_limited");
     expect_openai_error(&a.chat(&es.token("carol")), 429, "rate_limited");
     assert_eq!(up.completions.count(), 6);
+    // `scopegate usage` finds the subjects with usage this period in Redis.
+    let subjects = || -> Vec<String> {
+        let mut ids: Vec<String> = usage(&b, &[])
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["scope"] == "token")
+            .filter_map(|r| r["id"].as_str().map(String::from))
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert!(
+        poll_until(Duration::from_secs(5), || subjects()
+            == ["token:alice", "token:bob"]),
+        "{:?}",
+        subjects()
+    );
 }
 
 /// `scopegate explain --token` with `token` on stdin.
