@@ -692,3 +692,24 @@ fn messages_never_quote_the_token() {
         );
     }
 }
+
+#[test]
+fn a_verified_identity_holds_until_its_settings_or_its_set_change() {
+    let w = world();
+    let id = w.verify(&w.es.sign(&good_claims())).expect("verifies");
+    assert!(id.still_holds(&w.snap, &w.sets));
+    // The same keys file parsed again, and org_b's set replaced: nothing it
+    // depends on changed.
+    let mut other = w.sets.clone();
+    other.insert(OrgIdx(1), Arc::new(jwks(&[&w.ed])));
+    assert!(id.still_holds(&snapshot_with(""), &other));
+    // Its organisation's set changed (a key withdrawn or added).
+    let mut changed = w.sets.clone();
+    changed.insert(OrgIdx(0), Arc::new(jwks(&[&w.es])));
+    assert!(!id.still_holds(&w.snap, &changed));
+    let mut gone = w.sets.clone();
+    gone.remove(&OrgIdx(0));
+    assert!(!id.still_holds(&w.snap, &gone));
+    // The identity settings changed: a revocation, say.
+    assert!(!id.still_holds(&snapshot_with("revoked_subjects: [bob]"), &w.sets));
+}
