@@ -214,8 +214,8 @@ fn benches(c: &mut Criterion) {
 }
 
 /// The decision for a chat completion by a token found in the cache (the
-/// shape rule, SHA-256 of the token, the cache lookup, the check that it
-/// still holds, then the decision) beside the same decision for a key.
+/// three-part scan, SHA-256 of the token, the cache lookup, the check that
+/// it still holds, then the decision) beside the same decision for a key.
 fn decision_cached_token_vs_key(c: &mut Criterion) {
     use scopegate::decision::decide::{decide, nothing_used, Body, Outcome, RequestFacts};
     use scopegate::decision::request::{Presented, Upgrade};
@@ -279,10 +279,10 @@ fn decision_cached_token_vs_key(c: &mut Criterion) {
     );
     g.bench_function("cached_token", |b| {
         b.iter(|| {
+            // As the gateway: the three-part scan, the digest, the cache.
             let t = black_box(token.as_str());
-            let outcome = is_token(t)
-                .then(|| tokens.cached(t, &snap, NOW))
-                .flatten()
+            let outcome = scopegate::identity::token::shape::split(t)
+                .and_then(|_| tokens.cached_digest(&TokenCache::key(t), &snap, NOW))
                 .expect("cached");
             decide(&table, &snap, &chat(&post, Presented::Token(&outcome)))
         })

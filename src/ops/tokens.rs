@@ -206,7 +206,17 @@ impl TokenKeys {
 
     /// A cached identity for `token` that still holds, counted as `ok`.
     pub fn cached(&self, token: &str, snap: &Snapshot, now: UnixMillis) -> Option<TokenOutcome> {
-        let id = self.cache.get(&TokenCache::key(token), now)?;
+        self.cached_digest(&TokenCache::key(token), snap, now)
+    }
+
+    /// [`TokenKeys::cached`] by the token's digest ([`TokenCache::key`]).
+    pub fn cached_digest(
+        &self,
+        digest: &crate::identity::keys::Digest,
+        snap: &Snapshot,
+        now: UnixMillis,
+    ) -> Option<TokenOutcome> {
+        let id = self.cache.get(digest, now)?;
         if !id.still_holds(snap, &self.sets(snap)) {
             return None;
         }

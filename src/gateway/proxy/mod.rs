@@ -169,15 +169,21 @@ impl Gateway {
         let (Presented::Secret(secret), _) = presented(session.req_header()) else {
             return None;
         };
+        // Three base64url parts: one scan. A token seen before is found by
+        // its digest; only a new one has its header decoded for the rule.
         let token = std::str::from_utf8(secret)
             .ok()
-            .filter(|t| crate::identity::token::is_token(t))?;
+            .filter(|t| crate::identity::token::shape::split(t).is_some())?;
         let digest = TokenCache::key(token);
-        let hit = self
+        let now = crate::identity::keys::now_millis();
+        if let Some(hit) = self
             .tokens
             .as_ref()
-            .and_then(|t| t.cached(token, snap, crate::identity::keys::now_millis()));
-        Some((digest, hit.ok_or_else(|| token.to_string())))
+            .and_then(|t| t.cached_digest(&digest, snap, now))
+        {
+            return Some((digest, Ok(hit)));
+        }
+        crate::identity::token::is_token(token).then(|| (digest, Err(token.to_string())))
     }
 
     /// The outcome of the identity token presented, if one was (cache
