@@ -901,3 +901,22 @@ fn explain_decides_a_tokens_request_without_sending_it() {
         "{out}"
     );
 }
+
+#[test]
+fn serve_refuses_to_start_with_a_jwks_file_it_cannot_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nowhere.json");
+    let source = format!("jwks_file: \"{}\"", missing.display());
+    let config = super::harness::ProxyBuilder::new("http://127.0.0.1:9", "http://127.0.0.1:9")
+        .keys(&keys_yaml(&source, "", ""))
+        .write_files(dir.path(), super::harness::free_port_pair());
+    let run = run_scopegate(
+        dir.path(),
+        &["serve", "--config", config.to_str().expect("utf-8")],
+    );
+    assert_eq!(run.status.code(), Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("identity_tokens.jwks_file") && run.stderr.contains("nowhere.json"),
+        "{run:?}"
+    );
+}
