@@ -123,7 +123,7 @@ struct UrlState {
     refresh: RefreshState,
     ca_file: Option<PathBuf>,
     every: Duration,
-    tls: Result<Arc<rustls::ClientConfig>, String>,
+    tls: Tls,
     /// Fetches finished (either way): a waiting request watches it move.
     completed: u64,
 }
@@ -163,12 +163,6 @@ fn url_of(snap: &Snapshot, org: Option<OrgIdx>) -> Option<Arc<str>> {
         JwksSource::Url { url, .. } => Some(url.clone()),
         JwksSource::File(_) => None,
     }
-}
-
-/// A TLS configuration trusting nothing, for a URL whose roots cannot be
-/// loaded (its `https` fetches fail with that reason; `http` needs none).
-fn tls_for(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    tls_config(ca_file)
 }
 
 impl TokenKeys {
@@ -321,7 +315,9 @@ impl TokenKeys {
         for (url, (ca_file, every)) in wanted {
             states.entry(url).or_insert_with(|| UrlState {
                 refresh: RefreshState::new(RefreshPolicy::new(every), now),
-                tls: tls_for(ca_file.as_deref()),
+                // Roots that cannot be loaded fail this URL's `https`
+                // fetches with the reason; `http` (loopback) needs none.
+                tls: tls_config(ca_file.as_deref()),
                 ca_file,
                 every,
                 completed: 0,
@@ -352,7 +348,7 @@ impl TokenKeys {
         (due, next)
     }
 
-    fn tls_of(&self, url: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    fn tls_of(&self, url: &str) -> Tls {
         self.states
             .lock()
             .get(url)
@@ -423,9 +419,7 @@ impl TokenKeys {
         };
         let mut running = tokio::task::JoinSet::new();
         let timeout = self.fetch_timeout;
-        let spawn = |running: &mut tokio::task::JoinSet<_>,
-                     url: Arc<str>,
-                     tls: Result<Arc<rustls::ClientConfig>, String>| {
+        let spawn = |running: &mut tokio::task::JoinSet<_>, url: Arc<str>, tls: Tls| {
             running.spawn(async move {
                 let result = match tls {
                     Ok(tls) => fetch_jwks(&url, &tls, timeout).await,
