@@ -144,8 +144,8 @@ pub struct TokenKeys {
 /// The sets a verification reads: files by organisation, URLs by URL.
 pub struct Sets<'a> {
     snap: &'a Snapshot,
-    files: Arc<JwksSets>,
-    urls: Arc<UrlSets>,
+    files: arc_swap::Guard<Arc<JwksSets>>,
+    urls: arc_swap::Guard<Arc<UrlSets>>,
 }
 
 impl KeySets for Sets<'_> {
@@ -188,8 +188,8 @@ impl TokenKeys {
     pub fn sets<'a>(&self, snap: &'a Snapshot) -> Sets<'a> {
         Sets {
             snap,
-            files: self.files.load_full(),
-            urls: self.urls.load_full(),
+            files: self.files.load(),
+            urls: self.urls.load(),
         }
     }
 
