@@ -49,7 +49,13 @@ fn sign(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &Value) -> String 
 }
 
 fn world() -> World {
-    let keys = "\
+    let keys = KEYS;
+    let snap = parse_keys_str(keys, Path::new("keys.yaml"), &ScopeRegistry::builtin())
+        .expect("valid keys file");
+    world_with(snap)
+}
+
+const KEYS: &str = "\
 organisations:
   - id: org_bench
     workspaces: [{ id: ws_research, slug: research }]
@@ -58,10 +64,16 @@ organisations:
       audience: scopegate
       jwks_file: unused.json
       rate_limits: [{ type: requests, unit: rpm, value: 600 }]
-keys: []
+keys:
+  - id: key_bench
+    type: workspace-user
+    workspace_id: ws_research
+    user_id: usr_bench
+    sha256: \"c6c3d7a7e1f0a2a9b1b0b4e7d6b0e4c2f2e7b4b8e5a9c1d3e5f7a9b1c3d5e7f9\"
+    scopes: [completions.write, logs.view]
 ";
-    let snap = parse_keys_str(keys, Path::new("keys.yaml"), &ScopeRegistry::builtin())
-        .expect("valid keys file");
+
+fn world_with(snap: Snapshot) -> World {
     let rng = ring::rand::SystemRandom::new();
     let rsa = RsaKeyPair::from_der(RSA).expect("fixture");
     let rsa_pub: ring::rsa::PublicKeyComponents<Vec<u8>> = rsa.public().into();
@@ -130,6 +142,8 @@ fn cache_memory(w: &World) {
         // UUID-like subjects, as most providers use.
         let subject: Arc<str> = format!("{i:08x}-0000-4000-8000-000000000000").into();
         id.user_id = Some(subject.clone());
+        id.key_id = format!("token:{subject}").into();
+        id.counter_id = format!("org_bench/{subject}").into();
         id.subject = subject;
         cache.insert(
             TokenCache::key(&format!("{token}{i}")),
@@ -199,5 +213,82 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(identity, benches);
+/// The decision for a chat completion by a token found in the cache (the
+/// three-part scan, SHA-256 of the token, the cache lookup, the check that
+/// it still holds, then the decision) beside the same decision for a key.
+fn decision_cached_token_vs_key(c: &mut Criterion) {
+    use scopegate::decision::decide::{decide, nothing_used, Body, Outcome, RequestFacts};
+    use scopegate::decision::request::{Presented, Upgrade};
+    use scopegate::decision::routes::RouteTable;
+    use scopegate::identity::keys::KeyStore;
+    use scopegate::ops::tokens::TokenKeys;
+
+    let w = world();
+    let table = RouteTable::build(&[], true).expect("routes");
+    let secret = b"sgk-bench-key";
+    // The bench keys file holds a made-up digest: put the real one in.
+    let text = KEYS.replace(
+        "c6c3d7a7e1f0a2a9b1b0b4e7d6b0e4c2f2e7b4b8e5a9c1d3e5f7a9b1c3d5e7f9",
+        &scopegate::identity::keys::digest_hex(secret),
+    );
+    let snap = parse_keys_str(&text, Path::new("keys.yaml"), &ScopeRegistry::builtin())
+        .expect("valid keys file");
+    let files = Arc::new(arc_swap::ArcSwap::from_pointee(w.sets.clone()));
+    let store = KeyStore::new(snap);
+    let tokens = TokenKeys::new(store.clone(), files);
+    let snap = store.load();
+    let token = &w.tokens[1].1;
+    let gen = tokens.cache().generation();
+    let id = Arc::new(verify(token, NOW, &snap, &tokens.sets(&snap)).expect("verifies"));
+    tokens.cache().insert(TokenCache::key(token), id, gen);
+    fn chat<'a>(method: &'a http::Method, key: Presented<'a>) -> RequestFacts<'a> {
+        RequestFacts {
+            method,
+            path: "/v1/chat/completions",
+            query: None,
+            key,
+            content_type: None,
+            content_type_repeated: false,
+            bad_content_length: false,
+            upgrade: Upgrade::None,
+            body: Body::Empty,
+            now: NOW,
+            max_body: 65536,
+            max_data_body: 16 * 1024 * 1024,
+            used_up: &nothing_used,
+        }
+    }
+    let post = http::Method::POST;
+    let facts = |key| chat(&post, key);
+    let mut g = c.benchmark_group("decision_chat");
+    assert_eq!(
+        decide(&table, &snap, &facts(Presented::Secret(secret))).outcome,
+        Outcome::Allow
+    );
+    g.bench_function("key", |b| {
+        b.iter(|| decide(&table, &snap, &facts(Presented::Secret(black_box(secret)))))
+    });
+    let cached = |t: &str| {
+        assert!(is_token(t));
+        tokens.cached(t, &snap, NOW).expect("cached")
+    };
+    let hit = cached(token);
+    assert_eq!(
+        decide(&table, &snap, &chat(&post, Presented::Token(&hit))).outcome,
+        Outcome::Allow
+    );
+    g.bench_function("cached_token", |b| {
+        b.iter(|| {
+            // As the gateway: the three-part scan, the digest, the cache.
+            let t = black_box(token.as_str());
+            let outcome = scopegate::identity::token::shape::split(t)
+                .and_then(|_| tokens.cached_digest(&TokenCache::key(t), &snap, NOW))
+                .expect("cached");
+            decide(&table, &snap, &chat(&post, Presented::Token(&outcome)))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(identity, benches, decision_cached_token_vs_key);
 criterion_main!(identity);

@@ -9,7 +9,10 @@ use crate::config::Config;
 use crate::decision::decide::{decide_as, Body, Outcome, RequestFacts, Verdict};
 use crate::decision::request::{Presented, Upgrade};
 use crate::decision::routes::{Plane, RouteTable};
-use crate::identity::keys::{self, Key, KeyIdx, Snapshot};
+use std::sync::Arc;
+
+use crate::identity::keys::{self, KeyIdx, Snapshot};
+use crate::limits::rate::RateLimit;
 use crate::limits::{Scope, UsageLimit};
 
 /// Runs the command.
@@ -21,14 +24,6 @@ pub(super) fn run(args: &ExplainArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Some((key_idx, key)) = snap.key_by_id(&args.key_id) else {
-        eprintln!(
-            "scopegate explain: no key with id `{}` in {}",
-            args.key_id,
-            config.keys_file.display()
-        );
-        return ExitCode::FAILURE;
-    };
     let request = match Request::read(args) {
         Ok(r) => r,
         Err(message) => {
@@ -36,9 +31,68 @@ pub(super) fn run(args: &ExplainArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let verdict = decide(&config, &table, &snap, key_idx, &request, args);
-    print(&config, &table, &snap, key, &verdict);
+    if args.token {
+        return explain_token(&config, &table, &snap, &request, args);
+    }
+    let key_id = args.key_id.as_deref().unwrap_or_default();
+    let Some((key_idx, key)) = snap.key_by_id(key_id) else {
+        eprintln!(
+            "scopegate explain: no key with id `{key_id}` in {}",
+            config.keys_file.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let verdict = decide(&config, &table, &snap, Who::Key(key_idx), &request, args);
+    let who = format!("{} ({}, {})", key.id, key.key_type, key.status.as_str());
+    print(&config, &table, &snap, &who, &key.rate_limits, &verdict);
     ExitCode::SUCCESS
+}
+
+/// `explain --token`: the token read from stdin is verified against the
+/// JWK sets (files, and URLs fetched once), then its request decided as
+/// the proxy would (docs/reference.md#identity-tokens).
+fn explain_token(
+    config: &Config,
+    table: &RouteTable,
+    snap: &Snapshot,
+    request: &Request,
+    args: &ExplainArgs,
+) -> ExitCode {
+    let token = match super::read_token() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("scopegate explain: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !snap.identity().any() || !crate::identity::token::is_token(&token) {
+        eprintln!(
+            "scopegate explain: stdin holds no identity token, or no organisation of {} accepts tokens",
+            config.keys_file.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let Some(sets) = super::token_sets(config, snap, "explain") else {
+        return ExitCode::FAILURE;
+    };
+    let outcome =
+        crate::identity::token::verify(&token, keys::now_millis(), snap, &sets).map(Arc::new);
+    let verdict = decide(config, table, snap, Who::Token(&outcome), request, args);
+    let (who, rates) = match &outcome {
+        Ok(id) => (
+            format!("{} ({}, identity token)", id.key_id(), id.key_type),
+            id.rate_limits(),
+        ),
+        Err(_) => ("identity token (refused)".to_string(), &[][..]),
+    };
+    print(config, table, snap, &who, rates, &verdict);
+    ExitCode::SUCCESS
+}
+
+/// Who the request is explained for.
+enum Who<'a> {
+    Key(KeyIdx),
+    Token(&'a crate::identity::token::TokenOutcome),
 }
 
 /// The request to explain, as the arguments give it.
@@ -65,7 +119,7 @@ fn decide(
     config: &Config,
     table: &RouteTable,
     snap: &Snapshot,
-    key_idx: KeyIdx,
+    who: Who<'_>,
     request: &Request,
     args: &ExplainArgs,
 ) -> Verdict {
@@ -95,7 +149,10 @@ fn decide(
         method: &request.method,
         path,
         query,
-        key: Presented::Missing,
+        key: match who {
+            Who::Key(_) => Presented::Missing,
+            Who::Token(t) => Presented::Token(t),
+        },
         content_type: request.body.as_ref().map(|_| args.content_type.as_bytes()),
         content_type_repeated: false,
         bad_content_length: false,
@@ -106,19 +163,24 @@ fn decide(
         max_data_body: config.max_data_body_bytes,
         used_up: &used_up,
     };
-    decide_as(table, snap, &facts, key_idx)
+    match who {
+        Who::Key(k) => decide_as(table, snap, &facts, k),
+        Who::Token(_) => crate::decision::decide::decide(table, snap, &facts),
+    }
 }
 
 /// Prints the key, the route and the decision: the refusal, or the
 /// upstream and the headers it would receive.
-fn print(config: &Config, table: &RouteTable, snap: &Snapshot, key: &Key, verdict: &Verdict) {
+fn print(
+    config: &Config,
+    table: &RouteTable,
+    snap: &Snapshot,
+    who: &str,
+    rate_limits: &[RateLimit],
+    verdict: &Verdict,
+) {
     let route = verdict.route.map(|r| table.route(r));
-    println!(
-        "key:       {} ({}, {})",
-        key.id,
-        key.key_type,
-        key.status.as_str()
-    );
+    println!("key:       {who}");
     println!(
         "route:     {}",
         route.map_or_else(
@@ -153,9 +215,8 @@ fn print(config: &Config, table: &RouteTable, snap: &Snapshot, key: &Key, verdic
     for (name, value) in crate::decision::headers::identity_headers(snap, verdict) {
         println!("{name}: {value}");
     }
-    if !key.rate_limits.is_empty() {
-        let limits: Vec<String> = key
-            .rate_limits
+    if !rate_limits.is_empty() {
+        let limits: Vec<String> = rate_limits
             .iter()
             .map(|l| format!("{}/{}s", l.value, l.period.as_secs()))
             .collect();

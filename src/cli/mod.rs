@@ -120,8 +120,16 @@ struct ExplainArgs {
     #[command(flatten)]
     config: ConfigArg,
     /// The key's id in the keys file
-    #[arg(long = "key-id")]
-    key_id: String,
+    #[arg(
+        long = "key-id",
+        required_unless_present = "token",
+        conflicts_with = "token"
+    )]
+    key_id: Option<String>,
+    /// Explain the request of an identity token read from stdin (never an
+    /// argument) instead of a key
+    #[arg(long)]
+    token: bool,
     /// HTTP method
     method: String,
     /// Path and query, e.g. /v1/chat/completions or /v1/configs?workspace_id=ws
@@ -168,7 +176,16 @@ pub fn load_all(path: &Path) -> Result<(Config, RouteTable, Snapshot), Vec<Diagn
 }
 
 fn serve(path: &Path) -> ExitCode {
-    let (config, table, snap) = match load_all(path) {
+    // Like an invalid keys file, a JWK set file that cannot be used is
+    // fatal at start (on a reload, its last good set stays).
+    let loaded = load_all(path).and_then(|(config, table, snap)| {
+        if snap.identity().any() {
+            let text = keys::read_keys_file(&config.keys_file).map_err(|d| vec![d])?;
+            token::files::load_files(&snap, &config.keys_file, &text)?;
+        }
+        Ok((config, table, snap))
+    });
+    let (config, table, snap) = match loaded {
         Ok(x) => x,
         Err(problems) => {
             print_problems(&problems);
@@ -252,7 +269,7 @@ fn check(path: &Path) -> ExitCode {
 
 /// Reads what stdin holds, trimmed; a leading `Bearer ` (as copied from an
 /// `Authorization` header) is dropped.
-fn read_token() -> Result<String, String> {
+pub(crate) fn read_token() -> Result<String, String> {
     let mut input = String::new();
     std::io::stdin()
         .take(64 * 1024)
@@ -267,6 +284,72 @@ fn read_token() -> Result<String, String> {
         return Err("no token on stdin".to_string());
     }
     Ok(token.to_string())
+}
+
+/// The JWK sets a token is verified with at the command line: each
+/// `jwks_file`, and each `jwks_url` fetched once, as the proxy does at
+/// start. `None` (with the problems printed) when a file cannot be used.
+pub(crate) fn token_sets(
+    config: &config::Config,
+    snap: &keys::Snapshot,
+    command: &str,
+) -> Option<std::collections::HashMap<keys::OrgIdx, std::sync::Arc<token::JwksSet>>> {
+    let files = keys::read_keys_file(&config.keys_file)
+        .map_err(|d| vec![d])
+        .and_then(|text| token::files::load_files(snap, &config.keys_file, &text));
+    let mut sets = match files {
+        Ok(sets) => sets,
+        Err(problems) => {
+            print_problems(&problems);
+            return None;
+        }
+    };
+    // JWK sets at a URL: fetched once, as the proxy does at start.
+    let urls: Vec<_> = snap
+        .identity()
+        .all()
+        .filter_map(|s| match &s.jwks {
+            keys::JwksSource::Url { url, ca_file, .. } => {
+                Some((s.organisation, url.clone(), ca_file.clone()))
+            }
+            keys::JwksSource::File(_) => None,
+        })
+        .collect();
+    if !urls.is_empty() {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("scopegate {command}: {e}");
+                return None;
+            }
+        };
+        for (org, url, ca_file) in urls {
+            let fetched = token::fetch::tls_config(ca_file.as_deref())
+                .map_err(|e| e.to_string())
+                .and_then(|tls| {
+                    runtime
+                        .block_on(token::fetch::fetch_jwks(
+                            &url,
+                            &tls,
+                            token::fetch::DEFAULT_TIMEOUT,
+                        ))
+                        .map_err(|e| e.to_string())
+                });
+            match fetched {
+                Ok(set) => {
+                    sets.insert(org, std::sync::Arc::new(set));
+                }
+                Err(e) => eprintln!(
+                    "scopegate {command}: organisation {}: cannot fetch {url}: {e}",
+                    snap.organisation(org).id
+                ),
+            }
+        }
+    }
+    Some(sets)
 }
 
 fn inspect_token(path: &Path) -> ExitCode {
@@ -291,61 +374,9 @@ fn inspect_token(path: &Path) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let files = keys::read_keys_file(&config.keys_file)
-        .map_err(|d| vec![d])
-        .and_then(|text| token::files::load_files(&snap, &config.keys_file, &text));
-    let mut sets = match files {
-        Ok(sets) => sets,
-        Err(problems) => {
-            print_problems(&problems);
-            return ExitCode::FAILURE;
-        }
+    let Some(sets) = token_sets(&config, &snap, "inspect-token") else {
+        return ExitCode::FAILURE;
     };
-    // JWK sets at a URL: fetched once, as the proxy does at start.
-    let urls: Vec<_> = snap
-        .identity()
-        .all()
-        .filter_map(|s| match &s.jwks {
-            keys::JwksSource::Url { url, ca_file, .. } => {
-                Some((s.organisation, url.clone(), ca_file.clone()))
-            }
-            keys::JwksSource::File(_) => None,
-        })
-        .collect();
-    if !urls.is_empty() {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("scopegate inspect-token: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        for (org, url, ca_file) in urls {
-            let fetched = token::fetch::tls_config(ca_file.as_deref())
-                .map_err(|e| e.to_string())
-                .and_then(|tls| {
-                    runtime
-                        .block_on(token::fetch::fetch_jwks(
-                            &url,
-                            &tls,
-                            token::fetch::DEFAULT_TIMEOUT,
-                        ))
-                        .map_err(|e| e.to_string())
-                });
-            match fetched {
-                Ok(set) => {
-                    sets.insert(org, std::sync::Arc::new(set));
-                }
-                Err(e) => eprintln!(
-                    "scopegate inspect-token: organisation {}: cannot fetch {url}: {e}",
-                    snap.organisation(org).id
-                ),
-            }
-        }
-    }
     let report = token::inspect(&token, keys::now_millis(), &snap, &sets);
     print!("{}", report.render(&snap, table.registry()));
     if report.accepted() {

@@ -23,6 +23,10 @@ struct Line {
     usage: UsageNow,
 }
 
+/// A subject to report: whose, its limit, its current period and, for a
+/// workspace key, its workspace.
+type Subject = (SubjectId, UsageLimit, Period, Option<Arc<str>>);
+
 /// The subjects with usage limits, filtered by `--key` / `--workspace`.
 fn subjects(
     snap: &Snapshot,
@@ -67,6 +71,102 @@ fn subjects(
         }
     }
     out
+}
+
+/// The subjects of identity tokens to report: `token:<subject>` of every
+/// organisation whose tokens have a usage limit (with `--key
+/// token:<subject>`), or, with no filter, every subject with usage in the
+/// current period, as the store knows them.
+fn token_subjects(
+    config: &Config,
+    snap: &Snapshot,
+    key: Option<&str>,
+    workspace: Option<&str>,
+    now_ms: i64,
+) -> Result<Vec<Subject>, String> {
+    let limited: Vec<(Arc<str>, UsageLimit)> = snap
+        .identity()
+        .all()
+        .filter_map(|s| {
+            let u = s.limits.usage?;
+            Some((snap.organisation(s.organisation).id.clone(), u))
+        })
+        .collect();
+    let entry = |org: &str, sub: &str, u: &UsageLimit| {
+        (
+            SubjectId {
+                scope: Scope::Token,
+                id: Arc::from(format!("{org}/{sub}")),
+            },
+            *u,
+            period_of(u.reset, now_ms),
+            None,
+        )
+    };
+    if let Some(sub) = key.and_then(|k| k.strip_prefix("token:")) {
+        return Ok(limited.iter().map(|(o, u)| entry(o, sub, u)).collect());
+    }
+    if key.is_some() || workspace.is_some() || limited.is_empty() {
+        return Ok(Vec::new());
+    }
+    let known: Vec<(Arc<str>, Arc<str>)> = match &config.state.redis {
+        None => crate::state::local::read_usage_report(&config.state.path)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|r| r.subject.scope == Scope::Token)
+            .map(|r| (r.subject.id, r.usage.period_key))
+            .collect(),
+        Some(_) => {
+            let cfg = redis_config(config).ok_or("no redis")?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(crate::state::redis::token_subjects(&cfg))
+                .map_err(|e| e.to_string())?
+        }
+    };
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (id, period) in known {
+        let Some((org, sub)) = id.split_once('/') else {
+            continue;
+        };
+        let Some((_, u)) = limited.iter().find(|(o, _)| &**o == org) else {
+            continue;
+        };
+        let e = entry(org, sub, u);
+        if *e.2.key == *period && seen.insert(id.clone()) {
+            out.push(e);
+        }
+    }
+    out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    Ok(out)
+}
+
+/// The Redis store of the server config, for reading.
+fn redis_config(config: &Config) -> Option<crate::state::RedisConfig> {
+    let r = config.state.redis.as_ref()?;
+    let mut cfg = crate::state::RedisConfig::new(r.url.clone());
+    cfg.timeout = std::time::Duration::from_millis(r.timeout_ms.max(1000));
+    cfg.key_prefix = r.key_prefix.clone();
+    Some(cfg)
+}
+
+/// How a subject is named in the report: a token's as `token:<subject>`.
+fn shown_id(subject: &SubjectId) -> String {
+    match (subject.scope, subject.id.split_once('/')) {
+        (Scope::Token, Some((_, sub))) => format!("token:{sub}"),
+        _ => subject.id.to_string(),
+    }
+}
+
+/// A token subject's organisation.
+fn organisation_of(subject: &SubjectId) -> Option<&str> {
+    match subject.scope {
+        Scope::Token => subject.id.split_once('/').map(|(o, _)| o),
+        _ => None,
+    }
 }
 
 fn read_rows(
@@ -127,6 +227,20 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// Why `--key` or `--workspace` names nothing, if it does not.
+fn unknown_filter(snap: &Snapshot, key: Option<&str>, workspace: Option<&str>) -> Option<String> {
+    if let Some(k) = key {
+        let token = k.starts_with("token:") && snap.identity().any();
+        if snap.key_by_id(k).is_none() && !token {
+            return Some(format!("no key with id `{k}`"));
+        }
+    }
+    match workspace {
+        Some(w) if snap.workspace_by_name(w).is_none() => Some(format!("no workspace `{w}`")),
+        _ => None,
+    }
+}
+
 /// Runs `scopegate usage`.
 pub fn run(
     config: &Config,
@@ -136,19 +250,18 @@ pub fn run(
     as_json: bool,
 ) -> ExitCode {
     let now = crate::identity::keys::now_millis();
-    if let Some(k) = key {
-        if snap.key_by_id(k).is_none() {
-            eprintln!("scopegate usage: no key with id `{k}`");
+    if let Some(problem) = unknown_filter(snap, key, workspace) {
+        eprintln!("scopegate usage: {problem}");
+        return ExitCode::FAILURE;
+    }
+    let mut subjects = subjects(snap, key, workspace, now);
+    match token_subjects(config, snap, key, workspace, now) {
+        Ok(t) => subjects.extend(t),
+        Err(e) => {
+            eprintln!("scopegate usage: {e}");
             return ExitCode::FAILURE;
         }
     }
-    if let Some(w) = workspace {
-        if snap.workspace_by_name(w).is_none() {
-            eprintln!("scopegate usage: no workspace `{w}`");
-            return ExitCode::FAILURE;
-        }
-    }
-    let subjects = subjects(snap, key, workspace, now);
     let rows = match read_rows(config, &subjects) {
         Ok(r) => r,
         Err(e) => {
@@ -181,7 +294,8 @@ pub fn run(
             .map(|l| {
                 json!({
                     "scope": l.subject.scope.as_str(),
-                    "id": &*l.subject.id,
+                    "id": shown_id(&l.subject),
+                    "organisation": organisation_of(&l.subject),
                     "type": l.limit.kind.as_str(),
                     "used": l.usage.used(l.limit.kind),
                     "used_tokens": l.usage.tokens_in + l.usage.tokens_out,
@@ -217,7 +331,7 @@ pub fn run(
         println!(
             "{:<10} {:<24} {:<7} {:>14} {:>14} {:>12} {:>10} {:>10} {:>12.6} {:<10} {} (reserved now: {} tokens, ${:.6})",
             l.subject.scope.as_str(),
-            &*l.subject.id,
+            shown_id(&l.subject),
             l.limit.kind.as_str(),
             format_amount(l.usage.used(l.limit.kind)),
             format_amount(l.limit.credit_limit),

@@ -25,6 +25,9 @@ pub enum ErrorCode {
     ExpiredApiKey,
     /// 401: status `revoked`.
     RevokedApiKey,
+    /// 503: an identity token whose organisation's signing keys have not
+    /// been loaded yet.
+    IdentityUnavailable,
     /// 404: no route for the path.
     RouteNotFound,
     /// 405: path known, method not.
@@ -101,7 +104,7 @@ impl ErrorCode {
             UnsupportedMediaType => 415,
             RateLimited | ConcurrencyLimited => 429,
             UpstreamUnavailable => 502,
-            LimitsUnavailable => 503,
+            LimitsUnavailable | IdentityUnavailable => 503,
             UpstreamTimeout => 504,
         }
     }
@@ -116,6 +119,7 @@ impl ErrorCode {
             InvalidApiKey => "invalid_api_key",
             ExpiredApiKey => "expired_api_key",
             RevokedApiKey => "revoked_api_key",
+            IdentityUnavailable => "identity_unavailable",
             RouteNotFound => "route_not_found",
             MethodNotAllowed => "method_not_allowed",
             UpgradeNotAllowed => "upgrade_not_allowed",
@@ -166,7 +170,7 @@ impl ErrorCode {
     }
 
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 28] = {
+    pub const ALL: [ErrorCode; 29] = {
         use ErrorCode::*;
         [
             InvalidPath,
@@ -175,6 +179,7 @@ impl ErrorCode {
             InvalidApiKey,
             ExpiredApiKey,
             RevokedApiKey,
+            IdentityUnavailable,
             RouteNotFound,
             MethodNotAllowed,
             UpgradeNotAllowed,
@@ -228,6 +233,7 @@ impl Denial {
         let whose = |scope| match scope {
             Scope::Key => "this API key",
             Scope::Workspace => "this API key's workspace",
+            Scope::Token => "this token's subject",
         };
         match refusal {
             Refusal::Budget { scope } => Denial::new(
@@ -238,6 +244,9 @@ impl Denial {
                     }
                     Scope::Workspace => {
                         "This request would pass the usage limit of this API key's workspace for this period."
+                    }
+                    Scope::Token => {
+                        "This request would pass the usage limit of this token's subject for this period."
                     }
                 },
             ),

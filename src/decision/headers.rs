@@ -7,8 +7,31 @@ use crate::identity::keys::Snapshot;
 
 /// The `x-scopegate-*` headers of an allowed request, in order: key id and
 /// type, organisation, then the workspace it acts in and the user, when
-/// there are. Empty when no key was identified.
-pub fn identity_headers<'s>(snap: &'s Snapshot, verdict: &Verdict) -> Vec<(&'static str, &'s str)> {
+/// there are. Empty when no key was identified. An identity token's are
+/// `token:<subject>`, its organisation's `key_type`, and the subject as
+/// the user of a `workspace-user` token (docs/reference.md#token-identity-upstream).
+pub fn identity_headers<'s>(
+    snap: &'s Snapshot,
+    verdict: &'s Verdict,
+) -> Vec<(&'static str, &'s str)> {
+    if let Some(id) = &verdict.token {
+        let mut headers = vec![
+            ("x-scopegate-key-id", &*id.key_id),
+            ("x-scopegate-key-type", id.key_type.as_str()),
+            (
+                "x-scopegate-organisation-id",
+                &*snap.organisation(id.organisation).id,
+            ),
+            (
+                "x-scopegate-workspace-id",
+                &*snap.workspace(id.workspace).id,
+            ),
+        ];
+        if let Some(user) = &id.user_id {
+            headers.push(("x-scopegate-user-id", &**user));
+        }
+        return headers;
+    }
     let Some(k) = verdict.key else {
         return Vec::new();
     };

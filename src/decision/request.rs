@@ -160,6 +160,10 @@ pub enum Presented<'a> {
     Repeated,
     /// One key.
     Secret(&'a [u8]),
+    /// One credential that is an identity token
+    /// (docs/reference.md#which-credential-is-a-token), already verified by
+    /// the caller of the decision (which holds the JWK sets and the cache).
+    Token(&'a crate::identity::token::TokenOutcome),
 }
 
 /// Which header carried the key; it is removed upstream.

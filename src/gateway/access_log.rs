@@ -53,7 +53,9 @@ pub fn record(session: &Session, e: Option<&Error>, f: Finished<'_>) {
     let route = pattern.map_or("unmatched", |p| &**p);
     let key_id = match (verdict.and_then(|v| v.key), f.snapshot) {
         (Some(k), Some(s)) => &*s.key(k).id,
-        _ => "-",
+        _ => verdict
+            .and_then(|v| v.token.as_ref())
+            .map_or("-", |t| &*t.key_id),
     };
     let workspace_id = match (verdict.and_then(|v| v.workspace), f.snapshot) {
         (Some(w), Some(s)) => Some(&s.workspace(w).id),

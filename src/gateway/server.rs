@@ -21,6 +21,7 @@ use crate::gateway::tls_listen::{CertPairs, TlsListener};
 use crate::identity::keys::{self, KeyStore};
 use crate::ops::metrics::{metrics, MetricsListener};
 use crate::ops::reload::Reloader;
+use crate::ops::tokens::{JwksService, TokenKeys};
 use crate::ops::watch::Watcher;
 
 /// Sets up `tracing` on stderr; `RUST_LOG` filters.
@@ -110,13 +111,18 @@ pub fn serve_with(
     };
     let tls = check_listeners(&config)?;
     check_open_file_limit(config.max_client_connections);
+    // The keys reloader loads the JWK set files now; identity tokens
+    // verify against them and against the sets the `jwks` service fetches.
+    let reloader = Reloader::new(config.keys_file.clone(), table.clone(), store.clone());
+    let tokens = TokenKeys::new(store.clone(), reloader.jwks_sets());
     let gateway = gateway(
         &config,
         table.clone(),
         store.clone(),
         in_flight.clone(),
         counters.clone(),
-    )?;
+    )?
+    .with_tokens(tokens.clone());
 
     let threads = config
         .threads
@@ -137,8 +143,8 @@ pub fn serve_with(
         &mut server,
         &config,
         Background {
-            table,
-            store,
+            reloader,
+            tokens,
             tls,
             metrics_listener,
             drain: Drain {
@@ -275,8 +281,8 @@ fn proxy_service(
 
 /// What the background services are made of.
 struct Background {
-    table: Arc<RouteTable>,
-    store: KeyStore,
+    reloader: Reloader,
+    tokens: Arc<TokenKeys>,
     tls: Vec<Arc<TlsListener>>,
     metrics_listener: Option<MetricsListener>,
     drain: Drain,
@@ -285,7 +291,8 @@ struct Background {
 /// The background services, each named and on a runtime of its own: the
 /// file watcher (keys file, its JWK set files, certificate pairs), the
 /// readiness probe (after the watcher: a SIGHUP sent once `/readyz` says 200
-/// must reach it), the metrics listener and the drain.
+/// must reach it), the metrics listener, the drain, and the fetches of the
+/// identity providers' `jwks_url`s.
 fn add_background_services(
     server: &mut Server,
     config: &Config,
@@ -293,7 +300,7 @@ fn add_background_services(
 ) -> anyhow::Result<()> {
     let watcher = Watcher::new(config.reload_poll_interval_ms)
         .map_err(|e| anyhow::anyhow!("cannot catch SIGHUP: {e}"))?;
-    let reloader = Reloader::new(config.keys_file.clone(), bg.table, bg.store);
+    let reloader = bg.reloader;
     watcher.register(reloader.jwks_files());
     watcher.register(Box::new(reloader));
     if !bg.tls.is_empty() {
@@ -314,6 +321,7 @@ fn add_background_services(
         server.add_service(background_service("metrics", m));
     }
     server.add_service(background_service("drain", bg.drain));
+    server.add_service(background_service("jwks", JwksService(bg.tokens)));
     Ok(())
 }
 

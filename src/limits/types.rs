@@ -136,21 +136,27 @@ impl Limits {
     }
 }
 
-/// Whether a subject is a key or a workspace.
+/// Whether a subject is a key, a workspace or an identity token's subject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
     /// An API key.
     Key,
     /// A workspace (its limits bind all its keys together).
     Workspace,
+    /// The subject of an organisation's identity tokens; its id is
+    /// `<organisation id>/<subject>` (organisation ids hold no `/`), so two
+    /// organisations' subjects of the same name count apart.
+    Token,
 }
 
 impl Scope {
-    /// `key` or `workspace`: the spelling in the database, Redis keys and reports.
+    /// `key`, `workspace` or `token`: the spelling in the database, Redis
+    /// keys and reports.
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Key => "key",
             Scope::Workspace => "workspace",
+            Scope::Token => "token",
         }
     }
 
@@ -159,6 +165,7 @@ impl Scope {
         match s {
             "key" => Some(Scope::Key),
             "workspace" => Some(Scope::Workspace),
+            "token" => Some(Scope::Token),
             _ => None,
         }
     }

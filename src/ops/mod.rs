@@ -6,5 +6,6 @@
 pub mod metrics;
 pub mod reload;
 pub mod signals;
+pub mod tokens;
 pub mod traces;
 pub mod watch;

@@ -18,7 +18,7 @@ use super::watch::{folder_of, in_folders, Trigger, Watched};
 use crate::decision::routes::RouteTable;
 use crate::diag::Diagnostic;
 use crate::identity::keys::{self, Digest, JwksSource, KeyStore, OrgIdx, Snapshot};
-use crate::identity::token::files::load_files;
+use crate::identity::token::files::{load_files, load_jwks_file};
 use crate::identity::token::JwksSet;
 use crate::ops::metrics::metrics;
 
@@ -103,6 +103,7 @@ impl Reloader {
             keys_file: path.clone(),
             store: store.clone(),
             sets: Arc::new(ArcSwap::from_pointee(JwksSets::new())),
+            good: HashMap::new(),
             seen: None,
         };
         jwks.load(None, "start-up");
@@ -242,11 +243,14 @@ pub type JwksSets = HashMap<OrgIdx, Arc<JwksSet>>;
 
 /// The `jwks_file`s of the keys in force: loaded at start, after every keys
 /// reload, and when one of them changes. The sets are kept whole in an
-/// `ArcSwap`; a load that fails leaves the last good sets in force.
-struct JwksFiles {
+/// `ArcSwap`; a file that fails to load leaves its last good set in force
+/// (the others load).
+pub(crate) struct JwksFiles {
     keys_file: PathBuf,
     store: KeyStore,
     sets: Arc<ArcSwap<JwksSets>>,
+    /// The last good set of each file, by path.
+    good: HashMap<PathBuf, Arc<JwksSet>>,
     /// Of the files' contents at the last look.
     seen: Option<Digest>,
 }
@@ -286,21 +290,48 @@ impl JwksFiles {
     /// Loads the sets of the keys in force. `keys_text`, when at hand,
     /// positions a problem at the field naming a file that cannot be read.
     fn load(&mut self, keys_text: Option<&str>, how: &str) {
+        use crate::ops::tokens::token_metrics;
         self.seen = Some(self.digest());
         let snap = self.store.load();
-        match load_files(&snap, &self.keys_file, keys_text.unwrap_or_default()) {
-            Ok(sets) => {
-                let n = sets.len();
-                self.sets.store(Arc::new(sets));
-                if n > 0 {
-                    tracing::info!(trigger = how, sets = n, "JWK sets loaded");
-                }
+        // Every problem, positioned (a file that cannot be read at the
+        // field naming it), for the log.
+        if let Err(problems) = load_files(&snap, &self.keys_file, keys_text.unwrap_or_default()) {
+            for p in &problems {
+                tracing::error!(trigger = how, problem = %p, "JWK set load rejected; that set's last good keys stay in force");
             }
-            Err(problems) => {
-                for p in &problems {
-                    tracing::error!(trigger = how, problem = %p, "JWK set load rejected; the last good sets stay in force");
+        }
+        let mut sets = JwksSets::new();
+        let mut good = HashMap::new();
+        for settings in snap.identity().all() {
+            let JwksSource::File(path) = &settings.jwks else {
+                continue;
+            };
+            let org = settings.organisation;
+            let org_id = &snap.organisation(org).id;
+            let set = match load_jwks_file(path) {
+                Ok(set) => {
+                    if let Some(m) = token_metrics() {
+                        m.refreshed(org_id, "ok", Some(set.len()));
+                    }
+                    Some(Arc::new(set))
                 }
+                Err(_) => {
+                    if let Some(m) = token_metrics() {
+                        m.refreshed(org_id, "invalid", None);
+                    }
+                    self.good.get(path).cloned()
+                }
+            };
+            if let Some(set) = set {
+                good.insert(path.clone(), set.clone());
+                sets.insert(org, set);
             }
+        }
+        let n = sets.len();
+        self.good = good;
+        self.sets.store(Arc::new(sets));
+        if n > 0 {
+            tracing::info!(trigger = how, sets = n, "JWK sets loaded");
         }
     }
 }

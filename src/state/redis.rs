@@ -1500,5 +1500,65 @@ pub async fn read_usage_report(
     Ok(out)
 }
 
+/// The token subjects with a usage hash in Redis, and its period
+/// (`scopegate usage` lists them): a `SCAN` for `P{*}:token:*:usage:*`.
+///
+/// # Errors
+/// [`StateError::Redis`] when Redis cannot be reached.
+pub async fn token_subjects(cfg: &RedisConfig) -> Result<Vec<(Arc<str>, Arc<str>)>, StateError> {
+    let client = open_client(cfg)?;
+    let wait = cfg.timeout.max(Duration::from_secs(2));
+    let mut conn = tokio::time::timeout(wait, client.get_multiplexed_async_connection())
+        .await
+        .map_err(|_| redis_error(cfg, "timed out"))?
+        .map_err(|e| redis_error(cfg, e))?;
+    let pattern = format!("{}{{*}}:token:*:usage:*", glob_escape(&cfg.key_prefix));
+    let mut cursor: u64 = 0;
+    let mut out = Vec::new();
+    loop {
+        let (next, keys): (u64, Vec<String>) = tokio::time::timeout(
+            wait,
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| redis_error(cfg, "timed out"))?
+        .map_err(|e| redis_error(cfg, e))?;
+        for k in keys {
+            // P{T}:token:ID:usage:PERIOD (the period holds no `:usage:`).
+            let Some(rest) = k.strip_prefix(&cfg.key_prefix) else {
+                continue;
+            };
+            let Some((_, rest)) = rest.split_once("}:token:") else {
+                continue;
+            };
+            if let Some((id, period)) = rest.rsplit_once(":usage:") {
+                out.push((Arc::from(id), Arc::from(period)));
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok(out);
+        }
+    }
+}
+
+/// `s` with Redis glob metacharacters escaped.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@ use pingora::services::ServiceWithDependents;
 
 use crate::identity::keys::KeyStore;
 
+mod tokens;
 pub mod upstreams;
 
 const EXAMPLE_CONFIG: &str = include_str!(concat!(
@@ -90,7 +91,7 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (config, table, snap) = match crate::cli::load_all(&files.config) {
+    let (mut config, table, _) = match crate::cli::load_all(&files.config) {
         Ok(x) => x,
         Err(problems) => {
             for p in problems {
@@ -121,19 +122,34 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The identity-token step: a provider of the demo's own, and the
+    // example organisation accepting its tokens (in a copy of the keys file).
+    let (idp, snap) = match identity_step(&mut config, &table) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("scopegate demo: identity tokens: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let listen = config
         .listen
         .first()
         .map(|l| l.address.clone())
         .unwrap_or_default();
     print_walkthrough(&listen, config.metrics_listen.as_deref(), &files.config);
+    // A small max_tokens keeps the reservation within a subject's budget.
+    idp.print_step(
+        &format!("http://{listen}"),
+        r#"{"model":"gpt-4o-mini","max_tokens":10,"messages":[{"role":"user","content":"Hello"}]}"#,
+    );
     crate::gateway::server::init_logging(config.log_format);
     // The demo upstreams run as a background service of the server.
     let upstreams = background_service(
         "demo upstreams",
         DemoUpstreams(Mutex::new(Some((c_listener, a_listener)))),
     );
-    let extra: Vec<Box<dyn ServiceWithDependents>> = vec![Box::new(upstreams)];
+    let idp = background_service("demo identity provider", tokens::DemoIdpService(idp));
+    let extra: Vec<Box<dyn ServiceWithDependents>> = vec![Box::new(upstreams), Box::new(idp)];
     match crate::gateway::server::serve_with(config, table, KeyStore::new(snap), extra) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -141,6 +157,29 @@ pub fn run() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Starts the demo identity provider and points the config at a copy of
+/// the keys file whose `org_acme` accepts its tokens; returns the provider
+/// and the keys loaded from that copy.
+fn identity_step(
+    config: &mut crate::config::Config,
+    table: &crate::decision::routes::RouteTable,
+) -> Result<
+    (
+        std::sync::Arc<tokens::DemoIdp>,
+        crate::identity::keys::Snapshot,
+    ),
+    String,
+> {
+    let idp = tokens::DemoIdp::start()?;
+    let keys_file = idp.keys_file_with_tokens(&config.keys_file)?;
+    let snap = crate::ops::reload::load_keys(&keys_file, table).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        lines.join("\n")
+    })?;
+    config.keys_file = keys_file;
+    Ok((std::sync::Arc::new(idp), snap))
 }
 
 fn print_walkthrough(listen: &str, metrics: Option<&str>, config: &Path) {

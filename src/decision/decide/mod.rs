@@ -8,7 +8,9 @@ use crate::decision::errors::{Denial, ErrorCode, ErrorShape};
 use crate::decision::key_view;
 use crate::decision::request::{self, BodyWorkspace, Media, Presented, Upgrade};
 use crate::decision::routes::{PathMatch, Plane, Route, RouteIdx, RouteTable};
-use crate::identity::keys::{KeyIdx, KeyStatus, Snapshot, UnixMillis, WsIdx};
+use crate::identity::keys::{KeyIdx, KeyStatus, OrgIdx, Snapshot, UnixMillis, WsIdx};
+use crate::identity::scopes::{KeyType, ScopeSet};
+use crate::identity::token::{Failure, TokenError, VerifiedIdentity};
 use crate::limits::UsageApi;
 use crate::limits::{Limits, PriceTable, Scope, UsageKind, UsageLimit};
 
@@ -130,6 +132,9 @@ pub struct Verdict {
     pub pattern: Option<std::sync::Arc<str>>,
     /// The key, once identified.
     pub key: Option<KeyIdx>,
+    /// The identity token, once verified: the caller when `key` is `None`
+    /// (docs/reference.md#identity-tokens).
+    pub token: Option<std::sync::Arc<VerifiedIdentity>>,
     /// The workspace the request acts in (canonical), once known; `None`
     /// for organisation-wide admin requests.
     pub workspace: Option<WsIdx>,
@@ -186,6 +191,7 @@ fn decide_inner(
         plane: None,
         pattern: None,
         key: None,
+        token: None,
         workspace: None,
         spend: None,
     };
@@ -201,29 +207,37 @@ fn decide_inner(
 /// The decision table, a step a line: each refuses by returning early, and
 /// records in `v` what it learnt (shape, route, key, workspace) so that a
 /// refusal further down is answered in the right shape and logged with it.
-fn steps(
+fn steps<'c>(
     table: &RouteTable,
-    snap: &Snapshot,
-    facts: &RequestFacts<'_>,
+    snap: &'c Snapshot,
+    facts: &RequestFacts<'c>,
     known: Option<KeyIdx>,
     v: &mut Verdict,
 ) -> Step<()> {
     // 1. A canonical path and query, one Content-Length (400).
     let path_match = canonical(table, facts, v)?;
-    // 2. A known key, not expired, not revoked (401, 403).
-    let key_idx = identify(snap, facts, known, v)?;
+    // 2. A known key (or a verified token), not expired, not revoked (401,
+    // 503 for a token whose keys are not loaded yet).
+    let caller = identify(snap, facts, known, v)?;
     // The key's own view: valid credentials are all it needs.
     if facts.path == key_view::PATH {
-        return Err(own_view(facts, key_idx, snap));
+        return Err(match v.key {
+            Some(key_idx) => own_view(facts, key_idx, snap),
+            None => deny(
+                ErrorCode::RouteNotFound,
+                "The key view answers for API keys; an identity token's own view is not \
+                 available yet.",
+            ),
+        });
     }
     // 3. A route for the path and the method, upgrades where allowed (404, 405, 400).
     let (m, route) = route_and_method(table, path_match, facts, v)?;
     // 4. The key may call it: key type, budget, scopes, tunnels (403, 412).
-    let (key_limits, ws_limits) = key_may_call(snap, key_idx, route, facts)?;
+    let (key_limits, ws_limits) = key_may_call(snap, &caller, route, facts)?;
     // 5. A control-plane write's body: JSON, inspected (415, 413, 400).
     let body_ws = control_body(route, facts)?;
     // 6. One workspace, one the key may act in (409, 403, 404).
-    v.workspace = workspace(snap, key_idx, &m, body_ws, facts)?;
+    v.workspace = workspace(snap, &caller, &m, body_ws, facts)?;
     // 7. Data plane: the body where limits need it, models, metering.
     if route.plane == Plane::Data {
         let prices = snap.model_prices();
@@ -280,14 +294,72 @@ fn canonical<'t, 'p>(
     Ok(path_match)
 }
 
+/// Who is calling, as the steps after [`identify`] see it: a key of the
+/// snapshot, or a verified identity token acting as a workspace key of its
+/// organisation's `key_type` (docs/reference.md#identity-tokens).
+struct Caller<'c> {
+    key_type: KeyType,
+    organisation: OrgIdx,
+    workspace: Option<WsIdx>,
+    scopes: &'c ScopeSet,
+    status: KeyStatus,
+    /// Its own limits (a token's apply per subject).
+    limits: &'c Limits,
+    /// Whose counters its own limits use.
+    counter: (Scope, &'c str),
+}
+
+impl<'c> Caller<'c> {
+    fn of_key(snap: &'c Snapshot, k: KeyIdx) -> Caller<'c> {
+        let key = snap.key(k);
+        Caller {
+            key_type: key.key_type,
+            organisation: key.organisation,
+            workspace: key.workspace,
+            scopes: &key.scopes,
+            status: key.status,
+            limits: &key.limits,
+            counter: (Scope::Key, &key.id),
+        }
+    }
+
+    fn of_token(id: &'c VerifiedIdentity) -> Caller<'c> {
+        Caller {
+            key_type: id.key_type,
+            organisation: id.organisation,
+            workspace: Some(id.workspace),
+            scopes: &id.scopes,
+            status: KeyStatus::Active,
+            limits: id.limits(),
+            counter: (Scope::Token, &id.counter_id),
+        }
+    }
+}
+
+/// The answer to a refused token: its code, and a message naming the
+/// check that failed (never the token).
+fn token_refused(e: &TokenError) -> Stop {
+    let code = match e.failure {
+        Failure::Invalid => ErrorCode::InvalidApiKey,
+        Failure::Expired => ErrorCode::ExpiredApiKey,
+        Failure::Revoked => ErrorCode::RevokedApiKey,
+        Failure::Unavailable => ErrorCode::IdentityUnavailable,
+    };
+    deny(
+        code,
+        format!("Identity token refused ({}): {}.", e.check, e.message),
+    )
+}
+
 /// Step 2: the key, by the digest of its secret (or as `explain` names it),
-/// then the expiry of the key and of that secret, then its status.
-fn identify(
-    snap: &Snapshot,
-    facts: &RequestFacts<'_>,
+/// then the expiry of the key and of that secret, then its status. A token
+/// comes verified (or refused) by the caller of the decision.
+fn identify<'c>(
+    snap: &'c Snapshot,
+    facts: &RequestFacts<'c>,
     known: Option<KeyIdx>,
     v: &mut Verdict,
-) -> Step<KeyIdx> {
+) -> Step<Caller<'c>> {
     let (key_idx, secret_expires) = match (known, facts.key) {
         (Some(k), _) => (k, None),
         (None, Presented::Missing) => return Err(deny(
@@ -299,6 +371,12 @@ fn identify(
                 ErrorCode::InvalidApiKey,
                 "Invalid API key: the key header was sent more than once.",
             ))
+        }
+        (None, Presented::Token(outcome)) => {
+            let id = outcome.as_ref().map_err(token_refused)?;
+            v.token = Some(id.clone());
+            v.workspace = Some(id.workspace);
+            return Ok(Caller::of_token(id));
         }
         (None, Presented::Secret(secret)) => {
             let digest = crate::identity::keys::digest(secret);
@@ -326,7 +404,7 @@ fn identify(
             "This API key has been revoked.",
         ));
     }
-    Ok(key_idx)
+    Ok(Caller::of_key(snap, key_idx))
 }
 
 /// The key's own view, once the credentials passed: `GET` only (405 with
@@ -422,13 +500,12 @@ fn route_and_method<'t, 'p>(
 /// the data plane, no usage limit used up, the scopes the route needs, and
 /// no tunnel for a key whose tokens are counted. Returns the limits of the
 /// key and of its workspace.
-fn key_may_call<'s>(
-    snap: &'s Snapshot,
-    key_idx: KeyIdx,
+fn key_may_call<'c>(
+    snap: &'c Snapshot,
+    key: &Caller<'c>,
     route: &Route,
     facts: &RequestFacts<'_>,
-) -> Step<(&'s Limits, Option<&'s Limits>)> {
-    let key = snap.key(key_idx);
+) -> Step<(&'c Limits, Option<&'c Limits>)> {
     if route.plane == Plane::Data && key.key_type.is_admin() {
         return Err(deny(
             ErrorCode::AdminKeyNotAllowed,
@@ -441,11 +518,11 @@ fn key_may_call<'s>(
             "This API key has exhausted its budget.",
         ));
     }
-    let (key_limits, ws_limits) = snap.limits_for(key_idx);
+    let (key_limits, ws_limits) = (key.limits, key.workspace.map(|w| &snap.workspace(w).limits));
     if route.plane == Plane::Data {
-        budgets_left(snap, key_idx, facts, key_limits, ws_limits)?;
+        budgets_left(snap, key, facts, key_limits, ws_limits)?;
     }
-    if !route.requirement.is_met_by(&key.scopes) {
+    if !route.requirement.is_met_by(key.scopes) {
         return Err(deny(
             ErrorCode::MissingScope,
             format!(
@@ -473,18 +550,22 @@ fn key_may_call<'s>(
 /// used up (412), by the counters read before the decision.
 fn budgets_left(
     snap: &Snapshot,
-    key_idx: KeyIdx,
+    key: &Caller<'_>,
     facts: &RequestFacts<'_>,
     key_limits: &Limits,
     ws_limits: Option<&Limits>,
 ) -> Step<()> {
-    let key = snap.key(key_idx);
     if let Some(u) = &key_limits.usage {
-        if (facts.used_up)(Scope::Key, &key.id, u) {
+        let (scope, id) = key.counter;
+        if (facts.used_up)(scope, id, u) {
+            let whose = match scope {
+                Scope::Token => "This token's subject has",
+                _ => "This API key has",
+            };
             return Err(deny(
                 ErrorCode::BudgetExhausted,
                 format!(
-                    "This API key has used up its {} budget for this period.",
+                    "{whose} used up its {} budget for this period.",
                     u.kind.as_str()
                 ),
             ));
@@ -560,12 +641,11 @@ fn control_body(route: &Route, facts: &RequestFacts<'_>) -> Step<Option<String>>
 /// request acts in.
 fn workspace(
     snap: &Snapshot,
-    key_idx: KeyIdx,
+    key: &Caller<'_>,
     m: &PathMatch<'_, '_>,
     body_ws: Option<String>,
     facts: &RequestFacts<'_>,
 ) -> Step<Option<WsIdx>> {
-    let key = snap.key(key_idx);
     match (key.workspace, named_workspace(snap, m, body_ws, facts)?) {
         (Some(own), Some(n)) if n != Some(own) => Err(deny(
             ErrorCode::WorkspaceMismatch,

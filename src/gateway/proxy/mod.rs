@@ -23,12 +23,14 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::config::UpstreamConfig;
 use crate::decision::decide::{self, Body, Outcome, RequestFacts, Verdict};
 use crate::decision::errors::{self, Denial, ErrorCode, ErrorShape};
-use crate::decision::request::{self, KeySource};
+use crate::decision::request::{self, KeySource, Presented};
 use crate::decision::routes::{Plane, RouteTable};
 use crate::gateway::access_log::{self, Finished};
-use crate::identity::keys::{KeyStore, Snapshot};
+use crate::identity::keys::{Digest, KeyStore, Snapshot};
+use crate::identity::token::{TokenCache, TokenOutcome};
 use crate::limits::rate::{self, Quota};
 use crate::ops::metrics::metrics;
+use crate::ops::tokens::TokenKeys;
 
 mod forward;
 pub mod spend;
@@ -101,6 +103,9 @@ pub struct Gateway {
     connector: pingora::connectors::http::Connector,
     /// The counter store and the settings of metering.
     spending: Spending,
+    /// The JWK sets and the verified-token cache, when the server runs
+    /// with identity tokens' background service.
+    tokens: Option<Arc<TokenKeys>>,
 }
 
 /// The counter store and the metering settings of a [`Gateway`].
@@ -138,6 +143,76 @@ impl Gateway {
             in_flight,
             connector: pingora::connectors::http::Connector::new(None),
             spending,
+            tokens: None,
+        }
+    }
+
+    /// Verifies identity tokens with `tokens` (docs/reference.md#identity-tokens);
+    /// without it, token-shaped credentials of an organisation that
+    /// accepts tokens answer 503 `identity_unavailable`.
+    pub fn with_tokens(mut self, tokens: Arc<TokenKeys>) -> Gateway {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// The credential, when it is an identity token and some organisation
+    /// accepts tokens: its cache key, and its outcome when the cache knows
+    /// it (else the token, to verify off this borrow of the session).
+    fn presented_token(
+        &self,
+        session: &Session,
+        snap: &Snapshot,
+    ) -> Option<(Digest, Result<TokenOutcome, String>)> {
+        if !snap.identity().any() {
+            return None;
+        }
+        let (Presented::Secret(secret), _) = presented(session.req_header()) else {
+            return None;
+        };
+        // Three base64url parts: one scan. A token seen before is found by
+        // its digest; only a new one has its header decoded for the rule.
+        let token = std::str::from_utf8(secret)
+            .ok()
+            .filter(|t| crate::identity::token::shape::split(t).is_some())?;
+        let digest = TokenCache::key(token);
+        let now = crate::identity::keys::now_millis();
+        if let Some(hit) = self
+            .tokens
+            .as_ref()
+            .and_then(|t| t.cached_digest(&digest, snap, now))
+        {
+            return Some((digest, Ok(hit)));
+        }
+        crate::identity::token::is_token(token).then(|| (digest, Err(token.to_string())))
+    }
+
+    /// The outcome of the identity token presented, if one was (cache
+    /// first); its digest goes in `ctx` for the upstream stripping.
+    async fn token_of(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        snap: &Snapshot,
+    ) -> Option<TokenOutcome> {
+        let (digest, found) = self.presented_token(session, snap)?;
+        ctx.token_digest = Some(digest);
+        Some(match found {
+            Ok(hit) => hit,
+            Err(token) => self.verify_token(&token, snap).await,
+        })
+    }
+
+    /// Verifies a token the cache did not know.
+    async fn verify_token(&self, token: &str, snap: &Snapshot) -> TokenOutcome {
+        match &self.tokens {
+            Some(t) => t.check(token, snap).await,
+            None => crate::identity::token::verify(
+                token,
+                crate::identity::keys::now_millis(),
+                snap,
+                &std::collections::HashMap::new(),
+            )
+            .map(Arc::new),
         }
     }
 
@@ -154,6 +229,7 @@ impl Gateway {
         session: &Session,
         snap: &Snapshot,
         body: Option<Body<'_>>,
+        token: Option<&TokenOutcome>,
     ) -> (Verdict, KeySource) {
         let req = session.req_header();
         let values = |name: &str| -> Vec<&[u8]> {
@@ -163,18 +239,10 @@ impl Gateway {
                 .map(HeaderValue::as_bytes)
                 .collect()
         };
-        let (portkey, authorization, x_api_key, api_key) = (
-            values(request::KEY_HEADERS[0]),
-            values(request::KEY_HEADERS[1]),
-            values(request::KEY_HEADERS[2]),
-            values(request::KEY_HEADERS[3]),
-        );
-        let (key, source) = request::presented_key(&request::KeyHeaders {
-            portkey: &portkey,
-            authorization: &authorization,
-            x_api_key: &x_api_key,
-            api_key: &api_key,
-        });
+        let (mut key, source) = presented(req);
+        if let (Some(t), Presented::Secret(_)) = (token, key) {
+            key = Presented::Token(t);
+        }
         let body = body.unwrap_or_else(|| body_hint(req));
         let mut content_types = req.headers.get_all(http::header::CONTENT_TYPE).iter();
         let content_type = content_types.next().map(HeaderValue::as_bytes);
@@ -219,7 +287,7 @@ impl Gateway {
         let (Some(verdict), Some(snap)) = (&ctx.verdict, &ctx.snapshot) else {
             return Error::e_explain(ErrorType::InternalError, "request not decided");
         };
-        strip_client_headers(req, ctx.key_source, snap);
+        strip_client_headers(req, ctx.key_source, snap, ctx.token_digest.as_ref());
         join_cookies(req)?;
         for (name, value) in crate::decision::headers::identity_headers(snap, verdict) {
             req.insert_header(name, value)?;
@@ -262,11 +330,15 @@ impl Gateway {
         let Some(verdict) = ctx.verdict.as_ref() else {
             return Ok(false);
         };
-        let Some(k) = verdict.key else {
-            return Ok(false);
+        let now = crate::identity::keys::now_millis();
+        let (subjects, ws) = match (&verdict.token, verdict.key) {
+            (Some(id), _) => (spend::token_subjects(snap, id, now), Some(id.workspace)),
+            (None, Some(k)) => {
+                let key = snap.key(k);
+                (spend::subjects(snap, key, now), key.workspace)
+            }
+            (None, None) => return Ok(false),
         };
-        let key = snap.key(k);
-        let subjects = spend::subjects(snap, key, crate::identity::keys::now_millis());
         if subjects.is_empty() {
             return Ok(false);
         }
@@ -280,9 +352,7 @@ impl Gateway {
             ),
             _ => None,
         };
-        let workspace = key
-            .workspace
-            .map_or_else(|| Arc::from("none"), |w| snap.workspace(w).id.clone());
+        let workspace = ws.map_or_else(|| Arc::from("none"), |w| snap.workspace(w).id.clone());
         let result = self
             .spending
             .counters
@@ -509,6 +579,9 @@ pub struct Ctx {
     verdict: Option<Verdict>,
     shape: ErrorShape,
     key_source: KeySource,
+    /// SHA-256 of the identity token presented, if one was: any other key
+    /// header holding it is removed upstream too.
+    token_digest: Option<Digest>,
     quota: Option<Quota>,
     token_quota: Option<crate::state::TokenQuota>,
     retry_after: Option<Duration>,
@@ -613,6 +686,30 @@ pub fn valid_request_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// The credential of the key headers (the reference on credentials) and
+/// the header that carried it.
+fn presented(req: &RequestHeader) -> (Presented<'_>, KeySource) {
+    let values = |name: &str| -> Vec<&[u8]> {
+        req.headers
+            .get_all(name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect()
+    };
+    let (portkey, authorization, x_api_key, api_key) = (
+        values(request::KEY_HEADERS[0]),
+        values(request::KEY_HEADERS[1]),
+        values(request::KEY_HEADERS[2]),
+        values(request::KEY_HEADERS[3]),
+    );
+    request::presented_key(&request::KeyHeaders {
+        portkey: &portkey,
+        authorization: &authorization,
+        x_api_key: &x_api_key,
+        api_key: &api_key,
+    })
+}
+
 fn body_hint(req: &RequestHeader) -> Body<'static> {
     if req.headers.contains_key(http::header::CONTENT_LENGTH) {
         let values: Vec<&[u8]> = req
@@ -682,7 +779,12 @@ async fn read_body_capped(session: &mut Session, max: usize) -> Result<Option<By
 /// `x-scopegate-*` or as a key header once `_` is taken for `-` (CGI/WSGI
 /// servers map one to the other), and method-override headers (the decision
 /// was made on the wire method).
-fn strip_client_headers(req: &mut RequestHeader, source: KeySource, snap: &Snapshot) {
+fn strip_client_headers(
+    req: &mut RequestHeader,
+    source: KeySource,
+    snap: &Snapshot,
+    token: Option<&Digest>,
+) {
     let carrying = match source {
         KeySource::PortkeyHeader => "x-portkey-api-key",
         KeySource::Authorization => "authorization",
@@ -701,8 +803,10 @@ fn strip_client_headers(req: &mut RequestHeader, source: KeySource, snap: &Snaps
             n == carrying
                 || n == "x-portkey-api-key"
                 || req.headers.get_all(name).iter().any(|v| {
-                    request::key_candidates(v.as_bytes())
-                        .any(|s| snap.lookup(&crate::identity::keys::digest(s)).is_some())
+                    request::key_candidates(v.as_bytes()).any(|s| {
+                        let d = crate::identity::keys::digest(s);
+                        snap.lookup(&d).is_some() || token == Some(&d)
+                    })
                 })
         } else {
             is_identity_or_override(n)
@@ -821,6 +925,7 @@ impl ProxyHttp for Gateway {
             verdict: None,
             shape: ErrorShape::OpenAi,
             key_source: KeySource::PortkeyHeader,
+            token_digest: None,
             quota: None,
             token_quota: None,
             retry_after: None,
@@ -863,7 +968,8 @@ impl ProxyHttp for Gateway {
         };
         let snap = self.store.load();
         let hint = h2_body_hint(session);
-        let (mut verdict, source) = self.decide(session, &snap, hint);
+        let token = self.token_of(session, ctx, &snap).await;
+        let (mut verdict, source) = self.decide(session, &snap, hint, token.as_ref());
         // A counted request is always sent by the proxy itself, so that its
         // answer passes the usage tap: one with no body to check (the
         // decision reads every other) is read too, which costs nothing.
@@ -906,7 +1012,9 @@ impl ProxyHttp for Gateway {
                 Some(b) => Body::Read(b),
                 None => Body::TooLarge,
             };
-            verdict = self.decide(session, &snap, Some(facts_body)).0;
+            verdict = self
+                .decide(session, &snap, Some(facts_body), token.as_ref())
+                .0;
             ctx.body = body;
         }
         ctx.key_source = source;

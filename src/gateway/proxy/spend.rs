@@ -8,9 +8,12 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
 use crate::decision::decide::Spend;
-use crate::identity::keys::{Key, Snapshot};
+use crate::identity::keys::{Key, Snapshot, WsIdx};
+use crate::identity::token::VerifiedIdentity;
+use crate::limits::rate::RateLimit;
 use crate::limits::response::{settle, BodyReader, Observed};
 use crate::limits::Limits;
+use crate::limits::Scope;
 use crate::limits::{estimate, period, price};
 use crate::ops::metrics::usage_metrics;
 use crate::state::{Admission, Charge, CounterStore, Estimate, SubjectId, SubjectLimits};
@@ -18,10 +21,44 @@ use crate::state::{Admission, Charge, CounterStore, Estimate, SubjectId, Subject
 /// The key's and its workspace's limits as the store takes them; empty when
 /// neither has any limit the store enforces.
 pub fn subjects(snap: &Snapshot, key: &Key, now_ms: i64) -> Vec<SubjectLimits> {
+    subjects_of(
+        snap,
+        (
+            SubjectId::key(key.id.clone()),
+            &key.rate_limits,
+            &key.limits,
+        ),
+        key.workspace,
+        now_ms,
+    )
+}
+
+/// An identity token's: its subject's counters (per subject of its
+/// organisation, with the limits of `identity_tokens`) and its workspace's,
+/// which bind tokens and keys together.
+pub fn token_subjects(snap: &Snapshot, id: &VerifiedIdentity, now_ms: i64) -> Vec<SubjectLimits> {
+    let subject = SubjectId {
+        scope: Scope::Token,
+        id: id.counter_id.clone(),
+    };
+    subjects_of(
+        snap,
+        (subject, id.rate_limits(), id.limits()),
+        Some(id.workspace),
+        now_ms,
+    )
+}
+
+fn subjects_of(
+    snap: &Snapshot,
+    own: (SubjectId, &[RateLimit], &Limits),
+    workspace: Option<WsIdx>,
+    now_ms: i64,
+) -> Vec<SubjectLimits> {
     let mut out = Vec::new();
-    let ws = key.workspace.map(|w| snap.workspace(w));
+    let ws = workspace.map(|w| snap.workspace(w));
     let ws_id: Option<Arc<str>> = ws.map(|w| w.id.clone());
-    let mk = |subject: SubjectId, requests: &[crate::limits::rate::RateLimit], limits: &Limits| {
+    let mk = |subject: SubjectId, requests: &[RateLimit], limits: &Limits| {
         let mut s = SubjectLimits::new(subject);
         s.workspace = ws_id.clone();
         s.requests = requests.to_vec();
@@ -35,15 +72,12 @@ pub fn subjects(snap: &Snapshot, key: &Key, now_ms: i64) -> Vec<SubjectLimits> {
         }
         s
     };
-    let has = |requests: &[crate::limits::rate::RateLimit], l: &Limits| {
+    let has = |requests: &[RateLimit], l: &Limits| {
         !requests.is_empty() || l.counts_tokens() || l.max_concurrent.is_some()
     };
-    if has(&key.rate_limits, &key.limits) {
-        out.push(mk(
-            SubjectId::key(key.id.clone()),
-            &key.rate_limits,
-            &key.limits,
-        ));
+    let (subject, requests, limits) = own;
+    if has(requests, limits) {
+        out.push(mk(subject, requests, limits));
     }
     if let Some(w) = ws {
         if has(&w.rate_limits, &w.limits) {
@@ -181,7 +215,8 @@ impl Meter {
             let Some(limit) = &s.usage else { continue };
             let now = self.store.usage(&s.subject, &s.period_key);
             let used = now.used(limit.kind);
-            if let Some(m) = usage_metrics() {
+            // No metric label holds a token's subject.
+            if let (Some(m), false) = (usage_metrics(), s.subject.scope == Scope::Token) {
                 m.limit_ratio
                     .with_label_values(&[s.subject.scope.as_str(), &s.subject.id])
                     .set(used / limit.credit_limit);

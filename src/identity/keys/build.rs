@@ -507,6 +507,16 @@ impl<'a> KeysBuilder<'a> {
 
         if let Some(m) = check_id("key id", &spec.id) {
             self.problems.push(at("id"), m);
+        } else if spec.id.starts_with("token:") {
+            // `token:<subject>` names an identity token's subject in logs,
+            // upstream headers and reports.
+            self.problems.push(
+                at("id"),
+                format!(
+                    "key id `{}` must not start with `token:`, which names identity tokens' subjects",
+                    shown(&spec.id)
+                ),
+            );
         }
         let id: Arc<str> = spec.id.as_str().into();
         if let Some(first) = self.key_ids.get(&id) {

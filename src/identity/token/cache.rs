@@ -100,7 +100,14 @@ fn heap_bytes(id: &VerifiedIdentity) -> usize {
         Some(u) if !Arc::ptr_eq(u, &id.subject) => arc + u.len(),
         _ => 0,
     };
-    arc + size_of::<VerifiedIdentity>() + arc + id.subject.len() + user
+    arc + size_of::<VerifiedIdentity>()
+        + arc
+        + id.subject.len()
+        + arc
+        + id.key_id.len()
+        + arc
+        + id.counter_id.len()
+        + user
 }
 
 /// Bytes per entry besides its heap: a map slot (digest, entry, control

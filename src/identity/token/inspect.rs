@@ -80,7 +80,7 @@ fn describe(id: &VerifiedIdentity, snap: &Snapshot, registry: &ScopeRegistry) ->
     let mut line = |k: &str, v: &str| {
         let _ = writeln!(out, "  {k:<24} {v}");
     };
-    line("key id:", &id.key_id());
+    line("key id:", id.key_id());
     line("subject:", &id.subject);
     line("organisation:", &snap.organisation(id.organisation).id);
     line("workspace:", &snap.workspace(id.workspace).id);

@@ -26,4 +26,4 @@ pub use inspect::{inspect, Inspection};
 pub use jwks::{JwksError, JwksSet, KeyKind, SkipReason};
 pub use refresh::{RefreshPolicy, RefreshState};
 pub use shape::is_token;
-pub use verify::{verify, Check, Failure, KeySets, TokenError, VerifiedIdentity};
+pub use verify::{verify, Check, Failure, KeySets, TokenError, TokenOutcome, VerifiedIdentity};

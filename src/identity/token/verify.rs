@@ -11,18 +11,24 @@
 //!    from the payload before the signature is checked, only to choose
 //!    whose keys verify it; the claims used afterwards are those the
 //!    signature covers (the same bytes);
-//! 3. that organisation's JWK set has been loaded (else *unavailable*);
-//! 4. `alg` is one the organisation lists; `none` and HMAC never are;
+//! 3. `alg` is one the organisation lists; `none` and HMAC never are;
+//! 4. that organisation's JWK set has been loaded (else *unavailable*,
+//!    answered only after the checks that need no key: see below);
 //! 5. `kid` names a key of the set (or is absent and the set holds one
 //!    key), and that key is of the kind `alg` needs;
 //! 6. the signature verifies (jsonwebtoken, on ring);
 //! 7. `aud` contains the audience;
 //! 8. `exp` is present and not past, `nbf` and `iat` not in the future,
 //!    each within the leeway;
-//! 9. the subject (`sub`) is 1 to 256 visible ASCII characters, and not
-//!    revoked;
-//! 10. the workspace claim names a workspace of the organisation;
-//! 11. for `workspace-user` tokens, the user claim is a valid user id.
+//! 9. the subject (the claim `claims.user` names, `sub` by default) is 1
+//!    to 256 visible ASCII characters, and not revoked;
+//! 10. the workspace claim names a workspace of the organisation.
+//!
+//! When the organisation's keys are not loaded yet, checks 7 to 9 still
+//! run on the claims as sent: a token they refuse is refused for good (a
+//! retry cannot help), so it gets its 401 rather than the 503 that says
+//! "try again". Only a token that passes them is *unavailable*. The
+//! workspace is not looked up for an unverified token.
 //!
 //! Scopes are then read, never refused: words that grant nothing
 //! (`openid`) are ignored.
@@ -40,7 +46,9 @@ use super::claims::{self, Claims, NumericDate};
 use super::jwks::{JwksSet, SetKey};
 use super::shape::{self, MAX_TOKEN_BYTES};
 use crate::identity::keys::tokens::is_valid_subject;
-use crate::identity::keys::{OrgIdx, SigningAlg, Snapshot, TokenSettings, UnixMillis, WsIdx};
+use crate::identity::keys::{
+    Digest, OrgIdx, SigningAlg, Snapshot, TokenSettings, UnixMillis, WsIdx,
+};
 use crate::identity::scopes::{KeyType, ScopeSet};
 use crate::limits::rate::RateLimit;
 use crate::limits::Limits;
@@ -64,10 +72,10 @@ pub enum Check {
     Format,
     /// `iss` is an organisation's issuer.
     Issuer,
-    /// The organisation's JWK set is loaded.
-    Keys,
     /// `alg` is accepted.
     Algorithm,
+    /// The organisation's JWK set is loaded.
+    Keys,
     /// `kid` names a key that can verify `alg`.
     KeyId,
     /// The signature verifies.
@@ -86,17 +94,15 @@ pub enum Check {
     Revoked,
     /// The workspace claim names a workspace of the organisation.
     Workspace,
-    /// The user claim (workspace-user tokens).
-    User,
 }
 
 impl Check {
     /// Every check, in order.
-    pub const ALL: [Check; 14] = [
+    pub const ALL: [Check; 13] = [
         Check::Format,
         Check::Issuer,
-        Check::Keys,
         Check::Algorithm,
+        Check::Keys,
         Check::KeyId,
         Check::Signature,
         Check::Audience,
@@ -106,7 +112,6 @@ impl Check {
         Check::Subject,
         Check::Revoked,
         Check::Workspace,
-        Check::User,
     ];
 
     /// A short name: what an operator sees in messages and reports.
@@ -125,7 +130,6 @@ impl Check {
             Check::Subject => "sub",
             Check::Revoked => "revoked",
             Check::Workspace => "workspace",
-            Check::User => "user",
         }
     }
 }
@@ -209,17 +213,26 @@ impl fmt::Display for TokenError {
 impl std::error::Error for TokenError {}
 
 /// What a verified token is: a workspace key without an entry of its own.
+/// Two are equal when they name the same caller with the same grants,
+/// verified under the same settings and keys.
 #[derive(Clone, Debug)]
 pub struct VerifiedIdentity {
     /// The organisation whose issuer signed it.
     pub organisation: OrgIdx,
     /// The workspace its claim names.
     pub workspace: WsIdx,
-    /// `sub`.
+    /// The subject: the value of the claim `claims.user` names (`sub` by
+    /// default). Its counters, logs and upstream headers are
+    /// `token:<subject>`.
     pub subject: Arc<str>,
+    /// `token:<subject>`: its id in logs, upstream headers and reports.
+    pub key_id: Arc<str>,
+    /// Its counters' id: `<organisation id>/<subject>` (scope
+    /// [`Scope::Token`](crate::limits::Scope::Token)).
+    pub counter_id: Arc<str>,
     /// What it acts as.
     pub key_type: KeyType,
-    /// The user of a workspace-user token (the user claim).
+    /// The user of a workspace-user token: the subject itself.
     pub user_id: Option<Arc<str>>,
     /// Its scopes, within what the organisation allows.
     pub scopes: ScopeSet,
@@ -229,13 +242,45 @@ pub struct VerifiedIdentity {
     pub valid_until: UnixMillis,
     /// The organisation's settings, with the per-subject limits.
     pub settings: Arc<TokenSettings>,
+    /// The identity settings' fingerprint it was verified under
+    /// ([`IdentityIndex::fingerprint`](crate::identity::keys::IdentityIndex::fingerprint)).
+    pub fingerprint: Digest,
+    /// The digest of the JWK set that verified it.
+    pub keys_digest: Digest,
 }
 
 impl VerifiedIdentity {
-    /// The id it is known by in logs, counters and upstream headers:
+    /// Whether this identity, verified before, still holds under `snap`
+    /// and the key sets in force: the same identity settings (organisations,
+    /// workspaces, revocations) and the same JWK set for its organisation.
+    /// A reload that changes neither keeps cached identities.
+    pub fn still_holds(&self, snap: &Snapshot, sets: &dyn KeySets) -> bool {
+        *snap.identity().fingerprint() == self.fingerprint
+            && sets
+                .key_set(self.organisation)
+                .is_some_and(|s| *s.digest() == self.keys_digest)
+    }
+}
+
+impl PartialEq for VerifiedIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        self.counter_id == other.counter_id
+            && self.workspace == other.workspace
+            && self.key_type == other.key_type
+            && self.scopes == other.scopes
+            && self.expires_at == other.expires_at
+            && self.fingerprint == other.fingerprint
+            && self.keys_digest == other.keys_digest
+    }
+}
+
+impl Eq for VerifiedIdentity {}
+
+impl VerifiedIdentity {
+    /// The id it is known by in logs and upstream headers:
     /// `token:<subject>`.
-    pub fn key_id(&self) -> String {
-        format!("token:{}", self.subject)
+    pub fn key_id(&self) -> &str {
+        &self.key_id
     }
 
     /// Per-subject request rate limits.
@@ -248,6 +293,10 @@ impl VerifiedIdentity {
         &self.settings.limits
     }
 }
+
+/// What became of a presented token: the identity it verified into (maybe
+/// from the cache), or why it was refused.
+pub type TokenOutcome = Result<Arc<VerifiedIdentity>, TokenError>;
 
 /// The header members read.
 #[derive(Deserialize)]
@@ -326,34 +375,31 @@ pub(crate) fn run(
     // 2. Issuer: chooses the organisation, hence the keys.
     let o = issuer(&claims, snap, trace)?;
     let settings = o.settings;
-    // 3. The organisation's keys.
-    let set = sets.key_set(o.org).ok_or_else(|| TokenError {
-        failure: Failure::Unavailable,
-        ..o.fail(
-            Check::Keys,
-            "the signing keys of the token's issuer have not been loaded yet".into(),
-        )
-    })?;
-    trace.passed(Check::Keys, &|| format!("{} usable keys", set.len()));
-    // 4. Algorithm.
+    // 3. Algorithm: needs no key.
     let alg = algorithm(&header, &o, trace)?;
-    // 5. Key id.
-    let key = signing_key(&header, set, alg, &o, trace)?;
-    // 6. Signature.
-    let verified = jsonwebtoken::crypto::verify(
-        parts.signature,
-        parts.signing_input.as_bytes(),
-        &key.key,
-        to_jwt(alg),
-    )
-    .unwrap_or(false);
-    if !verified {
-        return Err(o.fail(
-            Check::Signature,
-            "the token's signature does not verify".into(),
-        ));
+    // 4. The organisation's keys; without them, the checks that need no
+    // key still answer first (a refusal a retry cannot change).
+    let set = sets.key_set(o.org);
+    if let Some(set) = set {
+        trace.passed(Check::Keys, &|| format!("{} usable keys", set.len()));
+        // 5. Key id.
+        let key = signing_key(&header, set, alg, &o, trace)?;
+        // 6. Signature.
+        let verified = jsonwebtoken::crypto::verify(
+            parts.signature,
+            parts.signing_input.as_bytes(),
+            &key.key,
+            to_jwt(alg),
+        )
+        .unwrap_or(false);
+        if !verified {
+            return Err(o.fail(
+                Check::Signature,
+                "the token's signature does not verify".into(),
+            ));
+        }
+        trace.passed(Check::Signature, &|| "verified".into());
     }
-    trace.passed(Check::Signature, &|| "verified".into());
     // 7. Audience.
     if !claims::audience_contains(&claims, &settings.audience) {
         return Err(o.fail(
@@ -368,14 +414,24 @@ pub(crate) fn run(
     let (exp, valid_until) = times(&claims, now, &o, trace)?;
     // 9. Subject.
     let sub = subject(&claims, &o, trace)?;
+    let Some(set) = set else {
+        return Err(TokenError {
+            failure: Failure::Unavailable,
+            ..o.fail(
+                Check::Keys,
+                "the signing keys of the token's issuer have not been loaded yet".into(),
+            )
+        });
+    };
     // 10. Workspace.
     let workspace = workspace(&claims, snap, &o, trace)?;
-    // 11. User.
     let subject: Arc<str> = sub.into();
-    let user_id = user(&claims, &subject, &o, trace)?;
+    let user_id = (settings.key_type == KeyType::WorkspaceUser).then(|| subject.clone());
     Ok(VerifiedIdentity {
         organisation: o.org,
         workspace,
+        key_id: format!("token:{subject}").into(),
+        counter_id: format!("{}/{subject}", snap.organisation(o.org).id).into(),
         subject,
         key_type: settings.key_type,
         user_id,
@@ -383,6 +439,8 @@ pub(crate) fn run(
         expires_at: exp,
         valid_until,
         settings: settings.clone(),
+        fingerprint: *snap.identity().fingerprint(),
+        keys_digest: *set.digest(),
     })
 }
 
@@ -456,7 +514,7 @@ fn issuer<'s>(
     Ok(Org { org, settings })
 }
 
-/// Check 4: `alg` is one the organisation lists; `none` and HMAC never are.
+/// Check 3: `alg` is one the organisation lists; `none` and HMAC never are.
 fn algorithm(
     header: &Header,
     o: &Org<'_>,
@@ -580,20 +638,24 @@ fn times(
     Ok((exp, valid_until))
 }
 
-/// Check 9: the subject is 1 to 256 visible ASCII characters, and not
-/// revoked.
+/// Check 9: the subject (the claim `claims.user` names) is 1 to 256
+/// visible ASCII characters, and not revoked.
 fn subject<'c>(
     claims: &'c Claims,
     o: &Org<'_>,
     trace: &mut dyn Trace,
 ) -> Result<&'c str, TokenError> {
-    let sub = claims::string(claims, "sub")
+    let name = &o.settings.claims.user;
+    let sub = claims::string(claims, name)
         .filter(|s| is_valid_subject(s))
         .ok_or_else(|| {
             o.fail(
                 Check::Subject,
-                "the token's subject (sub) is missing or not 1 to 256 visible ASCII characters"
-                    .into(),
+                format!(
+                    "the token's subject (claim `{name}`) is missing or not 1 to 256 visible \
+                     ASCII characters"
+                )
+                .into(),
             )
         })?;
     trace.passed(Check::Subject, &|| sub.to_string());
@@ -645,39 +707,6 @@ fn workspace(
         snap.workspace(workspace).id.to_string()
     });
     Ok(workspace)
-}
-
-/// Check 11: for `workspace-user` tokens, the user claim is a valid user id
-/// (shared with the subject when they are the same).
-fn user(
-    claims: &Claims,
-    subject: &Arc<str>,
-    o: &Org<'_>,
-    trace: &mut dyn Trace,
-) -> Result<Option<Arc<str>>, TokenError> {
-    if o.settings.key_type != KeyType::WorkspaceUser {
-        trace.passed(Check::User, &|| "none (workspace-service)".into());
-        return Ok(None);
-    }
-    let user_claim = &o.settings.claims.user;
-    let user = claims::string(claims, user_claim)
-        .filter(|u| is_valid_subject(u))
-        .ok_or_else(|| {
-            o.fail(
-                Check::User,
-                format!(
-                    "the token's user claim (`{user_claim}`) is missing or not 1 to 256 \
-                     visible ASCII characters"
-                )
-                .into(),
-            )
-        })?;
-    trace.passed(Check::User, &|| user.to_string());
-    Ok(Some(if user == &**subject {
-        subject.clone()
-    } else {
-        Arc::from(user)
-    }))
 }
 
 /// Scopes: what the words grant, within the organisation's cap.

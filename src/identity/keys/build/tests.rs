@@ -664,3 +664,16 @@ fn shown_escapes_and_cuts() {
     assert_eq!(shown("a\nb\u{1b}c"), "a\\nb\\u{1b}c");
     assert_eq!(shown(&"x".repeat(100)).chars().count(), 81);
 }
+
+#[test]
+fn key_ids_may_not_take_the_token_prefix() {
+    let p = one_problem(&key(&format!(
+        "  - id: \"token:alice\"\n    type: workspace-service\n    workspace_id: a\n    \
+         sha256: \"{}\"\n    scopes: [completions.write]\n",
+        h("alice")
+    )));
+    assert!(
+        p.starts_with("keys[2].id: key id `token:alice` must not start with `token:`"),
+        "{p}"
+    );
+}

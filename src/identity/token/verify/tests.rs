@@ -540,23 +540,63 @@ fn workspace_claim_by_id_slug_and_fallback() {
 }
 
 #[test]
-fn user_claim_for_workspace_user_tokens() {
-    let w = world_with("claims: { user: oid }");
+fn the_user_claim_names_the_subject() {
+    let w = world_with("claims: { user: oid }\nrevoked_subjects: [u-bad]");
     let id = w
         .verify(&w.es.sign(&with(good_claims(), json!({"oid": "u-123"}))))
         .expect("oid");
+    // One subject: counters, `token:<subject>` and the user id agree.
+    assert_eq!(&*id.subject, "u-123");
     assert_eq!(id.user_id.as_deref(), Some("u-123"));
-    assert_eq!(&*id.subject, "alice");
-    refused(
+    assert_eq!(id.key_id(), "token:u-123");
+    let e = refused(
         w.verify(&w.es.sign(&good_claims())),
-        Check::User,
+        Check::Subject,
         Failure::Invalid,
     );
+    assert!(e.message.contains("claim `oid`"), "{}", e.message);
     refused(
         w.verify(&w.es.sign(&with(good_claims(), json!({"oid": "a b"})))),
-        Check::User,
+        Check::Subject,
         Failure::Invalid,
     );
+    refused(
+        w.verify(&w.es.sign(&with(good_claims(), json!({"oid": "u-bad"})))),
+        Check::Revoked,
+        Failure::Revoked,
+    );
+}
+
+#[test]
+fn without_keys_a_refusal_for_good_comes_before_unavailable() {
+    let mut w = world_with("revoked_subjects: [mallory]");
+    w.sets.remove(&OrgIdx(0));
+    let past = with(good_claims(), json!({"exp": NOW_S - 3600}));
+    refused(w.verify(&w.es.sign(&past)), Check::Expiry, Failure::Expired);
+    let revoked = with(good_claims(), json!({"sub": "mallory"}));
+    refused(
+        w.verify(&w.es.sign(&revoked)),
+        Check::Revoked,
+        Failure::Revoked,
+    );
+    let aud = with(good_claims(), json!({"aud": "other"}));
+    refused(
+        w.verify(&w.es.sign(&aud)),
+        Check::Audience,
+        Failure::Invalid,
+    );
+    refused(
+        w.verify(&raw_token(
+            r#"{"alg":"HS256"}"#,
+            &good_claims().to_string(),
+            b"x",
+        )),
+        Check::Algorithm,
+        Failure::Invalid,
+    );
+    // The workspace is not looked up for an unverified token.
+    let ws = with(good_claims(), json!({"workspace_slug": "nope"}));
+    refused(w.verify(&w.es.sign(&ws)), Check::Keys, Failure::Unavailable);
 }
 
 #[test]
@@ -651,4 +691,25 @@ fn messages_never_quote_the_token() {
             "{text}"
         );
     }
+}
+
+#[test]
+fn a_verified_identity_holds_until_its_settings_or_its_set_change() {
+    let w = world();
+    let id = w.verify(&w.es.sign(&good_claims())).expect("verifies");
+    assert!(id.still_holds(&w.snap, &w.sets));
+    // The same keys file parsed again, and org_b's set replaced: nothing it
+    // depends on changed.
+    let mut other = w.sets.clone();
+    other.insert(OrgIdx(1), Arc::new(jwks(&[&w.ed])));
+    assert!(id.still_holds(&snapshot_with(""), &other));
+    // Its organisation's set changed (a key withdrawn or added).
+    let mut changed = w.sets.clone();
+    changed.insert(OrgIdx(0), Arc::new(jwks(&[&w.es])));
+    assert!(!id.still_holds(&w.snap, &changed));
+    let mut gone = w.sets.clone();
+    gone.remove(&OrgIdx(0));
+    assert!(!id.still_holds(&w.snap, &gone));
+    // The identity settings changed: a revocation, say.
+    assert!(!id.still_holds(&snapshot_with("revoked_subjects: [bob]"), &w.sets));
 }
