@@ -29,6 +29,10 @@ use crate::diag::Diagnostic;
 use crate::identity::keys::build::is_scope_shaped;
 use crate::identity::keys::load::document_error;
 
+pub mod traces;
+
+use traces::{TraceSettings, TracingConfig};
+
 /// Largest config file read.
 pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -131,6 +135,9 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
     /// Whether the built-in route table is served too.
     pub builtin_routes: bool,
+    /// Where traces go: the `tracing` block, else the standard `OTEL_*`
+    /// variables; `None`: tracing is off (docs/reference.md#traces).
+    pub tracing: Option<TraceSettings>,
 }
 
 impl Config {
@@ -393,6 +400,8 @@ struct RawConfig {
     routes: Vec<RouteSpec>,
     #[serde(default = "yes")]
     builtin_routes: bool,
+    #[serde(default)]
+    tracing: Option<TracingConfig>,
 }
 
 fn default_poll() -> u64 {
@@ -678,6 +687,7 @@ impl Validator<'_> {
                  answered 404",
             );
         }
+        let tracing = self.tracing(raw.tracing);
         Config {
             path: path.to_path_buf(),
             listen,
@@ -699,7 +709,37 @@ impl Validator<'_> {
             upstreams,
             routes: raw.routes,
             builtin_routes: raw.builtin_routes,
+            tracing,
         }
+    }
+
+    /// The `tracing` block, or without it the standard `OTEL_*` variables
+    /// (docs/reference.md#traces); `${VAR}` in its headers expands as in
+    /// `set_headers`. `OTEL_BSP_SCHEDULE_DELAY` may shorten the batch
+    /// interval in either case.
+    fn tracing(&mut self, raw: Option<TracingConfig>) -> Option<TraceSettings> {
+        let env = self.env;
+        let resolved = match raw {
+            Some(block) => block
+                .resolve(&mut |at, value| expand_vars(value, env).map_err(|e| e.message(at)))
+                .map(Some),
+            None => TraceSettings::from_env(&|name| env(name).ok()),
+        };
+        let mut settings = match resolved {
+            Ok(s) => s?,
+            Err(problems) => {
+                for p in problems {
+                    self.problem(p.at, p.message);
+                }
+                return None;
+            }
+        };
+        match traces::batch_delay_from_env(&|name| env(name).ok()) {
+            Ok(Some(delay)) => settings.batch.delay = delay,
+            Ok(None) => {}
+            Err(p) => self.problem(p.at, p.message),
+        }
+        Some(settings)
     }
 
     /// `metrics_listen`: an address, not one of the proxy's.

@@ -21,6 +21,7 @@ use crate::gateway::tls_listen::{CertPairs, TlsListener};
 use crate::identity::keys::{self, KeyStore};
 use crate::ops::metrics::{metrics, MetricsListener};
 use crate::ops::reload::Reloader;
+use crate::ops::traces::{TraceCounters, Traces};
 use crate::ops::watch::Watcher;
 
 /// Sets up `tracing` on stderr; `RUST_LOG` filters.
@@ -110,13 +111,15 @@ pub fn serve_with(
     };
     let tls = check_listeners(&config)?;
     check_open_file_limit(config.max_client_connections);
+    let traces = start_traces(&config)?;
     let gateway = gateway(
         &config,
         table.clone(),
         store.clone(),
         in_flight.clone(),
         counters.clone(),
-    )?;
+    )?
+    .with_traces(traces.clone());
 
     let threads = config
         .threads
@@ -145,6 +148,7 @@ pub fn serve_with(
                 in_flight,
                 grace: Duration::from_secs(config.shutdown_grace_period_seconds),
                 counters,
+                traces: traces.clone(),
             },
         },
     )?;
@@ -171,7 +175,37 @@ pub fn serve_with(
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
     });
+    // A fast shutdown (SIGINT) ends here without the drain: spans queued
+    // still get their 2 s.
+    if let Some(t) = traces {
+        t.shutdown();
+    }
     std::process::exit(0)
+}
+
+/// The trace pipeline, when the config (or the `OTEL_*` variables) turn
+/// tracing on (docs/reference.md#traces): its own threads, export off the
+/// request path. The two trace counters are registered either way, so
+/// dashboards find them at 0.
+///
+/// # Errors
+/// The exporter cannot start (no thread, no CA certificates for an
+/// `https` collector).
+fn start_traces(config: &Config) -> anyhow::Result<Option<Traces>> {
+    let counters = crate::ops::traces::register_counters(prometheus::default_registry())
+        .or_else(|_| TraceCounters::new())
+        .map_err(|e| anyhow::anyhow!("trace counters: {e}"))?;
+    let Some(settings) = &config.tracing else {
+        return Ok(None);
+    };
+    let traces = Traces::start(settings, counters).map_err(|e| anyhow::anyhow!("tracing: {e}"))?;
+    tracing::info!(
+        endpoint = %settings.endpoint,
+        protocol = settings.protocol.as_str(),
+        sample_ratio = settings.sample_ratio,
+        "exporting traces"
+    );
+    Ok(Some(traces))
 }
 
 /// pingora binds its listeners later, on a service thread that panics on

@@ -29,6 +29,7 @@ use crate::gateway::access_log::{self, Finished};
 use crate::identity::keys::{KeyStore, Snapshot};
 use crate::limits::rate::{self, Quota};
 use crate::ops::metrics::metrics;
+use crate::ops::traces::{Incoming, RequestSpan, Traces, UpstreamCall, UpstreamOutcome};
 
 mod forward;
 pub mod spend;
@@ -40,6 +41,9 @@ pub struct Upstream {
     peer: HttpPeer,
     authority: HeaderValue,
     set_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The host and port as configured (the upstream call's span).
+    host: String,
+    port: u16,
 }
 
 impl Upstream {
@@ -84,6 +88,8 @@ impl Upstream {
             peer,
             authority: HeaderValue::from_str(&cfg.authority)?,
             set_headers,
+            host: cfg.host.clone(),
+            port: cfg.port,
         })
     }
 }
@@ -101,6 +107,8 @@ pub struct Gateway {
     connector: pingora::connectors::http::Connector,
     /// The counter store and the settings of metering.
     spending: Spending,
+    /// The trace pipeline; `None`: tracing is off.
+    traces: Option<Traces>,
 }
 
 /// The counter store and the metering settings of a [`Gateway`].
@@ -138,7 +146,14 @@ impl Gateway {
             in_flight,
             connector: pingora::connectors::http::Connector::new(None),
             spending,
+            traces: None,
         }
+    }
+
+    /// Records a span per request into `traces` (docs/reference.md#traces).
+    pub fn with_traces(mut self, traces: Option<Traces>) -> Gateway {
+        self.traces = traces;
+        self
     }
 
     fn upstream(&self, plane: Plane) -> &Upstream {
@@ -215,7 +230,7 @@ impl Gateway {
     }
 
     /// The request header as it goes upstream (the reference on what goes upstream).
-    fn prepare_upstream_request(&self, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    fn prepare_upstream_request(&self, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
         let (Some(verdict), Some(snap)) = (&ctx.verdict, &ctx.snapshot) else {
             return Error::e_explain(ErrorType::InternalError, "request not decided");
         };
@@ -231,7 +246,7 @@ impl Gateway {
             req.insert_header(name.clone(), value.clone())?;
         }
         req.insert_header(http::header::HOST, upstream.authority.clone())?;
-        Ok(())
+        trace_upstream(req, &mut ctx.trace, upstream)
     }
 
     /// The upstream's response header as it goes to the client.
@@ -391,10 +406,15 @@ impl Gateway {
             &mut hooks,
         )
         .await;
+        if let forward::Exchange::Answered = outcome {
+            let status = ctx.upstream_status.unwrap_or(0);
+            ctx.trace.end_upstream(UpstreamOutcome::Status(status));
+        }
         if let forward::Exchange::Failed(e) = outcome {
             tracing::debug!(error = %e, "upstream exchange failed");
             ctx.upstream_error = Some(e.etype().as_str());
             let (code, kind) = classify(&e);
+            ctx.trace.end_upstream(UpstreamOutcome::Failed(kind));
             if let Some(m) = metrics() {
                 m.upstream_error(upstream.name, kind);
             }
@@ -475,6 +495,12 @@ pub struct Ctx {
     /// hands its own failures to `logging`, these it never sees.
     upstream_error: Option<&'static str>,
     probe: bool,
+    /// The request's trace spans (off when tracing is).
+    trace: RequestSpan,
+    /// What a counted request was charged, once its answer ended.
+    settled: Option<spend::Settled>,
+    /// When the first piece of the answer's body arrived.
+    first_event: Option<Duration>,
     _in_flight: InFlight,
 }
 
@@ -714,6 +740,9 @@ impl forward::ResponseHooks for Stamp<'_> {
     }
 
     fn chunk(&mut self, chunk: Bytes) -> Bytes {
+        if self.ctx.first_event.is_none() && !chunk.is_empty() {
+            self.ctx.first_event = Some(self.ctx.start.elapsed());
+        }
         match &mut self.tap {
             Some(t) => t.chunk(chunk),
             None => chunk,
@@ -722,7 +751,11 @@ impl forward::ResponseHooks for Stamp<'_> {
 
     fn end(&mut self, complete: bool) -> Bytes {
         match &mut self.tap {
-            Some(t) => t.end(complete),
+            Some(t) => {
+                let tail = t.end(complete);
+                self.ctx.settled = t.take_settled();
+                tail
+            }
             None => Bytes::new(),
         }
     }
@@ -783,6 +816,9 @@ impl ProxyHttp for Gateway {
             upstream_status: None,
             upstream_error: None,
             probe: false,
+            trace: RequestSpan::off(),
+            settled: None,
+            first_event: None,
             _in_flight: InFlight(self.in_flight.clone()),
         }
     }
@@ -806,6 +842,9 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
             session.write_response_header(Box::new(resp), true).await?;
             return Ok(true);
+        }
+        if let Some(traces) = &self.traces {
+            ctx.trace = traces.begin(&Incoming::from_headers(&session.req_header().headers));
         }
         ctx.request_id = match session.req_header().headers.get("x-request-id") {
             Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
@@ -1012,11 +1051,76 @@ impl ProxyHttp for Gateway {
             // would be charged as an estimate.
             meter.settle(status, &crate::limits::response::Observed::default());
         }
-        access_log::record(session, e, ctx_view(ctx, self));
+        // pingora's own upstream call ends with the request.
+        let outcome = match (ctx.upstream_status, e) {
+            (Some(status), _) => Some(UpstreamOutcome::Status(status)),
+            (None, Some(e)) => Some(UpstreamOutcome::Failed(classify(e).1)),
+            (None, None) => None,
+        };
+        if let Some(outcome) = outcome {
+            ctx.trace.end_upstream(outcome);
+        }
+        let span = std::mem::take(&mut ctx.trace);
+        access_log::record(session, e, ctx_view(ctx, self, span));
     }
 }
 
-fn ctx_view<'a>(ctx: &'a Ctx, gw: &'a Gateway) -> Finished<'a> {
+/// Sets the `traceparent` naming the upstream call (and the client's
+/// `tracestate`) in place of any the client sent, when tracing is on
+/// (docs/reference.md#sampling-and-propagation); with tracing off the
+/// client's pass untouched.
+fn trace_upstream(req: &mut RequestHeader, span: &mut RequestSpan, up: &Upstream) -> Result<()> {
+    use crate::ops::traces::context::{TRACEPARENT, TRACESTATE};
+    if !span.is_on() {
+        return Ok(());
+    }
+    req.remove_header(TRACEPARENT);
+    req.remove_header(TRACESTATE);
+    let call = UpstreamCall {
+        method: req.method.as_str(),
+        upstream: up.name,
+        address: &up.host,
+        port: up.port,
+    };
+    if let Some(traceparent) = span.start_upstream(&call) {
+        req.insert_header(TRACEPARENT, traceparent)?;
+        if let Some(state) = span.tracestate() {
+            req.insert_header(TRACESTATE, state.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// The GenAI facts of a counted request (docs/reference.md#spans): the
+/// API, the models, the requested maximum and what was charged.
+fn genai_facts(ctx: &Ctx) -> Option<crate::ops::traces::GenAiFacts<'_>> {
+    use crate::ops::traces::{GenAiApi, GenAiFacts, UsageSource};
+    let spend = ctx.verdict.as_ref()?.spend.as_ref().filter(|s| s.counted)?;
+    let api = GenAiApi::from_meter(spend.usage?.as_str())?;
+    let settled = ctx.settled.as_ref();
+    Some(GenAiFacts {
+        api,
+        request_model: spend.model.as_deref(),
+        response_model: settled.and_then(|s| s.response_model.as_deref()),
+        max_tokens: spend.max_output,
+        input_tokens: settled.map(|s| s.input),
+        output_tokens: settled.map(|s| s.output),
+        usage_source: settled.map(|s| {
+            if s.estimated {
+                UsageSource::Estimated
+            } else {
+                UsageSource::Reported
+            }
+        }),
+        cost_usd: settled.and_then(|s| s.cost),
+        first_event_ms: ctx
+            .first_event
+            .filter(|_| spend.stream)
+            .map(|d| d.as_millis() as u64),
+    })
+}
+
+fn ctx_view<'a>(ctx: &'a Ctx, gw: &'a Gateway, span: RequestSpan) -> Finished<'a> {
     let forwarded = ctx.code.is_none()
         || matches!(
             ctx.code,
@@ -1037,6 +1141,8 @@ fn ctx_view<'a>(ctx: &'a Ctx, gw: &'a Gateway) -> Finished<'a> {
         upstream,
         elapsed: ctx.start.elapsed(),
         error: ctx.upstream_error,
+        span,
+        genai: genai_facts(ctx),
     }
 }
 
