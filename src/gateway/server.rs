@@ -157,6 +157,19 @@ pub fn serve_with(
         server.add_boxed_service(service);
     }
 
+    log_serving(&config, threads);
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    // A fast shutdown (SIGINT) ends here without the drain: spans queued
+    // still get their 2 s.
+    if let Some(t) = traces {
+        t.shutdown();
+    }
+    std::process::exit(0)
+}
+
+fn log_serving(config: &Config, threads: usize) {
     let listen: Vec<String> = config
         .listen
         .iter()
@@ -172,15 +185,6 @@ pub fn serve_with(
         keys_file = %config.keys_file.display(),
         "scopegate serving"
     );
-    server.run(RunArgs {
-        shutdown_signal: Box::new(signals),
-    });
-    // A fast shutdown (SIGINT) ends here without the drain: spans queued
-    // still get their 2 s.
-    if let Some(t) = traces {
-        t.shutdown();
-    }
-    std::process::exit(0)
 }
 
 /// The trace pipeline, when the config (or the `OTEL_*` variables) turn

@@ -229,6 +229,19 @@ impl Gateway {
         (decide::decide(&self.table, snap, &facts), source)
     }
 
+    /// The request's id (the client's if valid) and its trace span.
+    fn begin_request(&self, session: &Session, ctx: &mut Ctx) {
+        let headers = &session.req_header().headers;
+        if let Some(traces) = &self.traces {
+            ctx.trace = traces.begin(&Incoming::from_headers(headers));
+        }
+        ctx.request_id = match headers.get("x-request-id") {
+            Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
+            _ => HeaderValue::from_str(&crate::gateway::request_id::next())
+                .unwrap_or_else(|_| HeaderValue::from_static("0")),
+        };
+    }
+
     /// The request header as it goes upstream (the reference on what goes upstream).
     fn prepare_upstream_request(&self, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
         let (Some(verdict), Some(snap)) = (&ctx.verdict, &ctx.snapshot) else {
@@ -246,7 +259,13 @@ impl Gateway {
             req.insert_header(name.clone(), value.clone())?;
         }
         req.insert_header(http::header::HOST, upstream.authority.clone())?;
-        trace_upstream(req, &mut ctx.trace, upstream)
+        // pingora's path began the call's span before connecting
+        // (`upstream_peer`); the proxy's own forward begins it here.
+        let traceparent = match ctx.traceparent.take() {
+            Some(tp) => Some(tp),
+            None => begin_upstream_call(&mut ctx.trace, req.method.as_str(), upstream),
+        };
+        trace_upstream(req, &ctx.trace, traceparent)
     }
 
     /// The upstream's response header as it goes to the client.
@@ -497,6 +516,8 @@ pub struct Ctx {
     probe: bool,
     /// The request's trace spans (off when tracing is).
     trace: RequestSpan,
+    /// The `traceparent` of the upstream call begun in `upstream_peer`.
+    traceparent: Option<String>,
     /// What a counted request was charged, once its answer ended.
     settled: Option<spend::Settled>,
     /// When the first piece of the answer's body arrived.
@@ -817,6 +838,7 @@ impl ProxyHttp for Gateway {
             upstream_error: None,
             probe: false,
             trace: RequestSpan::off(),
+            traceparent: None,
             settled: None,
             first_event: None,
             _in_flight: InFlight(self.in_flight.clone()),
@@ -843,14 +865,7 @@ impl ProxyHttp for Gateway {
             session.write_response_header(Box::new(resp), true).await?;
             return Ok(true);
         }
-        if let Some(traces) = &self.traces {
-            ctx.trace = traces.begin(&Incoming::from_headers(&session.req_header().headers));
-        }
-        ctx.request_id = match session.req_header().headers.get("x-request-id") {
-            Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
-            _ => HeaderValue::from_str(&crate::gateway::request_id::next())
-                .unwrap_or_else(|_| HeaderValue::from_static("0")),
-        };
+        self.begin_request(session, ctx);
         let snap = self.store.load();
         let hint = h2_body_hint(session);
         let (mut verdict, source) = self.decide(session, &snap, hint);
@@ -938,13 +953,20 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let plane = ctx
             .verdict
             .as_ref()
             .and_then(|v| v.plane)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route decided"))?;
-        Ok(Box::new(self.upstream(plane).peer.clone()))
+        let upstream = self.upstream(plane);
+        // The upstream call begins with its connection, which may fail.
+        ctx.traceparent = begin_upstream_call(
+            &mut ctx.trace,
+            session.req_header().method.as_str(),
+            upstream,
+        );
+        Ok(Box::new(upstream.peer.clone()))
     }
 
     async fn upstream_request_filter(
@@ -1065,24 +1087,33 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// Begins the upstream call's span; returns the `traceparent` naming it
+/// (`None` with tracing off).
+fn begin_upstream_call(span: &mut RequestSpan, method: &str, up: &Upstream) -> Option<String> {
+    span.start_upstream(&UpstreamCall {
+        method,
+        upstream: up.name,
+        address: &up.host,
+        port: up.port,
+    })
+}
+
 /// Sets the `traceparent` naming the upstream call (and the client's
 /// `tracestate`) in place of any the client sent, when tracing is on
 /// (docs/reference.md#sampling-and-propagation); with tracing off the
 /// client's pass untouched.
-fn trace_upstream(req: &mut RequestHeader, span: &mut RequestSpan, up: &Upstream) -> Result<()> {
+fn trace_upstream(
+    req: &mut RequestHeader,
+    span: &RequestSpan,
+    traceparent: Option<String>,
+) -> Result<()> {
     use crate::ops::traces::context::{TRACEPARENT, TRACESTATE};
     if !span.is_on() {
         return Ok(());
     }
     req.remove_header(TRACEPARENT);
     req.remove_header(TRACESTATE);
-    let call = UpstreamCall {
-        method: req.method.as_str(),
-        upstream: up.name,
-        address: &up.host,
-        port: up.port,
-    };
-    if let Some(traceparent) = span.start_upstream(&call) {
+    if let Some(traceparent) = traceparent {
         req.insert_header(TRACEPARENT, traceparent)?;
         if let Some(state) = span.tracestate() {
             req.insert_header(TRACESTATE, state.to_string())?;
