@@ -330,7 +330,11 @@ fn parse_with_env(text: &str, path: &Path, env: Env<'_>) -> Result<Config, Vec<D
         .into_iter()
         .map(|(at, message)| Diagnostic {
             file: path.to_path_buf(),
-            position: index.as_ref().and_then(|ix| ix.locate(&at)),
+            // An environment variable has no place in the file.
+            position: match at.as_str() {
+                ENV_PROBLEM => None,
+                _ => index.as_ref().and_then(|ix| ix.locate(&at)),
+            },
             message,
         })
         .collect();
@@ -621,6 +625,9 @@ impl<'de> Deserialize<'de> for HeaderList {
 // ---------------------------------------------------------------------------
 // Validation: raw settings to a Config, collecting every problem.
 
+/// The path of a problem with an environment variable (no position).
+const ENV_PROBLEM: &str = "$env";
+
 struct Validator<'a> {
     /// (path to locate, message).
     problems: Vec<(String, String)>,
@@ -729,7 +736,12 @@ impl Validator<'_> {
             Ok(s) => s?,
             Err(problems) => {
                 for p in problems {
-                    self.problem(p.at, p.message);
+                    let at = if p.at.starts_with("tracing") {
+                        p.at
+                    } else {
+                        ENV_PROBLEM.into()
+                    };
+                    self.problem(at, p.message);
                 }
                 return None;
             }
@@ -737,7 +749,7 @@ impl Validator<'_> {
         match traces::batch_delay_from_env(&|name| env(name).ok()) {
             Ok(Some(delay)) => settings.batch.delay = delay,
             Ok(None) => {}
-            Err(p) => self.problem(p.at, p.message),
+            Err(p) => self.problem(ENV_PROBLEM, p.message),
         }
         Some(settings)
     }
