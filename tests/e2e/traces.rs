@@ -493,11 +493,24 @@ fn counted_requests_carry_genai_attributes_from_json_and_sse_answers() {
             let resp = proxy
                 .post(case.path)
                 .key(COUNTED)
+                .header("traceparent", SAMPLED)
+                .header("tracestate", TRACESTATE)
                 .json(case.body)
                 .over(proto)
                 .send();
             let ctx = format!("{} stream={} {proto:?}", case.path, case.stream);
             assert_eq!(resp.status, 200, "{ctx}: {}", resp.text());
+            // Sent by the proxy itself (a counted request): one traceparent
+            // upstream too, in the client's trace.
+            let seen = up.completions.requests().pop().unwrap();
+            let tp = seen.header_all("traceparent");
+            assert!(
+                tp.len() == 1
+                    && tp[0].starts_with(&format!("00-{CLIENT_TRACE}-"))
+                    && tp[0] != SAMPLED,
+                "{ctx}: {tp:?}"
+            );
+            assert_eq!(seen.header_all("tracestate"), [TRACESTATE], "{ctx}");
             expected += 2;
             let spans = rx.wait_for_spans(expected, ARRIVAL);
             let server = spans
