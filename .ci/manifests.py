@@ -85,6 +85,13 @@ CONFIG_FIELDS = rust_struct_fields("RawConfig")
 UPSTREAM_FIELDS = rust_struct_fields("RawUpstream")
 STATE_FIELDS = rust_struct_fields("RawState")
 REDIS_FIELDS = rust_struct_fields("RawRedis")
+# The `tracing` block (docs/reference.md#the-tracing-block).
+TRACING_FIELDS = rust_struct_fields("TracingConfig")
+# The standard variables that turn tracing on without a `tracing` block
+# (docs/reference.md#otel-environment-variables).
+OTEL_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+# At SIGTERM, queued spans get at most this long after the drain.
+TRACE_FLUSH_SECONDS = 2
 
 CONFIG_DIR = "/etc/scopegate"
 CONFIG_PATH = CONFIG_DIR + "/scopegate.yaml"
@@ -606,15 +613,19 @@ def check_wiring(rendered: Rendered, problems: Problems) -> None:
         if get.get("path") != path or (port != "metrics" and (metrics is None or port != metrics[1])):
             problems.add(where, f"{probe} must be GET {path} on the metrics port")
 
-    # Shutdown: preStop + drain must end before the kubelet's SIGKILL.
+    # Shutdown: preStop + drain (+ the trace flush) must end before the
+    # kubelet's SIGKILL.
     grace = config.get("shutdown_grace_period_seconds", DEFAULT_SHUTDOWN_GRACE)
     kill = pod.get("terminationGracePeriodSeconds", 30)
     pre = pre_stop_seconds(main)
+    traced = check_tracing_env(main, where, problems) or "tracing" in config
+    flush = TRACE_FLUSH_SECONDS if traced else 0
     if pre <= 0:
         problems.add(where, "no preStop sleep: the pod may be sent new connections after SIGTERM")
-    if isinstance(grace, int) and isinstance(kill, int) and not kill > pre + grace:
+    if isinstance(grace, int) and isinstance(kill, int) and not kill > pre + grace + flush:
         problems.add(where, f"terminationGracePeriodSeconds {kill} must exceed preStop {pre} s "
-                            f"+ shutdown_grace_period_seconds {grace} s")
+                            f"+ shutdown_grace_period_seconds {grace} s"
+                            + (f" + the {flush} s trace flush" if flush else ""))
 
     # ${VAR}s come from the pod's environment.
     env_names = {e.get("name") for e in main.get("env") or []}
@@ -647,6 +658,47 @@ def check_wiring(rendered: Rendered, problems: Problems) -> None:
     check_services(rendered, pod_labels, ports, replicas, problems)
 
 
+def check_tracing_env(main: dict, where: str, problems: Problems) -> bool:
+    """The standard OTEL_* variables of the container, when set inline: usable
+    values (scopegate refuses to start otherwise). True when they turn
+    tracing on."""
+    env = {e.get("name"): e for e in main.get("env") or []}
+    value = lambda name: (env.get(name) or {}).get("value")
+    for name in OTEL_ENDPOINT_VARS:
+        v = value(name)
+        if v is not None and not re.match(r"https?://[^/?#@]+", v):
+            problems.add(where, f"env {name} {v!r} must be an http:// or https:// URL")
+    for name in ("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"):
+        v = value(name)
+        if v is not None and v not in ("http/protobuf", "grpc"):
+            problems.add(where, f"env {name} {v!r} must be http/protobuf or grpc")
+    ratio = value("OTEL_TRACES_SAMPLER_ARG")
+    if ratio is not None:
+        try:
+            ok = 0.0 <= float(ratio) <= 1.0
+        except ValueError:
+            ok = False
+        if not ok:
+            problems.add(where, f"env OTEL_TRACES_SAMPLER_ARG {ratio!r} must be a ratio from 0.0 to 1.0")
+    return any(name in env for name in OTEL_ENDPOINT_VARS)
+
+
+def check_tracing(tracing, where: str, problems: Problems) -> None:
+    """The `tracing` block against docs/reference.md#the-tracing-block."""
+    if not isinstance(tracing, dict):
+        problems.add(where, "tracing must be a mapping")
+        return
+    for key in sorted(set(tracing) - TRACING_FIELDS):
+        problems.add(where, f"tracing: unknown field {key!r}")
+    if not re.match(r"https?://[^/?#@]+", str(tracing.get("otlp_endpoint", ""))):
+        problems.add(where, "tracing.otlp_endpoint must be an http:// or https:// URL")
+    if tracing.get("protocol", "http/protobuf") not in ("http/protobuf", "grpc"):
+        problems.add(where, "tracing.protocol must be http/protobuf or grpc")
+    ratio = tracing.get("sample_ratio", 1.0)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+        problems.add(where, "tracing.sample_ratio must be a number from 0.0 to 1.0")
+
+
 def strip_comments(text: str) -> str:
     return "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#"))
 
@@ -673,6 +725,8 @@ def check_config(config: dict, text: str, where: str, problems: Problems) -> Non
             problems.add(where, f"upstreams.{name}: unknown field {key!r}")
     for key in sorted(set(upstreams) - {"completions", "admin"}):
         problems.add(where, f"upstreams: unknown upstream {key!r}")
+    if "tracing" in config:
+        check_tracing(config["tracing"], where, problems)
 
     state = config.get("state")
     if not isinstance(state, dict):
@@ -926,6 +980,17 @@ def mutations() -> list[tuple[str, Callable[[Rendered], None], str]]:
          edit_config(lambda c: c["state"]["redis"].__setitem__("on_error", "ignore")), "on_error must be allow or deny"),
         ("listen on loopback",
          edit_config(lambda c: c.__setitem__("listen", ["127.0.0.1:8080"])), "must be on all interfaces"),
+        ("tracing block with an unknown field",
+         edit_config(lambda c: c.__setitem__("tracing", {"otlp_endpoint": "http://c:4318", "ratio": 1})),
+         "tracing: unknown field 'ratio'"),
+        ("traces on with no time for their flush",
+         lambda r: main_container(r)["env"].append(
+             {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://otel-collector:4318"})
+         or deployment(r)["spec"]["template"]["spec"].__setitem__("terminationGracePeriodSeconds", 36),
+         "+ the 2 s trace flush"),
+        ("unusable sampling ratio",
+         lambda r: main_container(r)["env"].append({"name": "OTEL_TRACES_SAMPLER_ARG", "value": "10%"}),
+         "OTEL_TRACES_SAMPLER_ARG '10%' must be a ratio"),
         ("${VAR} with no env",
          edit_config(lambda c: c["upstreams"]["admin"].__setitem__("set_headers", {"x-token": "${ADMIN_TOKEN}"})),
          "${ADMIN_TOKEN} in scopegate.yaml is not in the container's env"),

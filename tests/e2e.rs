@@ -40,6 +40,7 @@ mod e2e {
     mod streaming;
     mod tls;
     mod tls_listener;
+    mod traces;
     mod traces_pipeline;
     mod upgrade;
     mod workspaces;

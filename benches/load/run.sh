@@ -9,6 +9,10 @@
 #   scopegate+log the same with the access log on (RUST_LOG=info, output to /dev/null)
 #   scopegate+usage the same proxy and keys file as `scopegate`, presenting key_limited,
 #                 which has a token rate limit and a usage budget (accounting on)
+#   scopegate+traces  the same as `scopegate` with tracing on at sample_ratio 1.0: every
+#                 request's two spans exported over OTLP/HTTP to the upstream nginx (a sink
+#                 answering POST /v1/traces with an empty 200)
+#   scopegate+traces0 the same with sample_ratio 0: tracing on, nothing recorded
 # and, with SSE=1, SSE first-event latency with accounting off and on, then SSE_HOLD
 # concurrent accounted streams held open, through examples/sse_first_event.rs.
 # then counts user-space instructions per request of nginx, pingora, scopegate and
@@ -28,6 +32,7 @@
 #        KEYS=10000 WORKSPACES=100   size of the generated keys file
 #        LOG_RUN=1     0: skip the scopegate+log target
 #        USAGE_RUN=1   0: skip the scopegate+usage target
+#        TRACES_RUN=1  0: skip the scopegate+traces and scopegate+traces0 targets
 #        TARGETS="..." run only these targets (e.g. "scopegate scopegate+usage")
 #        SSE=0         1: the SSE phase (needs target/release/examples/sse_first_event)
 #        SSE_STREAMS=2000 SSE_HOLD=1000  sequential streams per key; streams held at once
@@ -58,6 +63,7 @@ KEYS=${KEYS:-10000}
 WORKSPACES=${WORKSPACES:-100}
 LOG_RUN=${LOG_RUN:-1}
 USAGE_RUN=${USAGE_RUN:-1}
+TRACES_RUN=${TRACES_RUN:-1}
 SSE=${SSE:-0}
 SSE_STREAMS=${SSE_STREAMS:-2000}
 SSE_HOLD=${SSE_HOLD:-1000}
@@ -241,6 +247,11 @@ http {
       default_type application/json;
       return 200 '$RESP_BODY';
     }
+    # the trace sink of scopegate+traces: an OTLP/HTTP answer with no partial failure
+    location = /v1/traces {
+      default_type application/x-protobuf;
+      return 200 '';
+    }
     location / { return 404; }
   }
 }
@@ -303,6 +314,15 @@ upstreams:
   admin: { url: "http://$HOST:$UP_PORT" }
 EOF
 "$BIN" check --config "$TMP/sg/scopegate.yaml" >"$TMP/sg/check.out" 2>&1 || die "scopegate check failed: $(head -20 "$TMP/sg/check.out")"
+# scopegate+traces(0): the same config with a tracing block, exporting to the upstream nginx
+# (the sink) every 5 s, the default
+for v in "traces 1.0" "traces0 0"; do
+  cp "$TMP/sg/scopegate.yaml" "$TMP/sg/${v% *}.yaml"
+  printf 'tracing:\n  otlp_endpoint: "http://%s:%s"\n  sample_ratio: %s\n' "$HOST" "$UP_PORT" "${v#* }" \
+    >>"$TMP/sg/${v% *}.yaml"
+  "$BIN" check --config "$TMP/sg/${v% *}.yaml" >"$TMP/sg/check-${v% *}.out" 2>&1 \
+    || die "scopegate check failed (${v% *}): $(head -20 "$TMP/sg/check-${v% *}.out")"
+done
 log "scopegate check: $(head -1 "$TMP/sg/check.out")"
 
 # ---------------------------------------------------------------- facts
@@ -342,12 +362,13 @@ else
   TARGETS+=(scopegate)
   [[ $LOG_RUN == 1 ]] && TARGETS+=(scopegate+log)
   [[ $USAGE_RUN == 1 ]] && TARGETS+=(scopegate+usage)
+  [[ $TRACES_RUN == 1 ]] && TARGETS+=(scopegate+traces scopegate+traces0)
   [[ -n $BASE_BIN ]] && TARGETS+=(base)
   [[ -n $BASE_BIN && $USAGE_RUN == 1 ]] && TARGETS+=(base+usage)
 fi
 for t in "${TARGETS[@]}"; do
   case $t in
-    direct | nginx | pingora | scopegate | scopegate+log) ;;
+    direct | nginx | pingora | scopegate | scopegate+log | scopegate+traces | scopegate+traces0) ;;
     scopegate+usage) [[ -n $LIMITED_KEY ]] || die "scopegate+usage needs USAGE_RUN=1" ;;
     base) [[ -n $BASE_BIN ]] || die "target base needs BASE_BIN" ;;
     base+usage) [[ -n $BASE_BIN && -n $LIMITED_KEY ]] || die "base+usage needs BASE_BIN and USAGE_RUN=1" ;;
@@ -359,13 +380,14 @@ if [[ -n $INSTR_TARGETS ]]; then
 else
   INSTR_TARGETS=(nginx pingora scopegate)
   [[ -n $LIMITED_KEY ]] && INSTR_TARGETS+=(scopegate+usage)
+  [[ $TRACES_RUN == 1 ]] && INSTR_TARGETS+=(scopegate+traces scopegate+traces0)
   [[ -n $BASE_BIN ]] && INSTR_TARGETS+=(base)
   [[ -n $BASE_BIN && -n $LIMITED_KEY ]] && INSTR_TARGETS+=(base+usage)
 fi
 if [[ $INSTR == 1 ]]; then
   for t in "${INSTR_TARGETS[@]}"; do
     case $t in
-      nginx | pingora | scopegate | scopegate+log) ;;
+      nginx | pingora | scopegate | scopegate+log | scopegate+traces | scopegate+traces0) ;;
       scopegate+usage) [[ -n $LIMITED_KEY ]] || die "INSTR_TARGETS: scopegate+usage needs USAGE_RUN=1" ;;
       base) [[ -n $BASE_BIN ]] || die "INSTR_TARGETS: base needs BASE_BIN" ;;
       base+usage) [[ -n $BASE_BIN && -n $LIMITED_KEY ]] || die "INSTR_TARGETS: base+usage needs BASE_BIN and USAGE_RUN=1" ;;
@@ -396,12 +418,13 @@ start_target() {  # start_target NAME ROUND -> sets URL, PROXY_PID
       taskset -c "$PROXY_CPU" "$PLAIN" "$HOST:$PP_PORT" "$HOST:$UP_PORT" >"$TMP/proxy/pingora-r$r.log" 2>&1 &
       PROXY_PID=$!; PIDS+=("$PROXY_PID"); URL="http://$HOST:$PP_PORT"
       wait_http "$URL/v1/chat/completions" "$PROXY_PID" "pingora proxy" -X POST -d "$REQ_BODY" ;;
-    scopegate | scopegate+log | scopegate+usage | base | base+usage)
-      local level=warn out="$TMP/sg/stderr-r$r.log" bin=$BIN
+    scopegate | scopegate+log | scopegate+usage | scopegate+traces | scopegate+traces0 | base | base+usage)
+      local level=warn out="$TMP/sg/stderr-r$r.log" bin=$BIN config="$TMP/sg/scopegate.yaml"
       [[ $t == scopegate+log ]] && { level=info; out=/dev/null; }
       [[ $t == base* ]] && bin=$BASE_BIN
+      [[ $t == scopegate+traces* ]] && config="$TMP/sg/${t#scopegate+}.yaml"
       need_free "$SG_PORT" scopegate; need_free "$SG_MPORT" "scopegate metrics"
-      RUST_LOG=$level taskset -c "$PROXY_CPU" "$bin" serve --config "$TMP/sg/scopegate.yaml" >"$out" 2>&1 &
+      RUST_LOG=$level taskset -c "$PROXY_CPU" "$bin" serve --config "$config" >"$out" 2>&1 &
       PROXY_PID=$!; PIDS+=("$PROXY_PID"); URL="http://$HOST:$SG_PORT"
       wait_http "http://$HOST:$SG_MPORT/readyz" "$PROXY_PID" "scopegate" ;;
   esac
@@ -498,6 +521,9 @@ printf 'target\trequests\tinstructions\n' >"$INSTR_TSV"
 # The keys-file poll is on a wall-clock timer; under valgrind's ~50× slowdown it would run
 # 50× as often per request, so the counted scopegate polls once an hour instead.
 sed 's/^reload_poll_interval_ms: .*/reload_poll_interval_ms: 3600000/' "$TMP/sg/scopegate.yaml" >"$TMP/sg/callgrind.yaml"
+for v in traces traces0; do
+  sed 's/^reload_poll_interval_ms: .*/reload_poll_interval_ms: 3600000/' "$TMP/sg/$v.yaml" >"$TMP/sg/callgrind-$v.yaml"
+done
 
 count_instructions() {  # count_instructions NAME URL READY_URL CMD...
   local t=$1 url=$2 ready=$3; shift 3
@@ -570,6 +596,9 @@ if [[ $INSTR == 1 ]]; then
       scopegate | scopegate+log)
         count_instructions "$t" "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
           "$BIN" serve --config "$TMP/sg/callgrind.yaml" ;;
+      scopegate+traces | scopegate+traces0)
+        count_instructions "$t" "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
+          "$BIN" serve --config "$TMP/sg/callgrind-${t#scopegate+}.yaml" ;;
       base)
         count_instructions base "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
           "$BASE_BIN" serve --config "$TMP/sg/callgrind.yaml" ;;

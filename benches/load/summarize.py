@@ -14,7 +14,8 @@ import csv
 import statistics
 import sys
 
-ORDER = ["direct", "nginx", "pingora", "scopegate", "scopegate+log", "scopegate+usage", "base", "base+usage"]
+ORDER = ["direct", "nginx", "pingora", "scopegate", "scopegate+log", "scopegate+usage",
+         "scopegate+traces", "scopegate+traces0", "base", "base+usage"]
 LABEL = {
     "direct": "direct (no proxy)",
     "nginx": "nginx proxy",
@@ -22,6 +23,8 @@ LABEL = {
     "scopegate": "scopegate (RUST_LOG=warn)",
     "scopegate+log": "scopegate, access log on (info → /dev/null)",
     "scopegate+usage": "scopegate, key with token limit + usage budget (accounting on)",
+    "scopegate+traces": "scopegate, tracing on, sample_ratio 1.0 (spans exported over OTLP/HTTP)",
+    "scopegate+traces0": "scopegate, tracing on, sample_ratio 0 (nothing recorded)",
     "base": "BASE_BIN (another scopegate build), plain key",
     "base+usage": "BASE_BIN, key with token limit + usage budget",
 }
@@ -62,6 +65,8 @@ def signed(v):
 INSTR_TARGETS = [
     ("scopegate", "pingora", "scopegate (plain key) ÷ plain pingora", 1.25),
     ("scopegate+usage", "scopegate", "scopegate+usage (token limit + budget) ÷ scopegate (plain key)", 1.10),
+    ("scopegate+traces", "scopegate", "scopegate+traces (every request recorded and exported) ÷ scopegate", 1.10),
+    ("scopegate+traces0", "scopegate", "scopegate+traces0 (tracing on, ratio 0) ÷ scopegate", 1.01),
 ]
 # With BASE_BIN: this build against the other one (no pass/fail: a before/after comparison).
 BASE_RATIOS = [
@@ -188,7 +193,11 @@ def main() -> None:
         ]) + " |")
         print()
     pairs = [("scopegate+usage", "scopegate", "what accounting costs (the same proxy binary, "
-              "config and keys file, within each round; target: CPU ≤ +10 %)")]
+              "config and keys file, within each round; target: CPU ≤ +10 %)"),
+             ("scopegate+traces", "scopegate", "what tracing costs at sample_ratio 1.0, export "
+              "included (target: CPU ≤ +10 %)"),
+             ("scopegate+traces0", "scopegate", "what tracing costs at sample_ratio 0 "
+              "(target: CPU ≤ +1 %)")]
     if "base" in by:
         pairs += [("base+usage", "base", "what accounting costs in BASE_BIN"),
                   ("scopegate", "base", "this build against BASE_BIN, plain key"),

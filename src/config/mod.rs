@@ -29,6 +29,10 @@ use crate::diag::Diagnostic;
 use crate::identity::keys::build::is_scope_shaped;
 use crate::identity::keys::load::document_error;
 
+pub mod traces;
+
+use traces::{TraceSettings, TracingConfig};
+
 /// Largest config file read.
 pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -131,6 +135,9 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
     /// Whether the built-in route table is served too.
     pub builtin_routes: bool,
+    /// Where traces go: the `tracing` block, else the standard `OTEL_*`
+    /// variables; `None`: tracing is off (docs/reference.md#traces).
+    pub tracing: Option<TraceSettings>,
 }
 
 impl Config {
@@ -323,7 +330,11 @@ fn parse_with_env(text: &str, path: &Path, env: Env<'_>) -> Result<Config, Vec<D
         .into_iter()
         .map(|(at, message)| Diagnostic {
             file: path.to_path_buf(),
-            position: index.as_ref().and_then(|ix| ix.locate(&at)),
+            // An environment variable has no place in the file.
+            position: match at.as_str() {
+                ENV_PROBLEM => None,
+                _ => index.as_ref().and_then(|ix| ix.locate(&at)),
+            },
             message,
         })
         .collect();
@@ -393,6 +404,8 @@ struct RawConfig {
     routes: Vec<RouteSpec>,
     #[serde(default = "yes")]
     builtin_routes: bool,
+    #[serde(default)]
+    tracing: Option<TracingConfig>,
 }
 
 fn default_poll() -> u64 {
@@ -612,6 +625,9 @@ impl<'de> Deserialize<'de> for HeaderList {
 // ---------------------------------------------------------------------------
 // Validation: raw settings to a Config, collecting every problem.
 
+/// The path of a problem with an environment variable (no position).
+const ENV_PROBLEM: &str = "$env";
+
 struct Validator<'a> {
     /// (path to locate, message).
     problems: Vec<(String, String)>,
@@ -685,6 +701,7 @@ impl Validator<'_> {
                  answered 404",
             );
         }
+        let tracing = self.tracing(raw.tracing);
         Config {
             path: path.to_path_buf(),
             listen,
@@ -706,7 +723,42 @@ impl Validator<'_> {
             upstreams,
             routes: raw.routes,
             builtin_routes: raw.builtin_routes,
+            tracing,
         }
+    }
+
+    /// The `tracing` block, or without it the standard `OTEL_*` variables
+    /// (docs/reference.md#traces); `${VAR}` in its headers expands as in
+    /// `set_headers`. `OTEL_BSP_SCHEDULE_DELAY` may shorten the batch
+    /// interval in either case.
+    fn tracing(&mut self, raw: Option<TracingConfig>) -> Option<TraceSettings> {
+        let env = self.env;
+        let resolved = match raw {
+            Some(block) => block
+                .resolve(&mut |at, value| expand_vars(value, env).map_err(|e| e.message(at)))
+                .map(Some),
+            None => TraceSettings::from_env(&|name| env(name).ok()),
+        };
+        let mut settings = match resolved {
+            Ok(s) => s?,
+            Err(problems) => {
+                for p in problems {
+                    let at = if p.at.starts_with("tracing") {
+                        p.at
+                    } else {
+                        ENV_PROBLEM.into()
+                    };
+                    self.problem(at, p.message);
+                }
+                return None;
+            }
+        };
+        match traces::batch_delay_from_env(&|name| env(name).ok()) {
+            Ok(Some(delay)) => settings.batch.delay = delay,
+            Ok(None) => {}
+            Err(p) => self.problem(ENV_PROBLEM, p.message),
+        }
+        Some(settings)
     }
 
     /// `metrics_listen`: an address, not one of the proxy's.

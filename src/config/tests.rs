@@ -896,3 +896,67 @@ fn route_meter_is_for_data_posts_without_upgrade_or_an_error() {
         "{e:?}"
     );
 }
+
+#[test]
+fn the_tracing_block_is_read_with_its_variables_and_positions() {
+    assert_eq!(config(MINIMAL).tracing, None, "no block, no OTEL_*: off");
+    let text = format!(
+        "{MINIMAL}tracing:\n  otlp_endpoint: \"http://127.0.0.1:4318\"\n  headers: {{ x-tenant: \
+         \"${{OPENAI_API_KEY}}\" }}\n  sample_ratio: 0.25\n"
+    );
+    let t = config(&text).tracing.expect("on");
+    assert_eq!(t.endpoint, "http://127.0.0.1:4318/v1/traces");
+    assert_eq!(
+        t.headers,
+        vec![("x-tenant".to_string(), "sk-test".to_string())]
+    );
+    assert_eq!(t.sample_ratio, 0.25);
+    assert_eq!(t.batch.delay, std::time::Duration::from_secs(5));
+    let debug = format!("{t:?}");
+    assert!(!debug.contains("sk-test"), "{debug}");
+
+    let unknown = format!("{MINIMAL}tracing:\n  otlp_endpoint: \"http://c:4318\"\n  ratio: 1\n");
+    let e = errors(&unknown);
+    assert!(e[0].contains("ratio"), "{e:?}");
+    let bad = format!(
+        "{MINIMAL}tracing:\n  otlp_endpoint: \"c:4318\"\n  headers: {{ x-a: \"${{NOPE}}\" }}\n  \
+         sample_ratio: 2\n"
+    );
+    let e = errors(&bad);
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.contains(":9:18:") && m.contains("tracing.otlp_endpoint")),
+        "{e:?}"
+    );
+    assert!(e.iter().any(|m| m.contains("NOPE is not set")), "{e:?}");
+    assert!(
+        e.iter().any(|m| m.contains("tracing.sample_ratio")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn the_standard_variables_turn_tracing_on_without_a_block() {
+    let env = |name: &str| match name {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Ok("http://collector:4317".to_string()),
+        "OTEL_EXPORTER_OTLP_PROTOCOL" => Ok("grpc".to_string()),
+        "OTEL_BSP_SCHEDULE_DELAY" => Ok("200".to_string()),
+        _ => Err(EnvError::NotSet),
+    };
+    let c = parse_with_env(MINIMAL, path(), &env).expect("valid");
+    let t = c.tracing.expect("on");
+    assert_eq!(t.endpoint, "http://collector:4317");
+    assert_eq!(t.protocol, traces::Protocol::Grpc);
+    assert_eq!(t.batch.delay, std::time::Duration::from_millis(200));
+    let too_slow = |name: &str| match name {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Ok("http://collector:4318".to_string()),
+        "OTEL_BSP_SCHEDULE_DELAY" => Ok("60000".to_string()),
+        _ => Err(EnvError::NotSet),
+    };
+    let e = parse_with_env(MINIMAL, path(), &too_slow).expect_err("refused");
+    assert!(
+        e[0].to_string().contains("OTEL_BSP_SCHEDULE_DELAY"),
+        "{e:?}"
+    );
+}

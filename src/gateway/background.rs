@@ -74,7 +74,7 @@ impl ShutdownSignalWatch for ShutdownSignals {
 /// pingora's graceful shutdown always waits the whole grace period; this
 /// exits as soon as the in-flight requests are done instead (or when it
 /// runs out), once the counters have written what the finished requests
-/// settled.
+/// settled and the queued trace spans had their 2 s to leave.
 pub struct Drain {
     /// Requests in flight (the gateway counts them).
     pub in_flight: Arc<AtomicUsize>,
@@ -82,6 +82,8 @@ pub struct Drain {
     pub grace: Duration,
     /// Flushed before the exit.
     pub counters: Arc<dyn CounterStore>,
+    /// The trace pipeline, flushed for at most 2 s before the exit.
+    pub traces: Option<crate::ops::traces::Traces>,
 }
 
 #[async_trait]
@@ -106,6 +108,10 @@ impl BackgroundService for Drain {
         let left = self.in_flight.load(Ordering::Acquire);
         // Every finished request has settled; write the usage now.
         self.counters.flush().await;
+        if let Some(traces) = self.traces.clone() {
+            // Blocks up to 2 s: off this runtime's thread.
+            let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+        }
         tracing::info!(left, "shutdown complete");
         std::process::exit(0);
     }

@@ -22,6 +22,7 @@ use crate::identity::keys::{self, KeyStore};
 use crate::ops::metrics::{metrics, MetricsListener};
 use crate::ops::reload::Reloader;
 use crate::ops::tokens::{JwksService, TokenKeys};
+use crate::ops::traces::{TraceCounters, Traces};
 use crate::ops::watch::Watcher;
 
 /// Sets up `tracing` on stderr; `RUST_LOG` filters.
@@ -115,6 +116,7 @@ pub fn serve_with(
     // verify against them and against the sets the `jwks` service fetches.
     let reloader = Reloader::new(config.keys_file.clone(), table.clone(), store.clone());
     let tokens = TokenKeys::new(store.clone(), reloader.jwks_sets());
+    let traces = start_traces(&config)?;
     let gateway = gateway(
         &config,
         table.clone(),
@@ -122,7 +124,8 @@ pub fn serve_with(
         in_flight.clone(),
         counters.clone(),
     )?
-    .with_tokens(tokens.clone());
+    .with_tokens(tokens.clone())
+    .with_traces(traces.clone());
 
     let threads = config
         .threads
@@ -151,6 +154,7 @@ pub fn serve_with(
                 in_flight,
                 grace: Duration::from_secs(config.shutdown_grace_period_seconds),
                 counters,
+                traces: traces.clone(),
             },
         },
     )?;
@@ -159,6 +163,19 @@ pub fn serve_with(
         server.add_boxed_service(service);
     }
 
+    log_serving(&config, threads);
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    // A fast shutdown (SIGINT) ends here without the drain: spans queued
+    // still get their 2 s.
+    if let Some(t) = traces {
+        t.shutdown();
+    }
+    std::process::exit(0)
+}
+
+fn log_serving(config: &Config, threads: usize) {
     let listen: Vec<String> = config
         .listen
         .iter()
@@ -174,10 +191,31 @@ pub fn serve_with(
         keys_file = %config.keys_file.display(),
         "scopegate serving"
     );
-    server.run(RunArgs {
-        shutdown_signal: Box::new(signals),
-    });
-    std::process::exit(0)
+}
+
+/// The trace pipeline, when the config (or the `OTEL_*` variables) turn
+/// tracing on (docs/reference.md#traces): its own threads, export off the
+/// request path. The two trace counters are registered either way, so
+/// dashboards find them at 0.
+///
+/// # Errors
+/// The exporter cannot start (no thread, no CA certificates for an
+/// `https` collector).
+fn start_traces(config: &Config) -> anyhow::Result<Option<Traces>> {
+    let counters = crate::ops::traces::register_counters(prometheus::default_registry())
+        .or_else(|_| TraceCounters::new())
+        .map_err(|e| anyhow::anyhow!("trace counters: {e}"))?;
+    let Some(settings) = &config.tracing else {
+        return Ok(None);
+    };
+    let traces = Traces::start(settings, counters).map_err(|e| anyhow::anyhow!("tracing: {e}"))?;
+    tracing::info!(
+        endpoint = %settings.endpoint,
+        protocol = settings.protocol.as_str(),
+        sample_ratio = settings.sample_ratio,
+        "exporting traces"
+    );
+    Ok(Some(traces))
 }
 
 /// pingora binds its listeners later, on a service thread that panics on

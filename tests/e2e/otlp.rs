@@ -119,6 +119,9 @@ struct State {
     exports: AtomicUsize,
     /// Header names and values of the last export request.
     last_headers: Mutex<Vec<(String, String)>>,
+    /// Every export's protobuf bytes, one after the other (gRPC: the
+    /// decoded request encoded again, the same fields and strings).
+    raw: Mutex<Vec<u8>>,
 }
 
 impl State {
@@ -218,6 +221,11 @@ impl OtlpReceiver {
         self.state.exports.load(Ordering::SeqCst)
     }
 
+    /// The protobuf bytes of every accepted export so far, concatenated.
+    pub fn raw(&self) -> Vec<u8> {
+        self.state.raw.lock().unwrap().clone()
+    }
+
     /// The headers (gRPC: metadata) of the last export request.
     pub fn last_headers(&self) -> Vec<(String, String)> {
         self.state.last_headers.lock().unwrap().clone()
@@ -308,6 +316,7 @@ async fn http_export(req: Request<Incoming>, state: &State) -> Response<Full<Byt
     if content_type.as_deref() != Some(b"application/x-protobuf".as_slice()) {
         return answer(StatusCode::UNSUPPORTED_MEDIA_TYPE, Bytes::new());
     }
+    state.raw.lock().unwrap().extend_from_slice(&body);
     let Ok(request) = ExportTraceServiceRequest::decode(body) else {
         return answer(StatusCode::BAD_REQUEST, Bytes::new());
     };
@@ -333,7 +342,13 @@ impl TraceService for GrpcTraces {
             Mode::Slow => tokio::time::sleep(SLOW_EXPORT).await,
             Mode::Ok => {}
         }
-        state.keep(request.into_inner());
+        let request = request.into_inner();
+        state
+            .raw
+            .lock()
+            .unwrap()
+            .extend_from_slice(&request.encode_to_vec());
+        state.keep(request);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }

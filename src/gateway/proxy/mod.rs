@@ -31,6 +31,7 @@ use crate::identity::token::{TokenCache, TokenOutcome};
 use crate::limits::rate::{self, Quota};
 use crate::ops::metrics::metrics;
 use crate::ops::tokens::TokenKeys;
+use crate::ops::traces::{Incoming, RequestSpan, Traces, UpstreamCall, UpstreamOutcome};
 
 mod forward;
 pub mod spend;
@@ -42,6 +43,9 @@ pub struct Upstream {
     peer: HttpPeer,
     authority: HeaderValue,
     set_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The host and port as configured (the upstream call's span).
+    host: String,
+    port: u16,
 }
 
 impl Upstream {
@@ -86,6 +90,8 @@ impl Upstream {
             peer,
             authority: HeaderValue::from_str(&cfg.authority)?,
             set_headers,
+            host: cfg.host.clone(),
+            port: cfg.port,
         })
     }
 }
@@ -106,6 +112,8 @@ pub struct Gateway {
     /// The JWK sets and the verified-token cache, when the server runs
     /// with identity tokens' background service.
     tokens: Option<Arc<TokenKeys>>,
+    /// The trace pipeline; `None`: tracing is off.
+    traces: Option<Traces>,
 }
 
 /// The counter store and the metering settings of a [`Gateway`].
@@ -144,6 +152,7 @@ impl Gateway {
             connector: pingora::connectors::http::Connector::new(None),
             spending,
             tokens: None,
+            traces: None,
         }
     }
 
@@ -216,6 +225,12 @@ impl Gateway {
         }
     }
 
+    /// Records a span per request into `traces` (docs/reference.md#traces).
+    pub fn with_traces(mut self, traces: Option<Traces>) -> Gateway {
+        self.traces = traces;
+        self
+    }
+
     fn upstream(&self, plane: Plane) -> &Upstream {
         match plane {
             Plane::Data => &self.completions,
@@ -282,8 +297,21 @@ impl Gateway {
         (decide::decide(&self.table, snap, &facts), source)
     }
 
+    /// The request's id (the client's if valid) and its trace span.
+    fn begin_request(&self, session: &Session, ctx: &mut Ctx) {
+        let headers = &session.req_header().headers;
+        if let Some(traces) = &self.traces {
+            ctx.trace = traces.begin(&Incoming::from_headers(headers));
+        }
+        ctx.request_id = match headers.get("x-request-id") {
+            Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
+            _ => HeaderValue::from_str(&crate::gateway::request_id::next())
+                .unwrap_or_else(|_| HeaderValue::from_static("0")),
+        };
+    }
+
     /// The request header as it goes upstream (the reference on what goes upstream).
-    fn prepare_upstream_request(&self, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    fn prepare_upstream_request(&self, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
         let (Some(verdict), Some(snap)) = (&ctx.verdict, &ctx.snapshot) else {
             return Error::e_explain(ErrorType::InternalError, "request not decided");
         };
@@ -299,7 +327,13 @@ impl Gateway {
             req.insert_header(name.clone(), value.clone())?;
         }
         req.insert_header(http::header::HOST, upstream.authority.clone())?;
-        Ok(())
+        // pingora's path began the call's span before connecting
+        // (`upstream_peer`); the proxy's own forward begins it here.
+        let traceparent = match ctx.traceparent.take() {
+            Some(tp) => Some(tp),
+            None => begin_upstream_call(&mut ctx.trace, req.method.as_str(), upstream),
+        };
+        trace_upstream(req, &ctx.trace, traceparent)
     }
 
     /// The upstream's response header as it goes to the client.
@@ -461,10 +495,15 @@ impl Gateway {
             &mut hooks,
         )
         .await;
+        if let forward::Exchange::Answered = outcome {
+            let status = ctx.upstream_status.unwrap_or(0);
+            ctx.trace.end_upstream(UpstreamOutcome::Status(status));
+        }
         if let forward::Exchange::Failed(e) = outcome {
             tracing::debug!(error = %e, "upstream exchange failed");
             ctx.upstream_error = Some(e.etype().as_str());
             let (code, kind) = classify(&e);
+            ctx.trace.end_upstream(UpstreamOutcome::Failed(kind));
             if let Some(m) = metrics() {
                 m.upstream_error(upstream.name, kind);
             }
@@ -596,6 +635,14 @@ pub struct Ctx {
     probe: bool,
     /// The proxy answered the request itself (the key's own view).
     answered: bool,
+    /// The request's trace spans (off when tracing is).
+    trace: RequestSpan,
+    /// The `traceparent` of the upstream call begun in `upstream_peer`.
+    traceparent: Option<String>,
+    /// What a counted request was charged, once its answer ended.
+    settled: Option<spend::Settled>,
+    /// When the first piece of the answer's body arrived.
+    first_event: Option<Duration>,
     _in_flight: InFlight,
 }
 
@@ -866,6 +913,9 @@ impl forward::ResponseHooks for Stamp<'_> {
     }
 
     fn chunk(&mut self, chunk: Bytes) -> Bytes {
+        if self.ctx.first_event.is_none() && !chunk.is_empty() {
+            self.ctx.first_event = Some(self.ctx.start.elapsed());
+        }
         match &mut self.tap {
             Some(t) => t.chunk(chunk),
             None => chunk,
@@ -874,7 +924,11 @@ impl forward::ResponseHooks for Stamp<'_> {
 
     fn end(&mut self, complete: bool) -> Bytes {
         match &mut self.tap {
-            Some(t) => t.end(complete),
+            Some(t) => {
+                let tail = t.end(complete);
+                self.ctx.settled = t.take_settled();
+                tail
+            }
             None => Bytes::new(),
         }
     }
@@ -937,6 +991,10 @@ impl ProxyHttp for Gateway {
             upstream_error: None,
             probe: false,
             answered: false,
+            trace: RequestSpan::off(),
+            traceparent: None,
+            settled: None,
+            first_event: None,
             _in_flight: InFlight(self.in_flight.clone()),
         }
     }
@@ -961,11 +1019,7 @@ impl ProxyHttp for Gateway {
             session.write_response_header(Box::new(resp), true).await?;
             return Ok(true);
         }
-        ctx.request_id = match session.req_header().headers.get("x-request-id") {
-            Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
-            _ => HeaderValue::from_str(&crate::gateway::request_id::next())
-                .unwrap_or_else(|_| HeaderValue::from_static("0")),
-        };
+        self.begin_request(session, ctx);
         let snap = self.store.load();
         let hint = h2_body_hint(session);
         let token = self.token_of(session, ctx, &snap).await;
@@ -1060,13 +1114,20 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let plane = ctx
             .verdict
             .as_ref()
             .and_then(|v| v.plane)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route decided"))?;
-        Ok(Box::new(self.upstream(plane).peer.clone()))
+        let upstream = self.upstream(plane);
+        // The upstream call begins with its connection, which may fail.
+        ctx.traceparent = begin_upstream_call(
+            &mut ctx.trace,
+            session.req_header().method.as_str(),
+            upstream,
+        );
+        Ok(Box::new(upstream.peer.clone()))
     }
 
     async fn upstream_request_filter(
@@ -1173,11 +1234,85 @@ impl ProxyHttp for Gateway {
             // would be charged as an estimate.
             meter.settle(status, &crate::limits::response::Observed::default());
         }
-        access_log::record(session, e, ctx_view(ctx, self));
+        // pingora's own upstream call ends with the request.
+        let outcome = match (ctx.upstream_status, e) {
+            (Some(status), _) => Some(UpstreamOutcome::Status(status)),
+            (None, Some(e)) => Some(UpstreamOutcome::Failed(classify(e).1)),
+            (None, None) => None,
+        };
+        if let Some(outcome) = outcome {
+            ctx.trace.end_upstream(outcome);
+        }
+        let span = std::mem::take(&mut ctx.trace);
+        access_log::record(session, e, ctx_view(ctx, self, span));
     }
 }
 
-fn ctx_view<'a>(ctx: &'a Ctx, gw: &'a Gateway) -> Finished<'a> {
+/// Begins the upstream call's span; returns the `traceparent` naming it
+/// (`None` with tracing off).
+fn begin_upstream_call(span: &mut RequestSpan, method: &str, up: &Upstream) -> Option<String> {
+    span.start_upstream(&UpstreamCall {
+        method,
+        upstream: up.name,
+        address: &up.host,
+        port: up.port,
+    })
+}
+
+/// Sets the `traceparent` naming the upstream call (and the client's
+/// `tracestate`) in place of any the client sent, when tracing is on
+/// (docs/reference.md#sampling-and-propagation); with tracing off the
+/// client's pass untouched.
+fn trace_upstream(
+    req: &mut RequestHeader,
+    span: &RequestSpan,
+    traceparent: Option<String>,
+) -> Result<()> {
+    use crate::ops::traces::context::{TRACEPARENT, TRACESTATE};
+    if !span.is_on() {
+        return Ok(());
+    }
+    req.remove_header(TRACEPARENT);
+    req.remove_header(TRACESTATE);
+    if let Some(traceparent) = traceparent {
+        req.insert_header(TRACEPARENT, traceparent)?;
+        if let Some(state) = span.tracestate() {
+            req.insert_header(TRACESTATE, state.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// The GenAI facts of a counted request (docs/reference.md#spans): the
+/// API, the models, the requested maximum and what was charged.
+fn genai_facts(ctx: &Ctx) -> Option<crate::ops::traces::GenAiFacts<'_>> {
+    use crate::ops::traces::{GenAiApi, GenAiFacts, UsageSource};
+    let spend = ctx.verdict.as_ref()?.spend.as_ref().filter(|s| s.counted)?;
+    let api = GenAiApi::from_meter(spend.usage?.as_str())?;
+    let settled = ctx.settled.as_ref();
+    Some(GenAiFacts {
+        api,
+        request_model: spend.model.as_deref(),
+        response_model: settled.and_then(|s| s.response_model.as_deref()),
+        max_tokens: spend.max_output,
+        input_tokens: settled.map(|s| s.input),
+        output_tokens: settled.map(|s| s.output),
+        usage_source: settled.map(|s| {
+            if s.estimated {
+                UsageSource::Estimated
+            } else {
+                UsageSource::Reported
+            }
+        }),
+        cost_usd: settled.and_then(|s| s.cost),
+        first_event_ms: ctx
+            .first_event
+            .filter(|_| spend.stream)
+            .map(|d| d.as_millis() as u64),
+    })
+}
+
+fn ctx_view<'a>(ctx: &'a Ctx, gw: &'a Gateway, span: RequestSpan) -> Finished<'a> {
     let forwarded = !ctx.answered && ctx.code.is_none()
         || matches!(
             ctx.code,
@@ -1198,6 +1333,8 @@ fn ctx_view<'a>(ctx: &'a Ctx, gw: &'a Gateway) -> Finished<'a> {
         upstream,
         elapsed: ctx.start.elapsed(),
         error: ctx.upstream_error,
+        span,
+        genai: genai_facts(ctx),
     }
 }
 

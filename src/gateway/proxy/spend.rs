@@ -144,16 +144,30 @@ pub struct Meter {
     pub subjects: Vec<SubjectLimits>,
 }
 
+/// What a counted request was charged, for its trace span
+/// (docs/reference.md#spans).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Settled {
+    /// Input tokens charged.
+    pub input: u64,
+    /// Output tokens charged.
+    pub output: u64,
+    /// The usage was estimated, not reported.
+    pub estimated: bool,
+    /// The cost in USD, when the model is priced.
+    pub cost: Option<f64>,
+    /// The model the response named.
+    pub response_model: Option<String>,
+}
+
 impl Meter {
     /// Settles with what the response revealed (or gives back a request
-    /// that was never counted).
-    pub fn settle(&mut self, status: u16, observed: &Observed) {
-        let Some(admission) = self.admission.take() else {
-            return;
-        };
+    /// that was never counted). Returns what a counted request was charged.
+    pub fn settle(&mut self, status: u16, observed: &Observed) -> Option<Settled> {
+        let admission = self.admission.take()?;
         if !self.counted {
             self.store.settle(admission, Charge::default());
-            return;
+            return None;
         }
         let c = settle::settle(
             self.reserved_input,
@@ -207,6 +221,13 @@ impl Meter {
             },
         );
         self.after_settle();
+        Some(Settled {
+            input: c.input,
+            output: c.output,
+            estimated: c.estimated,
+            cost: priced.map(|_| cost),
+            response_model: observed.model.clone(),
+        })
     }
 
     /// Refreshes the usage-limit gauges and logs a crossed alert threshold.
@@ -267,6 +288,7 @@ pub struct Tap {
     strip: bool,
     reader: Option<BodyReader>,
     status: u16,
+    settled: Option<Settled>,
 }
 
 impl Tap {
@@ -278,6 +300,7 @@ impl Tap {
             strip,
             reader: None,
             status: 0,
+            settled: None,
         }
     }
 
@@ -326,7 +349,12 @@ impl Tap {
             Some(reader) => reader.end(),
             None => (Bytes::new(), Observed::default()),
         };
-        self.meter.settle(self.status, &observed);
+        self.settled = self.meter.settle(self.status, &observed);
         tail
+    }
+
+    /// What the request was charged, once [`Tap::end`] settled it.
+    pub fn take_settled(&mut self) -> Option<Settled> {
+        self.settled.take()
     }
 }

@@ -3,7 +3,8 @@
 //! batches, off the request path.
 //!
 //! - [`config`]: the server config's `tracing` block and the standard
-//!   `OTEL_*` variables, turned into [`TraceSettings`].
+//!   `OTEL_*` variables, turned into [`TraceSettings`] (it lives in the
+//!   config room, `crate::config::traces`, which the server config reads).
 //! - [`pipeline`]: [`Traces`], the running exporter: a bounded queue, a
 //!   batch every 5 s at least, its own threads, drops and exports counted
 //!   in [`TraceCounters`], a shutdown flush of at most 2 s.
@@ -13,7 +14,7 @@
 //! Tracing off costs nothing per request ([`RequestSpan::off`]); a request
 //! that is not sampled costs its ids and the `traceparent` sent upstream.
 
-pub mod config;
+pub use crate::config::traces as config;
 pub mod context;
 pub mod pipeline;
 pub mod span;

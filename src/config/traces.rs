@@ -1,5 +1,6 @@
 //! Where traces go: the server config's `tracing` block, or the standard
-//! `OTEL_*` environment variables when the block is absent.
+//! `OTEL_*` environment variables when the block is absent
+//! (docs/reference.md#traces). `ops::traces` runs what these settings name.
 //!
 //! Both end in one [`TraceSettings`]: the full URL spans are sent to, the
 //! protocol, extra headers, the sampling ratio and the service name. The
@@ -153,6 +154,37 @@ pub struct TraceSettings {
     pub export_timeout: Duration,
     /// Queue and batch sizes.
     pub batch: BatchOptions,
+}
+
+// The ratio is always finite (checked), so equality is an equivalence.
+impl Eq for TraceSettings {}
+
+/// The standard variable that sets the batch interval, in milliseconds.
+pub const ENV_SCHEDULE_DELAY: &str = "OTEL_BSP_SCHEDULE_DELAY";
+
+/// `OTEL_BSP_SCHEDULE_DELAY`, when set: a batch interval shorter than the
+/// default 5 s (1 to 5000 ms; a batch leaves at least every 5 s whatever it
+/// says). An empty variable counts as unset.
+///
+/// # Errors
+/// A value that is not a whole number of milliseconds from 1 to 5000.
+pub fn batch_delay_from_env(
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Duration>, Problem> {
+    let Some(value) = lookup(ENV_SCHEDULE_DELAY).filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let max = BatchOptions::default().delay.as_millis() as u64;
+    match value.trim().parse::<u64>() {
+        Ok(ms) if (1..=max).contains(&ms) => Ok(Some(Duration::from_millis(ms))),
+        _ => Err(Problem::new(
+            ENV_SCHEDULE_DELAY,
+            format!(
+                "{ENV_SCHEDULE_DELAY}: `{}` is not a batch interval from 1 to {max} milliseconds",
+                value.escape_debug()
+            ),
+        )),
+    }
 }
 
 /// Header values may be secrets: debug output shows their names only.
