@@ -257,6 +257,7 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut Ctx,
         snap: &Arc<Snapshot>,
+        subjects: Vec<crate::state::SubjectLimits>,
     ) -> Result<bool> {
         use crate::state::AdmitRequest;
         let Some(verdict) = ctx.verdict.as_ref() else {
@@ -266,7 +267,6 @@ impl Gateway {
             return Ok(false);
         };
         let key = snap.key(k);
-        let subjects = spend::subjects(snap, key, crate::identity::keys::now_millis());
         if subjects.is_empty() {
             return Ok(false);
         }
@@ -311,9 +311,18 @@ impl Gateway {
         };
         ctx.note_refusal(&refused);
         let denial = Denial::of_refusal(refused.refusal);
-        self.refuse(session, ctx, denial.code, &denial.message, None)
-            .await?;
+        Box::pin(self.refuse(session, ctx, denial.code, &denial.message, None)).await?;
         Ok(true)
+    }
+
+    /// What [`Gateway::admit`] admits the request against: the limits of its
+    /// key and workspace that the counter store enforces (none: nothing to
+    /// admit, and no admission future is made).
+    fn admission_subjects(ctx: &Ctx, snap: &Snapshot) -> Vec<crate::state::SubjectLimits> {
+        match ctx.verdict.as_ref().and_then(|v| v.key) {
+            Some(k) => spend::subjects(snap, snap.key(k), crate::identity::keys::now_millis()),
+            None => Vec::new(),
+        }
     }
 
     /// Forwards a request whose body was read: exactly those bytes, sent by
@@ -400,7 +409,7 @@ impl Gateway {
             }
             let message = errors::upstream_failure_message(code);
             session.set_keepalive(None);
-            self.refuse(session, ctx, code, message, None).await?;
+            Box::pin(self.refuse(session, ctx, code, message, None)).await?;
         }
         Ok(())
     }
@@ -804,7 +813,7 @@ impl ProxyHttp for Gateway {
             let mut resp = ResponseHeader::build(204, Some(1))?;
             resp.insert_header(http::header::CONNECTION, "close")?;
             session.set_keepalive(None);
-            session.write_response_header(Box::new(resp), true).await?;
+            Box::pin(session.write_response_header(Box::new(resp), true)).await?;
             return Ok(true);
         }
         ctx.request_id = match session.req_header().headers.get("x-request-id") {
@@ -828,15 +837,15 @@ impl ProxyHttp for Gateway {
             // itself (`forward`): pingora would replay only 64 KiB of it.
             // A client waiting for `100 Continue` gets it first.
             if expects_continue(session.req_header()) {
-                session.as_mut().write_continue_response().await?;
+                Box::pin(session.as_mut().write_continue_response()).await?;
             }
             let cap = match verdict.plane {
                 Some(Plane::Data) => self.spending.max_data_body,
                 _ => self.max_body,
             };
             let deadline = Duration::from_millis(self.spending.body_read_timeout_ms);
-            let Ok(body) = tokio::time::timeout(deadline, read_body_capped(session, cap)).await
-            else {
+            let read = tokio::time::timeout(deadline, read_body_capped(session, cap));
+            let Ok(body) = Box::pin(read).await else {
                 // A body that never ends must not hold the request (and a
                 // worker's attention) forever: per-read timeouts alone let
                 // a client trickle one byte a minute.
@@ -848,8 +857,7 @@ impl ProxyHttp for Gateway {
                     "The request body did not arrive within {} ms.",
                     self.spending.body_read_timeout_ms
                 );
-                self.refuse(session, ctx, ErrorCode::RequestTimeout, &msg, None)
-                    .await?;
+                Box::pin(self.refuse(session, ctx, ErrorCode::RequestTimeout, &msg, None)).await?;
                 return Ok(true);
             };
             let body = body?;
@@ -867,31 +875,31 @@ impl ProxyHttp for Gateway {
         ctx.snapshot = Some(snap.clone());
         match outcome {
             Outcome::Deny(d) => {
-                self.refuse(session, ctx, d.code, &d.message, d.allow.as_deref())
-                    .await?;
+                let allow = d.allow.as_deref();
+                Box::pin(self.refuse(session, ctx, d.code, &d.message, allow)).await?;
                 Ok(true)
             }
             Outcome::ReadBody => {
                 // Unreachable after a read; refuse rather than forward unchecked.
-                self.refuse(
-                    session,
-                    ctx,
-                    ErrorCode::InvalidJson,
-                    "The body could not be read.",
-                    None,
-                )
-                .await?;
+                let msg = "The body could not be read.";
+                Box::pin(self.refuse(session, ctx, ErrorCode::InvalidJson, msg, None)).await?;
                 Ok(true)
             }
             Outcome::Allow => {
-                if self.admit(session, ctx, &snap).await? {
+                // The admission (and its refusal) is a future of its own,
+                // made only for a key with limits the store enforces: the
+                // request filter's future stays small for every other.
+                let subjects = Self::admission_subjects(ctx, &snap);
+                if !subjects.is_empty()
+                    && Box::pin(self.admit(session, ctx, &snap, subjects)).await?
+                {
                     return Ok(true);
                 }
                 if let Some(plane) = ctx.verdict.as_ref().and_then(|v| v.plane) {
                     ctx.in_flight_plane = Some(InFlightPlane::enter(plane));
                 }
                 if let Some(body) = ctx.body.clone() {
-                    self.forward_read_body(session, ctx, body).await?;
+                    Box::pin(self.forward_read_body(session, ctx, body)).await?;
                     return Ok(true);
                 }
                 Ok(false)
@@ -969,7 +977,7 @@ impl ProxyHttp for Gateway {
         // pingora closes the client connection after a failed proxy attempt;
         // say so in the response rather than advertise keep-alive.
         session.set_keepalive(None);
-        let _ = self.refuse(session, ctx, code, message, None).await;
+        let _ = Box::pin(self.refuse(session, ctx, code, message, None)).await;
         FailToProxy {
             error_code: code.status(),
             can_reuse_downstream: false,
@@ -1093,6 +1101,58 @@ mod tests {
             Body::Unread { declared_len: None }
         );
         assert_eq!(hint(&[], true), Body::Unread { declared_len: None });
+    }
+
+    /// A gateway over no keys, its upstreams on a closed local port.
+    fn test_gateway() -> Gateway {
+        let up = UpstreamConfig {
+            url: "http://127.0.0.1:9".into(),
+            tls: false,
+            host: "127.0.0.1".into(),
+            port: 9,
+            authority: "127.0.0.1:9".into(),
+            connect_timeout_ms: 100,
+            read_timeout_ms: 100,
+            set_headers: Vec::new(),
+            ca_file: None,
+            sni: String::new(),
+        };
+        let snap = crate::identity::keys::load::parse_keys_str(
+            "organisations: [{ id: org_a }]\nkeys: []\n",
+            std::path::Path::new("keys.yaml"),
+            &crate::identity::scopes::ScopeRegistry::builtin(),
+        )
+        .expect("keys");
+        Gateway::new(
+            Arc::new(RouteTable::build(&[], true).expect("routes")),
+            KeyStore::new(snap),
+            Upstream::from_config("completions", &up).expect("upstream"),
+            Upstream::from_config("admin", &up).expect("upstream"),
+            1024,
+            Arc::new(AtomicUsize::new(0)),
+            Spending {
+                counters: Arc::new(crate::state::local::LocalStore::in_memory()),
+                max_data_body: 1024,
+                inject_stream_usage: true,
+                body_read_timeout_ms: 100,
+                default_output_reservation: 16,
+            },
+        )
+    }
+
+    /// `async_trait` boxes the request filter's future for every request,
+    /// copying it whole: its rare, deep awaits (the body read, the
+    /// admission, the proxy's own forward, refusals) are boxed on their
+    /// own so that it stays small.
+    #[test]
+    fn the_request_filter_future_stays_small() {
+        let gw = test_gateway();
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut session = Session::new_h1(Box::new(io));
+        let mut ctx = gw.new_ctx();
+        let fut = gw.request_filter(&mut session, &mut ctx);
+        let size = std::mem::size_of_val(&*fut);
+        assert!(size <= 1024, "request_filter's future is {size} bytes");
     }
 
     #[test]
