@@ -156,7 +156,8 @@ impl Gateway {
         body: Option<Body<'_>>,
     ) -> (Verdict, KeySource) {
         let req = session.req_header();
-        let values = |name: &str| -> Vec<&[u8]> {
+        // By `HeaderName`: a name given as `&str` is parsed on every lookup.
+        let values = |name: &HeaderName| -> Vec<&[u8]> {
             req.headers
                 .get_all(name)
                 .iter()
@@ -164,10 +165,10 @@ impl Gateway {
                 .collect()
         };
         let (portkey, authorization, x_api_key, api_key) = (
-            values(request::KEY_HEADERS[0]),
-            values(request::KEY_HEADERS[1]),
-            values(request::KEY_HEADERS[2]),
-            values(request::KEY_HEADERS[3]),
+            values(&KEY_HEADER_NAMES[0]),
+            values(&KEY_HEADER_NAMES[1]),
+            values(&KEY_HEADER_NAMES[2]),
+            values(&KEY_HEADER_NAMES[3]),
         );
         let (key, source) = request::presented_key(&request::KeyHeaders {
             portkey: &portkey,
@@ -178,8 +179,7 @@ impl Gateway {
         let body = body.unwrap_or_else(|| body_hint(req));
         let mut content_types = req.headers.get_all(http::header::CONTENT_TYPE).iter();
         let content_type = content_types.next().map(HeaderValue::as_bytes);
-        let content_length =
-            request::content_length(&values(http::header::CONTENT_LENGTH.as_str()));
+        let content_length = request::content_length(&values(&http::header::CONTENT_LENGTH));
         let facts = RequestFacts {
             method: &req.method,
             path: req.uri.path(),
@@ -189,7 +189,7 @@ impl Gateway {
             content_type_repeated: content_types.next().is_some(),
             bad_content_length: content_length == request::ContentLength::Invalid,
             upgrade: request::upgrade_of(
-                &values(http::header::UPGRADE.as_str()),
+                &values(&http::header::UPGRADE),
                 req.version == http::Version::HTTP_11,
             ),
             body,
@@ -567,6 +567,20 @@ pub fn probe_token() -> &'static str {
 /// The header carrying [`probe_token`].
 pub const PROBE_HEADER: &str = "x-scopegate-probe";
 
+/// [`PROBE_HEADER`] as a header name, for lookups that parse no name.
+static PROBE_HEADER_NAME: HeaderName = HeaderName::from_static(PROBE_HEADER);
+
+/// `x-request-id`, as a header name.
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// [`request::KEY_HEADERS`] as header names, in the same order.
+static KEY_HEADER_NAMES: [HeaderName; 4] = [
+    HeaderName::from_static(request::KEY_HEADERS[0]),
+    HeaderName::from_static(request::KEY_HEADERS[1]),
+    HeaderName::from_static(request::KEY_HEADERS[2]),
+    HeaderName::from_static(request::KEY_HEADERS[3]),
+];
+
 /// A client's `x-request-id` is kept when it is 1–128 of `[A-Za-z0-9._-]`.
 pub fn valid_request_id(v: &[u8]) -> bool {
     (1..=128).contains(&v.len())
@@ -806,7 +820,7 @@ impl ProxyHttp for Gateway {
         if session
             .req_header()
             .headers
-            .get(PROBE_HEADER)
+            .get(&PROBE_HEADER_NAME)
             .is_some_and(|v| v.as_bytes() == probe_token().as_bytes())
         {
             ctx.probe = true;
@@ -816,7 +830,7 @@ impl ProxyHttp for Gateway {
             Box::pin(session.write_response_header(Box::new(resp), true)).await?;
             return Ok(true);
         }
-        ctx.request_id = match session.req_header().headers.get("x-request-id") {
+        ctx.request_id = match session.req_header().headers.get(&X_REQUEST_ID) {
             Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
             _ => HeaderValue::from_str(&crate::gateway::request_id::next())
                 .unwrap_or_else(|_| HeaderValue::from_static("0")),
@@ -1153,6 +1167,14 @@ mod tests {
         let fut = gw.request_filter(&mut session, &mut ctx);
         let size = std::mem::size_of_val(&*fut);
         assert!(size <= 1024, "request_filter's future is {size} bytes");
+    }
+
+    #[test]
+    fn key_header_names_are_the_key_headers() {
+        for (name, text) in KEY_HEADER_NAMES.iter().zip(request::KEY_HEADERS) {
+            assert_eq!(name.as_str(), text);
+        }
+        assert_eq!(PROBE_HEADER_NAME.as_str(), PROBE_HEADER);
     }
 
     #[test]
