@@ -832,8 +832,7 @@ impl ProxyHttp for Gateway {
         }
         ctx.request_id = match session.req_header().headers.get(&X_REQUEST_ID) {
             Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
-            _ => HeaderValue::from_str(&crate::gateway::request_id::next())
-                .unwrap_or_else(|_| HeaderValue::from_static("0")),
+            _ => crate::gateway::request_id::next_header(),
         };
         let snap = self.store.load();
         let hint = h2_body_hint(session);
