@@ -148,12 +148,18 @@ impl Gateway {
         }
     }
 
-    /// Reads the request's facts and decides.
+    /// Reads the request's facts and decides, at `now`; `known`: the key the
+    /// same request's first decision identified by its secret, at the same
+    /// `now` (deciding again once the body is read: the secret is neither
+    /// hashed nor looked up twice, and every check of the key gives what it
+    /// gave).
     fn decide(
         &self,
         session: &Session,
         snap: &Snapshot,
         body: Option<Body<'_>>,
+        now: crate::identity::keys::UnixMillis,
+        known: Option<crate::identity::keys::KeyIdx>,
     ) -> (Verdict, KeySource) {
         let req = session.req_header();
         // By `HeaderName`: a name given as `&str` is parsed on every lookup.
@@ -193,7 +199,7 @@ impl Gateway {
                 req.version == http::Version::HTTP_11,
             ),
             body,
-            now: crate::identity::keys::now_millis(),
+            now,
             max_body: self.max_body,
             max_data_body: self.spending.max_data_body,
             used_up: &|scope, id, limit| {
@@ -211,7 +217,11 @@ impl Gateway {
                     .exhausted(limit)
             },
         };
-        (decide::decide(&self.table, snap, &facts), source)
+        let verdict = match known {
+            Some(k) => decide::decide_as(&self.table, snap, &facts, k),
+            None => decide::decide(&self.table, snap, &facts),
+        };
+        (verdict, source)
     }
 
     /// The request header as it goes upstream (the reference on what goes upstream).
@@ -836,7 +846,8 @@ impl ProxyHttp for Gateway {
         };
         let snap = self.store.load();
         let hint = h2_body_hint(session);
-        let (mut verdict, source) = self.decide(session, &snap, hint);
+        let now = crate::identity::keys::now_millis();
+        let (mut verdict, source) = self.decide(session, &snap, hint, now, None);
         // A counted request is always sent by the proxy itself, so that its
         // answer passes the usage tap: one with no body to check (the
         // decision reads every other) is read too, which costs nothing.
@@ -878,7 +889,9 @@ impl ProxyHttp for Gateway {
                 Some(b) => Body::Read(b),
                 None => Body::TooLarge,
             };
-            verdict = self.decide(session, &snap, Some(facts_body)).0;
+            verdict = self
+                .decide(session, &snap, Some(facts_body), now, verdict.key)
+                .0;
             ctx.body = body;
         }
         ctx.key_source = source;
