@@ -539,25 +539,33 @@ impl Drop for InFlight {
 
 /// Counts a forwarded request in `scopegate_in_flight_requests{plane}`
 /// until its context is dropped.
-struct InFlightPlane(&'static str);
+struct InFlightPlane(Option<&'static prometheus::IntGauge>);
 
 impl InFlightPlane {
     fn enter(plane: Plane) -> InFlightPlane {
-        let label = match plane {
-            Plane::Data => "data",
-            Plane::Control => "control",
-        };
-        if let Some(m) = crate::ops::metrics::usage_metrics() {
-            m.in_flight.with_label_values(&[label]).inc();
+        // The two series' handles, looked up once (a label lookup takes
+        // a lock and hashes the label, twice a request otherwise).
+        static GAUGES: std::sync::OnceLock<Option<[prometheus::IntGauge; 2]>> =
+            std::sync::OnceLock::new();
+        let gauges = GAUGES.get_or_init(|| {
+            crate::ops::metrics::usage_metrics()
+                .map(|m| ["data", "control"].map(|p| m.in_flight.with_label_values(&[p])))
+        });
+        let gauge = gauges.as_ref().map(|g| match plane {
+            Plane::Data => &g[0],
+            Plane::Control => &g[1],
+        });
+        if let Some(g) = gauge {
+            g.inc();
         }
-        InFlightPlane(label)
+        InFlightPlane(gauge)
     }
 }
 
 impl Drop for InFlightPlane {
     fn drop(&mut self) {
-        if let Some(m) = crate::ops::metrics::usage_metrics() {
-            m.in_flight.with_label_values(&[self.0]).dec();
+        if let Some(g) = self.0 {
+            g.dec();
         }
     }
 }
