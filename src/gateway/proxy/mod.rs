@@ -384,18 +384,7 @@ impl Gateway {
                 }
             }
         }
-        for hop in [
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "te",
-            "trailer",
-            "transfer-encoding",
-            "expect",
-            "upgrade",
-            "http2-settings",
-            "proxy-authorization",
-        ] {
+        for hop in &HOP_BY_HOP {
             req.remove_header(hop);
         }
         req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
@@ -587,6 +576,22 @@ pub const PROBE_HEADER: &str = "x-scopegate-probe";
 
 /// [`PROBE_HEADER`] as a header name, for lookups that parse no name.
 static PROBE_HEADER_NAME: HeaderName = HeaderName::from_static(PROBE_HEADER);
+
+/// The hop-by-hop headers (and `Expect`, answered by the proxy) a
+/// forwarded request whose body was read does not carry upstream; as
+/// header names, so that removing them parses no name.
+static HOP_BY_HOP: [HeaderName; 10] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::EXPECT,
+    http::header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
+    http::header::PROXY_AUTHORIZATION,
+];
 
 /// `x-request-id`, as a header name.
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
