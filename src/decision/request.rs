@@ -51,14 +51,12 @@ pub fn non_canonical_reason(path: &str) -> Option<&'static str> {
     }
     // Segments: `//`, `.` and `..` are refused; a trailing empty segment is
     // a different path (404), not an error.
-    let inner = &path[1..];
-    let segments: Vec<&str> = inner.split('/').collect();
-    let last = segments.len().saturating_sub(1);
-    for (n, seg) in segments.iter().enumerate() {
-        if seg.is_empty() && n != last {
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(seg) = segments.next() {
+        if seg.is_empty() && segments.peek().is_some() {
             return Some("the path contains an empty segment (`//`)");
         }
-        if *seg == "." || *seg == ".." {
+        if seg == "." || seg == ".." {
             return Some("the path contains a `.` or `..` segment");
         }
     }
