@@ -368,10 +368,13 @@ pub fn media_type(ct: Option<&[u8]>) -> Media {
     if !token(kind) || !token(subtype) {
         return Media::Other;
     }
-    let lower = essence.to_ascii_lowercase();
-    if lower == b"application/json" || (subtype.len() > 5 && lower.ends_with(b"+json")) {
+    // Compared without a lower-cased copy: this runs for every data-plane
+    // request with a body.
+    let json_suffix =
+        subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case(b"+json");
+    if essence.eq_ignore_ascii_case(b"application/json") || json_suffix {
         Media::Json
-    } else if lower == b"multipart/form-data" {
+    } else if essence.eq_ignore_ascii_case(b"multipart/form-data") {
         Media::Multipart
     } else {
         Media::Other
