@@ -97,8 +97,8 @@ pub struct Gateway {
     max_body: usize,
     in_flight: Arc<AtomicUsize>,
     /// Upstream connections for requests whose body the proxy read (see
-    /// `forward`).
-    connector: pingora::connectors::http::Connector,
+    /// `forward`): HTTP/1.1, the only protocol the upstream peers offer.
+    connector: pingora::connectors::http::v1::Connector,
     /// The counter store and the settings of metering.
     spending: Spending,
 }
@@ -136,7 +136,7 @@ impl Gateway {
             admin,
             max_body,
             in_flight,
-            connector: pingora::connectors::http::Connector::new(None),
+            connector: pingora::connectors::http::v1::Connector::new(None),
             spending,
         }
     }
@@ -1199,6 +1199,27 @@ mod tests {
         let fut = gw.request_filter(&mut session, &mut ctx);
         let size = std::mem::size_of_val(&*fut);
         assert!(size <= 1024, "request_filter's future is {size} bytes");
+    }
+
+    /// The forward of a read body is boxed on its own and copied whole: a
+    /// new upstream connection's (large) future is boxed apart from it.
+    #[test]
+    fn the_forward_future_leaves_connecting_out() {
+        let gw = test_gateway();
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut session = Session::new_h1(Box::new(io));
+        let mut ctx = gw.new_ctx();
+        let fut = gw.forward_read_body(&mut session, &mut ctx, Bytes::new());
+        let size = std::mem::size_of_val(&fut);
+        assert!(
+            size <= 6 * 1024,
+            "forward_read_body's future is {size} bytes"
+        );
+        let connect = gw.connector.get_http_session(&gw.completions.peer);
+        assert!(
+            std::mem::size_of_val(&connect) > size,
+            "connecting is the large part"
+        );
     }
 
     #[test]
