@@ -932,9 +932,8 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
             Outcome::Allow => {
-                // The admission (and its refusal) is a future of its own,
-                // made only for a key with limits the store enforces: the
-                // request filter's future stays small for every other.
+                // The admission is a future of its own, made only for a key
+                // with limits the store enforces (see `admission_subjects`).
                 let subjects = Self::admission_subjects(ctx, &snap);
                 if !subjects.is_empty()
                     && Box::pin(self.admit(session, ctx, &snap, subjects)).await?
