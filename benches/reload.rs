@@ -41,7 +41,7 @@ use scopegate::identity::keys::{
     build_snapshot, digest, digest_hex, read_keys_file, release_freed_memory, KeyStore,
     KeysDocument, Snapshot,
 };
-use scopegate::ops::reload::{load_keys, load_keys_text};
+use scopegate::ops::reload::{load_keys, load_keys_text, load_keys_text_digested};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -94,17 +94,21 @@ fn keys_file(n: usize, budgets: bool) -> KeysFile {
     }
 }
 
-/// What the reload thread does for a keys file that changed (`src/reload.rs`,
-/// `ChangeDetector::look` then `Reloader::reload`), less the metrics and the
-/// log line: read the file, SHA-256 it to compare with the text in force,
-/// parse, validate and index it (`load_keys_text`, which hashes the text once
-/// more for the snapshot), swap it in, drop the old snapshot (no request
+/// What the reload thread does for a keys file that changed
+/// (`src/ops/reload.rs`, `ChangeDetector::look` then `Reloader::reload`),
+/// less the metrics and the log line: read the file, SHA-256 it to compare
+/// with the text in force, parse, validate and index it
+/// (`load_keys_text_digested`, with that digest as the snapshot's source
+/// digest), swap it in, drop the old snapshot (no request
 /// holds it here) and hand freed memory back to the OS (`mi_collect`).
 #[inline(never)]
 fn reload_cycle(path: &Path, table: &RouteTable, store: &KeyStore, release: bool) -> usize {
     let text = read_keys_file(path).expect("keys file readable");
-    let changed = Some(digest(text.as_bytes())) != store.load().source_digest().copied();
-    let snap = load_keys_text(&text, path, table).expect("keys file valid");
+    // As the reloader does: the digest that says the text changed is the
+    // snapshot's source digest (the text is hashed once).
+    let seen = digest(text.as_bytes());
+    let changed = Some(seen) != store.load().source_digest().copied();
+    let snap = load_keys_text_digested(&text, seen, path, table).expect("keys file valid");
     let keys = snap.keys().len();
     drop(text);
     drop(store.swap(snap));

@@ -5,7 +5,7 @@
 # (gen_keys.py), then rewrites the file RELOADS times, each time with a content that
 # differs (a comment line), waits for each "keys reloaded" log line, and reports:
 #   - took_ms: the reloader's own figure (parse, validate, build, swap, drop, release)
-#   - reload thread CPU per reload: utime+stime of the `scopegate-reload` thread
+#   - reload thread CPU per reload: utime+stime of the reload thread (`BG watch`)
 #     (/proc/PID/task/TID/stat), which also holds the change detector's reads and hashes
 #   - whole process CPU per reload (every thread), page faults per reload, RSS after
 # MODE=rename (default) writes a new file and renames it over the keys file (one read
@@ -60,9 +60,11 @@ PID=$!; PIDS+=("$PID")
 wait_url "http://$HOST:$MPORT/readyz"
 TID=""
 for t in /proc/$PID/task/*; do
-  [[ $(cat "$t/comm") == scopegate-reloa* ]] && TID=${t##*/}   # comm keeps 15 characters
+  # The reload runs on the watcher's thread (`BG watch`); before the one
+  # watcher it had a thread of its own. comm keeps 15 characters.
+  case $(cat "$t/comm") in "BG watch" | scopegate-reloa*) TID=${t##*/} ;; esac
 done
-[[ -n $TID ]] || die "no scopegate-reload thread in process $PID"
+[[ -n $TID ]] || die "no reload thread (BG watch) in process $PID"
 ticks() { sed 's/^.*) //' "$1" | awk '{print $12 + $13}'; }
 faults() { sed 's/^.*) //' "/proc/$PID/stat" | awk '{print $8}'; }   # minflt
 reloaded() { grep -c '"keys reloaded"' "$LOG" || true; }

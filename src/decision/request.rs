@@ -51,14 +51,12 @@ pub fn non_canonical_reason(path: &str) -> Option<&'static str> {
     }
     // Segments: `//`, `.` and `..` are refused; a trailing empty segment is
     // a different path (404), not an error.
-    let inner = &path[1..];
-    let segments: Vec<&str> = inner.split('/').collect();
-    let last = segments.len().saturating_sub(1);
-    for (n, seg) in segments.iter().enumerate() {
-        if seg.is_empty() && n != last {
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(seg) = segments.next() {
+        if seg.is_empty() && segments.peek().is_some() {
             return Some("the path contains an empty segment (`//`)");
         }
-        if *seg == "." || *seg == ".." {
+        if seg == "." || seg == ".." {
             return Some("the path contains a `.` or `..` segment");
         }
     }
@@ -374,10 +372,13 @@ pub fn media_type(ct: Option<&[u8]>) -> Media {
     if !token(kind) || !token(subtype) {
         return Media::Other;
     }
-    let lower = essence.to_ascii_lowercase();
-    if lower == b"application/json" || (subtype.len() > 5 && lower.ends_with(b"+json")) {
+    // Compared without a lower-cased copy: this runs for every data-plane
+    // request with a body.
+    let json_suffix =
+        subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case(b"+json");
+    if essence.eq_ignore_ascii_case(b"application/json") || json_suffix {
         Media::Json
-    } else if lower == b"multipart/form-data" {
+    } else if essence.eq_ignore_ascii_case(b"multipart/form-data") {
         Media::Multipart
     } else {
         Media::Other

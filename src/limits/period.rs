@@ -2,6 +2,8 @@
 //! a day from 00:00, an ISO week from Monday 00:00, a month from the 1st
 //! 00:00, or forever. Usage is stored by period key, so a reset needs no job.
 
+use std::cell::RefCell;
+
 use time::{Date, Month};
 
 use crate::limits::Reset;
@@ -28,6 +30,36 @@ pub struct Period {
 ///
 /// Instants outside the years −9999..=9999 are clamped into them.
 pub fn period_of(reset: Option<Reset>, now_ms: i64) -> Period {
+    // Every period starts and ends at 00:00 UTC, so the instants of one UTC
+    // day share their period: each thread keeps the last one it worked out
+    // for each kind of reset (a counted request asks up to three times).
+    thread_local! {
+        static LAST: RefCell<[Option<(i64, Period)>; 3]> = const { RefCell::new([None, None, None]) };
+    }
+    let Some(r) = reset else {
+        return period_uncached(None, now_ms);
+    };
+    let slot = match r {
+        Reset::Daily => 0,
+        Reset::Weekly => 1,
+        Reset::Monthly => 2,
+    };
+    let day = now_ms.div_euclid(DAY_MS);
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((d, p)) = &last[slot] {
+            if *d == day {
+                return p.clone();
+            }
+        }
+        let p = period_uncached(reset, now_ms);
+        last[slot] = Some((day, p.clone()));
+        p
+    })
+}
+
+/// [`period_of`], worked out.
+fn period_uncached(reset: Option<Reset>, now_ms: i64) -> Period {
     let Some(reset) = reset else {
         return Period {
             key: "all".to_owned(),
@@ -109,6 +141,26 @@ mod tests {
     fn period(reset: Reset, dt: PrimitiveDateTime) -> (String, i64, Option<i64>) {
         let p = period_of(Some(reset), ms(dt));
         (p.key, p.start_ms, p.end_ms)
+    }
+
+    #[test]
+    fn the_kept_period_is_the_one_worked_out() {
+        // Every instant of a span that crosses day, week, month and year
+        // boundaries, in an order that comes back to days already seen.
+        let start = ms(datetime!(2026-12-27 22:00));
+        let hour = 3_600_000;
+        let mut steps: Vec<i64> = (0..24 * 9).map(|h| start + h * hour).collect();
+        steps.extend((0..24 * 9).rev().map(|h| start + h * hour + 1));
+        steps.extend([i64::MIN, i64::MAX, -1, 0, start]);
+        for reset in [Reset::Daily, Reset::Weekly, Reset::Monthly] {
+            for &t in &steps {
+                assert_eq!(
+                    period_of(Some(reset), t),
+                    period_uncached(Some(reset), t),
+                    "{reset:?} at {t}"
+                );
+            }
+        }
     }
 
     #[test]

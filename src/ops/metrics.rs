@@ -5,8 +5,8 @@
 //! standard `process_*` metrics). Label values are bounded: route patterns,
 //! error codes, and workspace ids from the keys file, never client input.
 
+use rustc_hash::FxHashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -351,11 +351,14 @@ thread_local! {
     // touches only atomics. Keys are bounded: route patterns of the table
     // (by address; the table lives as long as the process) × codes, and
     // workspace ids from the keys file.
-    static REQUESTS: RefCell<HashMap<RequestKey, IntCounter>> = RefCell::new(HashMap::new());
-    static WORKSPACES: RefCell<HashMap<Arc<str>, [IntCounter; 2]>> = RefCell::new(HashMap::new());
+    // The maps hash with FxHash, not SipHash: their keys come from the
+    // route table, the codes and the keys file, never from a client, and a
+    // lookup is on every request.
+    static REQUESTS: RefCell<FxHashMap<RequestKey, IntCounter>> = RefCell::new(FxHashMap::default());
+    static WORKSPACES: RefCell<FxHashMap<Arc<str>, [IntCounter; 2]>> = RefCell::new(FxHashMap::default());
     static NO_WORKSPACE: RefCell<Option<[IntCounter; 2]>> = const { RefCell::new(None) };
-    static UPSTREAM: RefCell<HashMap<(bool, &'static str, &'static str), IntCounter>> = RefCell::new(HashMap::new());
-    static DURATIONS: RefCell<HashMap<&'static str, Histogram>> = RefCell::new(HashMap::new());
+    static UPSTREAM: RefCell<FxHashMap<(bool, &'static str, &'static str), IntCounter>> = RefCell::new(FxHashMap::default());
+    static DURATIONS: RefCell<FxHashMap<&'static str, Histogram>> = RefCell::new(FxHashMap::default());
 }
 
 fn code_index(code: Option<ErrorCode>) -> u8 {

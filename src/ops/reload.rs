@@ -42,7 +42,20 @@ pub fn load_keys_text(
     keys_file: &Path,
     table: &RouteTable,
 ) -> Result<Snapshot, Vec<Diagnostic>> {
-    let snap = keys::parse_keys_str(text, keys_file, table.registry())?;
+    load_keys_text_digested(text, keys::digest(text.as_bytes()), keys_file, table)
+}
+
+/// [`load_keys_text`] for text whose SHA-256 the caller already has.
+///
+/// # Errors
+/// Every problem of the keys file.
+pub fn load_keys_text_digested(
+    text: &str,
+    text_digest: Digest,
+    keys_file: &Path,
+    table: &RouteTable,
+) -> Result<Snapshot, Vec<Diagnostic>> {
+    let snap = keys::parse_keys_str_digested(text, text_digest, keys_file, table.registry())?;
     let missing: Vec<Diagnostic> = table
         .custom_scopes()
         .filter(|s| !snap.custom_scopes().iter().any(|c| c == s))
@@ -131,14 +144,19 @@ impl Reloader {
     }
 
     /// Parses `text`, the bytes the detector just compared, so what is
-    /// loaded is what was seen.
+    /// loaded is what was seen (and the digest it compared is theirs: a
+    /// pending text is loaded only once a look found it unchanged).
     fn reload(&self, trigger: Trigger, text: Result<String, Diagnostic>) {
         let started = Instant::now();
         let text = text.map_err(|d| vec![d]);
+        let seen = self.detector.digest;
         let result = text
             .as_ref()
             .map_err(Clone::clone)
-            .and_then(|text| load_keys_text(text, &self.path, &self.table));
+            .and_then(|text| match seen {
+                Some(d) => load_keys_text_digested(text, d, &self.path, &self.table),
+                None => load_keys_text(text, &self.path, &self.table),
+            });
         let how = trigger.as_str();
         match result {
             Ok(snap) => {

@@ -59,8 +59,13 @@ use crate::limits::view::Reading;
 
 type Cell = Arc<Mutex<SubjectState>>;
 
+/// The subjects' counters. FxHash rather than SipHash: a subject is a key
+/// or workspace of the keys file, never a client's choice, and it is
+/// looked up several times per counted request.
+type Subjects = DashMap<SubjectId, Cell, rustc_hash::FxBuildHasher>;
+
 struct Inner {
-    subjects: DashMap<SubjectId, Cell>,
+    subjects: Subjects,
     next_id: AtomicU64,
     db: Option<Mutex<Db>>,
 }
@@ -85,7 +90,7 @@ impl LocalStore {
     pub fn in_memory() -> LocalStore {
         LocalStore {
             inner: Arc::new(Inner {
-                subjects: DashMap::new(),
+                subjects: Subjects::default(),
                 next_id: AtomicU64::new(1),
                 db: None,
             }),
@@ -103,7 +108,7 @@ impl LocalStore {
     pub fn open(path: &Path) -> Result<LocalStore, StateError> {
         let db = Db::open(path)?;
         let rows = db.load()?;
-        let subjects: DashMap<SubjectId, Cell> = DashMap::new();
+        let subjects = Subjects::default();
         for row in rows {
             let cell = subjects.entry(row.subject.clone()).or_default().clone();
             let mut st = cell.lock();

@@ -5,11 +5,12 @@
 //! length. So when the body was read, the proxy does the upstream exchange
 //! itself: the prepared request header, exactly the bytes it checked (with a
 //! `Content-Length` of their size), then the response streamed back chunk by
-//! chunk as it arrives. Connections come from pingora's own connector and go
-//! back to its pool when the exchange ends cleanly.
+//! chunk as it arrives. Connections come from pingora's own HTTP/1.1
+//! connector (the upstream peers offer only HTTP/1.1) and go back to its
+//! pool when the exchange ends cleanly.
 
 use bytes::Bytes;
-use pingora::connectors::http::Connector;
+use pingora::connectors::http::v1::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
 use pingora::protocols::http::client::HttpSession;
@@ -54,9 +55,15 @@ pub async fn exchange(
     let mut attempt = 0;
     let mut up = loop {
         attempt += 1;
-        let (mut up, reused) = match connector.get_http_session(peer).await {
-            Ok(s) => s,
-            Err(e) => return Exchange::Failed(e),
+        // A pooled connection first: making a new one (TCP, maybe TLS)
+        // is a large future, boxed so that only a request that needs it
+        // pays for moving it (and the exchange's own future stays small).
+        let (mut up, reused) = match connector.reused_http_session(peer).await {
+            Some(h1) => (HttpSession::H1(h1), true),
+            None => match Box::pin(connector.get_http_session(peer)).await {
+                Ok((h1, reused)) => (HttpSession::H1(h1), reused),
+                Err(e) => return Exchange::Failed(e),
+            },
         };
         // The upstream's timeouts apply here as on pingora's own path
         // (a hung upstream is 504, not a request that never ends).
@@ -119,9 +126,11 @@ pub async fn exchange(
     let tail = (!tail.is_empty()).then_some(tail);
     if complete {
         let _ = session.write_response_body(tail, true).await;
-        connector
-            .release_http_session(up, peer, peer.options.idle_timeout)
-            .await;
+        if let HttpSession::H1(h1) = up {
+            connector
+                .release_http_session(h1, peer, peer.options.idle_timeout)
+                .await;
+        }
     } else {
         // A cut response must reach the client as cut, not as complete.
         if let Some(t) = tail {

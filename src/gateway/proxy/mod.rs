@@ -105,8 +105,8 @@ pub struct Gateway {
     max_body: usize,
     in_flight: Arc<AtomicUsize>,
     /// Upstream connections for requests whose body the proxy read (see
-    /// `forward`).
-    connector: pingora::connectors::http::Connector,
+    /// `forward`): HTTP/1.1, the only protocol the upstream peers offer.
+    connector: pingora::connectors::http::v1::Connector,
     /// The counter store and the settings of metering.
     spending: Spending,
     /// The JWK sets and the verified-token cache, when the server runs
@@ -149,7 +149,7 @@ impl Gateway {
             admin,
             max_body,
             in_flight,
-            connector: pingora::connectors::http::Connector::new(None),
+            connector: pingora::connectors::http::v1::Connector::new(None),
             spending,
             tokens: None,
             traces: None,
@@ -238,16 +238,23 @@ impl Gateway {
         }
     }
 
-    /// Reads the request's facts and decides.
+    /// Reads the request's facts and decides, at `now`; `known`: the key the
+    /// same request's first decision identified by its secret, at the same
+    /// `now` (deciding again once the body is read: the secret is neither
+    /// hashed nor looked up twice, and every check of the key gives what it
+    /// gave).
     fn decide(
         &self,
         session: &Session,
         snap: &Snapshot,
         body: Option<Body<'_>>,
         token: Option<&TokenOutcome>,
+        now: crate::identity::keys::UnixMillis,
+        known: Option<crate::identity::keys::KeyIdx>,
     ) -> (Verdict, KeySource) {
         let req = session.req_header();
-        let values = |name: &str| -> Vec<&[u8]> {
+        // By `HeaderName`: a name given as `&str` is parsed on every lookup.
+        let values = |name: &HeaderName| -> Vec<&[u8]> {
             req.headers
                 .get_all(name)
                 .iter()
@@ -261,8 +268,7 @@ impl Gateway {
         let body = body.unwrap_or_else(|| body_hint(req));
         let mut content_types = req.headers.get_all(http::header::CONTENT_TYPE).iter();
         let content_type = content_types.next().map(HeaderValue::as_bytes);
-        let content_length =
-            request::content_length(&values(http::header::CONTENT_LENGTH.as_str()));
+        let content_length = request::content_length(&values(&http::header::CONTENT_LENGTH));
         let facts = RequestFacts {
             method: &req.method,
             path: req.uri.path(),
@@ -272,11 +278,11 @@ impl Gateway {
             content_type_repeated: content_types.next().is_some(),
             bad_content_length: content_length == request::ContentLength::Invalid,
             upgrade: request::upgrade_of(
-                &values(http::header::UPGRADE.as_str()),
+                &values(&http::header::UPGRADE),
                 req.version == http::Version::HTTP_11,
             ),
             body,
-            now: crate::identity::keys::now_millis(),
+            now,
             max_body: self.max_body,
             max_data_body: self.spending.max_data_body,
             used_up: &|scope, id, limit| {
@@ -294,7 +300,11 @@ impl Gateway {
                     .exhausted(limit)
             },
         };
-        (decide::decide(&self.table, snap, &facts), source)
+        let verdict = match known {
+            Some(k) => decide::decide_as(&self.table, snap, &facts, k),
+            None => decide::decide(&self.table, snap, &facts),
+        };
+        (verdict, source)
     }
 
     /// The request's id (the client's if valid) and its trace span.
@@ -303,10 +313,9 @@ impl Gateway {
         if let Some(traces) = &self.traces {
             ctx.trace = traces.begin(&Incoming::from_headers(headers));
         }
-        ctx.request_id = match headers.get("x-request-id") {
+        ctx.request_id = match headers.get(&X_REQUEST_ID) {
             Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
-            _ => HeaderValue::from_str(&crate::gateway::request_id::next())
-                .unwrap_or_else(|_| HeaderValue::from_static("0")),
+            _ => crate::gateway::request_id::next_header(),
         };
     }
 
@@ -359,18 +368,15 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut Ctx,
         snap: &Arc<Snapshot>,
+        subjects: Vec<crate::state::SubjectLimits>,
     ) -> Result<bool> {
         use crate::state::AdmitRequest;
         let Some(verdict) = ctx.verdict.as_ref() else {
             return Ok(false);
         };
-        let now = crate::identity::keys::now_millis();
-        let (subjects, ws) = match (&verdict.token, verdict.key) {
-            (Some(id), _) => (spend::token_subjects(snap, id, now), Some(id.workspace)),
-            (None, Some(k)) => {
-                let key = snap.key(k);
-                (spend::subjects(snap, key, now), key.workspace)
-            }
+        let ws = match (&verdict.token, verdict.key) {
+            (Some(id), _) => Some(id.workspace),
+            (None, Some(k)) => snap.key(k).workspace,
             (None, None) => return Ok(false),
         };
         if subjects.is_empty() {
@@ -415,9 +421,23 @@ impl Gateway {
         };
         ctx.note_refusal(&refused);
         let denial = Denial::of_refusal(refused.refusal);
-        self.refuse(session, ctx, denial.code, &denial.message, None)
-            .await?;
+        Box::pin(self.refuse(session, ctx, denial.code, &denial.message, None)).await?;
         Ok(true)
+    }
+
+    /// What [`Gateway::admit`] admits the request against: the limits of its
+    /// key and workspace that the counter store enforces (none: nothing to
+    /// admit, and no admission future is made).
+    fn admission_subjects(ctx: &Ctx, snap: &Snapshot) -> Vec<crate::state::SubjectLimits> {
+        let Some(verdict) = ctx.verdict.as_ref() else {
+            return Vec::new();
+        };
+        let now = crate::identity::keys::now_millis();
+        match (&verdict.token, verdict.key) {
+            (Some(id), _) => spend::token_subjects(snap, id, now),
+            (None, Some(k)) => spend::subjects(snap, snap.key(k), now),
+            (None, None) => Vec::new(),
+        }
     }
 
     /// Forwards a request whose body was read: exactly those bytes, sent by
@@ -469,18 +489,7 @@ impl Gateway {
                 }
             }
         }
-        for hop in [
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "te",
-            "trailer",
-            "transfer-encoding",
-            "expect",
-            "upgrade",
-            "http2-settings",
-            "proxy-authorization",
-        ] {
+        for hop in &HOP_BY_HOP {
             req.remove_header(hop);
         }
         req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
@@ -509,7 +518,7 @@ impl Gateway {
             }
             let message = errors::upstream_failure_message(code);
             session.set_keepalive(None);
-            self.refuse(session, ctx, code, message, None).await?;
+            Box::pin(self.refuse(session, ctx, code, message, None)).await?;
         }
         Ok(())
     }
@@ -688,25 +697,33 @@ impl Drop for InFlight {
 
 /// Counts a forwarded request in `scopegate_in_flight_requests{plane}`
 /// until its context is dropped.
-struct InFlightPlane(&'static str);
+struct InFlightPlane(Option<&'static prometheus::IntGauge>);
 
 impl InFlightPlane {
     fn enter(plane: Plane) -> InFlightPlane {
-        let label = match plane {
-            Plane::Data => "data",
-            Plane::Control => "control",
-        };
-        if let Some(m) = crate::ops::metrics::usage_metrics() {
-            m.in_flight.with_label_values(&[label]).inc();
+        // The two series' handles, looked up once (a label lookup takes
+        // a lock and hashes the label, twice a request otherwise).
+        static GAUGES: std::sync::OnceLock<Option<[prometheus::IntGauge; 2]>> =
+            std::sync::OnceLock::new();
+        let gauges = GAUGES.get_or_init(|| {
+            crate::ops::metrics::usage_metrics()
+                .map(|m| ["data", "control"].map(|p| m.in_flight.with_label_values(&[p])))
+        });
+        let gauge = gauges.as_ref().map(|g| match plane {
+            Plane::Data => &g[0],
+            Plane::Control => &g[1],
+        });
+        if let Some(g) = gauge {
+            g.inc();
         }
-        InFlightPlane(label)
+        InFlightPlane(gauge)
     }
 }
 
 impl Drop for InFlightPlane {
     fn drop(&mut self) {
-        if let Some(m) = crate::ops::metrics::usage_metrics() {
-            m.in_flight.with_label_values(&[self.0]).dec();
+        if let Some(g) = self.0 {
+            g.dec();
         }
     }
 }
@@ -726,6 +743,36 @@ pub fn probe_token() -> &'static str {
 /// The header carrying [`probe_token`].
 pub const PROBE_HEADER: &str = "x-scopegate-probe";
 
+/// [`PROBE_HEADER`] as a header name, for lookups that parse no name.
+static PROBE_HEADER_NAME: HeaderName = HeaderName::from_static(PROBE_HEADER);
+
+/// The hop-by-hop headers (and `Expect`, answered by the proxy) a
+/// forwarded request whose body was read does not carry upstream; as
+/// header names, so that removing them parses no name.
+static HOP_BY_HOP: [HeaderName; 10] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::EXPECT,
+    http::header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
+    http::header::PROXY_AUTHORIZATION,
+];
+
+/// `x-request-id`, as a header name.
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// [`request::KEY_HEADERS`] as header names, in the same order.
+static KEY_HEADER_NAMES: [HeaderName; 4] = [
+    HeaderName::from_static(request::KEY_HEADERS[0]),
+    HeaderName::from_static(request::KEY_HEADERS[1]),
+    HeaderName::from_static(request::KEY_HEADERS[2]),
+    HeaderName::from_static(request::KEY_HEADERS[3]),
+];
+
 /// A client's `x-request-id` is kept when it is 1–128 of `[A-Za-z0-9._-]`.
 pub fn valid_request_id(v: &[u8]) -> bool {
     (1..=128).contains(&v.len())
@@ -736,7 +783,8 @@ pub fn valid_request_id(v: &[u8]) -> bool {
 /// The credential of the key headers (the reference on credentials) and
 /// the header that carried it.
 fn presented(req: &RequestHeader) -> (Presented<'_>, KeySource) {
-    let values = |name: &str| -> Vec<&[u8]> {
+    // By `HeaderName`: a name given as `&str` is parsed on every lookup.
+    let values = |name: &HeaderName| -> Vec<&[u8]> {
         req.headers
             .get_all(name)
             .iter()
@@ -744,10 +792,10 @@ fn presented(req: &RequestHeader) -> (Presented<'_>, KeySource) {
             .collect()
     };
     let (portkey, authorization, x_api_key, api_key) = (
-        values(request::KEY_HEADERS[0]),
-        values(request::KEY_HEADERS[1]),
-        values(request::KEY_HEADERS[2]),
-        values(request::KEY_HEADERS[3]),
+        values(&KEY_HEADER_NAMES[0]),
+        values(&KEY_HEADER_NAMES[1]),
+        values(&KEY_HEADER_NAMES[2]),
+        values(&KEY_HEADER_NAMES[3]),
     );
     request::presented_key(&request::KeyHeaders {
         portkey: &portkey,
@@ -781,8 +829,12 @@ fn body_hint(req: &RequestHeader) -> Body<'static> {
 }
 
 fn add_token_quota_headers(resp: &mut ResponseHeader, q: &crate::state::TokenQuota) -> Result<()> {
-    resp.insert_header("x-ratelimit-limit-tokens", q.limit.to_string())?;
-    resp.insert_header("x-ratelimit-remaining-tokens", q.remaining.to_string())?;
+    // `HeaderValue::from(u64)`: the digits, with no String and no check.
+    resp.insert_header("x-ratelimit-limit-tokens", HeaderValue::from(q.limit))?;
+    resp.insert_header(
+        "x-ratelimit-remaining-tokens",
+        HeaderValue::from(q.remaining),
+    )?;
     resp.insert_header("x-ratelimit-reset-tokens", rate::format_reset(q.reset))?;
     Ok(())
 }
@@ -802,8 +854,11 @@ fn h2_body_hint(session: &mut Session) -> Option<Body<'static>> {
 }
 
 fn add_quota_headers(resp: &mut ResponseHeader, q: &Quota) -> Result<()> {
-    resp.insert_header("x-ratelimit-limit-requests", q.limit.to_string())?;
-    resp.insert_header("x-ratelimit-remaining-requests", q.remaining.to_string())?;
+    resp.insert_header("x-ratelimit-limit-requests", HeaderValue::from(q.limit))?;
+    resp.insert_header(
+        "x-ratelimit-remaining-requests",
+        HeaderValue::from(q.remaining),
+    )?;
     resp.insert_header("x-ratelimit-reset-requests", rate::format_reset(q.reset))?;
     Ok(())
 }
@@ -1009,21 +1064,28 @@ impl ProxyHttp for Gateway {
         if session
             .req_header()
             .headers
-            .get(PROBE_HEADER)
+            .get(&PROBE_HEADER_NAME)
             .is_some_and(|v| v.as_bytes() == probe_token().as_bytes())
         {
             ctx.probe = true;
             let mut resp = ResponseHeader::build(204, Some(1))?;
             resp.insert_header(http::header::CONNECTION, "close")?;
             session.set_keepalive(None);
-            session.write_response_header(Box::new(resp), true).await?;
+            Box::pin(session.write_response_header(Box::new(resp), true)).await?;
             return Ok(true);
         }
         self.begin_request(session, ctx);
         let snap = self.store.load();
         let hint = h2_body_hint(session);
-        let token = self.token_of(session, ctx, &snap).await;
-        let (mut verdict, source) = self.decide(session, &snap, hint, token.as_ref());
+        let now = crate::identity::keys::now_millis();
+        // Boxed: a token's first verification may wait for its JWK set; a
+        // request without a token keeps the small future.
+        let token = if snap.identity().any() {
+            Box::pin(self.token_of(session, ctx, &snap)).await
+        } else {
+            None
+        };
+        let (mut verdict, source) = self.decide(session, &snap, hint, token.as_ref(), now, None);
         // A counted request is always sent by the proxy itself, so that its
         // answer passes the usage tap: one with no body to check (the
         // decision reads every other) is read too, which costs nothing.
@@ -1037,15 +1099,15 @@ impl ProxyHttp for Gateway {
             // itself (`forward`): pingora would replay only 64 KiB of it.
             // A client waiting for `100 Continue` gets it first.
             if expects_continue(session.req_header()) {
-                session.as_mut().write_continue_response().await?;
+                Box::pin(session.as_mut().write_continue_response()).await?;
             }
             let cap = match verdict.plane {
                 Some(Plane::Data) => self.spending.max_data_body,
                 _ => self.max_body,
             };
             let deadline = Duration::from_millis(self.spending.body_read_timeout_ms);
-            let Ok(body) = tokio::time::timeout(deadline, read_body_capped(session, cap)).await
-            else {
+            let read = tokio::time::timeout(deadline, read_body_capped(session, cap));
+            let Ok(body) = Box::pin(read).await else {
                 // A body that never ends must not hold the request (and a
                 // worker's attention) forever: per-read timeouts alone let
                 // a client trickle one byte a minute.
@@ -1057,8 +1119,7 @@ impl ProxyHttp for Gateway {
                     "The request body did not arrive within {} ms.",
                     self.spending.body_read_timeout_ms
                 );
-                self.refuse(session, ctx, ErrorCode::RequestTimeout, &msg, None)
-                    .await?;
+                Box::pin(self.refuse(session, ctx, ErrorCode::RequestTimeout, &msg, None)).await?;
                 return Ok(true);
             };
             let body = body?;
@@ -1067,7 +1128,14 @@ impl ProxyHttp for Gateway {
                 None => Body::TooLarge,
             };
             verdict = self
-                .decide(session, &snap, Some(facts_body), token.as_ref())
+                .decide(
+                    session,
+                    &snap,
+                    Some(facts_body),
+                    token.as_ref(),
+                    now,
+                    verdict.key,
+                )
                 .0;
             ctx.body = body;
         }
@@ -1078,8 +1146,8 @@ impl ProxyHttp for Gateway {
         ctx.snapshot = Some(snap.clone());
         match outcome {
             Outcome::Deny(d) => {
-                self.refuse(session, ctx, d.code, &d.message, d.allow.as_deref())
-                    .await?;
+                let allow = d.allow.as_deref();
+                Box::pin(self.refuse(session, ctx, d.code, &d.message, allow)).await?;
                 Ok(true)
             }
             Outcome::KeyView { secret_expires } => {
@@ -1088,25 +1156,24 @@ impl ProxyHttp for Gateway {
             }
             Outcome::ReadBody => {
                 // Unreachable after a read; refuse rather than forward unchecked.
-                self.refuse(
-                    session,
-                    ctx,
-                    ErrorCode::InvalidJson,
-                    "The body could not be read.",
-                    None,
-                )
-                .await?;
+                let msg = "The body could not be read.";
+                Box::pin(self.refuse(session, ctx, ErrorCode::InvalidJson, msg, None)).await?;
                 Ok(true)
             }
             Outcome::Allow => {
-                if self.admit(session, ctx, &snap).await? {
+                // The admission is a future of its own, made only for a key
+                // with limits the store enforces (see `admission_subjects`).
+                let subjects = Self::admission_subjects(ctx, &snap);
+                if !subjects.is_empty()
+                    && Box::pin(self.admit(session, ctx, &snap, subjects)).await?
+                {
                     return Ok(true);
                 }
                 if let Some(plane) = ctx.verdict.as_ref().and_then(|v| v.plane) {
                     ctx.in_flight_plane = Some(InFlightPlane::enter(plane));
                 }
                 if let Some(body) = ctx.body.clone() {
-                    self.forward_read_body(session, ctx, body).await?;
+                    Box::pin(self.forward_read_body(session, ctx, body)).await?;
                     return Ok(true);
                 }
                 Ok(false)
@@ -1191,7 +1258,7 @@ impl ProxyHttp for Gateway {
         // pingora closes the client connection after a failed proxy attempt;
         // say so in the response rather than advertise keep-alive.
         session.set_keepalive(None);
-        let _ = self.refuse(session, ctx, code, message, None).await;
+        let _ = Box::pin(self.refuse(session, ctx, code, message, None)).await;
         FailToProxy {
             error_code: code.status(),
             can_reuse_downstream: false,
@@ -1391,6 +1458,87 @@ mod tests {
             Body::Unread { declared_len: None }
         );
         assert_eq!(hint(&[], true), Body::Unread { declared_len: None });
+    }
+
+    /// A gateway over no keys, its upstreams on a closed local port.
+    fn test_gateway() -> Gateway {
+        let up = UpstreamConfig {
+            url: "http://127.0.0.1:9".into(),
+            tls: false,
+            host: "127.0.0.1".into(),
+            port: 9,
+            authority: "127.0.0.1:9".into(),
+            connect_timeout_ms: 100,
+            read_timeout_ms: 100,
+            set_headers: Vec::new(),
+            ca_file: None,
+            sni: String::new(),
+        };
+        let snap = crate::identity::keys::load::parse_keys_str(
+            "organisations: [{ id: org_a }]\nkeys: []\n",
+            std::path::Path::new("keys.yaml"),
+            &crate::identity::scopes::ScopeRegistry::builtin(),
+        )
+        .expect("keys");
+        Gateway::new(
+            Arc::new(RouteTable::build(&[], true).expect("routes")),
+            KeyStore::new(snap),
+            Upstream::from_config("completions", &up).expect("upstream"),
+            Upstream::from_config("admin", &up).expect("upstream"),
+            1024,
+            Arc::new(AtomicUsize::new(0)),
+            Spending {
+                counters: Arc::new(crate::state::local::LocalStore::in_memory()),
+                max_data_body: 1024,
+                inject_stream_usage: true,
+                body_read_timeout_ms: 100,
+                default_output_reservation: 16,
+            },
+        )
+    }
+
+    /// `async_trait` boxes the request filter's future for every request,
+    /// copying it whole: its rare, deep awaits (the body read, the
+    /// admission, the proxy's own forward, refusals) are boxed on their
+    /// own so that it stays small.
+    #[test]
+    fn the_request_filter_future_stays_small() {
+        let gw = test_gateway();
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut session = Session::new_h1(Box::new(io));
+        let mut ctx = gw.new_ctx();
+        let fut = gw.request_filter(&mut session, &mut ctx);
+        let size = std::mem::size_of_val(&*fut);
+        assert!(size <= 1024, "request_filter's future is {size} bytes");
+    }
+
+    /// The forward of a read body is boxed on its own and copied whole: a
+    /// new upstream connection's (large) future is boxed apart from it.
+    #[test]
+    fn the_forward_future_leaves_connecting_out() {
+        let gw = test_gateway();
+        let (io, _peer) = tokio::io::duplex(64);
+        let mut session = Session::new_h1(Box::new(io));
+        let mut ctx = gw.new_ctx();
+        let fut = gw.forward_read_body(&mut session, &mut ctx, Bytes::new());
+        let size = std::mem::size_of_val(&fut);
+        assert!(
+            size <= 6 * 1024,
+            "forward_read_body's future is {size} bytes"
+        );
+        let connect = gw.connector.get_http_session(&gw.completions.peer);
+        assert!(
+            std::mem::size_of_val(&connect) > size,
+            "connecting is the large part"
+        );
+    }
+
+    #[test]
+    fn key_header_names_are_the_key_headers() {
+        for (name, text) in KEY_HEADER_NAMES.iter().zip(request::KEY_HEADERS) {
+            assert_eq!(name.as_str(), text);
+        }
+        assert_eq!(PROBE_HEADER_NAME.as_str(), PROBE_HEADER);
     }
 
     #[test]

@@ -156,27 +156,42 @@ fn parse_digest(s: &str) -> Result<Digest, String> {
             s.chars().count()
         ));
     }
-    fn nibble(b: u8) -> Option<u8> {
-        match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            b'A'..=b'F' => Some(b - b'A' + 10),
-            _ => None,
-        }
-    }
     let mut out = [0u8; 32];
+    // One table look-up per digit and one test per byte: a reload decodes
+    // one of these per secret.
+    let mut bad = 0u8;
     for (byte, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
-        match (nibble(pair[0]), nibble(pair[1])) {
-            (Some(hi), Some(lo)) => *byte = hi << 4 | lo,
-            _ => {
-                return Err(format!(
-                    "{HOW}; this value has characters that are not hex digits"
-                ))
-            }
-        }
+        let (hi, lo) = (NIBBLES[usize::from(pair[0])], NIBBLES[usize::from(pair[1])]);
+        bad |= hi | lo;
+        *byte = hi << 4 | (lo & 0x0f);
+    }
+    if bad & NOT_HEX != 0 {
+        return Err(format!(
+            "{HOW}; this value has characters that are not hex digits"
+        ));
     }
     Ok(out)
 }
+
+/// Marks a byte that is not a hex digit in [`NIBBLES`].
+const NOT_HEX: u8 = 0x10;
+
+/// Each byte's value as a hex digit (either case), or [`NOT_HEX`].
+static NIBBLES: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Whether a custom scope looks like a built-in one: `resource.action` with
 /// `[a-z0-9_]+` before the dot and `[A-Za-z0-9_]+` after it.

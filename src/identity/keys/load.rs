@@ -29,7 +29,7 @@ use super::build::{build_snapshot, is_valid_id, nearest, Problem};
 use super::model::{
     KeySpec, KeysDocument, ModelPrices, OrganisationSpec, PriceSpec, SecretSpec, WorkspaceSpec,
 };
-use super::Snapshot;
+use super::{Digest, Snapshot};
 use crate::diag::position::PositionIndex;
 use crate::diag::read_text_file;
 use crate::diag::Diagnostic;
@@ -70,11 +70,25 @@ pub fn parse_keys_str(
     file: &Path,
     registry: &ScopeRegistry,
 ) -> Result<Snapshot, Vec<Diagnostic>> {
+    parse_keys_str_digested(text, super::digest(text.as_bytes()), file, registry)
+}
+
+/// [`parse_keys_str`] for text whose SHA-256 the caller already has (the
+/// reloader hashed it to see that it changed): the text is not hashed again.
+///
+/// # Errors
+/// As [`load_keys_file`], less the file-system checks.
+pub fn parse_keys_str_digested(
+    text: &str,
+    text_digest: Digest,
+    file: &Path,
+    registry: &ScopeRegistry,
+) -> Result<Snapshot, Vec<Diagnostic>> {
     let mut snap = parse_text(text, file, registry)?;
     if let Some(dir) = file.parent() {
         snap.identity.resolve_relative_to(dir);
     }
-    snap.source_digest = Some(super::digest(text.as_bytes()));
+    snap.source_digest = Some(text_digest);
     Ok(snap)
 }
 

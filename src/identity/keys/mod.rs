@@ -9,7 +9,7 @@ pub mod store;
 pub mod tokens;
 
 pub use build::{build_snapshot, Problem};
-pub use load::{load_keys_file, parse_keys_str, read_keys_file};
+pub use load::{load_keys_file, parse_keys_str, parse_keys_str_digested, read_keys_file};
 pub use model::{
     ClaimNamesSpec, IdentityTokensSpec, KeySpec, KeysDocument, ModelPrices, OrganisationSpec,
     PriceSpec, RateLimitSpec, SecretSpec, UsageLimitSpec, UsageLimitsSpec, WorkspaceSpec,

@@ -89,9 +89,14 @@ impl BodyReader {
         content_encoding: Option<&str>,
         strip: bool,
     ) -> Option<(BodyReader, HeaderChange)> {
-        let content_type = content_type.to_ascii_lowercase();
-        let sse = content_type.starts_with(b"text/event-stream");
-        let json = content_type.starts_with(b"application/json");
+        // Compared in place, without a lower-cased copy.
+        let starts = |prefix: &[u8]| {
+            content_type
+                .get(..prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+        };
+        let sse = starts(b"text/event-stream");
+        let json = starts(b"application/json");
         if !sse && !json {
             return None;
         }

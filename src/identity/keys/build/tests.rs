@@ -677,3 +677,25 @@ fn key_ids_may_not_take_the_token_prefix() {
         "{p}"
     );
 }
+
+#[test]
+fn digests_decode_in_either_case_and_refuse_any_other_byte() {
+    let lower = "00ff10a0b1c2d3e4f5060708090a0b0c0d0e0f101112131415161718191a9fAF";
+    let want: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&lower[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect();
+    assert_eq!(super::parse_digest(lower).expect("valid")[..], want[..]);
+    let upper = lower.to_ascii_uppercase();
+    assert_eq!(super::parse_digest(&upper).expect("valid")[..], want[..]);
+    for bad in [b'g', b'G', b'/', b':', b'@', b'`', b' ', 0x7f] {
+        for at in [0, 1, 62, 63] {
+            let mut s = lower.as_bytes().to_vec();
+            s[at] = bad;
+            let s = String::from_utf8(s).expect("ascii");
+            let e = super::parse_digest(&s).expect_err("not hex");
+            assert!(e.ends_with("characters that are not hex digits"), "{e}");
+        }
+    }
+    let e = super::parse_digest(&lower[..62]).expect_err("short");
+    assert!(e.ends_with("this value has 62 characters"), "{e}");
+}

@@ -69,7 +69,7 @@ impl<'a> Lines<'a> {
     fn next_line(&mut self) -> Option<Line<'a>> {
         loop {
             let text = self.rest?;
-            let (raw, rest) = match text.find('\n') {
+            let (raw, rest) = match memchr::memchr(b'\n', text.as_bytes()) {
                 Some(end) => (&text[..end], Some(&text[end + 1..])),
                 None => (text, None),
             };
@@ -101,7 +101,11 @@ impl<'a> Lines<'a> {
 /// No tabs, carriage returns or other control characters, and none of the
 /// characters YAML 1.1 (libyaml) treats as line breaks or forbids.
 fn plain_characters(line: &str) -> bool {
-    if line.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+    // A fold with no early exit: the compiler checks 16 bytes at a time.
+    if line
+        .bytes()
+        .fold(true, |ok, b| ok & (b.wrapping_sub(0x20) < 0x5f))
+    {
         return true;
     }
     line.chars().all(|c| {
@@ -154,19 +158,22 @@ fn split_key(content: &str) -> Option<(&str, &str)> {
             (key, after)
         }
         _ => {
-            let end = content.find(':')?;
+            let end = memchr::memchr(b':', content.as_bytes())?;
             let key = &content[..end];
-            let simple = !key.is_empty()
-                && key
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            // One pass: a simple key is a pattern key, less `.`, `/`, `*`,
+            // that may also start with `_` or `-`.
+            let (mut name_bytes, mut pattern_bytes) = (true, true);
+            for b in key.bytes() {
+                let name = b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+                name_bytes &= name;
+                pattern_bytes &= name || matches!(b, b'.' | b'/' | b'*');
+            }
+            let simple = !key.is_empty() && name_bytes;
             let pattern = key
                 .as_bytes()
                 .first()
                 .is_some_and(u8::is_ascii_alphanumeric)
-                && key.bytes().all(|b| {
-                    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/' | b'*')
-                });
+                && pattern_bytes;
             if !(simple || pattern) {
                 return None;
             }
