@@ -1151,7 +1151,7 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
             Outcome::KeyView { secret_expires } => {
-                self.key_view(session, ctx, &snap, secret_expires).await?;
+                Box::pin(self.key_view(session, ctx, &snap, secret_expires)).await?;
                 Ok(true)
             }
             Outcome::ReadBody => {
