@@ -556,6 +556,26 @@ impl Gateway {
         self.answer(session, ctx, 200, body, None).await
     }
 
+    /// A body that never ends must not hold the request (and a worker's
+    /// attention) forever: per-read timeouts alone let a client trickle one
+    /// byte a minute. Answers 408 and closes the connection.
+    async fn refuse_slow_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        verdict: Verdict,
+    ) -> Result<()> {
+        ctx.shape = verdict.shape;
+        ctx.verdict = Some(verdict);
+        session.set_keepalive(None);
+        let msg = format!(
+            "The request body did not arrive within {} ms.",
+            self.spending.body_read_timeout_ms
+        );
+        self.refuse(session, ctx, ErrorCode::RequestTimeout, &msg, None)
+            .await
+    }
+
     async fn refuse(
         &self,
         session: &mut Session,
@@ -782,6 +802,25 @@ pub fn valid_request_id(v: &[u8]) -> bool {
 
 /// The credential of the key headers (the reference on credentials) and
 /// the header that carried it.
+/// The readiness probe of this process (`x-scopegate-probe` with its token).
+fn is_probe(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(&PROBE_HEADER_NAME)
+        .is_some_and(|v| v.as_bytes() == probe_token().as_bytes())
+}
+
+/// Answers the readiness probe: 204, connection closed; neither logged nor
+/// counted.
+async fn answer_probe(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+    ctx.probe = true;
+    let mut resp = ResponseHeader::build(204, Some(1))?;
+    resp.insert_header(http::header::CONNECTION, "close")?;
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(resp), true).await
+}
+
 fn presented(req: &RequestHeader) -> (Presented<'_>, KeySource) {
     // By `HeaderName`: a name given as `&str` is parsed on every lookup.
     let values = |name: &HeaderName| -> Vec<&[u8]> {
@@ -1061,17 +1100,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        if session
-            .req_header()
-            .headers
-            .get(&PROBE_HEADER_NAME)
-            .is_some_and(|v| v.as_bytes() == probe_token().as_bytes())
-        {
-            ctx.probe = true;
-            let mut resp = ResponseHeader::build(204, Some(1))?;
-            resp.insert_header(http::header::CONNECTION, "close")?;
-            session.set_keepalive(None);
-            Box::pin(session.write_response_header(Box::new(resp), true)).await?;
+        if is_probe(session) {
+            Box::pin(answer_probe(session, ctx)).await?;
             return Ok(true);
         }
         self.begin_request(session, ctx);
@@ -1108,18 +1138,8 @@ impl ProxyHttp for Gateway {
             let deadline = Duration::from_millis(self.spending.body_read_timeout_ms);
             let read = tokio::time::timeout(deadline, read_body_capped(session, cap));
             let Ok(body) = Box::pin(read).await else {
-                // A body that never ends must not hold the request (and a
-                // worker's attention) forever: per-read timeouts alone let
-                // a client trickle one byte a minute.
-                ctx.shape = verdict.shape;
                 ctx.snapshot = Some(snap.clone());
-                ctx.verdict = Some(verdict);
-                session.set_keepalive(None);
-                let msg = format!(
-                    "The request body did not arrive within {} ms.",
-                    self.spending.body_read_timeout_ms
-                );
-                Box::pin(self.refuse(session, ctx, ErrorCode::RequestTimeout, &msg, None)).await?;
+                Box::pin(self.refuse_slow_body(session, ctx, verdict)).await?;
                 return Ok(true);
             };
             let body = body?;
