@@ -116,8 +116,8 @@ def instructions_table(path):
         out.append("\nUnder valgrind SHA-256 takes its portable path (valgrind hides SHA-NI): "
                    "about 3,550 instructions per hashed key instead of at most about 280 with SHA-NI, so "
                    "the scopegate figures overstate the real count by about 3,300 per hash (one "
-                   "hash per request with a plain key; two with accounting on, whose decision "
-                   "runs again once the body is read). See "
+                   "hash per request: the decision after a body read reuses the key already "
+                   "identified; builds before 2026-12-07 19:00 hashed twice with accounting on). See "
                    "benches/load/results-profile-2026-12-07.md.")
     return "\n".join(out) + "\n"
 
