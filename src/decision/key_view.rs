@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::decision::routes::RouteTable;
 use crate::identity::keys::{KeyIdx, Snapshot, UnixMillis};
+use crate::identity::token::VerifiedIdentity;
 use crate::limits::rate::RateLimit;
 use crate::limits::view::{unit_of, RateReading, Reading};
 use crate::limits::{period, Limits, Scope};
@@ -222,6 +223,73 @@ pub fn render(
         models: Models {
             key: list(&k.limits),
             workspace: ws.and_then(|w| list(&w.limits)),
+        },
+        limits,
+    };
+    // Serializing plain strings, numbers and options cannot fail.
+    serde_json::to_string(&view).unwrap_or_default()
+}
+
+/// The view of a verified identity token: it acts as a workspace key of its
+/// organisation's `key_type`, named `token:<subject>`; its own limits (shown
+/// with `scope: key`) are its subject's counters, and its `expires_at` is the
+/// token's `exp`.
+pub fn render_token(
+    table: &RouteTable,
+    snap: &Snapshot,
+    id: &VerifiedIdentity,
+    readings: &[(Scope, Reading)],
+    now_ms: UnixMillis,
+) -> String {
+    let ws = snap.workspace(id.workspace);
+    let empty = Reading::default();
+    let reading = |scope: Scope| {
+        readings
+            .iter()
+            .find(|(s, _)| *s == scope)
+            .map_or(&empty, |(_, r)| r)
+    };
+    let list = |l: &Limits| -> Option<Vec<String>> {
+        l.models
+            .as_ref()
+            .map(|m| m.iter().map(|p| p.to_string()).collect())
+    };
+    let mut limits = Vec::new();
+    limit_items(
+        Scope::Key,
+        id.rate_limits(),
+        id.limits(),
+        reading(Scope::Token),
+        now_ms,
+        &mut limits,
+    );
+    limit_items(
+        Scope::Workspace,
+        &ws.rate_limits,
+        &ws.limits,
+        reading(Scope::Workspace),
+        now_ms,
+        &mut limits,
+    );
+    let (own_models, ws_models) = (list(id.limits()), list(&ws.limits));
+    let view = View {
+        key: KeyPart {
+            id: &id.key_id,
+            name: &id.subject,
+            kind: id.key_type.as_str(),
+            organisation_id: &snap.organisation(id.organisation).id,
+            workspace_id: Some(&ws.id),
+            user_id: id.user_id.as_deref(),
+            scopes: table.registry().names_of(&id.scopes),
+            expires_at: rfc3339(id.expires_at),
+        },
+        models: Models {
+            key: own_models
+                .as_ref()
+                .map(|m| m.iter().map(String::as_str).collect()),
+            workspace: ws_models
+                .as_ref()
+                .map(|m| m.iter().map(String::as_str).collect()),
         },
         limits,
     };

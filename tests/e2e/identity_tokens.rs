@@ -758,6 +758,27 @@ fn each_subject_has_its_own_budget_and_usage_lists_the_subjects() {
         forwarded,
         "the refusal went upstream"
     );
+    // The token's own view: its subject's budget, read from the same store,
+    // answered by the proxy itself over both protocols.
+    for proto in Proto::ALL {
+        let view = proxy
+            .get("/v1/scopegate/key")
+            .bearer(&alice)
+            .over(proto)
+            .send();
+        assert_eq!(view.status, 200, "[{proto:?}] {}", view.text());
+        let v = view.json();
+        assert_eq!(v["key"]["id"], "token:alice", "{v}");
+        assert_eq!(v["key"]["user_id"], "alice", "{v}");
+        assert_eq!(v["key"]["workspace_id"], "ws_research", "{v}");
+        assert!(v["key"]["expires_at"].is_string(), "{v}");
+        let budget = &v["limits"][0];
+        assert_eq!(budget["scope"], "key", "{v}");
+        assert_eq!(budget["type"], "usage", "{v}");
+        assert_eq!(budget["used"], 40, "{v}");
+        assert_eq!(budget["remaining"], 10, "{v}");
+        assert_eq!(up.completions.count(), forwarded, "the view went upstream");
+    }
     assert_eq!(chat(&proxy, Proto::H2, &es.token("bob")).status, 200);
     let listed = || {
         let rows = usage(&proxy, &[]);

@@ -221,14 +221,13 @@ fn steps<'c>(
     let caller = identify(snap, facts, known, v)?;
     // The key's own view: valid credentials are all it needs.
     if facts.path == key_view::PATH {
-        return Err(match v.key {
-            Some(key_idx) => own_view(facts, key_idx, snap),
-            None => deny(
-                ErrorCode::RouteNotFound,
-                "The key view answers for API keys; an identity token's own view is not \
-                 available yet.",
-            ),
-        });
+        // A key's secret may expire before the key; a token at its `exp`.
+        let expires = match (&v.token, v.key) {
+            (Some(id), _) => Some(id.expires_at),
+            (None, Some(key_idx)) => secret_expiry(snap, facts, key_idx),
+            (None, None) => None,
+        };
+        return Err(own_view(facts, expires));
     }
     // 3. A route for the path and the method, upgrades where allowed (404, 405, 400).
     let (m, route) = route_and_method(table, path_match, facts, v)?;
@@ -409,7 +408,7 @@ fn identify<'c>(
 
 /// The key's own view, once the credentials passed: `GET` only (405 with
 /// `Allow` otherwise, and no upgrade); no scope is needed.
-fn own_view(facts: &RequestFacts<'_>, key_idx: KeyIdx, snap: &Snapshot) -> Stop {
+fn own_view(facts: &RequestFacts<'_>, expires: Option<UnixMillis>) -> Stop {
     if *facts.method != Method::GET || facts.upgrade != Upgrade::None {
         if *facts.method == Method::GET {
             return deny(
@@ -428,7 +427,7 @@ fn own_view(facts: &RequestFacts<'_>, key_idx: KeyIdx, snap: &Snapshot) -> Stop 
         d.allow = Some(std::sync::Arc::from("GET"));
         return Stop::Deny(d);
     }
-    Stop::KeyView(secret_expiry(snap, facts, key_idx))
+    Stop::KeyView(expires)
 }
 
 /// When the presented secret stops working, if it does (`None` for a key

@@ -536,11 +536,16 @@ impl Gateway {
     ) -> Result<()> {
         use crate::decision::key_view;
         ctx.answered = true;
-        let Some(k) = ctx.verdict.as_ref().and_then(|v| v.key) else {
-            return Error::e_explain(ErrorType::InternalError, "key view without a key");
-        };
+        let token = ctx.verdict.as_ref().and_then(|v| v.token.clone());
+        let key = ctx.verdict.as_ref().and_then(|v| v.key);
         let now = crate::identity::keys::now_millis();
-        let subjects = spend::subjects(snap, snap.key(k), now);
+        let subjects = match (&token, key) {
+            (Some(id), _) => spend::token_subjects(snap, id, now),
+            (None, Some(k)) => spend::subjects(snap, snap.key(k), now),
+            (None, None) => {
+                return Error::e_explain(ErrorType::InternalError, "key view without a key")
+            }
+        };
         let Some(readings) = self.spending.counters.read(&subjects).await else {
             let message = "The shared limits store cannot be read now; try again shortly.";
             return self
@@ -552,7 +557,13 @@ impl Gateway {
             .map(|s| s.subject.scope)
             .zip(readings)
             .collect();
-        let body = key_view::render(&self.table, snap, k, secret_expires, &readings, now);
+        let body = match (&token, key) {
+            (Some(id), _) => key_view::render_token(&self.table, snap, id, &readings, now),
+            (None, Some(k)) => {
+                key_view::render(&self.table, snap, k, secret_expires, &readings, now)
+            }
+            (None, None) => String::new(),
+        };
         self.answer(session, ctx, 200, body, None).await
     }
 
