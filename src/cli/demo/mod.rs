@@ -136,7 +136,12 @@ pub fn run() -> ExitCode {
         .first()
         .map(|l| l.address.clone())
         .unwrap_or_default();
-    print_walkthrough(&listen, config.metrics_listen.as_deref(), &files.config);
+    print_walkthrough(
+        &listen,
+        config.metrics_listen.as_deref(),
+        &files.config,
+        &config.keys_file,
+    );
     // A small max_tokens keeps the reservation within a subject's budget.
     idp.print_step(
         &format!("http://{listen}"),
@@ -182,7 +187,7 @@ fn identity_step(
     Ok((std::sync::Arc::new(idp), snap))
 }
 
-fn print_walkthrough(listen: &str, metrics: Option<&str>, config: &Path) {
+fn print_walkthrough(listen: &str, metrics: Option<&str>, config: &Path, keys: &Path) {
     let base = format!("http://{listen}");
     // `max_tokens` keeps each call's reservation small: without it a call
     // reserves `default_output_reservation` (4096) tokens, more than the
@@ -194,7 +199,10 @@ fn print_walkthrough(listen: &str, metrics: Option<&str>, config: &Path) {
     let stream =
         r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello"}]}"#;
     println!(
-        "scopegate demo: proxy on {base}, demo upstreams on localhost (keys: config/keys.yaml)"
+        "scopegate demo: proxy on {base}, demo upstreams on localhost (keys: {}, a copy of \
+         config/keys.yaml whose org_acme accepts the demo's identity tokens; edit it to see a \
+         live reload)",
+        keys.display()
     );
     println!();
     println!("# 1. Allowed: a workspace key calls chat completions (200)");
