@@ -7,7 +7,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::decision::routes::RouteTable;
-use crate::identity::keys::{KeyIdx, Snapshot, UnixMillis};
+use crate::identity::keys::{KeyIdx, OrgIdx, Snapshot, UnixMillis, WsIdx};
+use crate::identity::scopes::ScopeSet;
 use crate::identity::token::VerifiedIdentity;
 use crate::limits::rate::RateLimit;
 use crate::limits::view::{unit_of, RateReading, Reading};
@@ -163,6 +164,22 @@ fn limit_items(
     }
 }
 
+/// Whose view it is: a key, or a verified identity token acting as one.
+struct Owner<'a> {
+    id: &'a str,
+    name: &'a str,
+    kind: &'a str,
+    organisation: OrgIdx,
+    workspace: Option<WsIdx>,
+    user_id: Option<&'a str>,
+    scopes: &'a ScopeSet,
+    expires_at: Option<UnixMillis>,
+    rate_limits: &'a [RateLimit],
+    limits: &'a Limits,
+    /// The scope of its own counters in the readings.
+    counters: Scope,
+}
+
 /// The view of `key`, whose presented secret expires at `secret_expires`,
 /// with the readings of the key's and its workspace's limits (a subject
 /// without any limit has none: its limits list is empty anyway).
@@ -174,15 +191,65 @@ pub fn render(
     readings: &[(Scope, Reading)],
     now_ms: UnixMillis,
 ) -> String {
-    fn list(l: &Limits) -> Option<Vec<&str>> {
-        l.models.as_ref().map(|m| m.iter().map(|p| &**p).collect())
-    }
     let k = snap.key(key);
-    let ws = k.workspace.map(|w| snap.workspace(w));
-    let expires = match (k.expires_at, secret_expires) {
+    let expires_at = match (k.expires_at, secret_expires) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    let owner = Owner {
+        id: &k.id,
+        name: &k.name,
+        kind: k.key_type.as_str(),
+        organisation: k.organisation,
+        workspace: k.workspace,
+        user_id: k.user_id.as_deref(),
+        scopes: &k.scopes,
+        expires_at,
+        rate_limits: &k.rate_limits,
+        limits: &k.limits,
+        counters: Scope::Key,
+    };
+    render_owner(table, snap, &owner, readings, now_ms)
+}
+
+/// The view of a verified identity token: it acts as a workspace key of its
+/// organisation's `key_type`, named `token:<subject>`; its own limits (shown
+/// with `scope: key`) are its subject's counters, and its `expires_at` is the
+/// token's `exp`.
+pub fn render_token(
+    table: &RouteTable,
+    snap: &Snapshot,
+    id: &VerifiedIdentity,
+    readings: &[(Scope, Reading)],
+    now_ms: UnixMillis,
+) -> String {
+    let owner = Owner {
+        id: &id.key_id,
+        name: &id.subject,
+        kind: id.key_type.as_str(),
+        organisation: id.organisation,
+        workspace: Some(id.workspace),
+        user_id: id.user_id.as_deref(),
+        scopes: &id.scopes,
+        expires_at: Some(id.expires_at),
+        rate_limits: id.rate_limits(),
+        limits: id.limits(),
+        counters: Scope::Token,
+    };
+    render_owner(table, snap, &owner, readings, now_ms)
+}
+
+fn render_owner(
+    table: &RouteTable,
+    snap: &Snapshot,
+    owner: &Owner<'_>,
+    readings: &[(Scope, Reading)],
+    now_ms: UnixMillis,
+) -> String {
+    fn list(l: &Limits) -> Option<Vec<&str>> {
+        l.models.as_ref().map(|m| m.iter().map(|p| &**p).collect())
+    }
+    let ws = owner.workspace.map(|w| snap.workspace(w));
     let empty = Reading::default();
     let reading = |scope: Scope| {
         readings
@@ -191,11 +258,12 @@ pub fn render(
             .map_or(&empty, |(_, r)| r)
     };
     let mut limits = Vec::new();
+    // Its own limits show as the key's, whoever counts them.
     limit_items(
         Scope::Key,
-        &k.rate_limits,
-        &k.limits,
-        reading(Scope::Key),
+        owner.rate_limits,
+        owner.limits,
+        reading(owner.counters),
         now_ms,
         &mut limits,
     );
@@ -211,85 +279,18 @@ pub fn render(
     }
     let view = View {
         key: KeyPart {
-            id: &k.id,
-            name: &k.name,
-            kind: k.key_type.as_str(),
-            organisation_id: &snap.organisation(k.organisation).id,
+            id: owner.id,
+            name: owner.name,
+            kind: owner.kind,
+            organisation_id: &snap.organisation(owner.organisation).id,
             workspace_id: ws.map(|w| &*w.id),
-            user_id: k.user_id.as_deref(),
-            scopes: table.registry().names_of(&k.scopes),
-            expires_at: expires.and_then(rfc3339),
+            user_id: owner.user_id,
+            scopes: table.registry().names_of(owner.scopes),
+            expires_at: owner.expires_at.and_then(rfc3339),
         },
         models: Models {
-            key: list(&k.limits),
+            key: list(owner.limits),
             workspace: ws.and_then(|w| list(&w.limits)),
-        },
-        limits,
-    };
-    // Serializing plain strings, numbers and options cannot fail.
-    serde_json::to_string(&view).unwrap_or_default()
-}
-
-/// The view of a verified identity token: it acts as a workspace key of its
-/// organisation's `key_type`, named `token:<subject>`; its own limits (shown
-/// with `scope: key`) are its subject's counters, and its `expires_at` is the
-/// token's `exp`.
-pub fn render_token(
-    table: &RouteTable,
-    snap: &Snapshot,
-    id: &VerifiedIdentity,
-    readings: &[(Scope, Reading)],
-    now_ms: UnixMillis,
-) -> String {
-    let ws = snap.workspace(id.workspace);
-    let empty = Reading::default();
-    let reading = |scope: Scope| {
-        readings
-            .iter()
-            .find(|(s, _)| *s == scope)
-            .map_or(&empty, |(_, r)| r)
-    };
-    let list = |l: &Limits| -> Option<Vec<String>> {
-        l.models
-            .as_ref()
-            .map(|m| m.iter().map(|p| p.to_string()).collect())
-    };
-    let mut limits = Vec::new();
-    limit_items(
-        Scope::Key,
-        id.rate_limits(),
-        id.limits(),
-        reading(Scope::Token),
-        now_ms,
-        &mut limits,
-    );
-    limit_items(
-        Scope::Workspace,
-        &ws.rate_limits,
-        &ws.limits,
-        reading(Scope::Workspace),
-        now_ms,
-        &mut limits,
-    );
-    let (own_models, ws_models) = (list(id.limits()), list(&ws.limits));
-    let view = View {
-        key: KeyPart {
-            id: &id.key_id,
-            name: &id.subject,
-            kind: id.key_type.as_str(),
-            organisation_id: &snap.organisation(id.organisation).id,
-            workspace_id: Some(&ws.id),
-            user_id: id.user_id.as_deref(),
-            scopes: table.registry().names_of(&id.scopes),
-            expires_at: rfc3339(id.expires_at),
-        },
-        models: Models {
-            key: own_models
-                .as_ref()
-                .map(|m| m.iter().map(String::as_str).collect()),
-            workspace: ws_models
-                .as_ref()
-                .map(|m| m.iter().map(String::as_str).collect()),
         },
         limits,
     };
