@@ -457,6 +457,9 @@ enum Job {
     Settle(SettleJob),
 }
 
+/// A script's round trip, in flight.
+type ScriptCall = Pin<Box<dyn Future<Output = redis::RedisResult<Vec<Value>>> + Send>>;
+
 struct Inner {
     cfg: RedisConfig,
     conn: ConnectionManager,
@@ -584,6 +587,45 @@ impl RedisStore {
         self.runtime.as_ref().map(|rt| rt.spawn(fut))
     }
 
+    /// One invocation of a script, as a boxed future. On a single-threaded
+    /// runtime (each of pingora's workers) it runs there, on a connection of
+    /// that runtime's own: no hop to the store's runtime thread and back (two
+    /// cross-thread wake-ups per request); elsewhere it runs on the store's
+    /// runtime. Boxed either way, so that a call that outlives its timeout can
+    /// be handed to a task and still be cleaned up after. `None`: the store
+    /// has no runtime to run it on.
+    fn script_call(
+        &self,
+        script: fn(&Inner) -> &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Option<ScriptCall> {
+        let inner = self.inner.clone();
+        let local = runtime_conn(&inner);
+        let on_this_runtime = local.is_some();
+        let call = async move {
+            let mut conn = local.unwrap_or_else(|| inner.conn.clone());
+            let mut inv = script(&inner).prepare_invoke();
+            for k in &keys {
+                inv.key(k);
+            }
+            for a in &args {
+                inv.arg(a);
+            }
+            inv.invoke_async::<Vec<Value>>(&mut conn).await
+        };
+        if on_this_runtime {
+            return Some(Box::pin(call));
+        }
+        let handle = self.spawn(call)?;
+        Some(Box::pin(async move {
+            match handle.await {
+                Ok(r) => r,
+                Err(e) => Err(std::io::Error::other(e.to_string()).into()),
+            }
+        }))
+    }
+
     /// Settlements queued because Redis was unreachable.
     pub fn pending_settlements(&self) -> usize {
         self.inner.pending.lock().len() + self.inner.owed.lock().len()
@@ -628,43 +670,9 @@ impl RedisStore {
                 args.push(micros(t.period).to_string());
             }
         }
-        let task_inner = inner.clone();
-        let task_keys = keys.clone();
-        // On a single-threaded runtime (each of pingora's workers), the
-        // admission runs there, on a connection of that runtime's own: no
-        // hop to the store's runtime thread and back (two cross-thread
-        // wake-ups per request). Elsewhere, the store's runtime.
-        let local = runtime_conn(inner);
-        let on_this_runtime = local.is_some();
-        let call = async move {
-            let mut conn = local.unwrap_or_else(|| task_inner.conn.clone());
-            let mut inv = task_inner.admit_script.prepare_invoke();
-            for k in &task_keys {
-                inv.key(k);
-            }
-            for a in &args {
-                inv.arg(a);
-            }
-            inv.invoke_async::<Vec<Value>>(&mut conn).await
+        let Some(mut call) = self.script_call(|i| &i.admit_script, keys.clone(), args) else {
+            return Err(());
         };
-        // On this runtime the call is awaited in place (no task to spawn
-        // and wake per request); elsewhere it runs on the store's runtime.
-        // Either way it is a boxed future, so that a call that outlives its
-        // timeout can be handed to a task and still be cleaned up after.
-        let mut call: Pin<Box<dyn Future<Output = redis::RedisResult<Vec<Value>>> + Send>> =
-            if on_this_runtime {
-                Box::pin(call)
-            } else {
-                let Some(handle) = self.spawn(call) else {
-                    return Err(());
-                };
-                Box::pin(async move {
-                    match handle.await {
-                        Ok(r) => r,
-                        Err(e) => Err(std::io::Error::other(e.to_string()).into()),
-                    }
-                })
-            };
         let started = Instant::now();
         let outcome = tokio::time::timeout(inner.cfg.timeout, &mut call).await;
         inner
@@ -709,33 +717,9 @@ impl RedisStore {
             args.push(s.requests.len().to_string());
             args.push(s.tokens.len().to_string());
         }
-        let task_inner = inner.clone();
-        let local = runtime_conn(inner);
-        let on_this_runtime = local.is_some();
-        let call = async move {
-            let mut conn = local.unwrap_or_else(|| task_inner.conn.clone());
-            let mut inv = task_inner.view_script.prepare_invoke();
-            for k in &keys {
-                inv.key(k);
-            }
-            for a in &args {
-                inv.arg(a);
-            }
-            inv.invoke_async::<Vec<Value>>(&mut conn).await
-        };
+        let call = self.script_call(|i| &i.view_script, keys, args)?;
         let started = Instant::now();
-        let outcome = if on_this_runtime {
-            tokio::time::timeout(inner.cfg.timeout, call).await
-        } else {
-            let handle = self.spawn(call)?;
-            tokio::time::timeout(inner.cfg.timeout, async move {
-                match handle.await {
-                    Ok(r) => r,
-                    Err(e) => Err(std::io::Error::other(e.to_string()).into()),
-                }
-            })
-            .await
-        };
+        let outcome = tokio::time::timeout(inner.cfg.timeout, call).await;
         inner
             .metrics
             .round_trip("view", started.elapsed().as_secs_f64());
