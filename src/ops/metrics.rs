@@ -547,6 +547,81 @@ impl UsageMetrics {
     }
 }
 
+/// A counted request's settlement, as the usage metrics count it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SettledCounts {
+    /// All input tokens.
+    pub input: u64,
+    /// Output tokens.
+    pub output: u64,
+    /// Of the input, read from a prompt cache.
+    pub cached_input: u64,
+    /// Of the input, written to a prompt cache.
+    pub cache_write: u64,
+    /// Estimated by the proxy rather than reported.
+    pub estimated: bool,
+    /// Its cost in USD (0 when unpriced).
+    pub cost: f64,
+    /// No price matched its model.
+    pub unpriced: bool,
+}
+
+/// One workspace's settlement series, looked up once per worker thread.
+struct SettleHandles {
+    /// `scopegate_tokens_total` by kind (input, output, cached_input,
+    /// cache_write) and source (reported, estimated), made when first used.
+    tokens: [[Option<IntCounter>; 2]; 4],
+    cost: Option<prometheus::Counter>,
+    unpriced: Option<IntCounter>,
+}
+
+thread_local! {
+    // As the request counters: workspace ids come from the keys file, never
+    // a client, so FxHash and a map bounded by the file's workspaces.
+    static SETTLED: RefCell<FxHashMap<Arc<str>, SettleHandles>> = RefCell::new(FxHashMap::default());
+}
+
+impl UsageMetrics {
+    /// Counts a settled request's tokens and cost in `workspace`: input and
+    /// output always (a zero too, so the series exist), the cached kinds,
+    /// the cost and the unpriced tokens when there are any.
+    pub fn settled(&self, workspace: &Arc<str>, c: &SettledCounts) {
+        const KINDS: [&str; 4] = ["input", "output", "cached_input", "cache_write"];
+        let source = usize::from(c.estimated);
+        let counts = [c.input, c.output, c.cached_input, c.cache_write];
+        SETTLED.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let h = cache
+                .entry(workspace.clone())
+                .or_insert_with(|| SettleHandles {
+                    tokens: Default::default(),
+                    cost: None,
+                    unpriced: None,
+                });
+            for (i, n) in counts.into_iter().enumerate() {
+                if n > 0 || i < 2 {
+                    h.tokens[i][source]
+                        .get_or_insert_with(|| {
+                            let src = if c.estimated { "estimated" } else { "reported" };
+                            self.tokens.with_label_values(&[workspace, KINDS[i], src])
+                        })
+                        .inc_by(n);
+                }
+            }
+            if c.cost > 0.0 {
+                h.cost
+                    .get_or_insert_with(|| self.cost.with_label_values(&[workspace]))
+                    .inc_by(c.cost);
+            }
+            if c.unpriced && c.input + c.output > 0 {
+                h.unpriced
+                    .get_or_insert_with(|| self.unpriced.with_label_values(&[workspace]))
+                    .inc_by(c.input + c.output);
+            }
+        });
+    }
+}
+
 /// Wires the store's round trips to the metrics above.
 pub struct StateMetricsSink;
 

@@ -1073,11 +1073,14 @@ fn classify(e: &Error) -> (ErrorCode, &'static str) {
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = Ctx;
+    // Boxed: the context (~760 bytes) would otherwise sit inline in
+    // pingora's per-request futures, which are moved into boxes whole on
+    // every request (a pointer there costs one allocation instead).
+    type CTX = Box<Ctx>;
 
-    fn new_ctx(&self) -> Ctx {
+    fn new_ctx(&self) -> Box<Ctx> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Ctx {
+        Box::new(Ctx {
             start: Instant::now(),
             request_id: HeaderValue::from_static(""),
             snapshot: None,
@@ -1101,16 +1104,16 @@ impl ProxyHttp for Gateway {
             settled: None,
             first_event: None,
             _in_flight: InFlight(self.in_flight.clone()),
-        }
+        })
     }
 
     /// The request header is whole: its deadline (`conn_guard`) is met.
-    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Box<Ctx>) -> Result<()> {
         crate::gateway::conn_guard::mark_header_done(session.as_downstream());
         Ok(())
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
         if is_probe(session) {
             Box::pin(answer_probe(session, ctx)).await?;
             return Ok(true);
@@ -1212,7 +1215,7 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<Box<HttpPeer>> {
         let plane = ctx
             .verdict
             .as_ref()
@@ -1232,7 +1235,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         req: &mut RequestHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         self.prepare_upstream_request(req, ctx)
     }
@@ -1241,12 +1244,12 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         self.stamp_response(resp, ctx)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Box<Ctx>) -> FailToProxy {
         let upstream_side = matches!(e.esource(), ErrorSource::Upstream)
             || matches!(
                 e.etype(),
@@ -1299,7 +1302,7 @@ impl ProxyHttp for Gateway {
     /// A client that goes away mid-request is routine (load balancers,
     /// cancelled streams); the access log records it, so pingora need not
     /// log an ERROR line for each one.
-    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Box<Ctx>, error: &Error) -> bool {
         matches!(error.esource(), ErrorSource::Downstream)
             && matches!(
                 error.etype(),
@@ -1309,7 +1312,7 @@ impl ProxyHttp for Gateway {
 
     /// pingora's error lines print this; the default holds the whole URI,
     /// and a query string may carry something secret.
-    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+    fn request_summary(&self, session: &Session, ctx: &Box<Ctx>) -> String {
         let req = session.req_header();
         format!(
             "{} {} request_id={}",
@@ -1319,7 +1322,7 @@ impl ProxyHttp for Gateway {
         )
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<Ctx>) {
         crate::gateway::conn_guard::mark_request_done(session.as_downstream_mut());
         if ctx.probe {
             return;
@@ -1370,8 +1373,10 @@ fn trace_upstream(
     if !span.is_on() {
         return Ok(());
     }
-    req.remove_header(TRACEPARENT);
-    req.remove_header(TRACESTATE);
+    if span.client_sent() {
+        req.remove_header(&crate::ops::traces::context::TRACEPARENT_NAME);
+        req.remove_header(&crate::ops::traces::context::TRACESTATE_NAME);
+    }
     if let Some(traceparent) = traceparent {
         req.insert_header(TRACEPARENT, traceparent)?;
         if let Some(state) = span.tracestate() {

@@ -188,26 +188,18 @@ impl Meter {
         };
         let cost = priced.map_or(0.0, |p| price::cost_of(tokens, p));
         if let Some(m) = usage_metrics() {
-            let source = if c.estimated { "estimated" } else { "reported" };
-            let ws = &*self.workspace;
-            for (kind, n) in [
-                ("input", c.input),
-                ("output", c.output),
-                ("cached_input", c.cached_input),
-                ("cache_write", c.cache_write),
-            ] {
-                if n > 0 || matches!(kind, "input" | "output") {
-                    m.tokens.with_label_values(&[ws, kind, source]).inc_by(n);
-                }
-            }
-            if cost > 0.0 {
-                m.cost.with_label_values(&[ws]).inc_by(cost);
-            }
-            if priced.is_none() && c.input + c.output > 0 {
-                m.unpriced
-                    .with_label_values(&[ws])
-                    .inc_by(c.input + c.output);
-            }
+            m.settled(
+                &self.workspace,
+                &crate::ops::metrics::SettledCounts {
+                    input: c.input,
+                    output: c.output,
+                    cached_input: c.cached_input,
+                    cache_write: c.cache_write,
+                    estimated: c.estimated,
+                    cost,
+                    unpriced: priced.is_none(),
+                },
+            );
         }
         self.store.settle(
             admission,

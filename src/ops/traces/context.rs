@@ -12,6 +12,10 @@ use opentelemetry::trace::{SpanId, TraceId};
 pub const TRACEPARENT: &str = "traceparent";
 /// The `tracestate` header's name.
 pub const TRACESTATE: &str = "tracestate";
+/// The `traceparent` header's name, for lookups that skip parsing it.
+pub static TRACEPARENT_NAME: http::HeaderName = http::HeaderName::from_static(TRACEPARENT);
+/// The `tracestate` header's name, for lookups that skip parsing it.
+pub static TRACESTATE_NAME: http::HeaderName = http::HeaderName::from_static(TRACESTATE);
 /// Longest `tracestate` passed on (the W3C minimum a vendor must carry).
 pub const MAX_TRACESTATE_LEN: usize = 512;
 /// Length of a version-00 `traceparent`.
@@ -86,9 +90,11 @@ pub fn trace_id_hex(trace_id: TraceId) -> String {
     ascii(&out)
 }
 
-/// The hex digits and dashes written above, as a `String`.
+/// The hex digits and dashes written above, as a `String` (always ASCII).
 fn ascii(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    std::str::from_utf8(bytes)
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
 /// What a request brought: its parent, if its `traceparent` was valid, and
@@ -99,6 +105,9 @@ pub struct Incoming {
     pub parent: Option<TraceParent>,
     /// The client's `tracestate`, kept only beside a valid parent.
     pub tracestate: Option<Box<str>>,
+    /// The request carried a `traceparent` or `tracestate` line, valid or
+    /// not (the proxy then removes them before sending its own).
+    pub present: bool,
 }
 
 impl Incoming {
@@ -111,18 +120,24 @@ impl Incoming {
             Some(_) => tracestate.and_then(clean_tracestate),
             None => None,
         };
-        Incoming { parent, tracestate }
+        Incoming {
+            parent,
+            tracestate,
+            present: false,
+        }
     }
 
     /// From a request's headers: a `traceparent` that appears more than
     /// once is invalid; several `tracestate` lines are one list.
     pub fn from_headers(headers: &http::HeaderMap) -> Incoming {
-        let mut parents = headers.get_all(TRACEPARENT).iter();
-        let traceparent = match (parents.next(), parents.next()) {
+        let mut parents = headers.get_all(&TRACEPARENT_NAME).iter();
+        let first = parents.next();
+        let traceparent = match (first, parents.next()) {
             (Some(one), None) => Some(one.as_bytes()),
             _ => None,
         };
-        let mut states = headers.get_all(TRACESTATE).iter();
+        let any_parent = first.is_some();
+        let mut states = headers.get_all(&TRACESTATE_NAME).iter();
         let tracestate: Option<std::borrow::Cow<'_, [u8]>> = match states.next() {
             None => None,
             Some(first) => {
@@ -139,7 +154,9 @@ impl Incoming {
                 }
             }
         };
-        Incoming::new(traceparent, tracestate.as_deref())
+        let mut incoming = Incoming::new(traceparent, tracestate.as_deref());
+        incoming.present = any_parent || tracestate.is_some();
+        incoming
     }
 }
 
@@ -341,10 +358,15 @@ mod tests {
         assert!(one.parent.is_some());
         assert_eq!(one.tracestate.as_deref(), Some("a=1,b=2"));
         h.append(TRACEPARENT, http::HeaderValue::from_static(VALID));
-        assert_eq!(Incoming::from_headers(&h), Incoming::default());
+        let repeated = Incoming::from_headers(&h);
+        assert_eq!((repeated.parent, repeated.tracestate), (None, None));
+        assert!(repeated.present, "an invalid traceparent is still removed");
         assert_eq!(
             Incoming::from_headers(&http::HeaderMap::new()),
             Incoming::default()
         );
+        let mut only_state = http::HeaderMap::new();
+        only_state.append(TRACESTATE, http::HeaderValue::from_static("a=1"));
+        assert!(Incoming::from_headers(&only_state).present);
     }
 }

@@ -114,7 +114,9 @@ pub struct Traces {
 pub(crate) struct Inner {
     provider: SdkTracerProvider,
     pub(crate) tracer: SdkTracer,
-    closed: Arc<AtomicBool>,
+    /// `sample_ratio` for new traces, clamped to 0..=1.
+    pub(crate) ratio: f64,
+    pub(crate) closed: Arc<AtomicBool>,
     runtime: Mutex<Option<ExportRuntime>>,
     counters: TraceCounters,
 }
@@ -235,6 +237,7 @@ impl Traces {
             inner: Arc::new(Inner {
                 provider,
                 tracer,
+                ratio,
                 closed,
                 runtime: Mutex::new(runtime),
                 counters,

@@ -18,10 +18,11 @@ use std::net::IpAddr;
 
 use opentelemetry::trace::Span as _;
 use opentelemetry::trace::{
-    SpanContext, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceState, Tracer as _,
+    SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    Tracer as _,
 };
 use opentelemetry::{Context, KeyValue, Value};
-use opentelemetry_sdk::trace::Span;
+use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator, Span};
 
 use super::context::{format_traceparent, trace_id_hex, Incoming};
 use super::pipeline::Traces;
@@ -30,6 +31,23 @@ use super::pipeline::Traces;
 #[derive(Debug, Default)]
 pub struct RequestSpan {
     active: Option<Box<Active>>,
+    /// A request known not to be recorded before any span was made: a
+    /// client's `traceparent` with the sampled flag off, or a new trace at
+    /// `sample_ratio: 0`. Only its ids are kept, for the `traceparent`
+    /// sent upstream; the SDK is not asked (its parent-based sampler would
+    /// drop it).
+    unsampled: Option<Unsampled>,
+    /// The client sent `traceparent` or `tracestate` lines (valid or not).
+    client_sent: bool,
+}
+
+#[derive(Debug)]
+struct Unsampled {
+    // As bytes: `TraceId` is a 16-byte-aligned `u128`, which would widen
+    // every request's context.
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    tracestate: Option<Box<str>>,
 }
 
 #[derive(Debug)]
@@ -221,6 +239,13 @@ impl Traces {
     /// else a new trace sampled at the configured ratio. Its start time is
     /// now.
     pub fn begin(&self, incoming: &Incoming) -> RequestSpan {
+        if let Some(unsampled) = self.unsampled(incoming) {
+            return RequestSpan {
+                active: None,
+                unsampled: Some(unsampled),
+                client_sent: incoming.present,
+            };
+        }
         let tracer = &self.inner.tracer;
         // Room for every attribute `finish` sets, so a recorded span's list
         // never grows by copying.
@@ -248,7 +273,30 @@ impl Traces {
                 client: None,
                 tracestate: incoming.tracestate.clone(),
             })),
+            unsampled: None,
+            client_sent: incoming.present,
         }
+    }
+
+    /// The ids of a request the sampler is bound to drop (the SDK's
+    /// parent-based sampler follows a client's unsampled flag, and a ratio
+    /// of 0 samples no new trace), made without asking the SDK; `None`
+    /// when the SDK decides (or the pipeline is shut down).
+    fn unsampled(&self, incoming: &Incoming) -> Option<Unsampled> {
+        let ids = RandomIdGenerator::default();
+        let trace_id = match incoming.parent {
+            Some(p) if !p.sampled => p.trace_id,
+            None if self.inner.ratio <= 0.0 => ids.new_trace_id(),
+            _ => return None,
+        };
+        if self.inner.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        Some(Unsampled {
+            trace_id: trace_id.to_bytes(),
+            span_id: ids.new_span_id().to_bytes(),
+            tracestate: incoming.tracestate.clone(),
+        })
     }
 }
 
@@ -256,13 +304,19 @@ impl RequestSpan {
     /// Tracing is off: nothing is recorded and nothing is sent upstream
     /// (a client's `traceparent` passes like any header).
     pub fn off() -> RequestSpan {
-        RequestSpan { active: None }
+        RequestSpan::default()
     }
 
     /// True when tracing is on for this request (recorded or not): the
     /// proxy then replaces the client's `traceparent` upstream.
     pub fn is_on(&self) -> bool {
-        self.active.is_some()
+        self.active.is_some() || self.unsampled.is_some()
+    }
+
+    /// True when the client sent `traceparent` or `tracestate` lines,
+    /// which the proxy removes before sending its own.
+    pub fn client_sent(&self) -> bool {
+        self.client_sent
     }
 
     /// True when the request's spans are recorded and exported.
@@ -285,7 +339,11 @@ impl RequestSpan {
     /// The client's `tracestate` to send upstream beside the new
     /// `traceparent` (only when the client's `traceparent` was valid).
     pub fn tracestate(&self) -> Option<&str> {
-        self.active.as_ref()?.tracestate.as_deref()
+        match (&self.active, &self.unsampled) {
+            (Some(a), _) => a.tracestate.as_deref(),
+            (None, Some(u)) => u.tracestate.as_deref(),
+            (None, None) => None,
+        }
     }
 
     /// Begins the upstream call's CLIENT span and returns the `traceparent`
@@ -295,6 +353,13 @@ impl RequestSpan {
     /// pipeline was already shut down). A second
     /// call (a retried connection) ends the previous client span as failed.
     pub fn start_upstream(&mut self, call: &UpstreamCall<'_>) -> Option<String> {
+        if let Some(u) = &self.unsampled {
+            return Some(format_traceparent(
+                TraceId::from_bytes(u.trace_id),
+                SpanId::from_bytes(u.span_id),
+                false,
+            ));
+        }
         let a = self.active.as_mut()?;
         let server_cx = a.server.span_context().clone();
         if !server_cx.is_valid() {

@@ -445,10 +445,39 @@ fn tracing_off_does_nothing() {
     assert_eq!(span.start_upstream(&UPSTREAM), None);
     span.end_upstream(UpstreamOutcome::Status(200));
     span.finish(&facts(200), None);
-    assert_eq!(
-        std::mem::size_of::<RequestSpan>(),
-        std::mem::size_of::<usize>()
-    );
+    // A recorded request's spans are boxed; an unsampled one's ids are
+    // kept inline (no allocation), which the context can afford.
+    assert!(std::mem::size_of::<RequestSpan>() <= 64);
+}
+
+#[test]
+fn an_unsampled_request_sends_its_ids_without_asking_the_sdk() {
+    let (traces, none_kept) = pipeline(0.0);
+    let mut span = traces.begin(&Incoming::default());
+    assert!(span.is_on() && !span.is_recording() && !span.client_sent());
+    assert_eq!(span.trace_id(), None);
+    let sent = parse_traceparent(span.start_upstream(&UPSTREAM).unwrap().as_bytes()).unwrap();
+    assert!(!sent.sampled);
+    // Another request gets other ids.
+    let mut other = traces.begin(&Incoming::default());
+    let again = parse_traceparent(other.start_upstream(&UPSTREAM).unwrap().as_bytes()).unwrap();
+    assert_ne!(sent.trace_id, again.trace_id);
+    span.end_upstream(UpstreamOutcome::Status(200));
+    span.finish(&facts(200), None);
+    // A client's unsampled parent: its trace continues, not recorded, and
+    // its tracestate goes on; even at ratio 1.
+    let (all, all_kept) = pipeline(1.0);
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+    let mut joined = all.begin(&incoming(parent));
+    assert!(joined.is_on() && !joined.is_recording());
+    assert_eq!(joined.tracestate(), Some("vendor=1"));
+    let sent = parse_traceparent(joined.start_upstream(&UPSTREAM).unwrap().as_bytes()).unwrap();
+    assert_eq!(sent.trace_id, parse_traceparent(parent.as_bytes()).unwrap().trace_id);
+    assert!(!sent.sampled);
+    assert_ne!(sent.parent_id, parse_traceparent(parent.as_bytes()).unwrap().parent_id);
+    joined.finish(&facts(200), None);
+    assert!(exported(&traces, &none_kept).is_empty(), "nothing recorded");
+    assert!(exported(&all, &all_kept).is_empty(), "nothing recorded");
 }
 
 #[test]
