@@ -37,6 +37,10 @@ def main() -> None:
                     help="which key the benchmark presents (default: the middle one)")
     ap.add_argument("--limited-secret-out", default=None,
                     help="also write key_limited (token rate limit + usage budget); its secret here")
+    ap.add_argument("--cost-secret-out", default=None,
+                    help="also write key_cost (token rate limit + cost budget + models "
+                         "allowlist, the fully metered key) and the model price it needs; "
+                         "its secret here")
     ap.add_argument("--usage-limits", action="store_true",
                     help="give every key a (never reached) monthly token budget")
     a = ap.parse_args()
@@ -73,6 +77,22 @@ def main() -> None:
                 "    rate_limits:",
                 "      - { type: tokens, unit: rpm, value: 1000000000000 }",
                 BUDGET]
+    cost = None
+    if a.cost_secret_out:
+        cost = "sgk-bench-" + secrets.token_urlsafe(32)
+        out += ["  - id: key_cost",
+                "    type: workspace-service",
+                f"    workspace_id: ws_{use % a.workspaces}",
+                f'    sha256: "{hashlib.sha256(cost.encode()).hexdigest()}"',
+                '    scopes: ["completions.write"]',
+                '    models: ["gpt-4o-mini", "gpt-4o*"]',
+                "    rate_limits:",
+                "      - { type: tokens, unit: rpm, value: 1000000000000 }",
+                "    usage_limits: { type: cost, credit_limit: 1000000000, "
+                "alert_threshold: 900000000, periodic_reset: monthly }",
+                "model_prices:",
+                '  "gpt-4o-mini": { input: 0.15, output: 0.60, cached_input: 0.075 }',
+                '  "gpt-4o*": { input: 2.50, output: 10.00, cached_input: 1.25 }']
     with open(a.keys_yaml, "w") as f:
         f.write("\n".join(out) + "\n")
     fd = os.open(a.secret_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -82,6 +102,10 @@ def main() -> None:
         fd = os.open(a.limited_secret_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(limited)
+    if cost is not None:
+        fd = os.open(a.cost_secret_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(cost)
     print(f"key_{use} ws_{use % a.workspaces}")
 
 

@@ -9,6 +9,8 @@
 #   scopegate+log the same with the access log on (RUST_LOG=info, output to /dev/null)
 #   scopegate+usage the same proxy and keys file as `scopegate`, presenting key_limited,
 #                 which has a token rate limit and a usage budget (accounting on)
+#   scopegate+cost the same, presenting key_cost: a token rate limit, a cost budget priced by
+#                 model_prices and a models allowlist (every metering check on)
 #   scopegate+traces  the same as `scopegate` with tracing on at sample_ratio 1.0: every
 #                 request's two spans exported over OTLP/HTTP to the upstream nginx (a sink
 #                 answering POST /v1/traces with an empty 200)
@@ -293,11 +295,13 @@ log "generating $KEYS keys in $WORKSPACES workspaces"
 # hash the whole keys file (see docs/benchmarks.md, 2026-11-30). 0: state.db beside it.
 STATE_PATH=../state/state.db; mkdir -p "$TMP/state"
 [[ ${STATE_APART:-1} == 0 ]] && STATE_PATH=state.db
-GEN_ARGS=(); [[ $USAGE_RUN == 1 || $SSE == 1 ]] && GEN_ARGS=(--limited-secret-out "$TMP/sg/secret-limited")
+GEN_ARGS=(); [[ $USAGE_RUN == 1 || $SSE == 1 ]] && GEN_ARGS=(--limited-secret-out "$TMP/sg/secret-limited" --cost-secret-out "$TMP/sg/secret-cost")
 USED=$(python3 "$HERE/gen_keys.py" "$TMP/sg/keys.yaml" "$TMP/sg/secret" --keys "$KEYS" --workspaces "$WORKSPACES" "${GEN_ARGS[@]}")
 SG_KEY=$(cat "$TMP/sg/secret"); export SG_KEY
-PLAIN_KEY=$SG_KEY; LIMITED_KEY=""; NKEYS=$KEYS
-if ((${#GEN_ARGS[@]})); then LIMITED_KEY=$(cat "$TMP/sg/secret-limited"); NKEYS=$((KEYS + 1)); fi
+PLAIN_KEY=$SG_KEY; LIMITED_KEY=""; COST_KEY=""; NKEYS=$KEYS
+if ((${#GEN_ARGS[@]})); then
+  LIMITED_KEY=$(cat "$TMP/sg/secret-limited"); COST_KEY=$(cat "$TMP/sg/secret-cost"); NKEYS=$((KEYS + 2))
+fi
 log "the benchmark presents ${USED% *} (workspace ${USED#* })"
 cat >"$TMP/sg/scopegate.yaml" <<EOF
 listen: ["$HOST:$SG_PORT"]
@@ -361,7 +365,7 @@ else
   [[ $PINGORA_RUN == 1 ]] && TARGETS+=(pingora)
   TARGETS+=(scopegate)
   [[ $LOG_RUN == 1 ]] && TARGETS+=(scopegate+log)
-  [[ $USAGE_RUN == 1 ]] && TARGETS+=(scopegate+usage)
+  [[ $USAGE_RUN == 1 ]] && TARGETS+=(scopegate+usage scopegate+cost)
   [[ $TRACES_RUN == 1 ]] && TARGETS+=(scopegate+traces scopegate+traces0)
   [[ -n $BASE_BIN ]] && TARGETS+=(base)
   [[ -n $BASE_BIN && $USAGE_RUN == 1 ]] && TARGETS+=(base+usage)
@@ -370,6 +374,7 @@ for t in "${TARGETS[@]}"; do
   case $t in
     direct | nginx | pingora | scopegate | scopegate+log | scopegate+traces | scopegate+traces0) ;;
     scopegate+usage) [[ -n $LIMITED_KEY ]] || die "scopegate+usage needs USAGE_RUN=1" ;;
+    scopegate+cost) [[ -n $COST_KEY ]] || die "scopegate+cost needs USAGE_RUN=1" ;;
     base) [[ -n $BASE_BIN ]] || die "target base needs BASE_BIN" ;;
     base+usage) [[ -n $BASE_BIN && -n $LIMITED_KEY ]] || die "base+usage needs BASE_BIN and USAGE_RUN=1" ;;
     *) die "unknown target '$t'" ;;
@@ -379,7 +384,7 @@ if [[ -n $INSTR_TARGETS ]]; then
   read -r -a INSTR_TARGETS <<<"$INSTR_TARGETS"
 else
   INSTR_TARGETS=(nginx pingora scopegate)
-  [[ -n $LIMITED_KEY ]] && INSTR_TARGETS+=(scopegate+usage)
+  [[ -n $LIMITED_KEY ]] && INSTR_TARGETS+=(scopegate+usage scopegate+cost)
   [[ $TRACES_RUN == 1 ]] && INSTR_TARGETS+=(scopegate+traces scopegate+traces0)
   [[ -n $BASE_BIN ]] && INSTR_TARGETS+=(base)
   [[ -n $BASE_BIN && -n $LIMITED_KEY ]] && INSTR_TARGETS+=(base+usage)
@@ -389,6 +394,7 @@ if [[ $INSTR == 1 ]]; then
     case $t in
       nginx | pingora | scopegate | scopegate+log | scopegate+traces | scopegate+traces0) ;;
       scopegate+usage) [[ -n $LIMITED_KEY ]] || die "INSTR_TARGETS: scopegate+usage needs USAGE_RUN=1" ;;
+      scopegate+cost) [[ -n $COST_KEY ]] || die "INSTR_TARGETS: scopegate+cost needs USAGE_RUN=1" ;;
       base) [[ -n $BASE_BIN ]] || die "INSTR_TARGETS: base needs BASE_BIN" ;;
       base+usage) [[ -n $BASE_BIN && -n $LIMITED_KEY ]] || die "INSTR_TARGETS: base+usage needs BASE_BIN and USAGE_RUN=1" ;;
       *) die "INSTR_TARGETS: unknown or uncountable target '$t'" ;;
@@ -405,7 +411,7 @@ start_target() {  # start_target NAME ROUND -> sets URL, PROXY_PID
   local t=$1 r=$2
   PROXY_PID=""
   # the key wrk (post.lua reads SG_KEY), oha and the smoke test present
-  SG_KEY=$PLAIN_KEY; [[ $t == *+usage ]] && SG_KEY=$LIMITED_KEY
+  SG_KEY=$PLAIN_KEY; [[ $t == *+usage ]] && SG_KEY=$LIMITED_KEY; [[ $t == *+cost ]] && SG_KEY=$COST_KEY
   case $t in
     direct) URL="http://$HOST:$UP_PORT" ;;
     nginx)
@@ -418,7 +424,7 @@ start_target() {  # start_target NAME ROUND -> sets URL, PROXY_PID
       taskset -c "$PROXY_CPU" "$PLAIN" "$HOST:$PP_PORT" "$HOST:$UP_PORT" >"$TMP/proxy/pingora-r$r.log" 2>&1 &
       PROXY_PID=$!; PIDS+=("$PROXY_PID"); URL="http://$HOST:$PP_PORT"
       wait_http "$URL/v1/chat/completions" "$PROXY_PID" "pingora proxy" -X POST -d "$REQ_BODY" ;;
-    scopegate | scopegate+log | scopegate+usage | scopegate+traces | scopegate+traces0 | base | base+usage)
+    scopegate | scopegate+log | scopegate+usage | scopegate+cost | scopegate+traces | scopegate+traces0 | base | base+usage)
       local level=warn out="$TMP/sg/stderr-r$r.log" bin=$BIN config="$TMP/sg/scopegate.yaml"
       [[ $t == scopegate+log ]] && { level=info; out=/dev/null; }
       [[ $t == base* ]] && bin=$BASE_BIN
@@ -607,6 +613,9 @@ if [[ $INSTR == 1 ]]; then
           "$BASE_BIN" serve --config "$TMP/sg/callgrind.yaml" ;;
       scopegate+usage)
         SG_KEY=$LIMITED_KEY count_instructions scopegate+usage "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
+          "$BIN" serve --config "$TMP/sg/callgrind.yaml" ;;
+      scopegate+cost)
+        SG_KEY=$COST_KEY count_instructions scopegate+cost "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
           "$BIN" serve --config "$TMP/sg/callgrind.yaml" ;;
     esac
   done

@@ -14,7 +14,7 @@ import csv
 import statistics
 import sys
 
-ORDER = ["direct", "nginx", "pingora", "scopegate", "scopegate+log", "scopegate+usage",
+ORDER = ["direct", "nginx", "pingora", "scopegate", "scopegate+log", "scopegate+usage", "scopegate+cost",
          "scopegate+traces", "scopegate+traces0", "base", "base+usage"]
 LABEL = {
     "direct": "direct (no proxy)",
@@ -23,6 +23,7 @@ LABEL = {
     "scopegate": "scopegate (RUST_LOG=warn)",
     "scopegate+log": "scopegate, access log on (info → /dev/null)",
     "scopegate+usage": "scopegate, key with token limit + usage budget (accounting on)",
+    "scopegate+cost": "scopegate, key with token limit + cost budget + models (every metering check)",
     "scopegate+traces": "scopegate, tracing on, sample_ratio 1.0 (spans exported over OTLP/HTTP)",
     "scopegate+traces0": "scopegate, tracing on, sample_ratio 0 (nothing recorded)",
     "base": "BASE_BIN (another scopegate build), plain key",
@@ -65,6 +66,7 @@ def signed(v):
 INSTR_TARGETS = [
     ("scopegate", "pingora", "scopegate (plain key) ÷ plain pingora", 1.25),
     ("scopegate+usage", "scopegate", "scopegate+usage (token limit + budget) ÷ scopegate (plain key)", 1.10),
+    ("scopegate+cost", "scopegate", "scopegate+cost (token limit + cost budget + models) ÷ scopegate (plain key)", 1.10),
     ("scopegate+traces", "scopegate", "scopegate+traces (every request recorded and exported) ÷ scopegate", 1.10),
     ("scopegate+traces0", "scopegate", "scopegate+traces0 (tracing on, ratio 0) ÷ scopegate", 1.01),
 ]
@@ -194,6 +196,8 @@ def main() -> None:
         print()
     pairs = [("scopegate+usage", "scopegate", "what accounting costs (the same proxy binary, "
               "config and keys file, within each round; target: CPU ≤ +10 %)"),
+             ("scopegate+cost", "scopegate", "what full metering costs: token limit, cost budget "
+              "and models allowlist (target: CPU ≤ +10 %)"),
              ("scopegate+traces", "scopegate", "what tracing costs at sample_ratio 1.0, export "
               "included (target: CPU ≤ +10 %)"),
              ("scopegate+traces0", "scopegate", "what tracing costs at sample_ratio 0 "

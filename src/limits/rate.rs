@@ -73,23 +73,57 @@ impl Quota {
 /// Formats a duration the way OpenAI's `x-ratelimit-reset-*` headers do
 /// (`1s`, `6m0s`, `250ms`), which client libraries already parse.
 pub fn format_reset(d: Duration) -> String {
+    // Digits pushed by hand: a response with token limits carries one of
+    // these, and `format!` costs several times the rest of the work.
+    let mut out = String::with_capacity(16);
     let ms = d.as_millis();
     if ms < 1000 {
-        return format!("{ms}ms");
+        push_digits(&mut out, ms, 1);
+        out.push_str("ms");
+        return out;
     }
     let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
     let (m, rest) = (rest / 60_000, rest % 60_000);
     let (s, frac) = (rest / 1000, rest % 1000);
-    let secs = if frac == 0 {
-        format!("{s}s")
-    } else {
-        let f = format!("{frac:03}");
-        format!("{s}.{}s", f.trim_end_matches('0'))
-    };
-    match (h, m) {
-        (0, 0) => secs,
-        (0, m) => format!("{m}m{secs}"),
-        (h, m) => format!("{h}h{m}m{secs}"),
+    if h > 0 {
+        push_digits(&mut out, h, 1);
+        out.push('h');
+    }
+    if h > 0 || m > 0 {
+        push_digits(&mut out, m, 1);
+        out.push('m');
+    }
+    push_digits(&mut out, s, 1);
+    if frac > 0 {
+        out.push('.');
+        // Three digits, trailing zeros dropped: 250 -> "25", 5 -> "005".
+        let (mut digits, mut width) = (frac, 3);
+        while digits % 10 == 0 {
+            digits /= 10;
+            width -= 1;
+        }
+        push_digits(&mut out, digits, width);
+    }
+    out.push('s');
+    out
+}
+
+/// Appends `n` in decimal, zero-padded to at least `width` digits.
+fn push_digits(out: &mut String, n: u128, width: usize) {
+    let mut buf = [b'0'; 40];
+    let mut at = buf.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = at.min(buf.len().saturating_sub(width));
+    for &b in &buf[start..] {
+        out.push(char::from(b));
     }
 }
 
@@ -248,5 +282,45 @@ mod tests {
         assert_eq!(format_reset(Duration::from_secs(360)), "6m0s");
         assert_eq!(format_reset(Duration::from_millis(1500)), "1.5s");
         assert_eq!(format_reset(Duration::from_secs(3661)), "1h1m1s");
+        assert_eq!(format_reset(Duration::from_millis(3_600_005)), "1h0m0.005s");
+        assert_eq!(format_reset(Duration::from_millis(0)), "0ms");
+    }
+
+    /// The hand-written digits say what `format!` said, over a spread of
+    /// durations from milliseconds to days.
+    #[test]
+    fn reset_format_agrees_with_the_formatting_machinery() {
+        fn reference(d: Duration) -> String {
+            let ms = d.as_millis();
+            if ms < 1000 {
+                return format!("{ms}ms");
+            }
+            let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
+            let (m, rest) = (rest / 60_000, rest % 60_000);
+            let (s, frac) = (rest / 1000, rest % 1000);
+            let secs = if frac == 0 {
+                format!("{s}s")
+            } else {
+                let f = format!("{frac:03}");
+                format!("{s}.{}s", f.trim_end_matches('0'))
+            };
+            match (h, m) {
+                (0, 0) => secs,
+                (0, m) => format!("{m}m{secs}"),
+                (h, m) => format!("{h}h{m}m{secs}"),
+            }
+        }
+        let mut ms: u64 = 0;
+        while ms < 400_000_000 {
+            let d = Duration::from_millis(ms);
+            assert_eq!(format_reset(d), reference(d), "{ms} ms");
+            ms = ms * 3 / 2 + 7;
+        }
+        for ms in [
+            999, 1000, 1001, 59_999, 60_000, 3_599_999, 3_600_000, 86_400_010,
+        ] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(format_reset(d), reference(d), "{ms} ms");
+        }
     }
 }

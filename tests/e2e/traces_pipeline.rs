@@ -96,7 +96,7 @@ fn one_request(traces: &Traces) -> String {
         .unwrap();
     span.end_upstream(UpstreamOutcome::Status(200));
     span.finish(&facts(), Some(&GENAI));
-    traceparent
+    traceparent.to_str().unwrap().to_string()
 }
 
 fn spans_arrive_with_their_attributes(rx: &OtlpReceiver, traces: &Traces) {

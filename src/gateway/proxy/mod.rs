@@ -492,7 +492,7 @@ impl Gateway {
         for hop in &HOP_BY_HOP {
             req.remove_header(hop);
         }
-        req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        req.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()))?;
         let tap = ctx.meter.take().map(|m| spend::Tap::new(m, strip));
         let mut hooks = Stamp { gw: self, ctx, tap };
         let outcome = forward::exchange(
@@ -678,7 +678,7 @@ pub struct Ctx {
     /// The request's trace spans (off when tracing is).
     trace: RequestSpan,
     /// The `traceparent` of the upstream call begun in `upstream_peer`.
-    traceparent: Option<String>,
+    traceparent: Option<HeaderValue>,
     /// What a counted request was charged, once its answer ended.
     settled: Option<spend::Settled>,
     /// When the first piece of the answer's body arrived.
@@ -1215,7 +1215,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<Box<HttpPeer>> {
         let plane = ctx
             .verdict
             .as_ref()
@@ -1249,7 +1253,12 @@ impl ProxyHttp for Gateway {
         self.stamp_response(resp, ctx)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Box<Ctx>) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Box<Ctx>,
+    ) -> FailToProxy {
         let upstream_side = matches!(e.esource(), ErrorSource::Upstream)
             || matches!(
                 e.etype(),
@@ -1351,7 +1360,7 @@ impl ProxyHttp for Gateway {
 
 /// Begins the upstream call's span; returns the `traceparent` naming it
 /// (`None` with tracing off).
-fn begin_upstream_call(span: &mut RequestSpan, method: &str, up: &Upstream) -> Option<String> {
+fn begin_upstream_call(span: &mut RequestSpan, method: &str, up: &Upstream) -> Option<HeaderValue> {
     span.start_upstream(&UpstreamCall {
         method,
         upstream: up.name,
@@ -1367,7 +1376,7 @@ fn begin_upstream_call(span: &mut RequestSpan, method: &str, up: &Upstream) -> O
 fn trace_upstream(
     req: &mut RequestHeader,
     span: &RequestSpan,
-    traceparent: Option<String>,
+    traceparent: Option<HeaderValue>,
 ) -> Result<()> {
     use crate::ops::traces::context::{TRACEPARENT, TRACESTATE};
     if !span.is_on() {

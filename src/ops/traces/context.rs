@@ -70,6 +70,17 @@ pub fn parse_traceparent(value: &[u8]) -> Option<TraceParent> {
 
 /// Formats a version-00 `traceparent` naming `span_id` in `trace_id`.
 pub fn format_traceparent(trace_id: TraceId, span_id: SpanId, sampled: bool) -> String {
+    ascii(&traceparent_bytes(trace_id, span_id, sampled))
+}
+
+/// The same `traceparent` as a header value, made once from its bytes.
+pub fn traceparent_value(trace_id: TraceId, span_id: SpanId, sampled: bool) -> http::HeaderValue {
+    let bytes = traceparent_bytes(trace_id, span_id, sampled);
+    // Hex digits and dashes: always a valid value.
+    http::HeaderValue::from_bytes(&bytes).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+}
+
+fn traceparent_bytes(trace_id: TraceId, span_id: SpanId, sampled: bool) -> [u8; TRACEPARENT_LEN] {
     let mut out = [0u8; TRACEPARENT_LEN];
     out[0] = b'0';
     out[1] = b'0';
@@ -80,7 +91,7 @@ pub fn format_traceparent(trace_id: TraceId, span_id: SpanId, sampled: bool) -> 
     out[52] = b'-';
     out[53] = b'0';
     out[54] = if sampled { b'1' } else { b'0' };
-    ascii(&out)
+    out
 }
 
 /// A trace id as 32 lower-case hex digits, as logs and backends show it.
@@ -207,11 +218,9 @@ fn hex_u128(s: &[u8]) -> Option<u128> {
 }
 
 fn write_hex(out: &mut [u8], bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0xf)];
-    }
+    // `out` is always exactly twice `bytes` here; on a mismatch the
+    // digits stay zero bytes rather than panicking.
+    let _ = hex::encode_to_slice(bytes, out);
 }
 
 #[cfg(test)]
@@ -248,6 +257,10 @@ mod tests {
     fn round_trips_through_format() {
         let p = parse_traceparent(VALID.as_bytes()).unwrap();
         assert_eq!(format_traceparent(p.trace_id, p.parent_id, true), VALID);
+        assert_eq!(
+            traceparent_value(p.trace_id, p.parent_id, true).as_bytes(),
+            VALID.as_bytes()
+        );
         assert_eq!(
             format_traceparent(p.trace_id, p.parent_id, false),
             VALID.replace("-01", "-00")

@@ -24,7 +24,7 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator, Span};
 
-use super::context::{format_traceparent, trace_id_hex, Incoming};
+use super::context::{trace_id_hex, traceparent_value, Incoming};
 use super::pipeline::Traces;
 
 /// A request's spans, or nothing when tracing is off.
@@ -352,9 +352,9 @@ impl RequestSpan {
     /// upstream follows the decision). `None` when tracing is off (or the
     /// pipeline was already shut down). A second
     /// call (a retried connection) ends the previous client span as failed.
-    pub fn start_upstream(&mut self, call: &UpstreamCall<'_>) -> Option<String> {
+    pub fn start_upstream(&mut self, call: &UpstreamCall<'_>) -> Option<http::HeaderValue> {
         if let Some(u) = &self.unsampled {
-            return Some(format_traceparent(
+            return Some(traceparent_value(
                 TraceId::from_bytes(u.trace_id),
                 SpanId::from_bytes(u.span_id),
                 false,
@@ -367,7 +367,7 @@ impl RequestSpan {
             return None;
         }
         if !a.server.is_recording() {
-            return Some(format_traceparent(
+            return Some(traceparent_value(
                 server_cx.trace_id(),
                 server_cx.span_id(),
                 server_cx.is_sampled(),
@@ -402,14 +402,14 @@ impl RequestSpan {
         let cx = client.span_context().clone();
         if !client.is_recording() {
             client.end();
-            return Some(format_traceparent(
+            return Some(traceparent_value(
                 server_cx.trace_id(),
                 server_cx.span_id(),
                 server_cx.is_sampled(),
             ));
         }
         a.client = Some(client);
-        Some(format_traceparent(
+        Some(traceparent_value(
             cx.trace_id(),
             cx.span_id(),
             cx.is_sampled(),

@@ -472,9 +472,15 @@ fn an_unsampled_request_sends_its_ids_without_asking_the_sdk() {
     assert!(joined.is_on() && !joined.is_recording());
     assert_eq!(joined.tracestate(), Some("vendor=1"));
     let sent = parse_traceparent(joined.start_upstream(&UPSTREAM).unwrap().as_bytes()).unwrap();
-    assert_eq!(sent.trace_id, parse_traceparent(parent.as_bytes()).unwrap().trace_id);
+    assert_eq!(
+        sent.trace_id,
+        parse_traceparent(parent.as_bytes()).unwrap().trace_id
+    );
     assert!(!sent.sampled);
-    assert_ne!(sent.parent_id, parse_traceparent(parent.as_bytes()).unwrap().parent_id);
+    assert_ne!(
+        sent.parent_id,
+        parse_traceparent(parent.as_bytes()).unwrap().parent_id
+    );
     joined.finish(&facts(200), None);
     assert!(exported(&traces, &none_kept).is_empty(), "nothing recorded");
     assert!(exported(&all, &all_kept).is_empty(), "nothing recorded");
