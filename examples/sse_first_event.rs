@@ -23,9 +23,15 @@
 //!    finish as above. `--hold-with plain` holds streams of the plain key
 //!    instead (accounting off), to compare (run it against a fresh proxy).
 //!
+//! With `--traced-proxy HOST:PORT` (a second scopegate, the same config with
+//! tracing on at `sample_ratio: 1.0`), the latency rounds add a fourth kind,
+//! `tracing_on`: the plain key through that proxy, interleaved with the
+//! others, so tracing on and off are compared within one run.
+//!
 //! usage: sse_first_event --proxy HOST:PORT --upstream HOST:PORT --plain-key K
 //!        --limited-key K [--streams 2000 (0: no latency part)] [--hold 1000]
 //!        [--hold-with limited|plain] [--proxy-pid PID] [--tsv PATH]
+//!        [--traced-proxy HOST:PORT]
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -229,23 +235,29 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 /// Part 1: sequential first-event latency, three kinds interleaved.
 async fn latency(
     proxy: &str,
+    traced: Option<&str>,
     upstream_addr: &str,
     plain: &str,
     limited: &str,
     streams: usize,
     out: &mut String,
 ) -> Res<()> {
-    let kinds = ["direct", "accounting_off", "accounting_on"];
-    let mut clients = [
+    let mut kinds = vec!["direct", "accounting_off", "accounting_on"];
+    let mut clients = vec![
         Client::connect(upstream_addr, None, false).await?,
         Client::connect(proxy, Some(plain), false).await?,
         Client::connect(proxy, Some(limited), false).await?,
     ];
+    if let Some(t) = traced {
+        kinds.push("tracing_on");
+        clients.push(Client::connect(t, Some(plain), false).await?);
+    }
+    let n = kinds.len();
     let warmup = 200;
-    let mut lat: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut lat: Vec<Vec<f64>> = vec![Vec::new(); n];
     for round in 0..warmup + streams {
-        for j in 0..3 {
-            let k = (round + j) % 3;
+        for j in 0..n {
+            let k = (round + j) % n;
             let c = &mut clients[k];
             let (t, got) = c
                 .first_event()
@@ -264,8 +276,8 @@ async fn latency(
         "{:<16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "kind", "min", "p50", "p90", "p99", "max", "mean"
     );
-    let mut med = [0.0; 3];
-    for k in 0..3 {
+    let mut med = vec![0.0; n];
+    for k in 0..n {
         let v = &mut lat[k];
         v.sort_by(|a, b| a.total_cmp(b));
         let mean = v.iter().sum::<f64>() / v.len() as f64;
@@ -293,6 +305,9 @@ async fn latency(
         ));
     }
     println!("accounting on − off, p50: {:+.1} µs", med[2] - med[1]);
+    if n > 3 {
+        println!("tracing on − off, p50: {:+.1} µs", med[3] - med[1]);
+    }
     Ok(())
 }
 
@@ -312,6 +327,7 @@ async fn main() -> Res<()> {
     let hold: usize = args.get("hold").map_or(Ok(1000), |v| v.parse())?;
     let pid: Option<u32> = args.get("proxy-pid").and_then(|v| v.parse().ok());
     let tsv = args.get("tsv").cloned();
+    let traced = args.get("traced-proxy").cloned();
     let hold_plain = args.get("hold-with").is_some_and(|v| v == "plain");
     let (hold_key, hold_tag) = if hold_plain {
         (plain.clone(), "held_accounting_off")
@@ -325,7 +341,16 @@ async fn main() -> Res<()> {
 
     let mut out = String::from("kind\tstreams\tmin_us\tp50_us\tp90_us\tp99_us\tmax_us\tmean_us\n");
     if streams > 0 {
-        latency(&proxy, &upstream_addr, &plain, &limited, streams, &mut out).await?;
+        latency(
+            &proxy,
+            traced.as_deref(),
+            &upstream_addr,
+            &plain,
+            &limited,
+            streams,
+            &mut out,
+        )
+        .await?;
     }
 
     // 2. held streams

@@ -34,7 +34,8 @@
 #        KEYS=10000 WORKSPACES=100   size of the generated keys file
 #        LOG_RUN=1     0: skip the scopegate+log target
 #        USAGE_RUN=1   0: skip the scopegate+usage target
-#        TRACES_RUN=1  0: skip the scopegate+traces and scopegate+traces0 targets
+#        TRACES_RUN=1  0: skip the scopegate+traces and scopegate+traces0 targets (and, with
+#                      SSE=1, the `tracing_on` kind: a second scopegate with tracing on)
 #        TARGETS="..." run only these targets (e.g. "scopegate scopegate+usage")
 #        SSE=0         1: the SSE phase (needs target/release/examples/sse_first_event)
 #        SSE_STREAMS=2000 SSE_HOLD=1000  sequential streams per key; streams held at once
@@ -220,7 +221,7 @@ mkdir -p "$TMP/raw" "$TMP/upstream" "$TMP/proxy" "$TMP/sg"
 log "raw outputs go to $TMP"
 NEXT_PORT=$BASE_PORT
 pick_port UP_PORT; pick_port NGX_PORT; pick_port SG_PORT; pick_port SG_MPORT; pick_port PP_PORT
-pick_port SSE_UP_PORT
+pick_port SSE_UP_PORT; pick_port SSE_TR_PORT; pick_port SSE_TR_MPORT
 log "ports: upstream $UP_PORT, nginx proxy $NGX_PORT, pingora $PP_PORT, scopegate $SG_PORT (metrics $SG_MPORT)"
 
 NGINX=$(command -v nginx)
@@ -642,11 +643,24 @@ if [[ $SSE == 1 ]]; then
   RUST_LOG=warn taskset -c "$PROXY_CPU" "$BIN" serve --config "$TMP/sg/sse.yaml" >"$TMP/sg/stderr-sse.log" 2>&1 &
   SSE_PID=$!; PIDS+=("$SSE_PID")
   wait_http "http://$HOST:$SG_MPORT/readyz" "$SSE_PID" "scopegate (SSE)"
+  TRACED_ARGS=()
+  if [[ $TRACES_RUN == 1 ]]; then
+    # a second scopegate, the same config with tracing on at ratio 1.0 (spans exported to
+    # the upstream nginx, the sink), on its own ports: the `tracing_on` kind
+    sed -e "s|^listen: .*|listen: [\"$HOST:$SSE_TR_PORT\"]|" \
+      -e "s|^metrics_listen: .*|metrics_listen: \"$HOST:$SSE_TR_MPORT\"|" "$TMP/sg/sse.yaml" >"$TMP/sg/sse-traces.yaml"
+    printf 'tracing:\n  otlp_endpoint: "http://%s:%s"\n  sample_ratio: 1.0\n' "$HOST" "$UP_PORT" >>"$TMP/sg/sse-traces.yaml"
+    RUST_LOG=warn taskset -c "$PROXY_CPU" "$BIN" serve --config "$TMP/sg/sse-traces.yaml" >"$TMP/sg/stderr-sse-traces.log" 2>&1 &
+    SSE_TR_PID=$!; PIDS+=("$SSE_TR_PID")
+    wait_http "http://$HOST:$SSE_TR_MPORT/readyz" "$SSE_TR_PID" "scopegate (SSE, tracing on)"
+    TRACED_ARGS=(--traced-proxy "$HOST:$SSE_TR_PORT")
+  fi
   log "SSE: $SSE_STREAMS streams per key, then $SSE_HOLD held at once"
   taskset -c "$LOAD_CPU" "$SSE_EX" --proxy "$HOST:$SG_PORT" --upstream "$HOST:$SSE_UP_PORT" \
-    --plain-key "$PLAIN_KEY" --limited-key "$LIMITED_KEY" --streams "$SSE_STREAMS" \
+    --plain-key "$PLAIN_KEY" --limited-key "$LIMITED_KEY" --streams "$SSE_STREAMS" "${TRACED_ARGS[@]}" \
     --hold "$SSE_HOLD" --proxy-pid "$SSE_PID" --tsv "$SSE_TSV" >"$TMP/raw/sse.txt" 2>&1 \
     || die "sse_first_event failed: $(tail -5 "$TMP/raw/sse.txt")"
+  if ((${#TRACED_ARGS[@]})); then stop_pid "$SSE_TR_PID"; fi
   cat "$TMP/raw/sse.txt" >&2
   curl -s "http://$HOST:$SG_MPORT/metrics" | grep -E '^scopegate_(tokens_total|requests_total)' >"$TMP/raw/sse-metrics.txt" || true
   if grep -qi 'error' "$TMP/sg/stderr-sse.log"; then log "warning: scopegate logged errors during SSE (see $TMP/sg/stderr-sse.log)"; fi
