@@ -20,6 +20,7 @@ mod e2e {
     mod forwarding;
     mod hostile;
     mod identity_cli;
+    mod identity_restart;
     mod identity_tokens;
     mod key_headers;
     mod key_view;

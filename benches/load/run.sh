@@ -15,6 +15,11 @@
 #                 request's two spans exported over OTLP/HTTP to the upstream nginx (a sink
 #                 answering POST /v1/traces with an empty 200)
 #   scopegate+traces0 the same with sample_ratio 0: tracing on, nothing recorded
+#   scopegate+tokens the same config and keys, with org_bench also accepting identity tokens
+#                 (RS256, JWK set in a file): the requests rotate over SUBJECTS tokens of as many
+#                 distinct subjects (examples/mint_tokens.rs), all verified and cached after one
+#                 warm-up pass; reported as requests per proxy CPU-second against `scopegate`
+#                 (target: ≥ 0.90 of the plain key's)
 # and, with SSE=1, SSE first-event latency with accounting off and on, then SSE_HOLD
 # concurrent accounted streams held open, through examples/sse_first_event.rs.
 # then counts user-space instructions per request of nginx, pingora, scopegate and
@@ -36,6 +41,8 @@
 #        USAGE_RUN=1   0: skip the scopegate+usage target
 #        TRACES_RUN=1  0: skip the scopegate+traces and scopegate+traces0 targets (and, with
 #                      SSE=1, the `tracing_on` kind: a second scopegate with tracing on)
+#        TOKENS_RUN=1  0: skip the scopegate+tokens target
+#        SUBJECTS=10000  identity tokens (distinct subjects) minted for scopegate+tokens
 #        TARGETS="..." run only these targets (e.g. "scopegate scopegate+usage")
 #        SSE=0         1: the SSE phase (needs target/release/examples/sse_first_event)
 #        SSE_STREAMS=2000 SSE_HOLD=1000  sequential streams per key; streams held at once
@@ -47,7 +54,9 @@
 #        INSTR_KEEP=DIR  also copy each target's callgrind output to DIR/callgrind-TARGET.out
 #                      and write DIR/callgrind-TARGET.{inclusive,self}.txt (callgrind_annotate)
 #        OHA=1         0: no oha (not installed, no time to build it): no fixed-rate latency
-#                      run, and callgrind is driven by wrk for INSTR_SECS seconds instead
+#                      run, and callgrind is driven by wrk for INSTR_SECS seconds instead.
+#                      scopegate+tokens is always driven by wrk (oha cannot rotate a header):
+#                      no fixed-rate latency for it, and wrk for INSTR_SECS under callgrind
 #        INSTR_SECS=10 seconds of wrk load counted under callgrind when OHA=0
 #        BASE_BIN=path another scopegate binary (e.g. an earlier commit's release build) measured
 #                      beside this one, with the same config, keys and requests: adds the targets
@@ -67,6 +76,8 @@ WORKSPACES=${WORKSPACES:-100}
 LOG_RUN=${LOG_RUN:-1}
 USAGE_RUN=${USAGE_RUN:-1}
 TRACES_RUN=${TRACES_RUN:-1}
+TOKENS_RUN=${TOKENS_RUN:-1}
+SUBJECTS=${SUBJECTS:-10000}
 SSE=${SSE:-0}
 SSE_STREAMS=${SSE_STREAMS:-2000}
 SSE_HOLD=${SSE_HOLD:-1000}
@@ -90,12 +101,16 @@ BASE_BIN=${BASE_BIN:-}
 [[ -z $BASE_BIN || -x $BASE_BIN ]] || { echo "run.sh: BASE_BIN $BASE_BIN is not an executable" >&2; exit 1; }
 PLAIN="$REPO/target/release/examples/plain_pingora"
 SSE_EX="$REPO/target/release/examples/sse_first_event"
+# the token minter: its speed does not matter (10,000 RS256 signatures take ~8 s in a debug
+# build), so a debug build is used when there is no release one
+MINT="$REPO/target/release/examples/mint_tokens"
+[[ -x $MINT ]] || MINT="$REPO/target/debug/examples/mint_tokens"
 HOST=127.0.0.1   # the only address this script ever sends traffic to
 
 log() { printf '[run.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { printf '\nrun.sh: FAILED: %s\n' "$*" >&2; exit 1; }
 
-for v in ROUNDS DURATION RATE CONNS WARMUP KEYS WORKSPACES BASE_PORT INSTR_REQUESTS SSE_STREAMS SSE_HOLD; do
+for v in ROUNDS DURATION RATE CONNS WARMUP KEYS WORKSPACES BASE_PORT INSTR_REQUESTS SSE_STREAMS SSE_HOLD SUBJECTS; do
   [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
 done
 [[ $(nproc) -ge 2 ]] || die "needs at least 2 CPUs (proxy on CPU $PROXY_CPU, load on CPU $LOAD_CPU)"
@@ -203,7 +218,7 @@ if [[ $SKIP_BUILD != 1 ]]; then
   log "cargo build --release (SKIP_BUILD=1 skips)"
   ok=0
   for attempt in 1 2 3; do
-    if (cd "$REPO" && cargo build --release --bin scopegate --example plain_pingora --example sse_first_event >&2); then ok=1; break; fi
+    if (cd "$REPO" && cargo build --release --bin scopegate --example plain_pingora --example sse_first_event --example mint_tokens >&2); then ok=1; break; fi
     log "build failed (attempt $attempt); retrying in 20 s"; sleep 20
   done
   ((ok)) || die "cargo build --release failed"
@@ -214,6 +229,9 @@ if [[ $PINGORA_RUN == 1 || $INSTR == 1 ]]; then
 fi
 if [[ $SSE == 1 ]]; then
   [[ -x $SSE_EX ]] || die "$SSE_EX not found (cargo build --release --example sse_first_event)"
+fi
+if [[ $TOKENS_RUN == 1 ]]; then
+  [[ -x $MINT ]] || die "no examples/mint_tokens build (cargo build --example mint_tokens, or TOKENS_RUN=0)"
 fi
 
 TMP=$(mktemp -d /tmp/scopegate-load.XXXXXX)
@@ -297,10 +315,12 @@ log "generating $KEYS keys in $WORKSPACES workspaces"
 STATE_PATH=../state/state.db; mkdir -p "$TMP/state"
 [[ ${STATE_APART:-1} == 0 ]] && STATE_PATH=state.db
 GEN_ARGS=(); [[ $USAGE_RUN == 1 || $SSE == 1 ]] && GEN_ARGS=(--limited-secret-out "$TMP/sg/secret-limited" --cost-secret-out "$TMP/sg/secret-cost")
+# scopegate+tokens: the same keys file (same keys, same hashes) with org_bench accepting tokens
+[[ $TOKENS_RUN == 1 ]] && GEN_ARGS+=(--identity-tokens-out "$TMP/sg/keys-tokens.yaml")
 USED=$(python3 "$HERE/gen_keys.py" "$TMP/sg/keys.yaml" "$TMP/sg/secret" --keys "$KEYS" --workspaces "$WORKSPACES" "${GEN_ARGS[@]}")
 SG_KEY=$(cat "$TMP/sg/secret"); export SG_KEY
 PLAIN_KEY=$SG_KEY; LIMITED_KEY=""; COST_KEY=""; NKEYS=$KEYS
-if ((${#GEN_ARGS[@]})); then
+if [[ -f $TMP/sg/secret-limited ]]; then
   LIMITED_KEY=$(cat "$TMP/sg/secret-limited"); COST_KEY=$(cat "$TMP/sg/secret-cost"); NKEYS=$((KEYS + 2))
 fi
 log "the benchmark presents ${USED% *} (workspace ${USED#* })"
@@ -328,6 +348,18 @@ for v in "traces 1.0" "traces0 0"; do
   "$BIN" check --config "$TMP/sg/${v% *}.yaml" >"$TMP/sg/check-${v% *}.out" 2>&1 \
     || die "scopegate check failed (${v% *}): $(head -20 "$TMP/sg/check-${v% *}.out")"
 done
+# scopegate+tokens: SUBJECTS RS256 tokens (one per subject, valid 30 days) and their JWK set
+# beside keys-tokens.yaml; the same config pointing at that keys file
+TOKENS_FILE="$TMP/sg/tokens.txt"; FIRST_TOKEN=""
+if [[ $TOKENS_RUN == 1 ]]; then
+  log "minting $SUBJECTS identity tokens ($MINT)"
+  "$MINT" "$TMP/sg" "$SUBJECTS" "$WORKSPACES" >"$TMP/sg/mint.out" 2>&1 || die "mint_tokens failed: $(cat "$TMP/sg/mint.out")"
+  [[ $(wc -l <"$TOKENS_FILE") == "$SUBJECTS" ]] || die "mint_tokens wrote $(wc -l <"$TOKENS_FILE") tokens, not $SUBJECTS"
+  FIRST_TOKEN=$(head -1 "$TOKENS_FILE")
+  sed 's/^keys_file: keys.yaml$/keys_file: keys-tokens.yaml/' "$TMP/sg/scopegate.yaml" >"$TMP/sg/tokens.yaml"
+  "$BIN" check --config "$TMP/sg/tokens.yaml" >"$TMP/sg/check-tokens.out" 2>&1 \
+    || die "scopegate check failed (tokens): $(head -20 "$TMP/sg/check-tokens.out")"
+fi
 log "scopegate check: $(head -1 "$TMP/sg/check.out")"
 
 # ---------------------------------------------------------------- facts
@@ -347,7 +379,7 @@ FACTS="$TMP/facts.md"
   echo "- oha: $OHA_VER"
   echo "- rustc: $(rustc --version 2>/dev/null || echo unknown)"
   echo "- scopegate: $GIT_REV, target/release/scopegate"
-  echo "- settings: ROUNDS=$ROUNDS DURATION=${DURATION}s RATE=$RATE CONNS=$CONNS WARMUP=${WARMUP}s KEYS=$KEYS WORKSPACES=$WORKSPACES USAGE_RUN=$USAGE_RUN SSE=$SSE"
+  echo "- settings: ROUNDS=$ROUNDS DURATION=${DURATION}s RATE=$RATE CONNS=$CONNS WARMUP=${WARMUP}s KEYS=$KEYS WORKSPACES=$WORKSPACES USAGE_RUN=$USAGE_RUN TOKENS_RUN=$TOKENS_RUN SUBJECTS=$SUBJECTS OHA=$OHA INSTR_SECS=$INSTR_SECS SSE=$SSE"
   echo "- pinning: proxy under test on CPU $PROXY_CPU; wrk/oha and the upstream nginx on CPU $LOAD_CPU"
 } >"$FACTS"
 cat "$FACTS" >&2
@@ -368,6 +400,7 @@ else
   [[ $LOG_RUN == 1 ]] && TARGETS+=(scopegate+log)
   [[ $USAGE_RUN == 1 ]] && TARGETS+=(scopegate+usage scopegate+cost)
   [[ $TRACES_RUN == 1 ]] && TARGETS+=(scopegate+traces scopegate+traces0)
+  [[ $TOKENS_RUN == 1 ]] && TARGETS+=(scopegate+tokens)
   [[ -n $BASE_BIN ]] && TARGETS+=(base)
   [[ -n $BASE_BIN && $USAGE_RUN == 1 ]] && TARGETS+=(base+usage)
 fi
@@ -376,6 +409,7 @@ for t in "${TARGETS[@]}"; do
     direct | nginx | pingora | scopegate | scopegate+log | scopegate+traces | scopegate+traces0) ;;
     scopegate+usage) [[ -n $LIMITED_KEY ]] || die "scopegate+usage needs USAGE_RUN=1" ;;
     scopegate+cost) [[ -n $COST_KEY ]] || die "scopegate+cost needs USAGE_RUN=1" ;;
+    scopegate+tokens) [[ -n $FIRST_TOKEN ]] || die "scopegate+tokens needs TOKENS_RUN=1" ;;
     base) [[ -n $BASE_BIN ]] || die "target base needs BASE_BIN" ;;
     base+usage) [[ -n $BASE_BIN && -n $LIMITED_KEY ]] || die "base+usage needs BASE_BIN and USAGE_RUN=1" ;;
     *) die "unknown target '$t'" ;;
@@ -387,6 +421,7 @@ else
   INSTR_TARGETS=(nginx pingora scopegate)
   [[ -n $LIMITED_KEY ]] && INSTR_TARGETS+=(scopegate+usage scopegate+cost)
   [[ $TRACES_RUN == 1 ]] && INSTR_TARGETS+=(scopegate+traces scopegate+traces0)
+  [[ $TOKENS_RUN == 1 ]] && INSTR_TARGETS+=(scopegate+tokens)
   [[ -n $BASE_BIN ]] && INSTR_TARGETS+=(base)
   [[ -n $BASE_BIN && -n $LIMITED_KEY ]] && INSTR_TARGETS+=(base+usage)
 fi
@@ -396,6 +431,7 @@ if [[ $INSTR == 1 ]]; then
       nginx | pingora | scopegate | scopegate+log | scopegate+traces | scopegate+traces0) ;;
       scopegate+usage) [[ -n $LIMITED_KEY ]] || die "INSTR_TARGETS: scopegate+usage needs USAGE_RUN=1" ;;
       scopegate+cost) [[ -n $COST_KEY ]] || die "INSTR_TARGETS: scopegate+cost needs USAGE_RUN=1" ;;
+      scopegate+tokens) [[ -n $FIRST_TOKEN ]] || die "INSTR_TARGETS: scopegate+tokens needs TOKENS_RUN=1" ;;
       base) [[ -n $BASE_BIN ]] || die "INSTR_TARGETS: base needs BASE_BIN" ;;
       base+usage) [[ -n $BASE_BIN && -n $LIMITED_KEY ]] || die "INSTR_TARGETS: base+usage needs BASE_BIN and USAGE_RUN=1" ;;
       *) die "INSTR_TARGETS: unknown or uncountable target '$t'" ;;
@@ -411,8 +447,11 @@ PROXY_PID=""
 start_target() {  # start_target NAME ROUND -> sets URL, PROXY_PID
   local t=$1 r=$2
   PROXY_PID=""
-  # the key wrk (post.lua reads SG_KEY), oha and the smoke test present
+  # the key wrk (post.lua reads SG_KEY), oha and the smoke test present; scopegate+tokens:
+  # the smoke test presents the first token, wrk rotates over all of them (tokens.lua)
   SG_KEY=$PLAIN_KEY; [[ $t == *+usage ]] && SG_KEY=$LIMITED_KEY; [[ $t == *+cost ]] && SG_KEY=$COST_KEY
+  WRK_SCRIPT=post.lua
+  [[ $t == scopegate+tokens ]] && { SG_KEY=$FIRST_TOKEN; WRK_SCRIPT=tokens.lua; }
   case $t in
     direct) URL="http://$HOST:$UP_PORT" ;;
     nginx)
@@ -425,11 +464,11 @@ start_target() {  # start_target NAME ROUND -> sets URL, PROXY_PID
       taskset -c "$PROXY_CPU" "$PLAIN" "$HOST:$PP_PORT" "$HOST:$UP_PORT" >"$TMP/proxy/pingora-r$r.log" 2>&1 &
       PROXY_PID=$!; PIDS+=("$PROXY_PID"); URL="http://$HOST:$PP_PORT"
       wait_http "$URL/v1/chat/completions" "$PROXY_PID" "pingora proxy" -X POST -d "$REQ_BODY" ;;
-    scopegate | scopegate+log | scopegate+usage | scopegate+cost | scopegate+traces | scopegate+traces0 | base | base+usage)
+    scopegate | scopegate+log | scopegate+usage | scopegate+cost | scopegate+traces | scopegate+traces0 | scopegate+tokens | base | base+usage)
       local level=warn out="$TMP/sg/stderr-r$r.log" bin=$BIN config="$TMP/sg/scopegate.yaml"
       [[ $t == scopegate+log ]] && { level=info; out=/dev/null; }
       [[ $t == base* ]] && bin=$BASE_BIN
-      [[ $t == scopegate+traces* ]] && config="$TMP/sg/${t#scopegate+}.yaml"
+      [[ $t == scopegate+traces* || $t == scopegate+tokens ]] && config="$TMP/sg/${t#scopegate+}.yaml"
       need_free "$SG_PORT" scopegate; need_free "$SG_MPORT" "scopegate metrics"
       RUST_LOG=$level taskset -c "$PROXY_CPU" "$bin" serve --config "$config" >"$out" 2>&1 &
       PROXY_PID=$!; PIDS+=("$PROXY_PID"); URL="http://$HOST:$SG_PORT"
@@ -455,7 +494,7 @@ smoke() {  # smoke NAME: one correct request through the target; scopegate also 
 
 run_wrk() {  # run_wrk OUTFILE SECONDS -> prints "requests duration_us p50_us p99_us"
   local out=$1 secs=$2 line
-  timeout $((secs + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${secs}s" --latency -s "$HERE/post.lua" "$URL/v1/chat/completions" >"$out" 2>&1 \
+  SG_TOKENS_START=${SG_TOKENS_START:-0} timeout $((secs + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${secs}s" --latency -s "$HERE/${WRK_SCRIPT:-post.lua}" "$URL/v1/chat/completions" >"$out" 2>&1 \
     || die "wrk failed (see $out)"
   line=$(grep '^WRKRESULT ' "$out") || die "no WRKRESULT in $out"
   local requests duration_us err_connect err_read err_write err_timeout err_status p50_us p99_us bytes
@@ -476,6 +515,25 @@ run_oha() {  # run_oha OUTFILE -> prints "p50_us p99_us"
   python3 "$HERE/oha_summary.py" "$out" "$n" || die "oha run not clean (see $out)"
 }
 
+# scopegate+tokens: tokens.lua reads the tokens from here
+export SG_TOKENS=$TOKENS_FILE
+
+# scopegate+tokens: one pass over every token before anything is counted, so that each is
+# verified (RS256) and cached once and the measured requests are cache hits, as in a proxy
+# that has been up for a while. wrk runs of SECONDS each, every one starting where the last
+# one's completed requests end, less CONNS (they may have been in flight when it stopped),
+# until the starts have gone past every token.
+warm_tokens() {  # warm_tokens RAWFILE-PREFIX SECONDS
+  local prefix=$1 secs=$2 start=0 k=0 w c
+  while ((start < SUBJECTS)); do
+    k=$((k + 1)); ((k <= 200)) || die "token warm-up pass not done after 200 wrk runs"
+    w=$(SG_TOKENS_START=$start run_wrk "$prefix-pass$k.txt" "$secs"); c=${w%% *}
+    ((c > CONNS)) || die "token warm-up pass: only $c requests in ${secs}s"
+    start=$((start + c - CONNS))
+  done
+  log "token warm-up pass: $SUBJECTS tokens in $k wrk run(s) of ${secs}s"
+}
+
 RESULTS="$TMP/results.tsv"
 printf 'round\ttarget\trps\tcpu_s_per_100k\tbusy_pct\tp50_us\tp99_us\trss_mib\twrk_p50_us\twrk_p99_us\n' >"$RESULTS"
 TCK=$(getconf CLK_TCK)
@@ -484,6 +542,7 @@ measure() {  # measure NAME ROUND
   local t=$1 r=$2 tag="r$2-${1/+/-}"
   start_target "$t" "$r"
   smoke "$t"
+  [[ $t == scopegate+tokens ]] && warm_tokens "$TMP/raw/$tag-warmup" "$WARMUP"
   log "round $r: $t: warm-up ${WARMUP}s"
   run_wrk "$TMP/raw/$tag-warmup.txt" "$WARMUP" >/dev/null
   local pids=() c0=0 c1=0 w
@@ -492,15 +551,25 @@ measure() {  # measure NAME ROUND
   w=$(run_wrk "$TMP/raw/$tag-wrk.txt" "$DURATION")
   [[ -n $PROXY_PID ]] && c1=$(cpu_ticks "${pids[@]}")
   local requests duration_us wp50 wp99; read -r requests duration_us wp50 wp99 <<<"$w"
-  [[ $OHA == 1 ]] && log "round $r: $t: fixed rate, oha -q $RATE for ${DURATION}s"
+  # oha presents one key: no fixed-rate run for scopegate+tokens
+  local use_oha=$OHA; [[ $t == scopegate+tokens ]] && use_oha=0
+  [[ $use_oha == 1 ]] && log "round $r: $t: fixed rate, oha -q $RATE for ${DURATION}s"
   local o p50=NA p99=NA
-  if [[ $OHA == 1 ]]; then o=$(run_oha "$TMP/raw/$tag-oha.json"); read -r p50 p99 <<<"$o"; fi
+  if [[ $use_oha == 1 ]]; then o=$(run_oha "$TMP/raw/$tag-oha.json"); read -r p50 p99 <<<"$o"; fi
   local cpu=NA busy=NA rss=NA
   if [[ -n $PROXY_PID ]]; then
     mapfile -t pids < <(tree_pids "$PROXY_PID")
     rss=$(awk -v k="$(rss_kib "${pids[@]}")" 'BEGIN {printf "%.1f", k / 1024}')
     # what scopegate counted (scopegate+usage: reported tokens, no refusals)
-    [[ $t == scopegate* || $t == base* ]] && { curl -s "http://$HOST:$SG_MPORT/metrics" | grep -E '^scopegate_(tokens_total|requests_total|usage_limit_ratio)' >"$TMP/raw/$tag-metrics.txt" || true; }
+    [[ $t == scopegate* || $t == base* ]] && { curl -s "http://$HOST:$SG_MPORT/metrics" | grep -E '^scopegate_(tokens_total|requests_total|usage_limit_ratio|token_verifications_total|jwks_keys)' >"$TMP/raw/$tag-metrics.txt" || true; }
+    if [[ $t == scopegate+tokens ]]; then
+      # every token presented verified (from the cache or not); none refused
+      local ok bad
+      ok=$(awk '/^scopegate_token_verifications_total\{.*result="ok"/ {s += $NF} END {print s + 0}' "$TMP/raw/$tag-metrics.txt")
+      bad=$(awk '/^scopegate_token_verifications_total\{/ && !/result="ok"/ {s += $NF} END {print s + 0}' "$TMP/raw/$tag-metrics.txt")
+      ((ok >= requests + SUBJECTS)) && [[ $bad == 0 ]] \
+        || die "$t: scopegate_token_verifications_total: ok $ok (expected ≥ $((requests + SUBJECTS))), refused $bad"
+    fi
     cpu=$(awk -v d=$((c1 - c0)) -v t="$TCK" -v n="$requests" 'BEGIN {printf "%.3f", d / t / n * 100000}')
     busy=$(awk -v d=$((c1 - c0)) -v t="$TCK" -v us="$duration_us" 'BEGIN {printf "%.0f", d / t / (us / 1e6) * 100}')
     stop_pid "$PROXY_PID"; PROXY_PID=""
@@ -528,7 +597,8 @@ printf 'target\trequests\tinstructions\n' >"$INSTR_TSV"
 # The keys-file poll is on a wall-clock timer; under valgrind's ~50× slowdown it would run
 # 50× as often per request, so the counted scopegate polls once an hour instead.
 sed 's/^reload_poll_interval_ms: .*/reload_poll_interval_ms: 3600000/' "$TMP/sg/scopegate.yaml" >"$TMP/sg/callgrind.yaml"
-for v in traces traces0; do
+for v in traces traces0 tokens; do
+  [[ -f $TMP/sg/$v.yaml ]] || continue
   sed 's/^reload_poll_interval_ms: .*/reload_poll_interval_ms: 3600000/' "$TMP/sg/$v.yaml" >"$TMP/sg/callgrind-$v.yaml"
 done
 
@@ -543,8 +613,15 @@ count_instructions() {  # count_instructions NAME URL READY_URL CMD...
   pid=$!; PIDS+=("$pid")
   # valgrind start-up (and scopegate's keys load) is slow
   WAIT_SECS=120 wait_http "$ready" "$pid" "$t under valgrind"
-  local counted=$INSTR_REQUESTS
-  if [[ $OHA == 1 ]]; then
+  local counted=$INSTR_REQUESTS use_oha=$OHA
+  WRK_SCRIPT=post.lua
+  # scopegate+tokens: wrk rotating over the tokens (oha presents one key), after a pass over
+  # all of them (every token verified and cached before counting starts)
+  if [[ $t == scopegate+tokens ]]; then
+    use_oha=0; WRK_SCRIPT=tokens.lua
+    URL=$url CONNS=8 warm_tokens "$TMP/raw/callgrind-$t-warmup" 5
+  fi
+  if [[ $use_oha == 1 ]]; then
     local oha_args=(--no-tui --output-format json -c 8 -m POST -T application/json
       -H "Authorization: Bearer $SG_KEY" -d "$REQ_BODY" "$url/v1/chat/completions")
     taskset -c "$LOAD_CPU" oha -n 500 "${oha_args[@]}" >/dev/null 2>&1 || die "$t: oha warm-up failed"
@@ -561,7 +638,7 @@ count_instructions() {  # count_instructions NAME URL READY_URL CMD...
   fi
   callgrind_control -i off "$pid" >/dev/null || die "callgrind_control -i off failed for $t"
   callgrind_control -d "$pid" >/dev/null || die "callgrind_control -d failed for $t"
-  if [[ $OHA == 1 ]]; then
+  if [[ $use_oha == 1 ]]; then
     python3 "$HERE/oha_summary.py" "$TMP/raw/callgrind-$t-oha.json" "$INSTR_REQUESTS" >/dev/null \
       || die "$t: not every counted request was 2xx (see $TMP/raw/callgrind-$t-oha.json)"
   fi
@@ -606,6 +683,9 @@ if [[ $INSTR == 1 ]]; then
       scopegate+traces | scopegate+traces0)
         count_instructions "$t" "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
           "$BIN" serve --config "$TMP/sg/callgrind-${t#scopegate+}.yaml" ;;
+      scopegate+tokens)
+        count_instructions "$t" "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
+          "$BIN" serve --config "$TMP/sg/callgrind-tokens.yaml" ;;
       base)
         count_instructions base "http://$HOST:$SG_PORT" "http://$HOST:$SG_MPORT/readyz" \
           "$BASE_BIN" serve --config "$TMP/sg/callgrind.yaml" ;;

@@ -3,6 +3,7 @@
 //! or served over local HTTPS, every check before the upstream, rotation
 //! through the file and the URL, revocation by reload, per-subject limits
 //! (two replicas on a real `redis-server`), budgets and `scopegate usage`.
+//! A subject's counters across a restart: `identity_restart.rs`.
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
@@ -39,7 +40,7 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 /// A signing key of the test's identity provider, with its public JWK.
-struct Signer {
+pub(super) struct Signer {
     kid: String,
     alg: Algorithm,
     key: EncodingKey,
@@ -61,7 +62,7 @@ impl Signer {
         }
     }
 
-    fn es256(kid: &str) -> Signer {
+    pub(super) fn es256(kid: &str) -> Signer {
         let rng = ring::rand::SystemRandom::new();
         let alg = &ECDSA_P256_SHA256_FIXED_SIGNING;
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("generates");
@@ -98,12 +99,12 @@ impl Signer {
     }
 
     /// A token of `subject` in `research`, valid for ten minutes.
-    fn token(&self, subject: &str) -> String {
+    pub(super) fn token(&self, subject: &str) -> String {
         self.sign(&claims(subject))
     }
 }
 
-fn jwks(keys: &[&Signer]) -> String {
+pub(super) fn jwks(keys: &[&Signer]) -> String {
     let keys: Vec<&Value> = keys.iter().map(|k| &k.jwk).collect();
     json!({ "keys": keys }).to_string()
 }
@@ -140,7 +141,7 @@ fn replace(path: &Path, text: &str) {
 /// of [`ISSUER`] with `source` (the `jwks_file`/`jwks_url` lines) and
 /// `extra` (further `identity_tokens` lines, unindented), the workspace
 /// `research` with `ws_extra` (unindented), and the key [`BOT`].
-fn keys_yaml(source: &str, extra: &str, ws_extra: &str) -> String {
+pub(super) fn keys_yaml(source: &str, extra: &str, ws_extra: &str) -> String {
     let indent = |text: &str, n: usize| -> String {
         text.lines()
             .map(|l| format!("{}{l}\n", " ".repeat(n)))
@@ -173,7 +174,7 @@ fn keys_yaml(source: &str, extra: &str, ws_extra: &str) -> String {
 }
 
 /// A folder with `jwks.json` holding `set`, and its `jwks_file` line.
-fn jwks_dir(set: &str) -> (tempfile::TempDir, PathBuf, String) {
+pub(super) fn jwks_dir(set: &str) -> (tempfile::TempDir, PathBuf, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("jwks.json");
     std::fs::write(&path, set).expect("write jwks");
@@ -181,7 +182,7 @@ fn jwks_dir(set: &str) -> (tempfile::TempDir, PathBuf, String) {
     (dir, path, line)
 }
 
-fn chat(proxy: &Proxy, proto: Proto, token: &str) -> Response {
+pub(super) fn chat(proxy: &Proxy, proto: Proto, token: &str) -> Response {
     proxy
         .post("/v1/chat/completions")
         .bearer(token)
@@ -698,7 +699,7 @@ fn a_jwks_file_rotates_and_revocation_applies_by_reload() {
 }
 
 /// `scopegate usage --json` with `proxy`'s config and `args`.
-fn usage(proxy: &Proxy, args: &[&str]) -> Value {
+pub(super) fn usage(proxy: &Proxy, args: &[&str]) -> Value {
     let dir = proxy.keys_path().parent().expect("dir").to_path_buf();
     let config = dir.join("scopegate.yaml");
     let mut all = vec![
@@ -713,7 +714,7 @@ fn usage(proxy: &Proxy, args: &[&str]) -> Value {
     serde_json::from_str(&run.stdout).unwrap_or_default()
 }
 
-const USAGE_BODY: &str = r#"{"id":"c1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":30,"completion_tokens":10,"total_tokens":40}}"#;
+pub(super) const USAGE_BODY: &str = r#"{"id":"c1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":30,"completion_tokens":10,"total_tokens":40}}"#;
 
 #[test]
 fn each_subject_has_its_own_budget_and_usage_lists_the_subjects() {
