@@ -15,6 +15,7 @@
 #        DELAY_MS=10    between requests (10 × 1000/10 ≈ 1,000 req/s offered)
 #        KEYS=1000      keys in the keys file
 #        SKIP_BUILD=0   1: use target/release/scopegate as it is
+#        SCOPEGATE_BIN=path  another scopegate binary (implies nothing is built)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -29,7 +30,7 @@ UP_PORT=${UP_PORT:-18591}
 SG_PORT=${SG_PORT:-18592}
 SG_MPORT=${SG_MPORT:-18593}
 DOWN_PORT=${DOWN_PORT:-18594}
-BIN="$REPO/target/release/scopegate"
+BIN=${SCOPEGATE_BIN:-"$REPO/target/release/scopegate"}
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 log() { printf '[traces_down %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -37,7 +38,7 @@ die() { log "error: $*"; exit 1; }
 
 command -v wrk >/dev/null || die "wrk is not installed"
 [[ -x $NGINX ]] || die "nginx is not installed"
-if [[ $SKIP_BUILD != 1 ]]; then
+if [[ $SKIP_BUILD != 1 && -z ${SCOPEGATE_BIN:-} ]]; then
   (cd "$REPO" && cargo build --release --bin scopegate) || die "release build failed"
 fi
 [[ -x $BIN ]] || die "no $BIN (build it, or SKIP_BUILD=0)"
