@@ -121,17 +121,15 @@ def instructions_table(path):
         for a, b, what in before_after:
             out.append(f"| {what} | {per[a] / per[b]:.3f} | {per[a] - per[b]:+,.0f} |")
     if "pingora" in per and "scopegate" in per:
-        out.append("\nUnder valgrind SHA-256 takes its portable path (valgrind hides SHA-NI): "
-                   "about 3,550 instructions per hashed key instead of at most about 280 with SHA-NI, so "
-                   "the scopegate figures overstate the real count by about 3,300 per hash (one "
-                   "hash per request: the decision after a body read reuses the key already "
-                   "identified; builds before 2026-12-07 19:00 hashed twice with accounting on). See "
-                   "benches/load/results-profile-2026-12-07.md.")
+        out.append("\nUnder valgrind SHA-256 cannot use the CPU's SHA extensions (valgrind hides "
+                   "SHA-NI): ring's AVX code hashes a key in about 2,500 instructions, where SHA-NI "
+                   "takes a few hundred, so the scopegate figures overstate the real count by about "
+                   "2,200 per request (one hash per request; builds before 2026-12-07 20:30 hashed with "
+                   "the sha2 crate's portable code, about 3,550). See docs/benchmarks.md.")
     if "scopegate+tokens" in per and "scopegate" in per:
         out.append("\nscopegate+tokens hashes the whole token (SHA-256 of ~700 bytes, 11 blocks) to find "
-                   "it in the cache: under valgrind about 37,700 instructions per request on the "
-                   "portable path, where SHA-NI would execute about 3,000 (scaled by the key hash's "
-                   "~3,550 against ~280), so the ratio "
+                   "it in the cache: under valgrind about 23,000 instructions per request on ring's "
+                   "AVX code, where SHA-NI would execute about 2,500, so the ratio "
                    "above overstates a real CPU's; the CPU-seconds of the rounds are the measure on "
                    "real hardware. benches/load/callgrind_top.py FILE --diff BASE shows the rest.")
     return "\n".join(out) + "\n"

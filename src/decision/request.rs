@@ -11,9 +11,26 @@ pub fn non_canonical_reason(path: &str) -> Option<&'static str> {
     if bytes.first() != Some(&b'/') {
         return Some("the path must start with `/`");
     }
-    let mut i = 0;
+    // One pass: the bytes, and the segments as each `/` closes one. A byte
+    // refused anywhere wins over a segment refused earlier, as the reasons
+    // have always been given.
+    let mut segment_reason = None;
+    let mut seg_start = 1;
+    let mut i = 1;
     while i < bytes.len() {
         let b = bytes[i];
+        if !PATH_SPECIAL[usize::from(b)] {
+            i += 1;
+            continue;
+        }
+        if b == b'/' {
+            if segment_reason.is_none() {
+                segment_reason = segment_refusal(&bytes[seg_start..i], true);
+            }
+            seg_start = i + 1;
+            i += 1;
+            continue;
+        }
         if b == b'\\' {
             return Some("the path contains a backslash");
         }
@@ -23,45 +40,59 @@ pub fn non_canonical_reason(path: &str) -> Option<&'static str> {
         if b >= 0x80 {
             return Some(RAW_NON_ASCII);
         }
-        if b == b'%' {
-            let Some(decoded) = percent_byte(bytes, i) else {
-                return Some("the path contains invalid percent-encoding");
-            };
-            match decoded {
-                b'/' => return Some("the path contains a percent-encoded `/`"),
-                b'\\' => return Some("the path contains a percent-encoded backslash"),
-                b'.' => return Some("the path contains a percent-encoded `.`"),
-                0x00..=0x1f | 0x7f => {
-                    return Some("the path contains a percent-encoded control character")
-                }
-                // U+0080–U+009F in UTF-8: C1 controls (U+0085 is a line
-                // break to several runtimes), refused like C0 controls.
-                0xc2 if percent_byte(bytes, i + 3).is_some_and(|n| (0x80..=0x9f).contains(&n)) => {
-                    return Some("the path contains a percent-encoded control character")
-                }
-                c if is_unreserved(c) => {
-                    return Some("the path percent-encodes an unreserved character")
-                }
-                _ => {}
+        // b == b'%'
+        let Some(decoded) = percent_byte(bytes, i) else {
+            return Some("the path contains invalid percent-encoding");
+        };
+        match decoded {
+            b'/' => return Some("the path contains a percent-encoded `/`"),
+            b'\\' => return Some("the path contains a percent-encoded backslash"),
+            b'.' => return Some("the path contains a percent-encoded `.`"),
+            0x00..=0x1f | 0x7f => {
+                return Some("the path contains a percent-encoded control character")
             }
-            i += 3;
-            continue;
+            // U+0080–U+009F in UTF-8: C1 controls (U+0085 is a line
+            // break to several runtimes), refused like C0 controls.
+            0xc2 if percent_byte(bytes, i + 3).is_some_and(|n| (0x80..=0x9f).contains(&n)) => {
+                return Some("the path contains a percent-encoded control character")
+            }
+            c if is_unreserved(c) => {
+                return Some("the path percent-encodes an unreserved character")
+            }
+            _ => {}
         }
-        i += 1;
+        i += 3;
     }
-    // Segments: `//`, `.` and `..` are refused; a trailing empty segment is
-    // a different path (404), not an error.
-    let mut segments = path[1..].split('/').peekable();
-    while let Some(seg) = segments.next() {
-        if seg.is_empty() && segments.peek().is_some() {
-            return Some("the path contains an empty segment (`//`)");
-        }
-        if seg == "." || seg == ".." {
-            return Some("the path contains a `.` or `..` segment");
-        }
-    }
-    None
+    // The last segment may be empty (a trailing `/` is a different path,
+    // 404, not an error).
+    segment_reason.or_else(|| segment_refusal(&bytes[seg_start.min(bytes.len())..], false))
 }
+
+/// Why a segment is refused: `//` (an empty segment another follows),
+/// `.` and `..`.
+fn segment_refusal(seg: &[u8], followed: bool) -> Option<&'static str> {
+    match seg {
+        [] if followed => Some("the path contains an empty segment (`//`)"),
+        b"." | b".." => Some("the path contains a `.` or `..` segment"),
+        _ => None,
+    }
+}
+
+/// Bytes of a path the canonical check looks at: `/`, `\\`, `%`, controls
+/// and anything not ASCII; every other byte passes as it is.
+static PATH_SPECIAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = b < 0x20
+            || b >= 0x7f
+            || b == b'/' as usize
+            || b == b'\\' as usize
+            || b == b'%' as usize;
+        b += 1;
+    }
+    table
+};
 
 /// The reason for a raw byte ≥ 0x80 in a request target.
 const RAW_NON_ASCII: &str =
@@ -494,6 +525,99 @@ pub fn body_workspace(body: &[u8]) -> Result<BodyWorkspace, InvalidBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The check as it was written before it became one pass: every byte
+    /// first, then the segments. The one-pass check must give the same
+    /// reason for every path.
+    fn two_pass_reason(path: &str) -> Option<&'static str> {
+        let bytes = path.as_bytes();
+        if bytes.first() != Some(&b'/') {
+            return Some("the path must start with `/`");
+        }
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b == b'\\' {
+                return Some("the path contains a backslash");
+            }
+            if b < 0x20 || b == 0x7f {
+                return Some("the path contains a control character");
+            }
+            if b >= 0x80 {
+                return Some(RAW_NON_ASCII);
+            }
+            if b == b'%' {
+                let Some(decoded) = percent_byte(bytes, i) else {
+                    return Some("the path contains invalid percent-encoding");
+                };
+                match decoded {
+                    b'/' => return Some("the path contains a percent-encoded `/`"),
+                    b'\\' => return Some("the path contains a percent-encoded backslash"),
+                    b'.' => return Some("the path contains a percent-encoded `.`"),
+                    0x00..=0x1f | 0x7f => {
+                        return Some("the path contains a percent-encoded control character")
+                    }
+                    0xc2 if percent_byte(bytes, i + 3)
+                        .is_some_and(|n| (0x80..=0x9f).contains(&n)) =>
+                    {
+                        return Some("the path contains a percent-encoded control character")
+                    }
+                    c if is_unreserved(c) => {
+                        return Some("the path percent-encodes an unreserved character")
+                    }
+                    _ => {}
+                }
+                i += 3;
+                continue;
+            }
+            i += 1;
+        }
+        let mut segments = path[1..].split('/').peekable();
+        while let Some(seg) = segments.next() {
+            if seg.is_empty() && segments.peek().is_some() {
+                return Some("the path contains an empty segment (`//`)");
+            }
+            if seg == "." || seg == ".." {
+                return Some("the path contains a `.` or `..` segment");
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn one_pass_check_gives_the_two_pass_reasons() {
+        // Every path of up to 6 characters from an alphabet that reaches
+        // each rule (slashes, dots, percent-encodings, a backslash, a
+        // control, a C1 control's lead byte), after a leading `/`.
+        const ALPHABET: [&str; 9] = ["/", ".", "a", "%2", "%c2%8", "5", "e", "\\", "\u{1}"];
+        let mut stack = vec![String::from("/")];
+        let mut checked = 0;
+        while let Some(p) = stack.pop() {
+            assert_eq!(non_canonical_reason(&p), two_pass_reason(&p), "{p:?}");
+            checked += 1;
+            if p.chars().count() < 7 {
+                for piece in ALPHABET {
+                    stack.push(format!("{p}{piece}"));
+                }
+            }
+        }
+        assert!(checked > 100_000, "{checked}");
+        for p in [
+            "",
+            "a/b",
+            "/v1/chat/completions",
+            "/v1/./x",
+            "/v1/../x",
+            "/v1//x",
+            "/v1/x/",
+            "/v1/x/.",
+            "/%2e",
+            "/a%2fb",
+            "/caf\u{e9}",
+        ] {
+            assert_eq!(non_canonical_reason(p), two_pass_reason(p), "{p:?}");
+        }
+    }
 
     #[test]
     fn canonical_paths_pass() {
