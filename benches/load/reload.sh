@@ -12,10 +12,18 @@
 # and hash by the detector, then the reload); MODE=inplace rewrites the file in place
 # (the detector reads it, waits for it to settle, reads it again, then reloads).
 #
+# LOAD=1 adds requests: an nginx upstream and a paced wrk (paced.lua: CONNS connections, each
+# waiting DELAY_MS on average, about 1,000 req/s) run first for LOAD_SECS without reloads (the
+# baseline), then for LOAD_SECS again while the file is rewritten back to back (a rewrite storm:
+# as many reloads as fit, RELOADS is ignored); reports both runs' request latency p50/p90/p99
+# and their ratio (target: p99 during the storm ≤ 1.2 × the baseline's).
+#
 # usage: benches/load/reload.sh    (needs target/release/scopegate, python3)
 # env:   KEYS=10000 WORKSPACES=100 RELOADS=20 MODE=rename|inplace BUDGETS=0 (1: every key
 #        has a usage budget, gen_keys.py --usage-limits) BIN=target/release/scopegate
 #        BASE_PORT=28080 CPU=1 (the CPU scopegate is pinned to)
+#        LOAD=0 (1: requests during the reloads, as above) LOAD_SECS=30 CONNS=10 DELAY_MS=10
+#        LOAD_CPU=0 (the CPU wrk and nginx are pinned to)
 set -euo pipefail
 KEYS=${KEYS:-10000}
 WORKSPACES=${WORKSPACES:-100}
@@ -24,6 +32,11 @@ MODE=${MODE:-rename}
 BUDGETS=${BUDGETS:-0}
 BASE_PORT=${BASE_PORT:-28080}
 CPU=${CPU:-1}
+LOAD=${LOAD:-0}
+LOAD_SECS=${LOAD_SECS:-30}
+CONNS=${CONNS:-10}
+DELAY_MS=${DELAY_MS:-10}
+LOAD_CPU=${LOAD_CPU:-0}
 HOST=127.0.0.1
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -41,6 +54,14 @@ python3 "$HERE/gen_keys.py" "$TMP/keys/keys.yaml" "$TMP/secret" "${GEN[@]}" >/de
 cp "$TMP/keys/keys.yaml" "$TMP/base.yaml"
 BYTES=$(stat -c %s "$TMP/base.yaml")
 pick PORT; pick MPORT
+UPSTREAM_URL="http://$HOST:9"
+if [[ $LOAD == 1 ]]; then
+  command -v wrk >/dev/null || die "LOAD=1 needs wrk"
+  pick UP_PORT; mkdir -p "$TMP/up"; upstream_conf "$TMP/up" "$UP_PORT"
+  taskset -c "$LOAD_CPU" "$(command -v nginx)" -p "$TMP/up" -c "$TMP/up/nginx.conf" 2>"$TMP/up/stderr.log" &
+  PIDS+=($!)
+  UPSTREAM_URL="http://$HOST:$UP_PORT"
+fi
 cat >"$TMP/keys/scopegate.yaml" <<EOF
 listen: ["$HOST:$PORT"]
 metrics_listen: "$HOST:$MPORT"
@@ -51,8 +72,8 @@ log_format: json
 shutdown_grace_period_seconds: 1
 state: { path: ../state/state.db }
 upstreams:
-  completions: { url: "http://$HOST:9" }
-  admin: { url: "http://$HOST:9" }
+  completions: { url: "$UPSTREAM_URL" }
+  admin: { url: "$UPSTREAM_URL" }
 EOF
 LOG="$TMP/scopegate.log"
 RUST_LOG=info taskset -c "$CPU" "$BIN" serve --config "$TMP/keys/scopegate.yaml" >"$LOG" 2>&1 &
@@ -68,10 +89,33 @@ done
 ticks() { sed 's/^.*) //' "$1" | awk '{print $12 + $13}'; }
 faults() { sed 's/^.*) //' "/proc/$PID/stat" | awk '{print $8}'; }   # minflt
 reloaded() { grep -c '"keys reloaded"' "$LOG" || true; }
+# paced requests for LOAD_SECS: prints "p50 p90 p99 requests errors" (µs)
+paced() {
+  SG_KEY=$(cat "$TMP/secret") DELAY_MS=$DELAY_MS taskset -c "$LOAD_CPU" \
+    wrk -t1 -c"$CONNS" -d"${LOAD_SECS}s" -s "$HERE/paced.lua" "http://$HOST:$PORT" >"$1" 2>&1 || true
+  local line; line=$(grep WRKRESULT "$1") || die "wrk printed no result (see $1)"
+  python3 - "$line" <<'PY'
+import sys
+kv = dict(p.split("=") for p in sys.argv[1].split()[1:])
+errors = sum(int(kv[k]) for k in kv if k.startswith("err_"))
+print(kv["p50_us"], kv["p90_us"], kv["p99_us"], kv["requests"], errors)
+PY
+}
+if [[ $LOAD == 1 ]]; then
+  wait_url -X POST -H "Authorization: Bearer $(cat "$TMP/secret")" -d "$REQ" "http://$HOST:$PORT/v1/chat/completions"
+  log "baseline: ${LOAD_SECS}s of paced requests, no reloads"
+  read -r b50 b90 b99 breq berr <<<"$(paced "$TMP/wrk-baseline.txt")"
+  log "baseline: p50 ${b50} µs, p99 ${b99} µs, $breq requests, $berr errors"
+  SG_KEY=$(cat "$TMP/secret") DELAY_MS=$DELAY_MS taskset -c "$LOAD_CPU" \
+    wrk -t1 -c"$CONNS" -d"${LOAD_SECS}s" -s "$HERE/paced.lua" "http://$HOST:$PORT" >"$TMP/wrk-storm.txt" 2>&1 &
+  WRK=$!
+  RELOADS=1000000
+fi
 before=$(reloaded)
 t0=$(ticks "/proc/$PID/task/$TID/stat"); p0=$(ticks "/proc/$PID/stat"); f0=$(faults)
-log "$KEYS keys ($BYTES bytes), $RELOADS reloads by $MODE"
+log "$KEYS keys ($BYTES bytes), $( ((LOAD == 1)) && echo "reloads for ${LOAD_SECS}s" || echo "$RELOADS reloads") by $MODE"
 for i in $(seq "$RELOADS"); do
+  if [[ $LOAD == 1 ]] && ! kill -0 "$WRK" 2>/dev/null; then RELOADS=$((i - 1)); break; fi
   { cat "$TMP/base.yaml"; echo "# reload $i"; } >"$TMP/next.yaml"
   if [[ $MODE == rename ]]; then
     mv "$TMP/next.yaml" "$TMP/keys/keys.yaml"
@@ -86,6 +130,18 @@ for i in $(seq "$RELOADS"); do
   sleep 0.3   # let the detector's and the writer's follow-ups end before the next write
 done
 t1=$(ticks "/proc/$PID/task/$TID/stat"); p1=$(ticks "/proc/$PID/stat"); f1=$(faults)
+if [[ $LOAD == 1 ]]; then
+  wait "$WRK" || true
+  line=$(grep WRKRESULT "$TMP/wrk-storm.txt") || die "wrk printed no result during the storm"
+  read -r s50 s90 s99 sreq serr <<<"$(python3 - "$line" <<'PY'
+import sys
+kv = dict(p.split("=") for p in sys.argv[1].split()[1:])
+errors = sum(int(kv[k]) for k in kv if k.startswith("err_"))
+print(kv["p50_us"], kv["p90_us"], kv["p99_us"], kv["requests"], errors)
+PY
+)"
+  ((RELOADS > 0)) || die "no reload completed during the storm"
+fi
 rss=$(awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$PID/status")
 grep -q 'keys reload rejected' "$LOG" && die "a reload was rejected (see $LOG)"
 python3 - "$LOG" "$before" "$RELOADS" "$TCK" "$((t1 - t0))" "$((p1 - p0))" "$((f1 - f0))" "$rss" "$KEYS" "$BYTES" "$MODE" <<'PY'
@@ -104,5 +160,13 @@ print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
 print(f"| {int(keys):,} | {int(size):,} | {mode} | {n} | {statistics.median(took):.1f} ({min(took):.1f}–{max(took):.1f}) "
       f"| {ms(thread):.1f} | {ms(proc):.1f} | {int(faults) / n:,.0f} | {rss} |")
 PY
+if [[ $LOAD == 1 ]]; then
+  printf '\n| requests (%s s each, paced, about %s req/s offered) | requests | errors | p50 µs | p90 µs | p99 µs |\n|---|---:|---:|---:|---:|---:|\n' \
+    "$LOAD_SECS" "$((CONNS * 1000 / DELAY_MS))"
+  printf '| baseline, no reloads | %s | %s | %s | %s | %s |\n' "$breq" "$berr" "$b50" "$b90" "$b99"
+  printf '| during %s reloads | %s | %s | %s | %s | %s |\n' "$RELOADS" "$sreq" "$serr" "$s50" "$s90" "$s99"
+  awk -v a="$s50" -v b="$b50" -v c="$s99" -v d="$b99" \
+    'BEGIN {printf "\nstorm ÷ baseline: p50 %.2f×, p99 %.2f× (target p99 ≤ 1.2×)\n", a / b, c / d}'
+fi
 stop "$PID"
 rm -rf "$TMP"

@@ -384,6 +384,24 @@ pub enum Media {
     Other,
 }
 
+/// RFC 9110's `tchar`: the bytes of a token (a media type's type and subtype).
+static TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let extra = b"!#$%&'*+-.^_`|~";
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 /// Classifies a `Content-Type` value (the first, when repeated: the caller
 /// refuses a repeated one wherever it matters).
 pub fn media_type(ct: Option<&[u8]>) -> Media {
@@ -395,11 +413,7 @@ pub fn media_type(ct: Option<&[u8]>) -> Media {
         return Media::Other;
     };
     let (kind, subtype) = (&essence[..slash], &essence[slash + 1..]);
-    let token = |t: &[u8]| {
-        !t.is_empty()
-            && t.iter()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
-    };
+    let token = |t: &[u8]| !t.is_empty() && t.iter().all(|&b| TCHAR[usize::from(b)]);
     if !token(kind) || !token(subtype) {
         return Media::Other;
     }
@@ -582,6 +596,18 @@ mod tests {
             }
         }
         None
+    }
+
+    #[test]
+    fn token_bytes_are_rfc_9110_tchar() {
+        for b in 0..=255u8 {
+            let want = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(TCHAR[usize::from(b)], want, "byte {b}");
+            let ct = [b"text/x".as_slice(), &[b]].concat();
+            assert!(media_type(Some(&ct)) == Media::Other, "{ct:?}");
+            let json = [b"application/a".as_slice(), &[b], b"+json"].concat();
+            assert_eq!(media_type(Some(&json)) == Media::Json, want, "{json:?}");
+        }
     }
 
     #[test]
