@@ -24,14 +24,16 @@
 //!    instead (accounting off), to compare (run it against a fresh proxy).
 //!
 //! With `--traced-proxy HOST:PORT` (a second scopegate, the same config with
-//! tracing on at `sample_ratio: 1.0`), the latency rounds add a fourth kind,
-//! `tracing_on`: the plain key through that proxy, interleaved with the
-//! others, so tracing on and off are compared within one run.
+//! tracing on at `sample_ratio: 1.0`) and `--untraced-proxy HOST:PORT` (a
+//! third, the same config without it), the latency rounds add two kinds,
+//! `tracing_on` and `tracing_off`: the plain key through each, interleaved
+//! with the others, so tracing on and off are compared within one run, each
+//! in a process that serves the same share of the streams.
 //!
 //! usage: sse_first_event --proxy HOST:PORT --upstream HOST:PORT --plain-key K
 //!        --limited-key K [--streams 2000 (0: no latency part)] [--hold 1000]
 //!        [--hold-with limited|plain] [--proxy-pid PID] [--tsv PATH]
-//!        [--traced-proxy HOST:PORT]
+//!        [--traced-proxy HOST:PORT --untraced-proxy HOST:PORT]
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -235,7 +237,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 /// Part 1: sequential first-event latency, three kinds interleaved.
 async fn latency(
     proxy: &str,
-    traced: Option<&str>,
+    traced: Option<(&str, &str)>,
     upstream_addr: &str,
     plain: &str,
     limited: &str,
@@ -248,9 +250,10 @@ async fn latency(
         Client::connect(proxy, Some(plain), false).await?,
         Client::connect(proxy, Some(limited), false).await?,
     ];
-    if let Some(t) = traced {
-        kinds.push("tracing_on");
-        clients.push(Client::connect(t, Some(plain), false).await?);
+    if let Some((on, off)) = traced {
+        kinds.extend(["tracing_on", "tracing_off"]);
+        clients.push(Client::connect(on, Some(plain), false).await?);
+        clients.push(Client::connect(off, Some(plain), false).await?);
     }
     let n = kinds.len();
     let warmup = 200;
@@ -305,8 +308,8 @@ async fn latency(
         ));
     }
     println!("accounting on − off, p50: {:+.1} µs", med[2] - med[1]);
-    if n > 3 {
-        println!("tracing on − off, p50: {:+.1} µs", med[3] - med[1]);
+    if n > 4 {
+        println!("tracing on − off, p50: {:+.1} µs", med[3] - med[4]);
     }
     Ok(())
 }
@@ -327,7 +330,11 @@ async fn main() -> Res<()> {
     let hold: usize = args.get("hold").map_or(Ok(1000), |v| v.parse())?;
     let pid: Option<u32> = args.get("proxy-pid").and_then(|v| v.parse().ok());
     let tsv = args.get("tsv").cloned();
-    let traced = args.get("traced-proxy").cloned();
+    let traced = match (args.get("traced-proxy"), args.get("untraced-proxy")) {
+        (Some(on), Some(off)) => Some((on.clone(), off.clone())),
+        (None, None) => None,
+        _ => return Err("--traced-proxy and --untraced-proxy go together".into()),
+    };
     let hold_plain = args.get("hold-with").is_some_and(|v| v == "plain");
     let (hold_key, hold_tag) = if hold_plain {
         (plain.clone(), "held_accounting_off")
@@ -343,7 +350,7 @@ async fn main() -> Res<()> {
     if streams > 0 {
         latency(
             &proxy,
-            traced.as_deref(),
+            traced.as_ref().map(|(on, off)| (on.as_str(), off.as_str())),
             &upstream_addr,
             &plain,
             &limited,

@@ -40,7 +40,8 @@
 #        LOG_RUN=1     0: skip the scopegate+log target
 #        USAGE_RUN=1   0: skip the scopegate+usage target
 #        TRACES_RUN=1  0: skip the scopegate+traces and scopegate+traces0 targets (and, with
-#                      SSE=1, the `tracing_on` kind: a second scopegate with tracing on)
+#                      SSE=1, the `tracing_on`/`tracing_off` kinds: two more scopegates, one
+#                      with tracing on)
 #        TOKENS_RUN=1  0: skip the scopegate+tokens target
 #        SUBJECTS=10000  identity tokens (distinct subjects) minted for scopegate+tokens
 #        TARGETS="..." run only these targets (e.g. "scopegate scopegate+usage")
@@ -239,7 +240,8 @@ mkdir -p "$TMP/raw" "$TMP/upstream" "$TMP/proxy" "$TMP/sg"
 log "raw outputs go to $TMP"
 NEXT_PORT=$BASE_PORT
 pick_port UP_PORT; pick_port NGX_PORT; pick_port SG_PORT; pick_port SG_MPORT; pick_port PP_PORT
-pick_port SSE_UP_PORT; pick_port SSE_TR_PORT; pick_port SSE_TR_MPORT
+pick_port SSE_UP_PORT; pick_port SSE_TR_PORT; pick_port SSE_TR_MPORT; pick_port SSE_UT_PORT; pick_port SSE_UT_MPORT
+SSE_TR_PIDS=()
 log "ports: upstream $UP_PORT, nginx proxy $NGX_PORT, pingora $PP_PORT, scopegate $SG_PORT (metrics $SG_MPORT)"
 
 NGINX=$(command -v nginx)
@@ -725,22 +727,29 @@ if [[ $SSE == 1 ]]; then
   wait_http "http://$HOST:$SG_MPORT/readyz" "$SSE_PID" "scopegate (SSE)"
   TRACED_ARGS=()
   if [[ $TRACES_RUN == 1 ]]; then
-    # a second scopegate, the same config with tracing on at ratio 1.0 (spans exported to
-    # the upstream nginx, the sink), on its own ports: the `tracing_on` kind
-    sed -e "s|^listen: .*|listen: [\"$HOST:$SSE_TR_PORT\"]|" \
-      -e "s|^metrics_listen: .*|metrics_listen: \"$HOST:$SSE_TR_MPORT\"|" "$TMP/sg/sse.yaml" >"$TMP/sg/sse-traces.yaml"
-    printf 'tracing:\n  otlp_endpoint: "http://%s:%s"\n  sample_ratio: 1.0\n' "$HOST" "$UP_PORT" >>"$TMP/sg/sse-traces.yaml"
-    RUST_LOG=warn taskset -c "$PROXY_CPU" "$BIN" serve --config "$TMP/sg/sse-traces.yaml" >"$TMP/sg/stderr-sse-traces.log" 2>&1 &
-    SSE_TR_PID=$!; PIDS+=("$SSE_TR_PID")
-    wait_http "http://$HOST:$SSE_TR_MPORT/readyz" "$SSE_TR_PID" "scopegate (SSE, tracing on)"
-    TRACED_ARGS=(--traced-proxy "$HOST:$SSE_TR_PORT")
+    # two more scopegates on their own ports and state files, the same config, one with
+    # tracing on at ratio 1.0 (spans exported to the upstream nginx, the sink) and one
+    # without: the `tracing_on` and `tracing_off` kinds, each a process serving the same
+    # share of the streams
+    for v in on off; do
+      port=$SSE_TR_PORT; mport=$SSE_TR_MPORT
+      [[ $v == off ]] && { port=$SSE_UT_PORT; mport=$SSE_UT_MPORT; }
+      sed -e "s|^listen: .*|listen: [\"$HOST:$port\"]|" \
+        -e "s|^metrics_listen: .*|metrics_listen: \"$HOST:$mport\"|" \
+        -e "s|^state: .*|state: { path: ../state/state-tracing-$v.db }|" "$TMP/sg/sse.yaml" >"$TMP/sg/sse-tracing-$v.yaml"
+      [[ $v == on ]] && printf 'tracing:\n  otlp_endpoint: "http://%s:%s"\n  sample_ratio: 1.0\n' "$HOST" "$UP_PORT" >>"$TMP/sg/sse-tracing-$v.yaml"
+      RUST_LOG=warn taskset -c "$PROXY_CPU" "$BIN" serve --config "$TMP/sg/sse-tracing-$v.yaml" >"$TMP/sg/stderr-sse-tracing-$v.log" 2>&1 &
+      pid=$!; PIDS+=("$pid"); SSE_TR_PIDS+=("$pid")
+      wait_http "http://$HOST:$mport/readyz" "$pid" "scopegate (SSE, tracing $v)"
+    done
+    TRACED_ARGS=(--traced-proxy "$HOST:$SSE_TR_PORT" --untraced-proxy "$HOST:$SSE_UT_PORT")
   fi
   log "SSE: $SSE_STREAMS streams per key, then $SSE_HOLD held at once"
   taskset -c "$LOAD_CPU" "$SSE_EX" --proxy "$HOST:$SG_PORT" --upstream "$HOST:$SSE_UP_PORT" \
     --plain-key "$PLAIN_KEY" --limited-key "$LIMITED_KEY" --streams "$SSE_STREAMS" "${TRACED_ARGS[@]}" \
     --hold "$SSE_HOLD" --proxy-pid "$SSE_PID" --tsv "$SSE_TSV" >"$TMP/raw/sse.txt" 2>&1 \
     || die "sse_first_event failed: $(tail -5 "$TMP/raw/sse.txt")"
-  if ((${#TRACED_ARGS[@]})); then stop_pid "$SSE_TR_PID"; fi
+  for pid in "${SSE_TR_PIDS[@]}"; do stop_pid "$pid"; done
   cat "$TMP/raw/sse.txt" >&2
   curl -s "http://$HOST:$SG_MPORT/metrics" | grep -E '^scopegate_(tokens_total|requests_total)' >"$TMP/raw/sse-metrics.txt" || true
   if grep -qi 'error' "$TMP/sg/stderr-sse.log"; then log "warning: scopegate logged errors during SSE (see $TMP/sg/stderr-sse.log)"; fi
