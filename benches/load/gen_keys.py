@@ -77,31 +77,24 @@ def main() -> None:
                 '    scopes: ["completions.write"]']
         if a.usage_limits:
             out += [BUDGET]
-    limited = None
-    if a.limited_secret_out:
-        limited = "sgk-bench-" + secrets.token_urlsafe(32)
-        out += ["  - id: key_limited",
-                "    type: workspace-service",
-                f"    workspace_id: ws_{use % a.workspaces}",
-                f'    sha256: "{hashlib.sha256(limited.encode()).hexdigest()}"',
-                '    scopes: ["completions.write"]',
-                "    rate_limits:",
-                "      - { type: tokens, unit: rpm, value: 1000000000000 }",
-                BUDGET]
+    def metered_key(key_id: str, extra: list) -> str:
+        """One more key in the presented key's workspace; its secret."""
+        secret = "sgk-bench-" + secrets.token_urlsafe(32)
+        out.extend([f"  - id: {key_id}",
+                    "    type: workspace-service",
+                    f"    workspace_id: ws_{use % a.workspaces}",
+                    f'    sha256: "{hashlib.sha256(secret.encode()).hexdigest()}"',
+                    '    scopes: ["completions.write"]'] + extra)
+        return secret
+
+    token_rate = ["    rate_limits:", "      - { type: tokens, unit: rpm, value: 1000000000000 }"]
+    limited = metered_key("key_limited", token_rate + [BUDGET]) if a.limited_secret_out else None
     cost = None
     if a.cost_secret_out:
-        cost = "sgk-bench-" + secrets.token_urlsafe(32)
-        out += ["  - id: key_cost",
-                "    type: workspace-service",
-                f"    workspace_id: ws_{use % a.workspaces}",
-                f'    sha256: "{hashlib.sha256(cost.encode()).hexdigest()}"',
-                '    scopes: ["completions.write"]',
-                '    models: ["gpt-4o-mini", "gpt-4o*"]',
-                "    rate_limits:",
-                "      - { type: tokens, unit: rpm, value: 1000000000000 }",
-                "    usage_limits: { type: cost, credit_limit: 1000000000, "
-                "alert_threshold: 900000000, periodic_reset: monthly }",
-                "model_prices:",
+        cost = metered_key("key_cost", ['    models: ["gpt-4o-mini", "gpt-4o*"]'] + token_rate + [
+            "    usage_limits: { type: cost, credit_limit: 1000000000, "
+            "alert_threshold: 900000000, periodic_reset: monthly }"])
+        out += ["model_prices:",
                 '  "gpt-4o-mini": { input: 0.15, output: 0.60, cached_input: 0.075 }',
                 '  "gpt-4o*": { input: 2.50, output: 10.00, cached_input: 1.25 }']
     with open(a.keys_yaml, "w") as f:
