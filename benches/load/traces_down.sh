@@ -16,6 +16,8 @@
 #        KEYS=1000      keys in the keys file
 #        SKIP_BUILD=0   1: use target/release/scopegate as it is
 #        SCOPEGATE_BIN=path  another scopegate binary (implies nothing is built)
+#        TRACING=1      0: the same run without the tracing block (the control: what the
+#                       resident size does under the same load with tracing off)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -25,6 +27,7 @@ CONNS=${CONNS:-10}
 DELAY_MS=${DELAY_MS:-10}
 KEYS=${KEYS:-1000}
 SKIP_BUILD=${SKIP_BUILD:-0}
+TRACING=${TRACING:-1}
 HOST=127.0.0.1
 UP_PORT=${UP_PORT:-18591}
 SG_PORT=${SG_PORT:-18592}
@@ -84,10 +87,10 @@ shutdown_grace_period_seconds: 1
 upstreams:
   completions: { url: "http://$HOST:$UP_PORT" }
   admin: { url: "http://$HOST:$UP_PORT" }
-tracing:
-  otlp_endpoint: "http://$HOST:$DOWN_PORT"
-  sample_ratio: 1.0
 EOF
+if [[ $TRACING == 1 ]]; then
+  printf 'tracing:\n  otlp_endpoint: "http://%s:%s"\n  sample_ratio: 1.0\n' "$HOST" "$DOWN_PORT" >>"$TMP/sg/scopegate.yaml"
+fi
 "$BIN" check --config "$TMP/sg/scopegate.yaml" >/dev/null || die "scopegate check failed"
 RUST_LOG=warn "$BIN" serve --config "$TMP/sg/scopegate.yaml" >"$TMP/sg/stderr.log" 2>&1 &
 SG_PID=$!; PIDS+=("$SG_PID")
@@ -103,7 +106,7 @@ counter() { curl -fs "http://$HOST:$SG_MPORT/metrics" | awk -v m="$1" '$1 == m {
 log "warm-up: 10 s of the same load"
 DELAY_MS=$DELAY_MS wrk -t1 -c"$CONNS" -d10s -s "$HERE/paced.lua" "http://$HOST:$SG_PORT" >"$TMP/warmup.txt" 2>&1
 read -r rss0 hwm0 <<<"$(rss)"
-log "collector down, $MINUTES min at about $((CONNS * 1000 / DELAY_MS)) req/s offered"
+log "$( ((TRACING == 1)) && echo "collector down" || echo "tracing off (control)"), $MINUTES min at about $((CONNS * 1000 / DELAY_MS)) req/s offered"
 DELAY_MS=$DELAY_MS wrk -t1 -c"$CONNS" -d"$((MINUTES * 60))s" -s "$HERE/paced.lua" "http://$HOST:$SG_PORT" >"$TMP/wrk.txt" 2>&1 &
 WRK_PID=$!; PIDS+=("$WRK_PID")
 printf '| minute | VmRSS kB | VmHWM kB | spans exported | spans dropped |\n|---:|---:|---:|---:|---:|\n'
