@@ -161,8 +161,9 @@ impl Reloader {
         match result {
             Ok(snap) => {
                 let keys = snap.keys().len();
-                // The old snapshot goes when the last request holding it ends.
-                drop(self.store.swap(snap));
+                // The old snapshot goes once the last request holding it
+                // has ended, freed here rather than by that request.
+                retire(self.store.swap(snap));
                 keys::release_freed_memory();
                 // Count only once the new keys are in force, so a reader
                 // of the counter never sees the old keys afterwards.
@@ -227,6 +228,35 @@ impl Watched for Reloader {
         }
         self.pending.as_ref().map(Pending::ready_in)
     }
+}
+
+/// Frees a replaced snapshot on the reloader's runtime, once no request
+/// holds it any more. A request that ended holding the last reference
+/// would otherwise free the whole snapshot itself — every key, map and
+/// string of a 10,000-key file, several milliseconds — while requests queue
+/// behind it on its thread (the p99 of a rewrite storm). Outside a runtime
+/// (tests, tools) it is dropped at once, as before.
+fn retire(old: Arc<Snapshot>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        drop(old);
+        return;
+    };
+    if Arc::strong_count(&old) == 1 {
+        drop(old);
+        return;
+    }
+    runtime.spawn(async move {
+        // Most requests end within milliseconds; a stream or tunnel may
+        // hold the snapshot for hours, so the checks slow down to one a
+        // second.
+        let mut wait = Duration::from_millis(10);
+        while Arc::strong_count(&old) > 1 {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(1));
+        }
+        drop(old);
+        keys::release_freed_memory();
+    });
 }
 
 /// A content written in place that has not yet been unchanged for [`SETTLE`].
@@ -752,5 +782,43 @@ keys: []
         write(&jwks_file, "not json");
         files.look(Trigger::FsEvent);
         assert!(kid("k2"), "a bad set leaves the last good one in force");
+    }
+
+    /// A replaced snapshot is freed by the reloader's runtime, never by the
+    /// request that held it last.
+    #[test]
+    fn a_replaced_snapshot_is_freed_off_the_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys_file = dir.path().join("keys.yaml");
+        write(&keys_file, "organisations: [{id: org_a}]\nkeys: []\n");
+        let table = RouteTable::build(&[], true).expect("table");
+        let old = Arc::new(load_keys(&keys_file, &table).expect("keys"));
+        let watched = Arc::downgrade(&old);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let request = old.clone();
+            retire(old);
+            drop(request);
+            assert_eq!(
+                watched.strong_count(),
+                1,
+                "the request's drop was not the last: the reaper holds it"
+            );
+            for _ in 0..100 {
+                if watched.strong_count() == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(watched.strong_count(), 0, "freed soon after");
+        });
+        // Outside a runtime: dropped at once.
+        let again = Arc::new(load_keys(&keys_file, &table).expect("keys"));
+        let watched = Arc::downgrade(&again);
+        retire(again);
+        assert_eq!(watched.strong_count(), 0);
     }
 }
