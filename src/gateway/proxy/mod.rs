@@ -253,8 +253,6 @@ impl Gateway {
         known: Option<crate::identity::keys::KeyIdx>,
     ) -> (Verdict, KeySource) {
         let req = session.req_header();
-        // By `HeaderName`: a name given as `&str` is parsed on every lookup.
-        let values = |name: &HeaderName| HeaderValues::of(req.headers.get_all(name));
         let (mut key, source) = presented(req);
         if let (Some(t), Presented::Secret(_)) = (token, key) {
             key = Presented::Token(t);
@@ -263,7 +261,7 @@ impl Gateway {
         let mut content_types = req.headers.get_all(http::header::CONTENT_TYPE).iter();
         let content_type = content_types.next().map(HeaderValue::as_bytes);
         let content_length =
-            request::content_length(values(&http::header::CONTENT_LENGTH).as_slice());
+            request::content_length(&header_values(req, &http::header::CONTENT_LENGTH));
         let facts = RequestFacts {
             method: &req.method,
             path: req.uri.path(),
@@ -273,7 +271,7 @@ impl Gateway {
             content_type_repeated: content_types.next().is_some(),
             bad_content_length: content_length == request::ContentLength::Invalid,
             upgrade: request::upgrade_of(
-                values(&http::header::UPGRADE).as_slice(),
+                &header_values(req, &http::header::UPGRADE),
                 req.version == http::Version::HTTP_11,
             ),
             body,
@@ -424,15 +422,11 @@ impl Gateway {
     /// key and workspace that the counter store enforces (none: nothing to
     /// admit, and no admission future is made).
     fn admission_subjects(ctx: &Ctx, snap: &Snapshot) -> Vec<crate::state::SubjectLimits> {
-        let Some(verdict) = ctx.verdict.as_ref() else {
-            return Vec::new();
-        };
         let now = crate::identity::keys::now_millis();
-        match (&verdict.token, verdict.key) {
-            (Some(id), _) => spend::token_subjects(snap, id, now),
-            (None, Some(k)) => spend::subjects(snap, snap.key(k), now),
-            (None, None) => Vec::new(),
-        }
+        ctx.verdict
+            .as_ref()
+            .and_then(|v| caller_subjects(v, snap, now))
+            .unwrap_or_default()
     }
 
     /// Forwards a request whose body was read: exactly those bytes, sent by
@@ -534,12 +528,12 @@ impl Gateway {
         let token = ctx.verdict.as_ref().and_then(|v| v.token.clone());
         let key = ctx.verdict.as_ref().and_then(|v| v.key);
         let now = crate::identity::keys::now_millis();
-        let subjects = match (&token, key) {
-            (Some(id), _) => spend::token_subjects(snap, id, now),
-            (None, Some(k)) => spend::subjects(snap, snap.key(k), now),
-            (None, None) => {
-                return Error::e_explain(ErrorType::InternalError, "key view without a key")
-            }
+        let Some(subjects) = ctx
+            .verdict
+            .as_ref()
+            .and_then(|v| caller_subjects(v, snap, now))
+        else {
+            return Error::e_explain(ErrorType::InternalError, "key view without a key");
         };
         let Some(readings) = self.spending.counters.read(&subjects).await else {
             let message = "The shared limits store cannot be read now; try again shortly.";
@@ -806,8 +800,21 @@ pub fn valid_request_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// The credential of the key headers (the reference on credentials) and
-/// the header that carried it.
+/// The limits the counter store keeps for the verdict's caller: its
+/// identity token's subject, or its key (with their workspace's); `None`
+/// when no caller was identified.
+fn caller_subjects(
+    verdict: &Verdict,
+    snap: &Snapshot,
+    now: crate::identity::keys::UnixMillis,
+) -> Option<Vec<crate::state::SubjectLimits>> {
+    match (&verdict.token, verdict.key) {
+        (Some(id), _) => Some(spend::token_subjects(snap, id, now)),
+        (None, Some(k)) => Some(spend::subjects(snap, snap.key(k), now)),
+        (None, None) => None,
+    }
+}
+
 /// The readiness probe of this process (`x-scopegate-probe` with its token).
 fn is_probe(session: &Session) -> bool {
     session
@@ -827,67 +834,38 @@ async fn answer_probe(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
     session.write_response_header(Box::new(resp), true).await
 }
 
+/// The credential of the key headers (the reference on credentials) and
+/// the header that carried it.
 fn presented(req: &RequestHeader) -> (Presented<'_>, KeySource) {
-    // By `HeaderName`: a name given as `&str` is parsed on every lookup.
-    let values = |name: &HeaderName| HeaderValues::of(req.headers.get_all(name));
     let (portkey, authorization, x_api_key, api_key) = (
-        values(&KEY_HEADER_NAMES[0]),
-        values(&KEY_HEADER_NAMES[1]),
-        values(&KEY_HEADER_NAMES[2]),
-        values(&KEY_HEADER_NAMES[3]),
+        header_values(req, &KEY_HEADER_NAMES[0]),
+        header_values(req, &KEY_HEADER_NAMES[1]),
+        header_values(req, &KEY_HEADER_NAMES[2]),
+        header_values(req, &KEY_HEADER_NAMES[3]),
     );
     request::presented_key(&request::KeyHeaders {
-        portkey: portkey.as_slice(),
-        authorization: authorization.as_slice(),
-        x_api_key: x_api_key.as_slice(),
-        api_key: api_key.as_slice(),
+        portkey: &portkey,
+        authorization: &authorization,
+        x_api_key: &x_api_key,
+        api_key: &api_key,
     })
 }
 
-/// A header's values as byte slices: up to two kept in place (a key header
-/// is sent once, or not at all), more in a vector. Four of these are made
-/// for every request; the vectors they replaced were four allocations.
-struct HeaderValues<'a> {
-    inline: [&'a [u8]; 2],
-    len: usize,
-    spill: Vec<&'a [u8]>,
-}
-
-impl<'a> HeaderValues<'a> {
-    fn of(all: http::header::GetAll<'a, HeaderValue>) -> HeaderValues<'a> {
-        let mut v = HeaderValues {
-            inline: [&[], &[]],
-            len: 0,
-            spill: Vec::new(),
-        };
-        for value in all {
-            if v.len < v.inline.len() && v.spill.is_empty() {
-                v.inline[v.len] = value.as_bytes();
-                v.len += 1;
-            } else {
-                if v.spill.is_empty() {
-                    v.spill.extend_from_slice(&v.inline[..v.len]);
-                }
-                v.spill.push(value.as_bytes());
-            }
-        }
-        v
-    }
-
-    fn as_slice(&self) -> &[&'a [u8]] {
-        if self.spill.is_empty() {
-            &self.inline[..self.len]
-        } else {
-            &self.spill
-        }
-    }
+/// Every value of the header `name`, as bytes; by `HeaderName`, since a
+/// name given as `&str` is parsed on every lookup.
+fn header_values<'r>(req: &'r RequestHeader, name: &HeaderName) -> Vec<&'r [u8]> {
+    req.headers
+        .get_all(name)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect()
 }
 
 fn body_hint(req: &RequestHeader) -> Body<'static> {
     if req.headers.contains_key(http::header::CONTENT_LENGTH) {
-        let values = HeaderValues::of(req.headers.get_all(http::header::CONTENT_LENGTH));
+        let values = header_values(req, &http::header::CONTENT_LENGTH);
         // An invalid one is refused by the decision (`invalid_request`).
-        return match request::content_length(values.as_slice()) {
+        return match request::content_length(&values) {
             request::ContentLength::One(0) => Body::Empty,
             request::ContentLength::One(n) => Body::Unread {
                 declared_len: Some(n),
@@ -1401,13 +1379,13 @@ fn trace_upstream(
     span: &RequestSpan,
     traceparent: Option<HeaderValue>,
 ) -> Result<()> {
-    use crate::ops::traces::context::{TRACEPARENT, TRACESTATE};
+    use crate::ops::traces::context::{TRACEPARENT, TRACEPARENT_NAME, TRACESTATE, TRACESTATE_NAME};
     if !span.is_on() {
         return Ok(());
     }
     if span.client_sent() {
-        req.remove_header(&crate::ops::traces::context::TRACEPARENT_NAME);
-        req.remove_header(&crate::ops::traces::context::TRACESTATE_NAME);
+        req.remove_header(&TRACEPARENT_NAME);
+        req.remove_header(&TRACESTATE_NAME);
     }
     if let Some(traceparent) = traceparent {
         req.insert_header(TRACEPARENT, traceparent)?;
@@ -1476,21 +1454,6 @@ fn ctx_view<'a>(ctx: &'a Ctx, gw: &'a Gateway, span: RequestSpan) -> Finished<'a
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn header_values_keep_every_value_in_order() {
-        for n in 0..6 {
-            let mut h = http::HeaderMap::new();
-            let want: Vec<String> = (0..n).map(|i| format!("v{i}")).collect();
-            for v in &want {
-                h.append("x-api-key", HeaderValue::from_str(v).unwrap());
-            }
-            let got = HeaderValues::of(h.get_all("x-api-key"));
-            let got: Vec<&[u8]> = got.as_slice().to_vec();
-            let want: Vec<&[u8]> = want.iter().map(|v| v.as_bytes()).collect();
-            assert_eq!(got, want, "{n} values");
-        }
-    }
 
     #[test]
     fn cookie_fields_are_joined_into_one() {
