@@ -567,6 +567,7 @@ pub struct SettledCounts {
 }
 
 /// One workspace's settlement series, looked up once per worker thread.
+#[derive(Default)]
 struct SettleHandles {
     /// `scopegate_tokens_total` by kind (input, output, cached_input,
     /// cache_write) and source (reported, estimated), made when first used.
@@ -591,13 +592,7 @@ impl UsageMetrics {
         let counts = [c.input, c.output, c.cached_input, c.cache_write];
         SETTLED.with(|cache| {
             let mut cache = cache.borrow_mut();
-            let h = cache
-                .entry(workspace.clone())
-                .or_insert_with(|| SettleHandles {
-                    tokens: Default::default(),
-                    cost: None,
-                    unpriced: None,
-                });
+            let h = cache.entry(workspace.clone()).or_default();
             for (i, n) in counts.into_iter().enumerate() {
                 if n > 0 || i < 2 {
                     h.tokens[i][source]

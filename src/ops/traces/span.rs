@@ -6,7 +6,7 @@
 //! before the upstream call (it returns the `traceparent` to send),
 //! [`RequestSpan::end_upstream`] at the response's last byte, and
 //! [`RequestSpan::finish`] with the request's facts at the end. With tracing
-//! off the span is [`RequestSpan::off`], a `None`: every call returns at
+//! off the span is [`RequestSpan::off`]: every call returns at
 //! once. A request that is not sampled keeps only its ids (for the
 //! `traceparent` sent upstream); attributes are built only for recorded
 //! spans.
@@ -30,24 +30,31 @@ use super::pipeline::Traces;
 /// A request's spans, or nothing when tracing is off.
 #[derive(Debug, Default)]
 pub struct RequestSpan {
-    active: Option<Box<Active>>,
-    /// A request known not to be recorded before any span was made: a
-    /// client's `traceparent` with the sampled flag off, or a new trace at
-    /// `sample_ratio: 0`. Only its ids are kept, for the `traceparent`
-    /// sent upstream; the SDK is not asked (its parent-based sampler would
-    /// drop it).
-    unsampled: Option<Unsampled>,
+    state: State,
+    /// The client's `tracestate`, passed on beside its valid `traceparent`.
+    tracestate: Option<Box<str>>,
     /// The client sent `traceparent` or `tracestate` lines (valid or not).
     client_sent: bool,
 }
 
-#[derive(Debug)]
-struct Unsampled {
-    // As bytes: `TraceId` is a 16-byte-aligned `u128`, which would widen
-    // every request's context.
-    trace_id: [u8; 16],
-    span_id: [u8; 8],
-    tracestate: Option<Box<str>>,
+#[derive(Debug, Default)]
+enum State {
+    /// Tracing is off.
+    #[default]
+    Off,
+    /// A request known not to be recorded before any span was made: a
+    /// client's `traceparent` with the sampled flag off, or a new trace at
+    /// `sample_ratio: 0`. Only its ids are kept, for the `traceparent`
+    /// sent upstream; the SDK is not asked (its parent-based sampler would
+    /// drop it). As bytes: `TraceId` is a 16-byte-aligned `u128`, which
+    /// would widen every request's context.
+    Unsampled {
+        trace_id: [u8; 16],
+        span_id: [u8; 8],
+    },
+    /// The SDK's spans (recording, or not when the SDK's sampler dropped
+    /// the request or the pipeline was shut down).
+    Sdk(Box<Active>),
 }
 
 #[derive(Debug)]
@@ -55,7 +62,6 @@ struct Active {
     traces: Traces,
     server: Span,
     client: Option<Span>,
-    tracestate: Option<Box<str>>,
 }
 
 /// What the upstream call is.
@@ -239,13 +245,19 @@ impl Traces {
     /// else a new trace sampled at the configured ratio. Its start time is
     /// now.
     pub fn begin(&self, incoming: &Incoming) -> RequestSpan {
-        if let Some(unsampled) = self.unsampled(incoming) {
-            return RequestSpan {
-                active: None,
-                unsampled: Some(unsampled),
-                client_sent: incoming.present,
-            };
+        let state = match self.unsampled(incoming) {
+            Some(ids) => ids,
+            None => State::Sdk(Box::new(self.begin_sdk(incoming))),
+        };
+        RequestSpan {
+            state,
+            tracestate: incoming.tracestate.clone(),
+            client_sent: incoming.present,
         }
+    }
+
+    /// The SDK's server span, as the SDK's sampler decides.
+    fn begin_sdk(&self, incoming: &Incoming) -> Active {
         let tracer = &self.inner.tracer;
         // Room for every attribute `finish` sets, so a recorded span's list
         // never grows by copying.
@@ -266,15 +278,10 @@ impl Traces {
             }
             None => builder.start_with_context(tracer, &Context::new()),
         };
-        RequestSpan {
-            active: Some(Box::new(Active {
-                traces: self.clone(),
-                server,
-                client: None,
-                tracestate: incoming.tracestate.clone(),
-            })),
-            unsampled: None,
-            client_sent: incoming.present,
+        Active {
+            traces: self.clone(),
+            server,
+            client: None,
         }
     }
 
@@ -282,7 +289,7 @@ impl Traces {
     /// parent-based sampler follows a client's unsampled flag, and a ratio
     /// of 0 samples no new trace), made without asking the SDK; `None`
     /// when the SDK decides (or the pipeline is shut down).
-    fn unsampled(&self, incoming: &Incoming) -> Option<Unsampled> {
+    fn unsampled(&self, incoming: &Incoming) -> Option<State> {
         let ids = RandomIdGenerator::default();
         let trace_id = match incoming.parent {
             Some(p) if !p.sampled => p.trace_id,
@@ -292,10 +299,9 @@ impl Traces {
         if self.inner.closed.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
-        Some(Unsampled {
+        Some(State::Unsampled {
             trace_id: trace_id.to_bytes(),
             span_id: ids.new_span_id().to_bytes(),
-            tracestate: incoming.tracestate.clone(),
         })
     }
 }
@@ -310,7 +316,7 @@ impl RequestSpan {
     /// True when tracing is on for this request (recorded or not): the
     /// proxy then replaces the client's `traceparent` upstream.
     pub fn is_on(&self) -> bool {
-        self.active.is_some() || self.unsampled.is_some()
+        !matches!(self.state, State::Off)
     }
 
     /// True when the client sent `traceparent` or `tracestate` lines,
@@ -321,15 +327,15 @@ impl RequestSpan {
 
     /// True when the request's spans are recorded and exported.
     pub fn is_recording(&self) -> bool {
-        self.active
-            .as_ref()
-            .is_some_and(|a| a.server.is_recording())
+        matches!(&self.state, State::Sdk(a) if a.server.is_recording())
     }
 
     /// The trace id as 32 hex digits, for the access log: only for a
     /// recorded request, whose trace a backend will have.
     pub fn trace_id(&self) -> Option<String> {
-        let a = self.active.as_ref()?;
+        let State::Sdk(a) = &self.state else {
+            return None;
+        };
         if !a.server.is_recording() {
             return None;
         }
@@ -339,11 +345,7 @@ impl RequestSpan {
     /// The client's `tracestate` to send upstream beside the new
     /// `traceparent` (only when the client's `traceparent` was valid).
     pub fn tracestate(&self) -> Option<&str> {
-        match (&self.active, &self.unsampled) {
-            (Some(a), _) => a.tracestate.as_deref(),
-            (None, Some(u)) => u.tracestate.as_deref(),
-            (None, None) => None,
-        }
+        self.tracestate.as_deref()
     }
 
     /// Begins the upstream call's CLIENT span and returns the `traceparent`
@@ -353,14 +355,17 @@ impl RequestSpan {
     /// pipeline was already shut down). A second
     /// call (a retried connection) ends the previous client span as failed.
     pub fn start_upstream(&mut self, call: &UpstreamCall<'_>) -> Option<http::HeaderValue> {
-        if let Some(u) = &self.unsampled {
-            return Some(traceparent_value(
-                TraceId::from_bytes(u.trace_id),
-                SpanId::from_bytes(u.span_id),
-                false,
-            ));
-        }
-        let a = self.active.as_mut()?;
+        let a = match &mut self.state {
+            State::Off => return None,
+            State::Unsampled { trace_id, span_id } => {
+                return Some(traceparent_value(
+                    TraceId::from_bytes(*trace_id),
+                    SpanId::from_bytes(*span_id),
+                    false,
+                ))
+            }
+            State::Sdk(a) => a,
+        };
         let server_cx = a.server.span_context().clone();
         if !server_cx.is_valid() {
             // Begun after shutdown: no ids to send.
@@ -419,7 +424,7 @@ impl RequestSpan {
     /// Ends the upstream call's span: its status, or why there was none.
     /// Status is Error for a 4xx or 5xx answer and for no answer.
     pub fn end_upstream(&mut self, outcome: UpstreamOutcome) {
-        let Some(a) = self.active.as_mut() else {
+        let State::Sdk(a) = &mut self.state else {
             return;
         };
         let Some(mut client) = a.client.take() else {
@@ -450,7 +455,7 @@ impl RequestSpan {
     /// was seen. Cheap and non-blocking; a no-op when tracing is off or the
     /// request is not recorded.
     pub fn finish(self, facts: &ServerFacts<'_>, genai: Option<&GenAiFacts<'_>>) {
-        let Some(mut a) = self.active else {
+        let State::Sdk(mut a) = self.state else {
             return;
         };
         if let Some(mut client) = a.client.take() {
