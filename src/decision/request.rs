@@ -41,31 +41,35 @@ pub fn non_canonical_reason(path: &str) -> Option<&'static str> {
             return Some(RAW_NON_ASCII);
         }
         // b == b'%'
-        let Some(decoded) = percent_byte(bytes, i) else {
-            return Some("the path contains invalid percent-encoding");
-        };
-        match decoded {
-            b'/' => return Some("the path contains a percent-encoded `/`"),
-            b'\\' => return Some("the path contains a percent-encoded backslash"),
-            b'.' => return Some("the path contains a percent-encoded `.`"),
-            0x00..=0x1f | 0x7f => {
-                return Some("the path contains a percent-encoded control character")
-            }
-            // U+0080–U+009F in UTF-8: C1 controls (U+0085 is a line
-            // break to several runtimes), refused like C0 controls.
-            0xc2 if percent_byte(bytes, i + 3).is_some_and(|n| (0x80..=0x9f).contains(&n)) => {
-                return Some("the path contains a percent-encoded control character")
-            }
-            c if is_unreserved(c) => {
-                return Some("the path percent-encodes an unreserved character")
-            }
-            _ => {}
+        if let Some(reason) = percent_refusal(bytes, i) {
+            return Some(reason);
         }
         i += 3;
     }
     // The last segment may be empty (a trailing `/` is a different path,
     // 404, not an error).
     segment_reason.or_else(|| segment_refusal(&bytes[seg_start.min(bytes.len())..], false))
+}
+
+/// Why the percent-encoding at `bytes[i]` is refused, if it is: not two hex
+/// digits, or an encoded `/`, `\\`, `.`, control or unreserved character.
+fn percent_refusal(bytes: &[u8], i: usize) -> Option<&'static str> {
+    let Some(decoded) = percent_byte(bytes, i) else {
+        return Some("the path contains invalid percent-encoding");
+    };
+    match decoded {
+        b'/' => Some("the path contains a percent-encoded `/`"),
+        b'\\' => Some("the path contains a percent-encoded backslash"),
+        b'.' => Some("the path contains a percent-encoded `.`"),
+        0x00..=0x1f | 0x7f => Some("the path contains a percent-encoded control character"),
+        // U+0080–U+009F in UTF-8: C1 controls (U+0085 is a line break to
+        // several runtimes), refused like C0 controls.
+        0xc2 if percent_byte(bytes, i + 3).is_some_and(|n| (0x80..=0x9f).contains(&n)) => {
+            Some("the path contains a percent-encoded control character")
+        }
+        c if is_unreserved(c) => Some("the path percent-encodes an unreserved character"),
+        _ => None,
+    }
 }
 
 /// Why a segment is refused: `//` (an empty segment another follows),
@@ -541,8 +545,8 @@ mod tests {
     use super::*;
 
     /// The check as it was written before it became one pass: every byte
-    /// first, then the segments. The one-pass check must give the same
-    /// reason for every path.
+    /// first, then the segments (the percent-encoding rules are shared).
+    /// The one-pass check must give the same reason for every path.
     fn two_pass_reason(path: &str) -> Option<&'static str> {
         let bytes = path.as_bytes();
         if bytes.first() != Some(&b'/') {
@@ -561,25 +565,8 @@ mod tests {
                 return Some(RAW_NON_ASCII);
             }
             if b == b'%' {
-                let Some(decoded) = percent_byte(bytes, i) else {
-                    return Some("the path contains invalid percent-encoding");
-                };
-                match decoded {
-                    b'/' => return Some("the path contains a percent-encoded `/`"),
-                    b'\\' => return Some("the path contains a percent-encoded backslash"),
-                    b'.' => return Some("the path contains a percent-encoded `.`"),
-                    0x00..=0x1f | 0x7f => {
-                        return Some("the path contains a percent-encoded control character")
-                    }
-                    0xc2 if percent_byte(bytes, i + 3)
-                        .is_some_and(|n| (0x80..=0x9f).contains(&n)) =>
-                    {
-                        return Some("the path contains a percent-encoded control character")
-                    }
-                    c if is_unreserved(c) => {
-                        return Some("the path percent-encodes an unreserved character")
-                    }
-                    _ => {}
+                if let Some(reason) = percent_refusal(bytes, i) {
+                    return Some(reason);
                 }
                 i += 3;
                 continue;

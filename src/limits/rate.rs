@@ -73,8 +73,8 @@ impl Quota {
 /// Formats a duration the way OpenAI's `x-ratelimit-reset-*` headers do
 /// (`1s`, `6m0s`, `250ms`), which client libraries already parse.
 pub fn format_reset(d: Duration) -> String {
-    // Digits pushed by hand: a response with token limits carries one of
-    // these, and `format!` costs several times the rest of the work.
+    // Without `format!`: a response with token limits carries one of these,
+    // and the formatting machinery costs several times the rest of the work.
     let mut out = String::with_capacity(16);
     let ms = d.as_millis();
     if ms < 1000 {
@@ -110,21 +110,12 @@ pub fn format_reset(d: Duration) -> String {
 
 /// Appends `n` in decimal, zero-padded to at least `width` digits.
 fn push_digits(out: &mut String, n: u128, width: usize) {
-    let mut buf = [b'0'; 40];
-    let mut at = buf.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n);
+    for _ in digits.len()..width {
+        out.push('0');
     }
-    let start = at.min(buf.len().saturating_sub(width));
-    for &b in &buf[start..] {
-        out.push(char::from(b));
-    }
+    out.push_str(digits);
 }
 
 /// Monotonic nanoseconds since the first call; GCRA needs a clock that
