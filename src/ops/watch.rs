@@ -178,13 +178,12 @@ impl BackgroundService for Watcher {
 }
 
 /// Reloads are background work: this service's one thread ("BG watch")
-/// runs at nice [`WATCH_NICE`], so that a request thread sharing its core
-/// takes the CPU from it at once instead of waiting out a time slice (a
-/// 10,000-key reload is ~30 ms of CPU; at equal priority a rewrite storm
-/// on a one-core proxy moved request p99 from ~1 ms to ~5 ms). On an idle
-/// core a reload is as fast as before; on a saturated one it gets about a
-/// tenth of it. Raising a nice value needs no privilege; a failure is
-/// logged and the thread keeps its priority.
+/// runs at nice [`WATCH_NICE`], so that when a request thread and a reload
+/// (~30 ms of CPU for 10,000 keys) want the same core, the scheduler gives
+/// the request thread about nine tenths of it. On an idle core a reload is
+/// as fast as before; on a saturated one it takes about ten times as long.
+/// Raising a nice value needs no privilege; a failure is logged and the
+/// thread keeps its priority.
 fn lower_thread_priority() {
     #[cfg(target_os = "linux")]
     {
