@@ -178,6 +178,75 @@ pub fn decide_as(
     decide_inner(table, snap, facts, Some(key))
 }
 
+/// Decides again once the body is read (`facts.body` is [`Body::Read`] or
+/// [`Body::TooLarge`]), given `first`, the same request's decision on the
+/// same facts before its body (it asked for the body, or allowed a counted
+/// request whose body the proxy reads to forward it).
+///
+/// A data-plane request that got as far as step 7 resumes there: steps 1
+/// to 6 read no data-plane body, so they give what they gave (the key and
+/// its secret are not looked up again, and `facts.key` is not read). Any
+/// other decides from the start, as `first.key` when a key was identified.
+pub fn decide_read(
+    table: &RouteTable,
+    snap: &Snapshot,
+    facts: &RequestFacts<'_>,
+    mut first: Verdict,
+) -> Verdict {
+    let Some(step) = resume(table, snap, facts, &first) else {
+        return decide_inner(table, snap, facts, first.key);
+    };
+    first.outcome = Outcome::Allow;
+    first.spend = None;
+    match step {
+        Ok(spend) => first.spend = Some(spend),
+        Err(stop) => first.outcome = stop.into_outcome(),
+    }
+    first
+}
+
+/// Whether [`decide_read`] resumes `first` at step 7 (and reads no
+/// `facts.key`).
+pub fn resumes(table: &RouteTable, first: &Verdict) -> bool {
+    matches!(first.outcome, Outcome::ReadBody | Outcome::Allow)
+        && first.plane == Some(Plane::Data)
+        && first
+            .route
+            .is_some_and(|r| table.route(r).plane == Plane::Data)
+        && (first.token.is_some() || first.key.is_some())
+}
+
+/// Step 7 again, with the body, for a verdict [`resumes`] takes.
+fn resume(
+    table: &RouteTable,
+    snap: &Snapshot,
+    facts: &RequestFacts<'_>,
+    first: &Verdict,
+) -> Option<Step<Spend>> {
+    if !resumes(table, first) {
+        return None;
+    }
+    let route = table.route(first.route?);
+    let caller = match (&first.token, first.key) {
+        (Some(id), _) => Caller::of_token(id),
+        (None, Some(k)) => Caller::of_key(snap, k),
+        (None, None) => return None,
+    };
+    let ws_limits = caller.workspace.map(|w| &snap.workspace(w).limits);
+    let prices = snap.model_prices();
+    Some(data_plane(facts, route, (caller.limits, ws_limits), prices))
+}
+
+impl Stop {
+    fn into_outcome(self) -> Outcome {
+        match self {
+            Stop::Deny(d) => Outcome::Deny(d),
+            Stop::ReadBody => Outcome::ReadBody,
+            Stop::KeyView(secret_expires) => Outcome::KeyView { secret_expires },
+        }
+    }
+}
+
 fn decide_inner(
     table: &RouteTable,
     snap: &Snapshot,
@@ -195,11 +264,8 @@ fn decide_inner(
         workspace: None,
         spend: None,
     };
-    match steps(table, snap, facts, known, &mut v) {
-        Ok(()) => {}
-        Err(Stop::Deny(d)) => v.outcome = Outcome::Deny(d),
-        Err(Stop::ReadBody) => v.outcome = Outcome::ReadBody,
-        Err(Stop::KeyView(secret_expires)) => v.outcome = Outcome::KeyView { secret_expires },
+    if let Err(stop) = steps(table, snap, facts, known, &mut v) {
+        v.outcome = stop.into_outcome();
     }
     v
 }

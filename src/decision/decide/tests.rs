@@ -1377,3 +1377,170 @@ fn the_key_view_needs_valid_credentials_and_nothing_else() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Deciding again once the body is read ([`decide_read`], the proxy's
+/// second decision) gives exactly what deciding from the start with the
+/// body gives, for every request whose first decision asks for the body or
+/// allows a counted request without it: data-plane verdicts resume at
+/// step 7 without reading the key again.
+#[test]
+fn deciding_with_the_read_body_gives_what_a_full_decision_gives() {
+    let json = Some("application/json");
+    let form = Some("multipart/form-data; boundary=b");
+    let part = |m: &str| {
+        format!("--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{m}\r\n--b--\r\n")
+    };
+    let (mp_mini, mp_whisper, mp_other) = (part("gpt-4o-mini"), part("whisper-1"), part("o3"));
+    let big = "x".repeat(5000);
+    let bodies: Vec<(Option<&str>, Option<&str>)> = vec![
+        (json, Some(r#"{"model":"gpt-4o-mini","messages":[]}"#)),
+        (
+            json,
+            Some(r#"{"model":"gpt-4o","max_tokens":5,"n":2,"stream":true}"#),
+        ),
+        (json, Some(r#"{"model":"claude-3-haiku","max_tokens":5}"#)),
+        (json, Some(r#"{"model":"o3"}"#)),
+        (json, Some(r#"{"messages":[]}"#)),
+        (json, Some(r#"{"model":"gpt-4o-mini","background":true}"#)),
+        (json, Some("not json")),
+        (json, Some("[1]")),
+        (json, Some("")),
+        (json, Some(&big)),
+        (json, None), // larger than the read limit
+        (form, Some(&mp_mini)),
+        (form, Some(&mp_whisper)),
+        (form, Some(&mp_other)),
+        (form, Some("--b\r\nbroken")),
+        (Some("text/plain"), Some("hello")),
+        (None, Some("hello")),
+    ];
+    let paths = [
+        "/v1/chat/completions",
+        "/v1/chat/completions?model=gpt-4o-mini",
+        "/v1/chat/completions?model=o3",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/audio/transcriptions",
+        "/openai/deployments/d/chat/completions",
+        "/x/plain",
+        "/v1/files",
+    ];
+    let keys = [
+        "mini",
+        "tpm",
+        "budget",
+        "reqs",
+        "in-models-ws",
+        "cost",
+        "cost-models",
+        "in-costly-ws",
+        "tokens",
+    ];
+    let (mut compared, mut resumed, mut refused_late) = (0, 0, 0);
+    for w in [spending_world(), cost_world(false), cost_world(true)] {
+        for key in keys {
+            for path in paths {
+                for (ct, body) in &bodies {
+                    let (p, query) = match path.split_once('?') {
+                        Some((p, q)) => (p, Some(q)),
+                        None => (path, None),
+                    };
+                    let mut facts = RequestFacts {
+                        method: &Method::POST,
+                        path: p,
+                        query,
+                        key: Presented::Secret(key.as_bytes()),
+                        content_type: ct.map(str::as_bytes),
+                        content_type_repeated: false,
+                        bad_content_length: false,
+                        upgrade: Upgrade::None,
+                        body: Body::Unread {
+                            declared_len: body.map(|b| b.len() as u64),
+                        },
+                        now: NOW,
+                        max_body: 1024,
+                        max_data_body: 4096,
+                        used_up: &nothing_used,
+                    };
+                    let first = decide(&w.table, &w.snap, &facts);
+                    let counted_unread = first.outcome == Outcome::Allow
+                        && first
+                            .spend
+                            .as_ref()
+                            .is_some_and(|s| s.counted && !s.body_read);
+                    if first.outcome != Outcome::ReadBody && !counted_unread {
+                        continue;
+                    }
+                    facts.body = match body {
+                        Some(b) if b.len() <= 4096 => Body::Read(b.as_bytes()),
+                        _ => Body::TooLarge,
+                    };
+                    let full = decide_inner(&w.table, &w.snap, &facts, None);
+                    if resumes(&w.table, &first) {
+                        // The proxy does not read the key headers again.
+                        facts.key = Presented::Missing;
+                        resumed += 1;
+                    }
+                    let again = decide_read(&w.table, &w.snap, &facts, first);
+                    assert_eq!(again, full, "{key} POST {path} {ct:?} {body:?}");
+                    compared += 1;
+                    if matches!(again.outcome, Outcome::Deny(_)) {
+                        refused_late += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(compared > 300, "only {compared} second decisions compared");
+    assert_eq!(
+        resumed, compared,
+        "every data-plane second decision resumes"
+    );
+    assert!(
+        refused_late > 50,
+        "only {refused_late} refused once the body was read"
+    );
+}
+
+/// A control-plane write's body is read for the workspace it names: its
+/// second decision starts over (as the key it identified), and gives what
+/// a full decision gives.
+#[test]
+fn a_control_plane_body_is_decided_from_the_start() {
+    let w = world();
+    for body in [
+        r#"{"workspace_id":"ws_prod"}"#,
+        r#"{"workspace_id":"nope"}"#,
+        "{",
+        "{}",
+    ] {
+        let mut facts = RequestFacts {
+            method: &Method::POST,
+            path: "/v1/configs",
+            query: None,
+            key: Presented::Secret(b"admin"),
+            content_type: Some(b"application/json"),
+            content_type_repeated: false,
+            bad_content_length: false,
+            upgrade: Upgrade::None,
+            body: Body::Unread {
+                declared_len: Some(body.len() as u64),
+            },
+            now: NOW,
+            max_body: 1024,
+            max_data_body: 4096,
+            used_up: &nothing_used,
+        };
+        let first = decide(&w.table, &w.snap, &facts);
+        assert_eq!(first.outcome, Outcome::ReadBody, "{body}");
+        assert!(!resumes(&w.table, &first));
+        facts.body = Body::Read(body.as_bytes());
+        let full = decide(&w.table, &w.snap, &facts);
+        assert_eq!(
+            decide_read(&w.table, &w.snap, &facts, first),
+            full,
+            "{body}"
+        );
+    }
+}

@@ -39,43 +39,61 @@ pub trait ResponseHooks {
     fn end(&mut self, complete: bool) -> Bytes;
 }
 
-/// Sends `req` and `body` to `peer` and streams the answer to `session`.
+/// A request sent, or why not.
+pub enum Sent {
+    /// The request went out and the upstream's (final) response header is read.
+    Ready(HttpSession),
+    /// A pooled connection failed before the upstream answered: an upstream
+    /// that closed an idle connection never saw the request, so the caller
+    /// may build the request again and send it with `retry: false`.
+    Stale,
+    /// Nothing reached an upstream that answered; the caller writes the error.
+    Failed(Box<Error>),
+}
+
+/// Sends `req` and `body` to `peer`, on a pooled connection if there is one.
 ///
-/// A pooled connection that fails before the upstream answered is retried
-/// once on a new one (the body is in memory, and an upstream that closed an
-/// idle connection never saw the request).
-pub async fn exchange(
+/// `req` is moved into the connection (no copy is kept): when a pooled
+/// connection fails before the upstream answered and `retry` is set, the
+/// answer is [`Sent::Stale`] and the caller sends a new header once more.
+pub async fn send(
     connector: &Connector,
     peer: &HttpPeer,
-    session: &mut Session,
     req: RequestHeader,
-    body: Bytes,
+    body: &Bytes,
+    retry: bool,
+) -> Sent {
+    // A pooled connection first: making a new one (TCP, maybe TLS) is a
+    // large future, boxed so that only a request that needs it pays for
+    // moving it (and the caller's future stays small).
+    let (mut up, reused) = match connector.reused_http_session(peer).await {
+        Some(h1) => (HttpSession::H1(h1), true),
+        None => match Box::pin(connector.get_http_session(peer)).await {
+            Ok((h1, reused)) => (HttpSession::H1(h1), reused),
+            Err(e) => return Sent::Failed(e),
+        },
+    };
+    // The upstream's timeouts apply here as on pingora's own path (a hung
+    // upstream is 504, not a request that never ends).
+    up.set_read_timeout(peer.options.read_timeout);
+    up.set_write_timeout(peer.options.write_timeout);
+    match send_request(&mut up, req, body).await {
+        Ok(()) => Sent::Ready(up),
+        Err(_) if reused && retry => Sent::Stale,
+        Err(e) => Sent::Failed(e),
+    }
+}
+
+/// Streams the answer on `up` (sent by [`send`]) to `session`, through
+/// `hooks`, and gives the connection back to the pool when the exchange
+/// ended cleanly.
+pub async fn relay(
+    connector: &Connector,
+    peer: &HttpPeer,
+    mut up: HttpSession,
+    session: &mut Session,
     hooks: &mut (dyn ResponseHooks + Send),
 ) -> Exchange {
-    let mut attempt = 0;
-    let mut up = loop {
-        attempt += 1;
-        // A pooled connection first: making a new one (TCP, maybe TLS)
-        // is a large future, boxed so that only a request that needs it
-        // pays for moving it (and the exchange's own future stays small).
-        let (mut up, reused) = match connector.reused_http_session(peer).await {
-            Some(h1) => (HttpSession::H1(h1), true),
-            None => match Box::pin(connector.get_http_session(peer)).await {
-                Ok((h1, reused)) => (HttpSession::H1(h1), reused),
-                Err(e) => return Exchange::Failed(e),
-            },
-        };
-        // The upstream's timeouts apply here as on pingora's own path
-        // (a hung upstream is 504, not a request that never ends).
-        up.set_read_timeout(peer.options.read_timeout);
-        up.set_write_timeout(peer.options.write_timeout);
-        match send_request(&mut up, &req, &body).await {
-            Ok(()) => break up,
-            Err(_) if reused && attempt == 1 => continue,
-            Err(e) => return Exchange::Failed(e),
-        }
-    };
-
     let Some(mut resp) = up.response_header().cloned() else {
         return Exchange::Failed(Error::explain(
             pingora::ErrorType::InvalidHTTPHeader,
@@ -142,8 +160,8 @@ pub async fn exchange(
     Exchange::Answered
 }
 
-async fn send_request(up: &mut HttpSession, req: &RequestHeader, body: &Bytes) -> Result<()> {
-    up.write_request_header(Box::new(req.clone())).await?;
+async fn send_request(up: &mut HttpSession, req: RequestHeader, body: &Bytes) -> Result<()> {
+    up.write_request_header(Box::new(req)).await?;
     if !body.is_empty() {
         up.write_request_body(body.clone(), true).await?;
     }

@@ -238,11 +238,13 @@ impl Gateway {
         }
     }
 
-    /// Reads the request's facts and decides, at `now`; `known`: the key the
-    /// same request's first decision identified by its secret, at the same
-    /// `now` (deciding again once the body is read: the secret is neither
-    /// hashed nor looked up twice, and every check of the key gives what it
-    /// gave).
+    /// Reads the request's facts and decides, at `now`; `first`: the same
+    /// request's decision before its body was read, at the same `now`
+    /// (deciding again once the body is read, [`decide::decide_read`]: a
+    /// data-plane request resumes at the body's step, and the key headers
+    /// and `Content-Length`, which only the earlier steps read, are not
+    /// read again; otherwise the secret is neither hashed nor looked up
+    /// twice, and every check of the key gives what it gave).
     fn decide(
         &self,
         session: &Session,
@@ -250,18 +252,26 @@ impl Gateway {
         body: Option<Body<'_>>,
         token: Option<&TokenOutcome>,
         now: crate::identity::keys::UnixMillis,
-        known: Option<crate::identity::keys::KeyIdx>,
+        first: Option<Verdict>,
     ) -> (Verdict, KeySource) {
         let req = session.req_header();
-        let (mut key, source) = presented(req);
+        let resumed = first
+            .as_ref()
+            .is_some_and(|f| decide::resumes(&self.table, f));
+        let (mut key, source) = if resumed {
+            (Presented::Missing, KeySource::PortkeyHeader)
+        } else {
+            presented(req)
+        };
         if let (Some(t), Presented::Secret(_)) = (token, key) {
             key = Presented::Token(t);
         }
         let body = body.unwrap_or_else(|| body_hint(req));
         let mut content_types = req.headers.get_all(http::header::CONTENT_TYPE).iter();
         let content_type = content_types.next().map(HeaderValue::as_bytes);
-        let content_length =
-            request::content_length(&header_values(req, &http::header::CONTENT_LENGTH));
+        let bad_content_length = !resumed
+            && request::content_length(&header_values(req, &http::header::CONTENT_LENGTH))
+                == request::ContentLength::Invalid;
         let facts = RequestFacts {
             method: &req.method,
             path: req.uri.path(),
@@ -269,7 +279,7 @@ impl Gateway {
             key,
             content_type,
             content_type_repeated: content_types.next().is_some(),
-            bad_content_length: content_length == request::ContentLength::Invalid,
+            bad_content_length,
             upgrade: request::upgrade_of(
                 &header_values(req, &http::header::UPGRADE),
                 req.version == http::Version::HTTP_11,
@@ -293,8 +303,8 @@ impl Gateway {
                     .exhausted(limit)
             },
         };
-        let verdict = match known {
-            Some(k) => decide::decide_as(&self.table, snap, &facts, k),
+        let verdict = match first {
+            Some(first) => decide::decide_read(&self.table, snap, &facts, first),
             None => decide::decide(&self.table, snap, &facts),
         };
         (verdict, source)
@@ -443,22 +453,6 @@ impl Gateway {
             .and_then(|v| v.plane)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route decided"))?;
         let upstream = self.upstream(plane);
-        let mut req = session.req_header().clone();
-        // The upstream hop is HTTP/1.1 whatever the client spoke: an
-        // HTTP/2 request's header carries version 2 and an absolute URI,
-        // which an HTTP/1.1 upstream would refuse (pingora's own path does
-        // the same conversion). `Host` is set below.
-        req.set_version(http::Version::HTTP_11);
-        if req.uri.authority().is_some() {
-            let origin = req
-                .uri
-                .path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .parse::<http::Uri>()
-                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "request target", e))?;
-            req.set_uri(origin);
-        }
-        self.prepare_upstream_request(&mut req, ctx)?;
         // The reference on usage in streams: a counted stream that did not ask for usage gets it
         // upstream, and the usage chunk is taken out of what the client sees.
         let counted = ctx.meter.as_ref().is_some_and(|m| m.counted);
@@ -478,21 +472,37 @@ impl Gateway {
                 }
             }
         }
-        for hop in &HOP_BY_HOP {
-            req.remove_header(hop);
+        // The upstream call's span begins once; a second send (below)
+        // names the same call.
+        if ctx.traceparent.is_none() {
+            ctx.traceparent = begin_upstream_call(
+                &mut ctx.trace,
+                session.req_header().method.as_str(),
+                upstream,
+            );
         }
-        req.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()))?;
-        let tap = ctx.meter.take().map(|m| spend::Tap::new(m, strip));
-        let mut hooks = Stamp { gw: self, ctx, tap };
-        let outcome = forward::exchange(
-            &self.connector,
-            &upstream.peer,
-            session,
-            req,
-            body,
-            &mut hooks,
-        )
-        .await;
+        let again = ctx.traceparent.clone();
+        let req = self.read_body_request(session, ctx, body.len())?;
+        let peer = &upstream.peer;
+        let mut sent = forward::send(&self.connector, peer, req, &body, true).await;
+        if let forward::Sent::Stale = sent {
+            // The header went into the failed connection: built again.
+            ctx.traceparent = again;
+            let req = self.read_body_request(session, ctx, body.len())?;
+            sent = forward::send(&self.connector, peer, req, &body, false).await;
+        }
+        let outcome = match sent {
+            forward::Sent::Ready(up) => {
+                let tap = ctx.meter.take().map(|m| spend::Tap::new(m, strip));
+                let mut hooks = Stamp { gw: self, ctx, tap };
+                forward::relay(&self.connector, peer, up, session, &mut hooks).await
+            }
+            forward::Sent::Failed(e) => forward::Exchange::Failed(e),
+            forward::Sent::Stale => forward::Exchange::Failed(Error::explain(
+                ErrorType::ConnectionClosed,
+                "pooled upstream connection closed",
+            )),
+        };
         if let forward::Exchange::Answered = outcome {
             let status = ctx.upstream_status.unwrap_or(0);
             ctx.trace.end_upstream(UpstreamOutcome::Status(status));
@@ -510,6 +520,39 @@ impl Gateway {
             Box::pin(self.refuse(session, ctx, code, message, None)).await?;
         }
         Ok(())
+    }
+
+    /// The upstream request header of a request whose body was read (and
+    /// is `len` bytes as sent): the client's, prepared as for pingora's
+    /// path, as HTTP/1.1 with an origin-form target and its own
+    /// `Content-Length`.
+    fn read_body_request(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        len: usize,
+    ) -> Result<RequestHeader> {
+        let mut req = session.req_header().clone();
+        // The upstream hop is HTTP/1.1 whatever the client spoke: an
+        // HTTP/2 request's header carries version 2 and an absolute URI,
+        // which an HTTP/1.1 upstream would refuse (pingora's own path does
+        // the same conversion). `Host` is set by the preparation.
+        req.set_version(http::Version::HTTP_11);
+        if req.uri.authority().is_some() {
+            let origin = req
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .parse::<http::Uri>()
+                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "request target", e))?;
+            req.set_uri(origin);
+        }
+        self.prepare_upstream_request(&mut req, ctx)?;
+        for hop in &HOP_BY_HOP {
+            req.remove_header(hop);
+        }
+        req.insert_header(http::header::CONTENT_LENGTH, HeaderValue::from(len))?;
+        Ok(req)
     }
 
     /// A key's own view (docs/reference.md#a-keys-own-view): its limits
@@ -1169,7 +1212,7 @@ impl ProxyHttp for Gateway {
                     Some(facts_body),
                     token.as_ref(),
                     now,
-                    verdict.key,
+                    Some(verdict),
                 )
                 .0;
             ctx.body = body;
