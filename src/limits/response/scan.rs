@@ -55,6 +55,21 @@ const QUOTE: u8 = 2;
 const OPEN: u8 = 3;
 const CLOSE: u8 = 4;
 
+/// The first `"` or `\\` in `rest`: most strings of an answer are short
+/// (keys, roles, ids), and a plain loop over the first bytes costs less
+/// than setting up a vector search, which takes the rest.
+fn string_stop(rest: &[u8]) -> Option<usize> {
+    const SHORT: usize = 24;
+    let head = &rest[..rest.len().min(SHORT)];
+    if let Some(i) = head.iter().position(|&b| b == b'"' || b == b'\\') {
+        return Some(i);
+    }
+    if rest.len() <= SHORT {
+        return None;
+    }
+    memchr2(b'"', b'\\', &rest[SHORT..]).map(|i| i + SHORT)
+}
+
 /// Where the document sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Shape {
@@ -488,10 +503,31 @@ impl Scanner {
             at = match self.state {
                 State::Str => self.string(input, at),
                 State::Skip => self.skip(input, at),
+                State::Num(Num::Int) => self.digits(input, at),
                 State::Failed => return,
                 _ => self.structural(input, at),
             };
         }
+    }
+
+    /// The integer part of a number: its digits in one run, then the byte
+    /// after them as [`Scanner::number`] reads it.
+    fn digits(&mut self, input: &[u8], mut at: usize) -> usize {
+        while let Some(&byte) = input.get(at) {
+            if !byte.is_ascii_digit() {
+                return self.number(Num::Int, byte, at);
+            }
+            match self
+                .value
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(u64::from(byte - b'0')))
+            {
+                Some(v) => self.value = v,
+                None => self.overflow = true,
+            }
+            at += 1;
+        }
+        at
     }
 
     fn fail(&mut self) -> usize {
@@ -507,15 +543,17 @@ impl Scanner {
         match self.state {
             State::Num(num) => return self.number(num, byte, at),
             State::Lit(rest) => {
-                if byte != rest[0] {
+                // As much of the literal as this piece holds, at once.
+                let n = rest.len().min(input.len() - at);
+                if input[at..at + n] != rest[..n] {
                     return self.fail();
                 }
-                if rest.len() == 1 {
+                if n == rest.len() {
                     self.value_done(0, false);
                 } else {
-                    self.state = State::Lit(&rest[1..]);
+                    self.state = State::Lit(&rest[n..]);
                 }
-                return next;
+                return at + n;
             }
             _ => {}
         }
@@ -775,7 +813,7 @@ impl Scanner {
                 continue;
             }
             let rest = &input[at..];
-            let Some(stop) = memchr2(b'"', b'\\', rest) else {
+            let Some(stop) = string_stop(rest) else {
                 self.plain_string_bytes(rest);
                 return input.len();
             };
