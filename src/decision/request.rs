@@ -412,6 +412,10 @@ pub fn media_type(ct: Option<&[u8]>) -> Media {
     let Some(ct) = ct else {
         return Media::Missing;
     };
+    // The type nearly every client sends, exactly: no parsing needed.
+    if ct == b"application/json" {
+        return Media::Json;
+    }
     let essence = trim(ct.split(|b| *b == b';').next().unwrap_or_default());
     let Some(slash) = essence.iter().position(|b| *b == b'/') else {
         return Media::Other;

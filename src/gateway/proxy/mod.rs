@@ -385,16 +385,18 @@ impl Gateway {
         if subjects.is_empty() {
             return Ok(false);
         }
-        let facts = verdict.spend.clone().unwrap_or_default();
+        let no_spend = decide::Spend::default();
+        let facts = verdict.spend.as_ref().unwrap_or(&no_spend);
         let reservation = match verdict.plane {
             Some(Plane::Data) => spend::reservation(
-                &facts,
+                facts,
                 &subjects,
                 snap,
                 self.spending.default_output_reservation,
             ),
             _ => None,
         };
+        let request_model = facts.model.clone();
         let workspace = ws.map_or_else(|| Arc::from("none"), |w| snap.workspace(w).id.clone());
         let result = self
             .spending
@@ -411,7 +413,7 @@ impl Gateway {
                 ctx.meter = Some(spend::Meter {
                     admission: Some(admission),
                     reserved_input: reservation.map_or(0, |r| r.1),
-                    request_model: facts.model.clone(),
+                    request_model,
                     workspace,
                     snap: snap.clone(),
                     counted: reservation.is_some(),

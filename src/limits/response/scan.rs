@@ -55,19 +55,38 @@ const QUOTE: u8 = 2;
 const OPEN: u8 = 3;
 const CLOSE: u8 = 4;
 
-/// The first `"` or `\\` in `rest`: most strings of an answer are short
-/// (keys, roles, ids), and a plain loop over the first bytes costs less
-/// than setting up a vector search, which takes the rest.
+/// The first `"` or `\\` in `rest`. Most strings of an answer are short
+/// (keys, roles, ids, models): their first bytes are tested eight at a
+/// time in a word, which costs less than setting up a vector search; a
+/// long string's rest goes to `memchr2`.
 fn string_stop(rest: &[u8]) -> Option<usize> {
-    const SHORT: usize = 24;
-    let head = &rest[..rest.len().min(SHORT)];
-    if let Some(i) = head.iter().position(|&b| b == b'"' || b == b'\\') {
-        return Some(i);
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    const QUOTES: u64 = ONES * b'"' as u64;
+    const BACKSLASHES: u64 = ONES * b'\\' as u64;
+    /// The bytes tested a word at a time before `memchr2` takes over.
+    const SHORT: usize = 64;
+    let mut words = rest.chunks_exact(8);
+    for (i, word) in words.by_ref().take(SHORT / 8).enumerate() {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        let w = u64::from_le_bytes(bytes);
+        // A byte of `x` or `y` is zero where `w` holds a quote or a
+        // backslash; the lowest flagged byte is always a true one.
+        let (x, y) = (w ^ QUOTES, w ^ BACKSLASHES);
+        let found = (x.wrapping_sub(ONES) & !x | y.wrapping_sub(ONES) & !y) & HIGHS;
+        if found != 0 {
+            return Some(i * 8 + (found.trailing_zeros() / 8) as usize);
+        }
     }
-    if rest.len() <= SHORT {
-        return None;
+    let tested = rest.len().min(SHORT) / 8 * 8;
+    if tested == SHORT && rest.len() > SHORT {
+        return memchr2(b'"', b'\\', &rest[SHORT..]).map(|i| i + SHORT);
     }
-    memchr2(b'"', b'\\', &rest[SHORT..]).map(|i| i + SHORT)
+    rest[tested..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\')
+        .map(|i| i + tested)
 }
 
 /// Where the document sits.

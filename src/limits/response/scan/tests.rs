@@ -192,3 +192,33 @@ fn the_scanner_holds_no_more_than_its_caps() {
     assert!(scanner.findings().kind.is_string());
     assert_eq!(scanner.findings().kind.text(), None);
 }
+
+/// The word-at-a-time search for the end of a string's plain run finds
+/// what a byte-by-byte search finds: at every position, in strings of
+/// every length around the word and the vector-search boundaries, among
+/// bytes that differ from `"` and `\` by one bit (the high one included).
+#[test]
+fn the_string_stop_search_finds_the_first_quote_or_backslash() {
+    let naive = |s: &[u8]| s.iter().position(|&b| b == b'"' || b == b'\\');
+    let fillers = [b'a', 0xA2, 0xDC, b'#', b'!', b']', 0x00, 0xFF, b'\n'];
+    let mut checked = 0;
+    for len in 0..=140 {
+        for &fill in &fillers {
+            let plain = vec![fill; len];
+            assert_eq!(super::string_stop(&plain), naive(&plain), "{len} {fill}");
+            for at in 0..len {
+                for stop in [b'"', b'\\'] {
+                    let mut s = plain.clone();
+                    s[at] = stop;
+                    // A second stop further on must not be the one found.
+                    if at + 3 < len {
+                        s[at + 3] = b'"';
+                    }
+                    assert_eq!(super::string_stop(&s), naive(&s), "{len} {fill} {at}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 100_000);
+}
