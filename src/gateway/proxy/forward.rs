@@ -40,6 +40,9 @@ pub trait ResponseHooks {
 }
 
 /// A request sent, or why not.
+// Returned once per forward and matched at once: boxing the session would
+// cost an allocation per request to save a move.
+#[allow(clippy::large_enum_variant)]
 pub enum Sent {
     /// The request went out and the upstream's (final) response header is read.
     Ready(HttpSession),
