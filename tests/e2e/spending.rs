@@ -1141,15 +1141,18 @@ fn a_failed_upstream_exchange_of_a_read_body_is_logged_with_its_error() {
 /// as (connection, raw bytes).
 struct ClosesPooled {
     addr: std::net::SocketAddr,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(usize, Vec<u8>)>>>,
+    seen: Seen,
 }
+
+/// Each request received: its connection's number and its raw bytes.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(usize, Vec<u8>)>>>;
 
 impl ClosesPooled {
     fn start() -> ClosesPooled {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen: Seen = Seen::default();
         let record = seen.clone();
         std::thread::spawn(move || {
             for (conn, stream) in listener.incoming().enumerate() {
