@@ -1135,69 +1135,6 @@ fn a_failed_upstream_exchange_of_a_read_body_is_logged_with_its_error() {
     }
 }
 
-/// An upstream whose every connection answers its first request and closes,
-/// unanswered, when its second arrives: each request the proxy sends on a
-/// pooled connection meets a connection that is gone. Records each request
-/// as (connection, raw bytes).
-struct ClosesPooled {
-    addr: std::net::SocketAddr,
-    seen: Seen,
-}
-
-/// Each request received: its connection's number and its raw bytes.
-type Seen = std::sync::Arc<std::sync::Mutex<Vec<(usize, Vec<u8>)>>>;
-
-impl ClosesPooled {
-    fn start() -> ClosesPooled {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen: Seen = Seen::default();
-        let record = seen.clone();
-        std::thread::spawn(move || {
-            for (conn, stream) in listener.incoming().enumerate() {
-                let Ok(mut stream) = stream else { return };
-                let record = record.clone();
-                std::thread::spawn(move || {
-                    for n in 0.. {
-                        let mut raw = Vec::new();
-                        let mut byte = [0u8; 1];
-                        while !raw.ends_with(b"\r\n\r\n") {
-                            match stream.read(&mut byte) {
-                                Ok(1) => raw.push(byte[0]),
-                                _ => return,
-                            }
-                        }
-                        let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
-                        let len = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        let mut body = vec![0u8; len];
-                        if stream.read_exact(&mut body).is_err() {
-                            return;
-                        }
-                        raw.extend_from_slice(&body);
-                        record.lock().unwrap().push((conn, raw));
-                        if n == 1 {
-                            return; // closed, unanswered
-                        }
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{USAGE_BODY}",
-                            USAGE_BODY.len()
-                        );
-                        if stream.write_all(answer.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        ClosesPooled { addr, seen }
-    }
-}
-
 /// The proxy's own forward (a body it read) sends on a pooled upstream
 /// connection first; one that closes before answering is retried once on a
 /// new connection, with the same request byte for byte, and the answer is
@@ -1206,10 +1143,8 @@ impl ClosesPooled {
 fn a_pooled_connection_closed_unanswered_is_retried_once_with_the_same_request() {
     for proto in Proto::ALL {
         let up = Upstreams::start();
-        let flaky = ClosesPooled::start();
-        let proxy = builder(&up)
-            .completions_url(&format!("http://{}", flaky.addr))
-            .start();
+        let flaky = super::upstream::ClosesPooled::start(USAGE_BODY);
+        let proxy = builder(&up).completions_url(&flaky.url()).start();
         for i in 0..3 {
             let resp = proxy
                 .post("/v1/chat/completions")
@@ -1220,7 +1155,7 @@ fn a_pooled_connection_closed_unanswered_is_retried_once_with_the_same_request()
             assert_eq!(resp.status, 200, "{proto:?} request {i}: {resp:?}");
             assert_eq!(resp.text(), USAGE_BODY, "{proto:?}");
         }
-        let seen = flaky.seen.lock().unwrap().clone();
+        let seen = flaky.seen();
         // Connection 0 answers request 0 and drops request 1; connection 1
         // answers request 1 (sent again) and drops request 2; connection 2
         // answers request 2.

@@ -187,6 +187,70 @@ fn a_request_continues_the_clients_trace_and_the_upstream_call_is_its_child() {
     }
 }
 
+/// A counted request is sent by the proxy itself; when the pooled
+/// connection it took was closed by the upstream, the request goes again on
+/// a new one as a new upstream call: the first call's span ends as
+/// `retried`, and the request sent again names the second call.
+#[test]
+fn a_retried_upstream_call_ends_the_first_span_as_retried() {
+    let rx = OtlpReceiver::start_http();
+    let up = Upstreams::start();
+    let flaky = super::upstream::ClosesPooled::start(r#"{"ok":true}"#);
+    let proxy = traced(&up, &rx, false, "")
+        .completions_url(&flaky.url())
+        .start();
+    for _ in 0..2 {
+        let resp = proxy
+            .post("/v1/chat/completions")
+            .key(COUNTED)
+            .header("traceparent", SAMPLED)
+            .json(CHAT)
+            .send();
+        assert_eq!(resp.status, 200, "{resp:?}");
+    }
+    // Two server spans, three client spans (one retried).
+    let spans = rx.wait_for_spans(5, ARRIVAL);
+    let servers = server_spans(&spans);
+    assert_eq!(servers.len(), 2);
+    let second = servers
+        .iter()
+        .find(|s| {
+            client_spans(&spans)
+                .iter()
+                .filter(|c| c.parent_span_id() == s.span_id())
+                .count()
+                == 2
+        })
+        .expect("a request with two upstream calls");
+    let calls: Vec<&ReceivedSpan> = client_spans(&spans)
+        .into_iter()
+        .filter(|c| c.parent_span_id() == second.span_id())
+        .collect();
+    let (retried, answered): (Vec<&ReceivedSpan>, Vec<&ReceivedSpan>) = calls
+        .iter()
+        .partition(|c| c.str_attr("error.type") == Some("retried"));
+    assert_eq!((retried.len(), answered.len()), (1, 1), "{calls:?}");
+    assert_eq!(answered[0].int_attr("http.response.status_code"), Some(200));
+    // What the upstream received: the dropped attempt named the first
+    // call, the one sent again names the second.
+    let seen = flaky.seen();
+    assert_eq!(seen.len(), 3, "request, dropped attempt, sent again");
+    let traceparent = |raw: &[u8]| {
+        String::from_utf8_lossy(raw)
+            .lines()
+            .find_map(|l| l.strip_prefix("traceparent: ").map(str::to_string))
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        traceparent(&seen[1].1),
+        format!("00-{CLIENT_TRACE}-{}-01", retried[0].span_id())
+    );
+    assert_eq!(
+        traceparent(&seen[2].1),
+        format!("00-{CLIENT_TRACE}-{}-01", answered[0].span_id())
+    );
+}
+
 #[test]
 fn the_clients_sampled_flag_decides_and_the_ratio_decides_for_new_traces() {
     let rx = OtlpReceiver::start_http();

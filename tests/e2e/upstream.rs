@@ -396,3 +396,77 @@ fn streamed(content_type: &str, rx: mpsc::UnboundedReceiver<Bytes>) -> hyper::Re
         .body(BodyExt::boxed(StreamBody::new(frames)))
         .expect("streamed response")
 }
+
+/// An upstream whose every connection answers its first request and closes,
+/// unanswered, when its second arrives: each request the proxy sends on a
+/// pooled connection meets a connection that is gone. Records each request
+/// as (connection, raw bytes).
+pub struct ClosesPooled {
+    addr: std::net::SocketAddr,
+    seen: Seen,
+}
+
+/// Each request received: its connection's number and its raw bytes.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(usize, Vec<u8>)>>>;
+
+impl ClosesPooled {
+    /// Answers each first request with `answer` (JSON).
+    pub fn start(answer: &'static str) -> ClosesPooled {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Seen = Seen::default();
+        let record = seen.clone();
+        std::thread::spawn(move || {
+            for (conn, stream) in listener.incoming().enumerate() {
+                let Ok(mut stream) = stream else { return };
+                let record = record.clone();
+                std::thread::spawn(move || {
+                    for n in 0.. {
+                        let mut raw = Vec::new();
+                        let mut byte = [0u8; 1];
+                        while !raw.ends_with(b"\r\n\r\n") {
+                            match stream.read(&mut byte) {
+                                Ok(1) => raw.push(byte[0]),
+                                _ => return,
+                            }
+                        }
+                        let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        let mut body = vec![0u8; len];
+                        if stream.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        raw.extend_from_slice(&body);
+                        record.lock().unwrap().push((conn, raw));
+                        if n == 1 {
+                            return; // closed, unanswered
+                        }
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        ClosesPooled { addr, seen }
+    }
+
+    /// The upstream's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request so far, in order: (connection number, raw bytes).
+    pub fn seen(&self) -> Vec<(usize, Vec<u8>)> {
+        self.seen.lock().unwrap().clone()
+    }
+}

@@ -474,22 +474,15 @@ impl Gateway {
                 }
             }
         }
-        // The upstream call's span begins once; a second send (below)
-        // names the same call.
-        if ctx.traceparent.is_none() {
-            ctx.traceparent = begin_upstream_call(
-                &mut ctx.trace,
-                session.req_header().method.as_str(),
-                upstream,
-            );
-        }
-        let again = ctx.traceparent.clone();
         let req = self.read_body_request(session, ctx, body.len())?;
         let peer = &upstream.peer;
         let mut sent = forward::send(&self.connector, peer, req, &body, true).await;
         if let forward::Sent::Stale = sent {
-            // The header went into the failed connection: built again.
-            ctx.traceparent = again;
+            // The header went into the failed connection: built again, for
+            // a new upstream call (its span ends the first one as retried,
+            // docs/reference.md#spans).
+            let method = session.req_header().method.as_str();
+            ctx.traceparent = begin_upstream_call(&mut ctx.trace, method, upstream);
             let req = self.read_body_request(session, ctx, body.len())?;
             sent = forward::send(&self.connector, peer, req, &body, false).await;
         }
