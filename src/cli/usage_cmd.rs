@@ -202,7 +202,7 @@ fn read_rows(
                         None
                     };
                     l.usage = Some(*u);
-                    l.period_key = Arc::from(p.key.as_str());
+                    l.period_key = p.key.clone();
                     l.period_end_ms = p.end_ms;
                     l
                 })
@@ -277,7 +277,7 @@ pub fn run(
         .into_iter()
         .map(|(subject, limit, period, _)| {
             let usage = by
-                .get(&(subject.clone(), Arc::from(period.key.as_str())))
+                .get(&(subject.clone(), period.key.clone()))
                 .cloned()
                 .unwrap_or_default();
             Line {
@@ -309,7 +309,7 @@ pub fn run(
                     "alert_threshold": l.limit.alert_threshold,
                     "reserved_tokens": l.usage.reserved_tokens,
                     "reserved_cost_usd": l.usage.reserved_cost,
-                    "period": l.period.key,
+                    "period": &*l.period.key,
                     "periodic_reset": l.limit.reset.map(|r| r.as_str()),
                     "resets_at": l.period.end_ms.map(rfc3339),
                 })
@@ -375,7 +375,7 @@ pub fn current_usage(config: &Config, snap: &Snapshot) -> HashMap<(Scope, Arc<st
     };
     let periods: HashMap<SubjectId, String> = subjects
         .into_iter()
-        .map(|(s, _, p, _)| (s, p.key))
+        .map(|(s, _, p, _)| (s, p.key.to_string()))
         .collect();
     rows.into_iter()
         .filter(|r| {

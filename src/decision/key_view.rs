@@ -150,7 +150,7 @@ fn limit_items(
             used: number(r.used),
             reserved: number(r.reserved),
             remaining: number((u.credit_limit - r.used - r.reserved).max(0.0)),
-            period: p.key,
+            period: p.key.to_string(),
             resets_at: p.end_ms.and_then(rfc3339),
         });
     }

@@ -3,6 +3,7 @@
 //! 00:00, or forever. Usage is stored by period key, so a reset needs no job.
 
 use std::cell::RefCell;
+use std::sync::{Arc, LazyLock};
 
 use time::{Date, Month};
 
@@ -17,7 +18,7 @@ const UNIX_EPOCH_JULIAN_DAY: i64 = 2_440_588;
 pub struct Period {
     /// The storage key: `2026-11` (monthly), `2026-11-30` (daily),
     /// `2026-W48` (weekly, ISO week-numbering year and week) or `all`.
-    pub key: String,
+    pub key: Arc<str>,
     /// Start, milliseconds since the Unix epoch (inclusive); `0` for `all`.
     pub start_ms: i64,
     /// End, milliseconds since the Unix epoch (exclusive), when the next
@@ -61,8 +62,9 @@ pub fn period_of(reset: Option<Reset>, now_ms: i64) -> Period {
 /// [`period_of`], worked out.
 fn period_uncached(reset: Option<Reset>, now_ms: i64) -> Period {
     let Some(reset) = reset else {
+        static ALL: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("all"));
         return Period {
-            key: "all".to_owned(),
+            key: ALL.clone(),
             start_ms: 0,
             end_ms: None,
         };
@@ -72,12 +74,12 @@ fn period_uncached(reset: Option<Reset>, now_ms: i64) -> Period {
         Reset::Daily => {
             let start = day_start_ms(date);
             Period {
-                key: format!(
+                key: Arc::from(format!(
                     "{:04}-{:02}-{:02}",
                     date.year(),
                     u8::from(date.month()),
                     date.day()
-                ),
+                )),
                 start_ms: start,
                 end_ms: Some(start.saturating_add(DAY_MS)),
             }
@@ -87,7 +89,7 @@ fn period_uncached(reset: Option<Reset>, now_ms: i64) -> Period {
             let start = day_start_ms(date)
                 .saturating_sub(i64::from(weekday.number_days_from_monday()) * DAY_MS);
             Period {
-                key: format!("{iso_year:04}-W{week:02}"),
+                key: Arc::from(format!("{iso_year:04}-W{week:02}")),
                 start_ms: start,
                 end_ms: Some(start.saturating_add(7 * DAY_MS)),
             }
@@ -100,7 +102,7 @@ fn period_uncached(reset: Option<Reset>, now_ms: i64) -> Period {
                 m => Date::from_calendar_date(year, m.next(), 1),
             };
             Period {
-                key: format!("{:04}-{:02}", year, u8::from(month)),
+                key: Arc::from(format!("{:04}-{:02}", year, u8::from(month))),
                 start_ms: day_start_ms(first),
                 end_ms: next.ok().map(day_start_ms),
             }
@@ -140,7 +142,7 @@ mod tests {
 
     fn period(reset: Reset, dt: PrimitiveDateTime) -> (String, i64, Option<i64>) {
         let p = period_of(Some(reset), ms(dt));
-        (p.key, p.start_ms, p.end_ms)
+        (p.key.to_string(), p.start_ms, p.end_ms)
     }
 
     #[test]
@@ -191,9 +193,9 @@ mod tests {
     #[test]
     fn daily_boundaries_are_exact() {
         let midnight = ms(datetime!(2026-12-01 0:00));
-        assert_eq!(period_of(Some(Reset::Daily), midnight).key, "2026-12-01");
+        assert_eq!(&*period_of(Some(Reset::Daily), midnight).key, "2026-12-01");
         assert_eq!(
-            period_of(Some(Reset::Daily), midnight - 1).key,
+            &*period_of(Some(Reset::Daily), midnight - 1).key,
             "2026-11-30"
         );
         assert_eq!(
@@ -225,8 +227,8 @@ mod tests {
             )
         );
         let first = ms(datetime!(2026-12-01 0:00));
-        assert_eq!(period_of(Some(Reset::Monthly), first).key, "2026-12");
-        assert_eq!(period_of(Some(Reset::Monthly), first - 1).key, "2026-11");
+        assert_eq!(&*period_of(Some(Reset::Monthly), first).key, "2026-12");
+        assert_eq!(&*period_of(Some(Reset::Monthly), first - 1).key, "2026-11");
     }
 
     #[test]
@@ -276,8 +278,8 @@ mod tests {
             period(Reset::Weekly, datetime!(2026-12-06 23:59:59.999)),
             ("2026-W49".into(), monday, Some(monday + 7 * DAY_MS))
         );
-        assert_eq!(period_of(Some(Reset::Weekly), monday).key, "2026-W49");
-        assert_eq!(period_of(Some(Reset::Weekly), monday - 1).key, "2026-W48");
+        assert_eq!(&*period_of(Some(Reset::Weekly), monday).key, "2026-W49");
+        assert_eq!(&*period_of(Some(Reset::Weekly), monday - 1).key, "2026-W48");
         assert_eq!(
             period_of(Some(Reset::Weekly), monday - 1).start_ms,
             ms(datetime!(2026-11-23 0:00))

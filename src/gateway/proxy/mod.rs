@@ -821,12 +821,27 @@ static HOP_BY_HOP: [HeaderName; 10] = [
 /// Removes the [`HOP_BY_HOP`] fields the request carries: one pass over
 /// its names (a client rarely sends any) instead of a lookup per field.
 fn remove_hop_by_hop(req: &mut RequestHeader) {
-    let present: Vec<HeaderName> = req
-        .headers
-        .keys()
-        .filter(|name| HOP_BY_HOP.contains(name))
-        .cloned()
-        .collect();
+    // By the name's text: a length and a few bytes compared, where a
+    // `HeaderName` comparison per listed field costs more.
+    let hop = |name: &HeaderName| {
+        matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "expect"
+                | "upgrade"
+                | "http2-settings"
+                | "proxy-authorization"
+        )
+    };
+    if !req.headers.keys().any(hop) {
+        return;
+    }
+    let present: Vec<HeaderName> = req.headers.keys().filter(|n| hop(n)).cloned().collect();
     for name in &present {
         req.remove_header(name);
     }
@@ -1537,6 +1552,13 @@ mod tests {
         lines.sort_unstable();
         // The names keep their case.
         assert_eq!(lines, ["X-Kept: 1", "content-type: application/json"]);
+        // The list by text is the list of names.
+        let mut listed = RequestHeader::build("GET", b"/", None).unwrap();
+        for hop in &HOP_BY_HOP {
+            listed.append_header(hop.clone(), "x").unwrap();
+        }
+        remove_hop_by_hop(&mut listed);
+        assert!(listed.headers.is_empty());
         // Nothing to remove: nothing changes.
         remove_hop_by_hop(&mut req);
         assert_eq!(req.headers.len(), 2);

@@ -55,7 +55,8 @@ fn subjects_of(
     workspace: Option<WsIdx>,
     now_ms: i64,
 ) -> Vec<SubjectLimits> {
-    let mut out = Vec::new();
+    // At most the key's (or token subject's) and its workspace's.
+    let mut out = Vec::with_capacity(2);
     let ws = workspace.map(|w| snap.workspace(w));
     let ws_id: Option<Arc<str>> = ws.map(|w| w.id.clone());
     let mk = |subject: SubjectId, requests: &[RateLimit], limits: &Limits| {
@@ -67,7 +68,7 @@ fn subjects_of(
         s.max_concurrent = limits.max_concurrent;
         if let Some(u) = &limits.usage {
             let p = period::period_of(u.reset, now_ms);
-            s.period_key = Arc::from(p.key.as_str());
+            s.period_key = p.key;
             s.period_end_ms = p.end_ms;
         }
         s
