@@ -802,24 +802,10 @@ pub const PROBE_HEADER: &str = "x-scopegate-probe";
 /// [`PROBE_HEADER`] as a header name, for lookups that parse no name.
 static PROBE_HEADER_NAME: HeaderName = HeaderName::from_static(PROBE_HEADER);
 
-/// The hop-by-hop headers (and `Expect`, answered by the proxy) a
-/// forwarded request whose body was read does not carry upstream; as
-/// header names, so that removing them parses no name.
-static HOP_BY_HOP: [HeaderName; 10] = [
-    http::header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::TRANSFER_ENCODING,
-    http::header::EXPECT,
-    http::header::UPGRADE,
-    HeaderName::from_static("http2-settings"),
-    http::header::PROXY_AUTHORIZATION,
-];
-
-/// Removes the [`HOP_BY_HOP`] fields the request carries: one pass over
-/// its names (a client rarely sends any) instead of a lookup per field.
+/// Removes the hop-by-hop fields (and `Expect`, answered by the proxy)
+/// that a forwarded request whose body was read does not carry upstream:
+/// one pass over its names (a client rarely sends any) instead of a lookup
+/// per field.
 fn remove_hop_by_hop(req: &mut RequestHeader) {
     // By the name's text: a length and a few bytes compared, where a
     // `HeaderName` comparison per listed field costs more.
@@ -1519,6 +1505,20 @@ fn ctx_view<'a>(ctx: &'a Ctx, gw: &'a Gateway, span: RequestSpan) -> Finished<'a
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fields [`remove_hop_by_hop`] removes, as header names.
+    static HOP_BY_HOP: [HeaderName; 10] = [
+        http::header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        http::header::TE,
+        http::header::TRAILER,
+        http::header::TRANSFER_ENCODING,
+        http::header::EXPECT,
+        http::header::UPGRADE,
+        HeaderName::from_static("http2-settings"),
+        http::header::PROXY_AUTHORIZATION,
+    ];
 
     #[test]
     fn every_hop_by_hop_field_and_only_those_are_removed() {
