@@ -11,11 +11,18 @@ use std::sync::Arc;
 /// greedily, leftmost first, which is exact for a star-only glob (a star can
 /// always absorb what an earlier match skipped), so nothing backtracks.
 pub fn pattern_matches(pattern: &str, model: &str) -> bool {
-    let Some((first, tail)) = pattern.split_once('*') else {
+    // The stars by a byte search: patterns are short, and a `char`
+    // searcher's set-up costs more than the loop.
+    let bytes = pattern.as_bytes();
+    let Some(star) = bytes.iter().position(|&b| b == b'*') else {
         // No star: the whole pattern is literal.
         return pattern == model;
     };
-    let (inner, last) = tail.rsplit_once('*').unwrap_or(("", tail));
+    let last_star = bytes.iter().rposition(|&b| b == b'*').unwrap_or(star);
+    // `*` is ASCII: every slice below starts and ends on a character.
+    let first = &pattern[..star];
+    let last = &pattern[last_star + 1..];
+    let inner = pattern.get(star + 1..last_star).unwrap_or("");
     // The prefix and the suffix are anchored and may not overlap.
     let Some(mut hay) = model
         .strip_prefix(first)
@@ -65,6 +72,41 @@ mod tests {
             ("", "a", false),
         ] {
             assert_eq!(pattern_matches(p, m), want, "{p:?} vs {m:?}");
+        }
+    }
+
+    /// Every pattern and model of up to 5 characters over `a`, `b`, `*`
+    /// (models over `a`, `b`, and a two-byte letter), against a
+    /// backtracking reference matcher.
+    #[test]
+    fn the_greedy_matcher_agrees_with_backtracking_on_every_short_case() {
+        fn reference(p: &[char], m: &[char]) -> bool {
+            match p.split_first() {
+                None => m.is_empty(),
+                Some(('*', rest)) => (0..=m.len()).any(|i| reference(rest, &m[i..])),
+                Some((c, rest)) => m.first() == Some(c) && reference(rest, &m[1..]),
+            }
+        }
+        fn all(alphabet: &[char], max: usize) -> Vec<String> {
+            let mut out = vec![String::new()];
+            let mut level = vec![String::new()];
+            for _ in 0..max {
+                level = level
+                    .iter()
+                    .flat_map(|w| alphabet.iter().map(move |c| format!("{w}{c}")))
+                    .collect();
+                out.extend(level.iter().cloned());
+            }
+            out
+        }
+        let patterns = all(&['a', 'b', '*', 'é'], 5);
+        let models = all(&['a', 'b', 'é'], 5);
+        for p in &patterns {
+            let pc: Vec<char> = p.chars().collect();
+            for m in &models {
+                let mc: Vec<char> = m.chars().collect();
+                assert_eq!(pattern_matches(p, m), reference(&pc, &mc), "{p:?} vs {m:?}");
+            }
         }
     }
 

@@ -777,11 +777,18 @@ fn data_plane(
     (key_limits, ws_limits): (&Limits, Option<&Limits>),
     prices: &PriceTable,
 ) -> Step<Spend> {
-    let lists: Vec<&[std::sync::Arc<str>]> = [Some(key_limits), ws_limits]
+    // The key's and its workspace's allowlists, at most two: no `Vec`.
+    let mut held: [&[std::sync::Arc<str>]; 2] = [&[], &[]];
+    let mut count = 0;
+    let listed = [Some(key_limits), ws_limits]
         .into_iter()
         .flatten()
-        .filter_map(|l| l.models.as_deref())
-        .collect();
+        .filter_map(|l| l.models.as_deref());
+    for (slot, list) in held.iter_mut().zip(listed) {
+        *slot = list;
+        count += 1;
+    }
+    let lists = &held[..count];
     let needs_body = key_limits.needs_body() || ws_limits.is_some_and(Limits::needs_body);
     let counts = key_limits.counts_tokens() || ws_limits.is_some_and(Limits::counts_tokens);
     let media = readable_media(facts, route, needs_body, !lists.is_empty())?;
@@ -813,7 +820,7 @@ fn data_plane(
         ));
     }
     if !lists.is_empty() {
-        models_allowed(facts, route, &lists, &named)?;
+        models_allowed(facts, route, lists, &named)?;
     }
     if counts && (route.opaque || (route.usage == Some(UsageApi::Responses) && background)) {
         let what = if route.opaque {
