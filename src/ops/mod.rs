@@ -3,6 +3,7 @@
 //! keys reloader, traces. May import `config`, `state`, `decision`,
 //! `identity`, `limits` and `diag`.
 
+pub mod idle;
 pub mod metrics;
 pub mod reload;
 pub mod signals;

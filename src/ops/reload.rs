@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
+use super::idle;
 use super::watch::{folder_of, in_folders, Trigger, Watched};
 use crate::decision::routes::RouteTable;
 use crate::diag::Diagnostic;
@@ -148,15 +149,20 @@ impl Reloader {
     /// pending text is loaded only once a look found it unchanged).
     fn reload(&self, trigger: Trigger, text: Result<String, Diagnostic>) {
         let started = Instant::now();
-        let text = text.map_err(|d| vec![d]);
+        let text = text.map(Arc::new).map_err(|d| vec![d]);
         let seen = self.detector.digest;
-        let result = text
-            .as_ref()
-            .map_err(Clone::clone)
-            .and_then(|text| match seen {
-                Some(d) => load_keys_text_digested(text, d, &self.path, &self.table),
-                None => load_keys_text(text, &self.path, &self.table),
-            });
+        let result = match &text {
+            // Built on an idle-class thread, so that a request thread
+            // sharing the core runs first (`idle`).
+            Ok(text) => {
+                let (text, path, table) = (text.clone(), self.path.clone(), self.table.clone());
+                idle::at_idle(idle::START, idle::GRACE, move || match seen {
+                    Some(d) => load_keys_text_digested(&text, d, &path, &table),
+                    None => load_keys_text(&text, &path, &table),
+                })
+            }
+            Err(problems) => Err(problems.clone()),
+        };
         let how = trigger.as_str();
         match result {
             Ok(snap) => {
@@ -164,7 +170,6 @@ impl Reloader {
                 // The old snapshot goes once the last request holding it
                 // has ended, freed here rather than by that request.
                 retire(self.store.swap(snap));
-                keys::release_freed_memory();
                 // Count only once the new keys are in force, so a reader
                 // of the counter never sees the old keys afterwards.
                 if let Some(m) = metrics() {
@@ -177,7 +182,9 @@ impl Reloader {
                     "keys reloaded"
                 );
                 // The organisations (and their files) may have changed.
-                self.jwks.lock().load(text.as_deref().ok(), how);
+                self.jwks
+                    .lock()
+                    .load(text.as_ref().ok().map(|t| t.as_str()), how);
             }
             Err(problems) => {
                 if let Some(m) = metrics() {
@@ -230,19 +237,21 @@ impl Watched for Reloader {
     }
 }
 
-/// Frees a replaced snapshot on the reloader's runtime, once no request
-/// holds it any more. A request that ended holding the last reference
-/// would otherwise free the whole snapshot itself — every key, map and
-/// string of a 10,000-key file, several milliseconds — while requests queue
-/// behind it on its thread (the p99 of a rewrite storm). Outside a runtime
-/// (tests, tools) it is dropped at once, as before.
+/// Frees a replaced snapshot once no request holds it any more: the
+/// reloader's runtime waits for that, and the freeing itself (every key,
+/// map and string of a 10,000-key file, several milliseconds) runs at idle
+/// priority (`idle::drop_at_idle`), followed by handing the freed memory
+/// back. A request that ended holding the last reference would otherwise
+/// free the whole snapshot itself while requests queue behind it on its
+/// thread (the p99 of a rewrite storm). Outside a runtime (tests, tools) it
+/// is dropped at once, as before.
 fn retire(old: Arc<Snapshot>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         drop(old);
         return;
     };
     if Arc::strong_count(&old) == 1 {
-        drop(old);
+        idle::drop_at_idle(old, keys::release_freed_memory);
         return;
     }
     runtime.spawn(async move {
@@ -254,8 +263,7 @@ fn retire(old: Arc<Snapshot>) {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(1));
         }
-        drop(old);
-        keys::release_freed_memory();
+        idle::drop_at_idle(old, keys::release_freed_memory);
     });
 }
 
@@ -526,11 +534,17 @@ impl ChangeDetector {
         self.stamp = stamp;
         self.looked_at = now;
         self.read_at = Instant::now();
-        let text = crate::identity::keys::read_keys_file(path);
-        let digest = text
-            .as_ref()
-            .ok()
-            .map(|t| crate::identity::keys::digest(t.as_bytes()));
+        // Reading and hashing a large file is a few milliseconds of CPU:
+        // done at idle priority too, like the build (`idle`).
+        let path = path.to_path_buf();
+        let (text, digest) = idle::at_idle(idle::START, idle::GRACE, move || {
+            let text = crate::identity::keys::read_keys_file(&path);
+            let digest = text
+                .as_ref()
+                .ok()
+                .map(|t| crate::identity::keys::digest(t.as_bytes()));
+            (text, digest)
+        });
         let changed = digest != self.digest;
         self.digest = digest;
         Look::Read { changed, text }
@@ -807,13 +821,15 @@ keys: []
                 1,
                 "the request's drop was not the last: the reaper holds it"
             );
-            for _ in 0..100 {
+            // Freed at idle priority: soon on an idle machine, later on a
+            // busy one (a parallel test run).
+            for _ in 0..3000 {
                 if watched.strong_count() == 0 {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            assert_eq!(watched.strong_count(), 0, "freed soon after");
+            assert_eq!(watched.strong_count(), 0, "freed after");
         });
         // Outside a runtime: dropped at once.
         let again = Arc::new(load_keys(&keys_file, &table).expect("keys"));

@@ -178,12 +178,12 @@ impl BackgroundService for Watcher {
 }
 
 /// Reloads are background work: this service's one thread ("BG watch")
-/// runs at nice [`WATCH_NICE`], so that when a request thread and a reload
-/// (~30 ms of CPU for 10,000 keys) want the same core, the scheduler gives
-/// the request thread about nine tenths of it. On an idle core a reload is
-/// as fast as before; on a saturated one it takes about ten times as long.
-/// Raising a nice value needs no privilege; a failure is logged and the
-/// thread keeps its priority.
+/// runs at nice [`WATCH_NICE`], and hands a reload's heavy steps to an
+/// idle-class thread (`ops::idle`); a step it takes back from that thread
+/// (on a core the requests keep busy) runs here, where the scheduler gives a
+/// request thread sharing the core about nine tenths of it. Raising a nice
+/// value needs no privilege; a failure is logged and the thread keeps its
+/// priority.
 fn lower_thread_priority() {
     #[cfg(target_os = "linux")]
     {
