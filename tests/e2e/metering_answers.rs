@@ -143,6 +143,37 @@ fn a_gzip_answer_decoding_past_64_mib_is_charged_its_reported_usage() {
 }
 
 #[test]
+fn a_large_window_brotli_answer_passes_unchanged_and_is_charged_an_estimate() {
+    // A `br` header asking for "large window brotli" (outside RFC 7932, a
+    // 1 GiB window): not decoded, so no usage is found; the client still
+    // gets the upstream's bytes, and the request is charged its reserved
+    // input (body bytes / 4) and no output, as estimated.
+    let stream: &[u8] = &[0x11, 0x1e, 0x11, 0x00, 0x04, 0xd5, 0xf8];
+    let reserved = CHAT.len() as u64 / 4;
+    for proto in Proto::ALL {
+        let up = Upstreams::start();
+        up.completions.reply(
+            200,
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "br"),
+            ],
+            stream,
+        );
+        let proxy = start(&up);
+        let resp = proxy
+            .post("/v1/chat/completions")
+            .key(METERED)
+            .json(CHAT)
+            .over(proto)
+            .send();
+        assert_eq!(resp.status, 200, "{proto:?}");
+        assert_eq!(resp.body, stream, "the client gets the upstream's bytes");
+        expect_charged(&proxy, (reserved, 0, reserved));
+    }
+}
+
+#[test]
 fn a_responses_stream_whose_usage_follows_a_130_level_tool_schema_is_charged_it() {
     for proto in Proto::ALL {
         let up = Upstreams::start();

@@ -51,7 +51,9 @@ enum Codec<W: Write> {
     DeflateSniff(Vec<u8>, Limited<W>),
     Zlib(ZlibDecoder<Limited<W>>),
     RawDeflate(DeflateDecoder<Limited<W>>),
-    Brotli(Box<DecompressorWriter<Limited<W>>>),
+    /// The decoder, and whether the stream's first byte was seen (and is
+    /// not a large-window header).
+    Brotli(Box<DecompressorWriter<Limited<W>>>, bool),
     Zstd(zstd::stream::write::Decoder<'static, Limited<W>>),
     /// Only while `deflate` changes from sniffing to decoding.
     Switching,
@@ -129,7 +131,7 @@ impl<W: Write> Decoder<W> {
             )
         } else if name.eq_ignore_ascii_case("br") {
             let writer = DecompressorWriter::new(limited(sink), 4096);
-            ("br", Codec::Brotli(Box::new(writer)))
+            ("br", Codec::Brotli(Box::new(writer), false))
         } else if name.eq_ignore_ascii_case("zstd") {
             ("zstd", Codec::Zstd(zstd_decoder(limited(sink))?))
         } else {
@@ -161,7 +163,7 @@ impl<W: Write> Decoder<W> {
             Codec::DeflateSniff(_, sink) => &mut sink.inner,
             Codec::Zlib(writer) => &mut writer.get_mut().inner,
             Codec::RawDeflate(writer) => &mut writer.get_mut().inner,
-            Codec::Brotli(writer) => &mut writer.get_mut().inner,
+            Codec::Brotli(writer, _) => &mut writer.get_mut().inner,
             Codec::Zstd(writer) => &mut writer.get_mut().inner,
             Codec::Switching => return None,
         })
@@ -203,7 +205,15 @@ impl<W: Write> Decoder<W> {
             Codec::Gzip(writer) => push(writer, input).map_err(|_| fail(writer.get_ref())),
             Codec::Zlib(writer) => push(writer, input).map_err(|_| fail(writer.get_ref())),
             Codec::RawDeflate(writer) => push(writer, input).map_err(|_| fail(writer.get_ref())),
-            Codec::Brotli(writer) => {
+            Codec::Brotli(writer, started) => {
+                if !*started {
+                    if let Some(&first) = input.first() {
+                        if is_large_window_brotli(first) {
+                            return Err(DecodeError::Corrupt { encoding });
+                        }
+                        *started = true;
+                    }
+                }
                 push(writer.as_mut(), input).map_err(|_| fail(writer.get_ref()))
             }
             Codec::Zstd(writer) => push(writer, input).map_err(|_| fail(writer.get_ref())),
@@ -250,6 +260,16 @@ fn zstd_decoder<W: Write>(
         Ok(raw) => Ok(zstd::stream::write::Decoder::with_decoder(sink, raw)),
         Err(_) => Err(sink.inner),
     }
+}
+
+/// Whether a brotli stream's first byte announces "large window brotli"
+/// (WBITS bits `1`, `000`, `001`, read from the low bit up: the low seven
+/// bits are `0x11`), an extension outside RFC 7932 whose window may be
+/// 1 GiB. `brotli_decompressor`'s writer accepts it and allocates the whole
+/// window at once, so such a stream is refused as corrupt, as a decoder of
+/// the RFC does (RFC 7932 windows are at most 16 MiB).
+fn is_large_window_brotli(first: u8) -> bool {
+    first & 0x7f == 0x11
 }
 
 /// A zlib stream starts with CMF (method 8, deflate) and FLG such that the

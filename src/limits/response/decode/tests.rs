@@ -249,6 +249,35 @@ fn garbage_is_corrupt_not_a_panic() {
 }
 
 #[test]
+fn a_large_window_brotli_stream_is_corrupt_whole_or_in_bytes() {
+    // Found by the usage_json fuzz target: a 7-byte stream whose header asks
+    // for "large window brotli", on which brotli_decompressor allocated a
+    // 1 GiB window (fuzz/artifacts-found/usage_json).
+    let stream = [0x11, 0x1e, 0x11, 0x00, 0x04, 0xd5, 0xf8];
+    let corrupt = Err(DecodeError::Corrupt { encoding: "br" });
+    let mut whole = Decoder::for_encoding("br").unwrap();
+    assert_eq!(whole.feed(&stream), corrupt);
+    let mut bytes = Decoder::for_encoding("br").unwrap();
+    assert_eq!(bytes.feed(&[]), Ok(Vec::new()), "no byte, no verdict");
+    assert_eq!(bytes.feed(&stream[..1]), corrupt);
+    assert_eq!(bytes.feed(&stream[1..]), corrupt);
+}
+
+#[test]
+fn brotli_streams_of_every_rfc_window_size_decode() {
+    let text = lines(2000);
+    for lgwin in 10..=24 {
+        let mut stream = Vec::new();
+        {
+            let mut e = brotli::CompressorWriter::new(&mut stream, 4096, 5, lgwin);
+            e.write_all(&text).unwrap();
+        }
+        let mut decoder = Decoder::for_encoding("br").unwrap();
+        assert_eq!(decoder.feed(&stream).unwrap(), text, "lgwin {lgwin}");
+    }
+}
+
+#[test]
 fn trailing_bytes_after_the_stream_are_ignored() {
     let text = text();
     let mut decoder = Decoder::for_encoding("br").unwrap();
