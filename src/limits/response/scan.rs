@@ -536,17 +536,24 @@ impl Scanner {
             if !byte.is_ascii_digit() {
                 return self.number(Num::Int, byte, at);
             }
-            match self
-                .value
-                .checked_mul(10)
-                .and_then(|v| v.checked_add(u64::from(byte - b'0')))
-            {
-                Some(v) => self.value = v,
-                None => self.overflow = true,
-            }
+            self.push_digit(byte);
             at += 1;
         }
         at
+    }
+
+    /// Appends one decimal digit to the integer read so far; past `u64`
+    /// the number is marked as overflowed.
+    #[inline]
+    fn push_digit(&mut self, byte: u8) {
+        match self
+            .value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(byte - b'0')))
+        {
+            Some(v) => self.value = v,
+            None => self.overflow = true,
+        }
     }
 
     fn fail(&mut self) -> usize {
@@ -973,14 +980,7 @@ impl Scanner {
                 Num::Int
             }
             (Num::Int, _) if digit => {
-                match self
-                    .value
-                    .checked_mul(10)
-                    .and_then(|v| v.checked_add(u64::from(byte - b'0')))
-                {
-                    Some(v) => self.value = v,
-                    None => self.overflow = true,
-                }
+                self.push_digit(byte);
                 Num::Int
             }
             (Num::Zero | Num::Int, b'.') => Num::Dot,
