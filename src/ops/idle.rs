@@ -113,20 +113,18 @@ where
 /// that thread is unavailable or already has [`QUEUE`] jobs waiting (a
 /// saturated core).
 pub fn drop_at_idle<T: Send + 'static>(value: T, after: fn()) {
-    let Some(worker) = worker() else {
-        drop(value);
-        after();
-        return;
-    };
     let job: Job = Box::new(move || {
         drop(value);
         after();
     });
-    if let Err(mpsc::TrySendError::Full(job) | mpsc::TrySendError::Disconnected(job)) =
-        worker.try_send(job)
-    {
-        job();
-    }
+    let here = match worker() {
+        Some(worker) => match worker.try_send(job) {
+            Ok(()) => return,
+            Err(mpsc::TrySendError::Full(job) | mpsc::TrySendError::Disconnected(job)) => job,
+        },
+        None => job,
+    };
+    here();
 }
 
 /// Moves the calling thread to the idle scheduling class; `false` where it

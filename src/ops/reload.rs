@@ -168,7 +168,8 @@ impl Reloader {
             Ok(snap) => {
                 let keys = snap.keys().len();
                 // The old snapshot goes once the last request holding it
-                // has ended, freed here rather than by that request.
+                // has ended, freed at idle priority rather than by that
+                // request (`retire`).
                 retire(self.store.swap(snap));
                 // Count only once the new keys are in force, so a reader
                 // of the counter never sees the old keys afterwards.
